@@ -1,0 +1,124 @@
+"""Multi-armed bandit whose arm requests pass through an erasure channel.
+
+Setting of Hanna, Yang & Fragouli, "Learning for Bandits under Action
+Erasures" (arXiv 2406.18072) and its feedback sequel (arXiv 2504.20894): each
+round the learner requests an arm; the request reaches the agent with
+probability 1 - eps and is erased otherwise, in which case the agent plays the
+last arm it received (``initial_arm`` before it received any). The learner
+observes the reward of the arm that was played, not which arm that was; with
+feedback it also learns whether its request arrived (an acknowledgement).
+
+Several agents (the multi-agent version of the same line of work) are the
+same environment with a vector of requests: ``action`` of shape (M,), one
+erasure probability per agent ``eps`` of shape (M,) (or a scalar for all),
+and arm means shared by all agents.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from bandits.core import Environment
+
+BERNOULLI = "bernoulli"
+GAUSSIAN = "gaussian"
+REWARD_KINDS = (BERNOULLI, GAUSSIAN)
+
+
+class EnvParams(struct.PyTreeNode):
+  """Problem instance (array fields may be traced and vmapped).
+
+  Attributes:
+    means: (K,) float32 arm means (padded arms: any value, never requested).
+    eps: () or (M,) float32 erasure probability in [0, 1).
+    noise_std: () float32 Gaussian reward noise (ignored for Bernoulli).
+    initial_arm: () or (M,) int32, the arm an agent plays before it has
+      received any request.
+    reward_kind: static, 'bernoulli' or 'gaussian'.
+    feedback: static, whether the learner observes the acknowledgement.
+  """
+  means: jax.Array
+  eps: jax.Array
+  noise_std: jax.Array
+  initial_arm: jax.Array
+  reward_kind: str = struct.field(pytree_node=False, default=GAUSSIAN)
+  feedback: bool = struct.field(pytree_node=False, default=False)
+
+
+class EnvState(struct.PyTreeNode):
+  last_arm: jax.Array  # () or (M,) int32: the arm each agent plays when erased
+  time: jax.Array      # () int32
+
+
+class Observation(struct.PyTreeNode):
+  """What the learner sees after a round.
+
+  Attributes:
+    reward: () or (M,) float32, the reward of the arm played.
+    ack: () or (M,) bool, whether the request arrived; None without feedback,
+      so an algorithm that needs feedback fails at trace time when it has none.
+  """
+  reward: jax.Array
+  ack: jax.Array | None = None
+
+
+def reset(key: jax.Array, params: EnvParams) -> EnvState:
+  """Agents start with ``initial_arm`` as their last received arm."""
+  del key  # The start is deterministic.
+  last = jnp.broadcast_to(params.initial_arm, jnp.shape(params.eps)).astype(jnp.int32)
+  return EnvState(last_arm=last, time=jnp.zeros((), jnp.int32))
+
+
+def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
+  """One round: erase or deliver each request, play, draw rewards.
+
+  Args:
+    key: PRNG key for the erasures and the reward noise.
+    state: current state.
+    action: () or (M,) int32, the requested arm(s).
+    params: the instance.
+
+  Returns:
+    (next state, Observation, played arm(s)).
+  """
+  key_erase, key_reward = jax.random.split(key)
+  shape = jnp.shape(action)
+  received = jax.random.uniform(key_erase, shape) >= params.eps
+  played = jnp.where(received, action, jnp.broadcast_to(state.last_arm, shape)).astype(jnp.int32)
+  mean = params.means[played]
+  if params.reward_kind == BERNOULLI:
+    reward = (jax.random.uniform(key_reward, shape) < mean).astype(jnp.float32)
+  elif params.reward_kind == GAUSSIAN:
+    reward = mean + params.noise_std * jax.random.normal(key_reward, shape)
+  else:
+    raise ValueError(f"reward_kind must be one of {REWARD_KINDS}; got {params.reward_kind!r}")
+  obs = Observation(reward=reward, ack=received if params.feedback else None)
+  return EnvState(last_arm=played, time=state.time + 1), obs, played
+
+
+ENV = Environment(reset=reset, step=step)
+
+
+def make_params(means, eps, *, noise_std=1.0, initial_arm=0, reward_kind=GAUSSIAN,
+                feedback=False) -> EnvParams:
+  """Builds validated :class:`EnvParams` from Python / numpy values."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  means_np = np.asarray(means, np.float64)
+  eps_np = np.asarray(eps, np.float64)
+  if means_np.ndim != 1 or means_np.size < 2:
+    raise ValueError(f"means must be a vector of at least 2 arms; got shape {means_np.shape}")
+  if np.any(eps_np < 0) or np.any(eps_np >= 1):
+    raise ValueError(f"eps must lie in [0, 1); got {eps_np}")
+  if reward_kind not in REWARD_KINDS:
+    raise ValueError(f"reward_kind must be one of {REWARD_KINDS}; got {reward_kind!r}")
+  if reward_kind == BERNOULLI and (np.any(means_np < 0) or np.any(means_np > 1)):
+    raise ValueError("Bernoulli means must lie in [0, 1]")
+  init_np = np.asarray(initial_arm)
+  if np.any(init_np < 0) or np.any(init_np >= means_np.size):
+    raise ValueError(f"initial_arm must be in [0, {means_np.size}); got {initial_arm}")
+  return EnvParams(means=jnp.asarray(means_np, jnp.float32), eps=jnp.asarray(eps_np, jnp.float32),
+                   noise_std=jnp.asarray(noise_std, jnp.float32),
+                   initial_arm=jnp.asarray(init_np, jnp.int32), reward_kind=reward_kind,
+                   feedback=bool(feedback))

@@ -1,0 +1,148 @@
+"""Erasure-free bandit algorithms, shared by every bandit system here.
+
+Each is an :class:`~bandits.core.Algorithm` factory. They credit each reward
+to the arm they requested, so on an erasure channel they are the naive
+baselines that ignore erasures; :mod:`bandits.erasure.algorithms` wraps or
+extends them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from bandits.core import Algorithm, BanditSpec, tree_select
+
+
+class UCBState(struct.PyTreeNode):
+  counts: jax.Array    # (K,) float32 pulls credited to each arm
+  sums: jax.Array      # (K,) float32 reward credited to each arm
+  n: jax.Array         # () int32 pulls credited so far
+  arm_mask: jax.Array  # (K,) bool
+
+
+def ucb() -> Algorithm:
+  """UCB with the exploration function f(n) = 1 + n ln^2 n.
+
+  Index ``mean_a + sqrt(ln(1 + n ln^2 n) / (N_a + 1))`` with n = 1 + pulls so
+  far (Lattimore & Szepesvari, Bandit Algorithms, ch. 8), after one round-robin
+  pass over the arms; ties go to the lowest index. This is the UCB of the
+  erasure papers' public code (``ucb_ma`` with one agent), including its
+  ``N_a + 1`` in the bonus.
+  """
+
+  def init(key, spec: BanditSpec) -> UCBState:
+    del key
+    k = spec.arm_mask.shape[-1]
+    return UCBState(counts=jnp.zeros(k, jnp.float32), sums=jnp.zeros(k, jnp.float32),
+                    n=jnp.ones((), jnp.int32), arm_mask=spec.arm_mask)
+
+  def act(key, state: UCBState) -> jax.Array:
+    del key
+    untried = state.arm_mask & (state.counts == 0)
+    n = state.n.astype(jnp.float32)
+    log_n = jnp.log(n)
+    bonus = jnp.sqrt(jnp.log1p(n * log_n * log_n) / (state.counts + 1.0))
+    mean = state.sums / jnp.maximum(state.counts, 1.0)
+    index = jnp.where(state.arm_mask, mean + bonus, -jnp.inf)
+    return jnp.where(jnp.any(untried), jnp.argmax(untried), jnp.argmax(index)).astype(jnp.int32)
+
+  def update(state: UCBState, action, obs) -> UCBState:
+    return state.replace(counts=state.counts.at[action].add(1.0),
+                         sums=state.sums.at[action].add(obs.reward), n=state.n + 1)
+
+  return Algorithm(init, act, update)
+
+
+class PhasedState(struct.PyTreeNode):
+  """State of phased successive elimination (all arrays, all traceable)."""
+  active: jax.Array     # (K,) bool, arms not eliminated
+  cnt: jax.Array        # (K,) float32 samples of each arm in this phase
+  total: jax.Array      # (K,) float32 reward of each arm in this phase
+  qhat: jax.Array       # (K,) float32 mean over all finished phases
+  pulls: jax.Array      # () float32 samples per active arm in finished phases
+  m: jax.Array          # () int32 samples per arm this phase (M_i)
+  arm: jax.Array        # () int32 the arm requested in the current block
+  pos: jax.Array        # () int32 rounds spent in the current block
+  linger: jax.Array     # () int32 rounds discarded at the start of each block
+  log_term: jax.Array   # () float32 log term of the confidence radius
+  known: jax.Array      # () int32 arm known to be played (feedback), -1 if unknown
+
+
+def _next_arm(needs: jax.Array) -> jax.Array:
+  """The lowest-index arm with ``needs`` set (0 if none)."""
+  return jnp.argmax(needs).astype(jnp.int32)
+
+
+def phase_end(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
+  """Merges the phase's samples into the means and eliminates arms.
+
+  Arm j is dropped when max_a qhat_a - qhat_j > radius_scale * sqrt(log_term /
+  (2 M_i)), simultaneously for all active arms; then M_{i+1} = 4 M_i.
+  """
+  qhat = jnp.where(s.active & (s.cnt > 0),
+                   (s.qhat * s.pulls + s.total) / jnp.maximum(s.pulls + s.cnt, 1.0), s.qhat)
+  m = s.m.astype(jnp.float32)
+  radius = radius_scale * jnp.sqrt(s.log_term / (2.0 * m))
+  best = jnp.max(jnp.where(s.active, qhat, -jnp.inf))
+  active = s.active & (best - qhat <= radius)
+  zeros = jnp.zeros_like(s.cnt)
+  return s.replace(active=active, cnt=zeros, total=zeros, qhat=qhat, pulls=s.pulls + m,
+                   m=jnp.minimum(s.m * 4, 1 << 30), arm=_next_arm(active),
+                   pos=jnp.zeros((), jnp.int32))
+
+
+def advance(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
+  """After a round: move to the next arm needing samples, or end the phase."""
+  block_done = s.cnt[s.arm] >= s.m
+  needs = s.active & (s.cnt < s.m)
+  moved = s.replace(arm=jnp.where(block_done, _next_arm(needs), s.arm),
+                    pos=jnp.where(block_done, 0, s.pos))
+  ended = phase_end(s, radius_scale)
+  return tree_select(block_done & ~jnp.any(needs), ended, moved)
+
+
+def phased_init(spec: BanditSpec, *, first_phase, log_term, linger) -> PhasedState:
+  k = spec.arm_mask.shape[-1]
+  zeros = jnp.zeros(k, jnp.float32)
+  return PhasedState(active=spec.arm_mask, cnt=zeros, total=zeros, qhat=zeros,
+                     pulls=jnp.zeros((), jnp.float32),
+                     m=jnp.asarray(first_phase, jnp.int32), arm=_next_arm(spec.arm_mask),
+                     pos=jnp.zeros((), jnp.int32), linger=jnp.asarray(linger, jnp.int32),
+                     log_term=jnp.asarray(log_term, jnp.float32),
+                     known=-jnp.ones((), jnp.int32))
+
+
+def sae_constants(spec: BanditSpec) -> tuple[jax.Array, jax.Array]:
+  """(M_1, log term) of L-SAE's schedule: M_i = 4^i from 4, radius log ln(K T)."""
+  t = spec.horizon.astype(jnp.float32)
+  return jnp.asarray(4, jnp.int32), jnp.log(spec.n_arms.astype(jnp.float32) * t)
+
+
+def successive_elimination(*, radius_scale: float = 2.0, constants=sae_constants) -> Algorithm:
+  """Phased successive arm elimination (SAE), blind to erasures.
+
+  Phase i asks for M_i samples of every active arm, one arm after another in
+  index order (a block of M_i consecutive requests per arm), crediting each
+  reward to the requested arm; then it eliminates (see :func:`phase_end`).
+  ``constants(spec) -> (M_1, log_term)`` sets the schedule; the default is
+  L-SAE's, so this is L-SAE without lingering (its erasure-free self).
+  """
+
+  def init(key, spec: BanditSpec) -> PhasedState:
+    del key
+    first, log_term = constants(spec)
+    return phased_init(spec, first_phase=first, log_term=log_term, linger=0)
+
+  def act(key, state: PhasedState) -> jax.Array:
+    del key
+    return state.arm
+
+  def update(state: PhasedState, action, obs) -> PhasedState:
+    credit = (state.pos >= state.linger).astype(jnp.float32)
+    s = state.replace(cnt=state.cnt.at[action].add(credit),
+                      total=state.total.at[action].add(credit * obs.reward), pos=state.pos + 1)
+    return advance(s, radius_scale)
+
+  return Algorithm(init, act, update)

@@ -1,0 +1,156 @@
+"""What every run shares: the common config, the registry, and the run context.
+
+An experiment is a module with a frozen ``Config`` schema and a function
+``run(cfg, ctx) -> headline`` that returns a flat mapping of named numbers.
+It writes its curves and figures through ``ctx`` (atomically, into the run
+directory) and may put non-numeric facts in ``ctx.info`` (the instance it ran
+on, for example). :func:`execute` does the rest: validation, resume, timing,
+wandb, and the final ``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+from experiments import io
+from experiments.logger import Logger, LoggerConfig
+from experiments.schema import ConfigError, ge, param, validate
+
+# name -> module; each module defines `Config`, `run` and a docstring.
+EXPERIMENTS: dict[str, str] = {
+    "tour": "experiments.tour",
+    "erasure_bandit": "experiments.erasure_bandit",
+    "bench_erasure": "experiments.bench_erasure",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Keys every experiment has, at the top level of the config."""
+  seed: int = param(0, "root PRNG seed; every random draw of the run derives from it",
+                    check=ge(0))
+  resume: bool = param(True, "skip the run if its results.json is complete for the same config")
+  progress: bool = param(True, "show progress bars on stderr")
+  logger: LoggerConfig = param(LoggerConfig(), "wandb settings (config group `logger`)")
+
+
+class Experiment(NamedTuple):
+  name: str
+  schema: type
+  run: Callable[[Any, "RunContext"], Mapping[str, float]]
+  doc: str
+
+
+def get_experiment(name: str) -> Experiment:
+  if name not in EXPERIMENTS:
+    raise ConfigError("experiment", "unknown experiment; allowed: " + ", ".join(EXPERIMENTS))
+  module = importlib.import_module(EXPERIMENTS[name])
+  return Experiment(name, module.Config, module.run, (module.__doc__ or "").strip())
+
+
+def split_and_validate(name: str, values: Mapping[str, Any]) -> tuple[RunConfig, Any]:
+  """Validates a resolved config (without its `hydra` node) for experiment ``name``."""
+  exp = get_experiment(name)
+  common = {f.name for f in dataclasses.fields(RunConfig)}
+  run_cfg = validate(RunConfig, {k: v for k, v in values.items() if k in common})
+  exp_cfg = validate(exp.schema, {k: v for k, v in values.items() if k not in common})
+  return run_cfg, exp_cfg
+
+
+@dataclasses.dataclass
+class RunContext:
+  """Where an experiment writes, and how it reports progress."""
+  out_dir: Path
+  seed: int
+  progress: bool = False
+  logger: Logger | None = None
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
+  files: list[str] = dataclasses.field(default_factory=list)
+  root_dir: Path | None = None  # the run directory, when this context is a child of it
+
+  def path(self, name: str) -> Path:
+    return self.out_dir / name
+
+  def write_csv(self, name: str, columns: Mapping[str, Any]) -> Path:
+    path = self.path(name)
+    io.write_csv(path, columns)
+    self.files.append(str(path.relative_to(self._root())))
+    return path
+
+  def save_figure(self, fig, name: str) -> Path:
+    path = self.path(name)
+    io.save_figure(fig, path)
+    self.files.append(str(path.relative_to(self._root())))
+    if self.logger is not None:
+      self.logger.log_image(path.stem, path)
+    return path
+
+  def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+    if self.logger is not None:
+      self.logger.log(metrics, step)
+
+  def child(self, name: str) -> "RunContext":
+    """A context writing into a subdirectory (used by the tour)."""
+    sub = RunContext(self.out_dir / name, self.seed, self.progress, self.logger,
+                     info={}, files=self.files, root_dir=self._root())
+    sub.out_dir.mkdir(parents=True, exist_ok=True)
+    return sub
+
+  def _root(self) -> Path:
+    return self.root_dir or self.out_dir
+
+  def say(self, msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def execute(name: str, resolved: Mapping[str, Any], out_dir: Path) -> dict | None:
+  """Runs experiment ``name`` with the resolved config into ``out_dir``.
+
+  Returns the results dict, or None if the run was skipped because a complete
+  results.json for the same config already exists (``resume=true``).
+  """
+  values = {k: v for k, v in resolved.items() if k != "hydra"}
+  run_cfg, exp_cfg = split_and_validate(name, values)
+  exp = get_experiment(name)
+  digest = io.config_hash(values)
+  previous = io.read_complete_results(out_dir)
+  if run_cfg.resume and previous is not None and previous.get("config_hash") == digest:
+    print(f"[{name}] {out_dir}: complete results.json for this config; skipped "
+          "(resume=false to redo)", file=sys.stderr)
+    return None
+  out_dir.mkdir(parents=True, exist_ok=True)
+  # A stale results.json (other config, or a redo) must not survive a crash of this run.
+  (out_dir / io.RESULTS).unlink(missing_ok=True)
+  logger = Logger(run_cfg.logger, out_dir, name, values)
+  ctx = RunContext(out_dir, run_cfg.seed, run_cfg.progress, logger)
+  started = time.time()
+  headline = dict(exp.run(exp_cfg, ctx))
+  wall = time.time() - started
+  bad = [k for k, v in headline.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
+  if bad:
+    raise TypeError(f"headline values must be numbers; not: {bad}")
+  results = {
+      "experiment": name,
+      "headline": headline,
+      **({"info": ctx.info} if ctx.info else {}),
+      "config": values,
+      "config_hash": digest,
+      "seed": run_cfg.seed,
+      "versions": io.versions(),
+      "wall_time_s": wall,
+      "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+      "files": sorted(set(ctx.files)),
+      "complete": True,
+  }
+  io.write_json(out_dir / io.RESULTS, results)
+  logger.finish(headline)
+  width = max((len(k) for k in headline), default=0)
+  lines = [f"  {k:<{width}}  {v:.6g}" for k, v in headline.items()]
+  print(f"[{name}] done in {wall:.1f}s -> {out_dir / io.RESULTS}\n" + "\n".join(lines),
+        file=sys.stderr)
+  return results

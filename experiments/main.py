@@ -1,0 +1,153 @@
+"""The one entry point: ``python -m experiments.main experiment=NAME key=value ...``.
+
+Kept short on purpose; the work lives in the experiment modules and in
+:mod:`experiments.harness`. Before Hydra creates any directory, every run the
+command line asks for (each value of a ``-m`` sweep) is composed and checked
+against its schema; a bad key or value prints one line and exits with code 2.
+
+Examples::
+
+    python -m experiments.main                                  # the tour
+    python -m experiments.main experiment=erasure_bandit eps=0.95 horizon=20000
+    python -m experiments.main -m experiment=erasure_bandit eps=0.5,0.9,0.99
+    python -m experiments.main -m launcher=joblib +sweep=erasure_eps
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+from experiments.harness import execute, split_and_validate
+from experiments.schema import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("experiment", "logger", "launcher", "sweep")
+_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
+               "--cfg", "-c", "--resolve", "-p", "--package")
+_MAX_PRODUCT = 64  # sweeps with more runs are checked one varied key at a time
+
+
+def _run_name(override_dirname: str) -> str:
+  """A directory name for a run from its overrides ('default' when none)."""
+  name = override_dirname.replace("/", "_") or "default"
+  if len(name) > 120:
+    name = name[:100] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+  return name
+
+
+OmegaConf.register_new_resolver("run_name", _run_name, replace=True)
+
+
+def _group_options(group: str) -> list[str]:
+  return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _expand(args: list[str]) -> list[list[str]]:
+  """The override lists of the runs a (possibly sweeping) command line asks for."""
+  from hydra.core.override_parser.overrides_parser import OverridesParser  # pylint: disable=g-import-not-at-top
+  from hydra.core.override_parser.types import ValueType  # pylint: disable=g-import-not-at-top
+  from hydra.errors import OverrideParseException  # pylint: disable=g-import-not-at-top
+  overrides = [a for a in args if not a.startswith("-")]
+  try:
+    parsed = OverridesParser.create().parse_overrides(overrides)
+  except OverrideParseException as e:
+    raise ConfigError("command line", str(e).splitlines()[0]) from e
+  choices = []
+  for o in parsed:
+    key = o.get_key_element()
+    if o.value_type == ValueType.GLOB_CHOICE_SWEEP:
+      choices.append([f"{key}={v}" for v in o.value().filter(_group_options(o.key_or_group))])
+    elif o.is_choice_sweep() or o.is_range_sweep():
+      choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+    else:
+      choices.append([o.input_line])
+  total = 1
+  for c in choices:
+    total *= len(c)
+  if total <= _MAX_PRODUCT:
+    return [list(combo) for combo in itertools.product(*choices)]
+  base = [c[0] for c in choices]
+  runs = [base]
+  for i, c in enumerate(choices):
+    runs += [base[:i] + [v] + base[i + 1:] for v in c[1:]]
+  return runs
+
+
+def _explain(e: Exception, overrides: list[str]) -> ConfigError:
+  """Turns a Hydra composition error into a one-line ConfigError."""
+  text = str(e)
+  m = re.search(r"Could not override '([^']+)'", text) or re.search(
+      r"Key '([^']+)' is not in struct", text)
+  if m:
+    return ConfigError(m.group(1), "unknown key for this experiment (see its config in "
+                       "conf/experiment/; prefix with + only to add a key on purpose)")
+  m = re.search(r"Could not find '([^/']+)/([^']+)'", text) or re.search(
+      r"In '[^']*': Could not find '([^/']+)/([^']+)'", text)
+  if m and m.group(1) in GROUPS:
+    return ConfigError(m.group(1), f"unknown choice '{m.group(2)}'; allowed: "
+                       + ", ".join(_group_options(m.group(1))))
+  for group in GROUPS:
+    for o in overrides:
+      if o.split("=")[0].lstrip("+~") == group:
+        return ConfigError(group, f"{text.splitlines()[0]} (allowed: "
+                           + ", ".join(_group_options(group)) + ")")
+  return ConfigError("command line", " ".join(text.split()))
+
+
+def precheck(args: list[str]) -> int:
+  """Validates every run of the command line; returns how many there are."""
+  from hydra import compose, initialize_config_dir  # pylint: disable=g-import-not-at-top
+  runs = _expand(args)
+  with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+    for overrides in runs:
+      try:
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+      except Exception as e:  # pylint: disable=broad-except
+        raise _explain(e, overrides) from e
+      name = cfg.hydra.runtime.choices["experiment"]
+      with open_dict(cfg):
+        del cfg["hydra"]
+      try:
+        values = OmegaConf.to_container(cfg, resolve=True)
+      except Exception as e:  # pylint: disable=broad-except
+        raise ConfigError(str(getattr(e, "full_key", "command line")),
+                          " ".join(str(e).split())) from e
+      split_and_validate(name, values)
+  return len(runs)
+
+
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+def _hydra_main(cfg) -> None:
+  hc = HydraConfig.get()
+  name = hc.runtime.choices["experiment"]
+  out_dir = Path(hc.runtime.output_dir)
+  resolved = OmegaConf.to_container(cfg, resolve=True)
+  try:
+    execute(name, resolved, out_dir)
+  except ConfigError as e:  # also checked before Hydra starts; this is a safety net
+    print(e, file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = list(sys.argv[1:] if argv is None else argv)
+  if not any(a in _INFO_FLAGS for a in args):
+    try:
+      precheck(args)
+    except ConfigError as e:
+      print(e, file=sys.stderr)
+      sys.exit(2)
+  sys.argv = [sys.argv[0]] + args
+  _hydra_main()  # pylint: disable=no-value-for-parameter
+
+
+if __name__ == "__main__":
+  main()

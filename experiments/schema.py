@@ -1,0 +1,204 @@
+"""Typed config schemas and their validation.
+
+Every experiment declares its keys as a frozen dataclass whose fields are made
+with :func:`param`, which records a docstring and a range check next to the
+default. :func:`validate` turns the plain mapping Hydra composed into that
+dataclass, or raises :class:`ConfigError` naming the first bad key, what was
+given and what is allowed. The entry point prints that error as one line and
+exits with code 2 before any work is done.
+
+Example::
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+      horizon: int = param(10_000, "rounds per run", check=gt(0))
+      eps: float = param(0.9, "erasure probability", check=in_range(0, 1, hi_open=True))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Callable, Mapping
+
+__all__ = [
+    "ConfigError", "Check", "param", "validate", "describe", "gt", "ge", "in_range",
+    "one_of", "each", "nonempty",
+]
+
+
+class ConfigError(ValueError):
+  """A config value is unknown, of the wrong type, or out of range."""
+
+  def __init__(self, key: str, message: str):
+    self.key = key
+    self.message = message
+    super().__init__(f"config error: key '{key}': {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+  """A predicate on a value with a human description of what it allows."""
+  fn: Callable[[Any], bool]
+  allowed: str
+
+  def __call__(self, value) -> bool:
+    return bool(self.fn(value))
+
+
+def gt(lo) -> Check:
+  return Check(lambda v: v > lo, f"a number > {lo}")
+
+
+def ge(lo) -> Check:
+  return Check(lambda v: v >= lo, f"a number >= {lo}")
+
+
+def in_range(lo, hi, *, lo_open: bool = False, hi_open: bool = False) -> Check:
+  left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+
+  def fn(v):
+    ok_lo = v > lo if lo_open else v >= lo
+    ok_hi = v < hi if hi_open else v <= hi
+    return ok_lo and ok_hi
+
+  return Check(fn, f"a number in {left}{lo}, {hi}{right}")
+
+
+def one_of(*choices) -> Check:
+  return Check(lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
+
+
+def each(check: Check) -> Check:
+  """Applies ``check`` to every element of a sequence (an empty one fails)."""
+  return Check(lambda vs: len(vs) > 0 and all(check(v) for v in vs),
+               f"a non-empty list, each {check.allowed}")
+
+
+def nonempty() -> Check:
+  return Check(lambda vs: len(vs) > 0, "a non-empty list")
+
+
+def param(default, doc: str, *, check: Check | None = None):
+  """A schema field: ``default``, a one-line ``doc`` and an optional ``check``."""
+  kwargs: dict[str, Any] = {"metadata": {"doc": doc, "check": check}}
+  if isinstance(default, (list, dict, set)):
+    raise TypeError("use a tuple for sequence defaults (schemas are frozen)")
+  if dataclasses.is_dataclass(default):
+    kwargs["default_factory"] = lambda: default
+  else:
+    kwargs["default"] = default
+  return dataclasses.field(**kwargs)
+
+
+def _type_name(tp) -> str:
+  origin = typing.get_origin(tp)
+  if origin in (tuple, list):
+    (inner, *_) = typing.get_args(tp) or (Any,)
+    return f"a list of {_type_name(inner)}"
+  if origin in (typing.Union, types.UnionType):
+    return " or ".join(_type_name(a) for a in typing.get_args(tp))
+  if tp is type(None):
+    return "null"
+  if dataclasses.is_dataclass(tp):
+    return "a mapping"
+  return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
+      tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value, tp, key: str):
+  """Returns ``value`` as type ``tp`` or raises ConfigError."""
+  origin = typing.get_origin(tp)
+  if tp is Any:
+    return value
+  if origin in (typing.Union, types.UnionType):
+    for arg in typing.get_args(tp):
+      try:
+        return _coerce(value, arg, key)
+      except ConfigError:
+        continue
+    raise ConfigError(key, f"must be {_type_name(tp)}; got {value!r}")
+  if tp is type(None):
+    if value is None:
+      return None
+    raise ConfigError(key, f"must be null; got {value!r}")
+  if origin in (tuple, list):
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+      # A scalar where a list is expected is read as a one-element list, so
+      # that `eps=0.9` and `eps=[0.5,0.9]` both work on the command line.
+      value = [value]
+    args = typing.get_args(tp)
+    inner = args[0] if args else Any
+    return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+  if dataclasses.is_dataclass(tp):
+    if not isinstance(value, Mapping):
+      raise ConfigError(key, f"must be a mapping; got {value!r}")
+    return validate(tp, value, prefix=key + ".")
+  if tp is bool:
+    if isinstance(value, bool):
+      return value
+    raise ConfigError(key, f"must be true/false; got {value!r}")
+  if tp is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      if isinstance(value, float) and value.is_integer():
+        return int(value)
+      raise ConfigError(key, f"must be an integer; got {value!r}")
+    return value
+  if tp is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(key, f"must be a number; got {value!r}")
+    return float(value)
+  if tp is str:
+    if not isinstance(value, str):
+      raise ConfigError(key, f"must be a string; got {value!r}")
+    return value
+  raise TypeError(f"unsupported schema type {tp!r} for key {key}")
+
+
+def validate(schema: type, values: Mapping[str, Any], *, prefix: str = ""):
+  """Builds ``schema`` from ``values``, raising ConfigError on the first problem.
+
+  Args:
+    schema: a dataclass whose fields were made with :func:`param`.
+    values: a plain mapping (e.g. ``OmegaConf.to_container(cfg, resolve=True)``).
+    prefix: prepended to key names in error messages (for nested schemas).
+
+  Returns:
+    An instance of ``schema``.
+  """
+  hints = typing.get_type_hints(schema)
+  fields = {f.name: f for f in dataclasses.fields(schema)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ConfigError(prefix + unknown[0],
+                      "unknown key; allowed keys: " + ", ".join(sorted(fields)))
+  kwargs = {}
+  for name, f in fields.items():
+    key = prefix + name
+    if name not in values:
+      continue
+    value = _coerce(values[name], hints[name], key)
+    check = f.metadata.get("check")
+    if check is not None and value is not None and not check(value):
+      raise ConfigError(key, f"must be {check.allowed}; got {values[name]!r}")
+    kwargs[name] = value
+  return schema(**kwargs)
+
+
+def describe(schema: type, *, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+  """Rows (key, type, default, doc) for documentation and `--help`-like output."""
+  rows = []
+  hints = typing.get_type_hints(schema)
+  for f in dataclasses.fields(schema):
+    tp = hints[f.name]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if dataclasses.is_dataclass(tp):
+      rows += describe(tp, prefix=prefix + f.name + ".")
+      continue
+    doc = f.metadata.get("doc", "")
+    check = f.metadata.get("check")
+    if check is not None:
+      doc = f"{doc} ({check.allowed})"
+    rows.append((prefix + f.name, _type_name(tp), default, doc))
+  return rows
