@@ -3,7 +3,8 @@
 Each is an :class:`~bandits.core.Algorithm` factory. They credit each reward
 to the arm they requested, so on an erasure channel they are the naive
 baselines that ignore erasures; :mod:`bandits.erasure.algorithms` wraps or
-extends them.
+extends them. All are batch-polymorphic (see :mod:`bandits.core`): per-arm
+state is (K, *batch), scalars (*batch), and arm reductions run over axis 0.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from bandits.core import Algorithm, BanditSpec, tree_select
+from bandits.core import Algorithm, BanditSpec, add_at, argmax_arms, first_true, take, tree_select
 
 
 class UCBState(struct.PyTreeNode):
@@ -34,9 +35,9 @@ def ucb() -> Algorithm:
 
   def init(key, spec: BanditSpec) -> UCBState:
     del key
-    k = spec.arm_mask.shape[-1]
-    return UCBState(counts=jnp.zeros(k, jnp.float32), sums=jnp.zeros(k, jnp.float32),
-                    n=jnp.ones((), jnp.int32), arm_mask=spec.arm_mask)
+    zeros = jnp.zeros(spec.arm_mask.shape, jnp.float32)
+    return UCBState(counts=zeros, sums=zeros, n=jnp.ones(spec.horizon.shape, jnp.int32),
+                    arm_mask=spec.arm_mask)
 
   def act(key, state: UCBState) -> jax.Array:
     del key
@@ -46,11 +47,11 @@ def ucb() -> Algorithm:
     bonus = jnp.sqrt(jnp.log1p(n * log_n * log_n) / (state.counts + 1.0))
     mean = state.sums / jnp.maximum(state.counts, 1.0)
     index = jnp.where(state.arm_mask, mean + bonus, -jnp.inf)
-    return jnp.where(jnp.any(untried), jnp.argmax(untried), jnp.argmax(index)).astype(jnp.int32)
+    return jnp.where(jnp.any(untried, axis=0), first_true(untried), argmax_arms(index))
 
   def update(state: UCBState, action, obs) -> UCBState:
-    return state.replace(counts=state.counts.at[action].add(1.0),
-                         sums=state.sums.at[action].add(obs.reward), n=state.n + 1)
+    return state.replace(counts=add_at(state.counts, action, 1.0),
+                         sums=add_at(state.sums, action, obs.reward), n=state.n + 1)
 
   return Algorithm(init, act, update)
 
@@ -70,11 +71,6 @@ class PhasedState(struct.PyTreeNode):
   known: jax.Array      # () int32 arm known to be played (feedback), -1 if unknown
 
 
-def _next_arm(needs: jax.Array) -> jax.Array:
-  """The lowest-index arm with ``needs`` set (0 if none)."""
-  return jnp.argmax(needs).astype(jnp.int32)
-
-
 def phase_end(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
   """Merges the phase's samples into the means and eliminates arms.
 
@@ -85,39 +81,39 @@ def phase_end(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
                    (s.qhat * s.pulls + s.total) / jnp.maximum(s.pulls + s.cnt, 1.0), s.qhat)
   m = s.m.astype(jnp.float32)
   radius = radius_scale * jnp.sqrt(s.log_term / (2.0 * m))
-  best = jnp.max(jnp.where(s.active, qhat, -jnp.inf))
+  best = jnp.max(jnp.where(s.active, qhat, -jnp.inf), axis=0)
   active = s.active & (best - qhat <= radius)
   zeros = jnp.zeros_like(s.cnt)
   return s.replace(active=active, cnt=zeros, total=zeros, qhat=qhat, pulls=s.pulls + m,
-                   m=jnp.minimum(s.m * 4, 1 << 30), arm=_next_arm(active),
-                   pos=jnp.zeros((), jnp.int32))
+                   m=jnp.minimum(s.m * 4, 1 << 30), arm=first_true(active),
+                   pos=jnp.zeros_like(s.pos))
 
 
 def advance(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
   """After a round: move to the next arm needing samples, or end the phase."""
-  block_done = s.cnt[s.arm] >= s.m
+  block_done = take(s.cnt, s.arm) >= s.m
   needs = s.active & (s.cnt < s.m)
-  moved = s.replace(arm=jnp.where(block_done, _next_arm(needs), s.arm),
+  moved = s.replace(arm=jnp.where(block_done, first_true(needs), s.arm),
                     pos=jnp.where(block_done, 0, s.pos))
   ended = phase_end(s, radius_scale)
-  return tree_select(block_done & ~jnp.any(needs), ended, moved)
+  return tree_select(block_done & ~jnp.any(needs, axis=0), ended, moved)
 
 
 def phased_init(spec: BanditSpec, *, first_phase, log_term, linger) -> PhasedState:
-  k = spec.arm_mask.shape[-1]
-  zeros = jnp.zeros(k, jnp.float32)
+  zeros = jnp.zeros(spec.arm_mask.shape, jnp.float32)
+  shape = spec.horizon.shape  # () for one run, the batch shape for a batch
+  full = lambda v, dtype: jnp.broadcast_to(jnp.asarray(v, dtype), shape)
   return PhasedState(active=spec.arm_mask, cnt=zeros, total=zeros, qhat=zeros,
-                     pulls=jnp.zeros((), jnp.float32),
-                     m=jnp.asarray(first_phase, jnp.int32), arm=_next_arm(spec.arm_mask),
-                     pos=jnp.zeros((), jnp.int32), linger=jnp.asarray(linger, jnp.int32),
-                     log_term=jnp.asarray(log_term, jnp.float32),
-                     known=-jnp.ones((), jnp.int32))
+                     pulls=full(0, jnp.float32), m=full(first_phase, jnp.int32),
+                     arm=first_true(spec.arm_mask), pos=full(0, jnp.int32),
+                     linger=full(linger, jnp.int32), log_term=full(log_term, jnp.float32),
+                     known=full(-1, jnp.int32))
 
 
 def sae_constants(spec: BanditSpec) -> tuple[jax.Array, jax.Array]:
   """(M_1, log term) of L-SAE's schedule: M_i = 4^i from 4, radius log ln(K T)."""
   t = spec.horizon.astype(jnp.float32)
-  return jnp.asarray(4, jnp.int32), jnp.log(spec.n_arms.astype(jnp.float32) * t)
+  return jnp.full(spec.horizon.shape, 4, jnp.int32), jnp.log(spec.n_arms.astype(jnp.float32) * t)
 
 
 def successive_elimination(*, radius_scale: float = 2.0, constants=sae_constants) -> Algorithm:
@@ -141,8 +137,8 @@ def successive_elimination(*, radius_scale: float = 2.0, constants=sae_constants
 
   def update(state: PhasedState, action, obs) -> PhasedState:
     credit = (state.pos >= state.linger).astype(jnp.float32)
-    s = state.replace(cnt=state.cnt.at[action].add(credit),
-                      total=state.total.at[action].add(credit * obs.reward), pos=state.pos + 1)
+    s = state.replace(cnt=add_at(state.cnt, action, credit),
+                      total=add_at(state.total, action, credit * obs.reward), pos=state.pos + 1)
     return advance(s, radius_scale)
 
   return Algorithm(init, act, update)

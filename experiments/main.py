@@ -17,9 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
+import os
 import re
 import sys
 from pathlib import Path
+
+# Expose each CPU core as an XLA host device (before jax is imported), so that
+# independent runs can be sharded over the cores (bandits.core.shard_runs).
+# Accelerator backends are unaffected. Set XLA_FLAGS yourself to override.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={os.cpu_count() or 1}")
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -126,6 +135,7 @@ def precheck(args: list[str]) -> int:
 
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg) -> None:
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   hc = HydraConfig.get()
   name = hc.runtime.choices["experiment"]
   out_dir = Path(hc.runtime.output_dir)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from bandits.core import Algorithm, BanditSpec, tree_select
+from bandits.core import Algorithm, BanditSpec, add_at, take, tree_select
 from bandits.policies import (PhasedState, advance, phased_init, sae_constants,
                               successive_elimination, ucb)
 
@@ -65,8 +65,9 @@ def repetition(base: Algorithm) -> Algorithm:
   """
 
   def init(key, spec: BanditSpec) -> RepeatState:
-    return RepeatState(base=base.init(key, spec), action=jnp.zeros((), jnp.int32),
-                       rep=jnp.zeros((), jnp.int32), alpha=repetitions(spec.eps, spec.horizon))
+    zeros = jnp.zeros(spec.horizon.shape, jnp.int32)
+    return RepeatState(base=base.init(key, spec), action=zeros, rep=zeros,
+                       alpha=repetitions(spec.eps, spec.horizon))
 
   def act(key, state: RepeatState) -> jax.Array:
     fresh = base.act(key, state.base)
@@ -142,9 +143,10 @@ def feedback_sae(*, radius_scale: float = 2.0) -> Algorithm:
       raise ValueError("fb_sae needs feedback: run it on an environment with feedback=True")
     known = jnp.where(obs.ack, action, state.known).astype(jnp.int32)
     idx = jnp.maximum(known, 0)
-    credit = ((known >= 0) & state.active[idx] & (state.cnt[idx] < state.m)).astype(jnp.float32)
-    s = state.replace(cnt=state.cnt.at[idx].add(credit),
-                      total=state.total.at[idx].add(credit * obs.reward),
+    credit = ((known >= 0) & take(state.active, idx) & (take(state.cnt, idx) < state.m))
+    credit = credit.astype(jnp.float32)
+    s = state.replace(cnt=add_at(state.cnt, idx, credit),
+                      total=add_at(state.total, idx, credit * obs.reward),
                       pos=state.pos + 1, known=known)
     return advance(s, radius_scale)
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.special  # pylint: disable=unused-import
 from flax import struct
 
-from bandits.core import Environment
+from bandits.core import Environment, take
 
 BERNOULLI = "bernoulli"
 GAUSSIAN = "gaussian"
@@ -28,7 +29,7 @@ REWARD_KINDS = (BERNOULLI, GAUSSIAN)
 
 
 class EnvParams(struct.PyTreeNode):
-  """Problem instance (array fields may be traced and vmapped).
+  """Problem instance (array fields may be traced; a batch adds trailing axes).
 
   Attributes:
     means: (K,) float32 arm means (padded arms: any value, never requested).
@@ -68,11 +69,57 @@ def reset(key: jax.Array, params: EnvParams) -> EnvState:
   """Agents start with ``initial_arm`` as their last received arm."""
   del key  # The start is deterministic.
   last = jnp.broadcast_to(params.initial_arm, jnp.shape(params.eps)).astype(jnp.int32)
-  return EnvState(last_arm=last, time=jnp.zeros((), jnp.int32))
+  return EnvState(last_arm=last, time=jnp.zeros(jnp.shape(params.noise_std), jnp.int32))
+
+
+class Draws(struct.PyTreeNode):
+  """The randomness of rounds: leading axes (rounds...) + the action's shape.
+
+  Two uniforms per round and agent: ``erase_u`` (the request is erased when
+  ``erase_u < eps``) and ``reward_u`` (Bernoulli reward ``reward_u < mean``;
+  Gaussian noise ``Phi^-1(reward_u)``, the inverse-CDF transform that
+  ``jax.random.normal`` itself uses).
+  """
+  erase_u: jax.Array
+  reward_u: jax.Array
+
+
+def draw(key: jax.Array, rounds: tuple = (), shape: tuple = ()) -> Draws:
+  """Draws the randomness of ``rounds`` rounds (one vectorized call per field)."""
+  key_erase, key_reward = jax.random.split(key)
+  full = tuple(rounds) + tuple(shape)
+  # Open interval (0, 1) so that the inverse normal CDF stays finite.
+  tiny = float(jnp.finfo(jnp.float32).tiny)
+  return Draws(erase_u=jax.random.uniform(key_erase, full),
+               reward_u=jax.random.uniform(key_reward, full, minval=tiny, maxval=1.0))
+
+
+def gaussian_noise(u: jax.Array) -> jax.Array:
+  """Standard normal from uniform(0, 1): sqrt(2) erfinv(2u - 1)."""
+  return jnp.sqrt(2.0) * jax.scipy.special.erfinv(2.0 * u - 1.0)
+
+
+def step_drawn(drawn: Draws, state: EnvState, action: jax.Array, params: EnvParams):
+  """One round given its randomness: erase or deliver each request, play, reward.
+
+  Returns:
+    (next state, Observation, played arm(s)).
+  """
+  received = drawn.erase_u >= params.eps
+  played = jnp.where(received, action, state.last_arm).astype(jnp.int32)
+  mean = take(params.means, played)
+  if params.reward_kind == BERNOULLI:
+    reward = (drawn.reward_u < mean).astype(jnp.float32)
+  elif params.reward_kind == GAUSSIAN:
+    reward = mean + params.noise_std * gaussian_noise(drawn.reward_u)
+  else:
+    raise ValueError(f"reward_kind must be one of {REWARD_KINDS}; got {params.reward_kind!r}")
+  obs = Observation(reward=reward, ack=received if params.feedback else None)
+  return EnvState(last_arm=played, time=state.time + 1), obs, played
 
 
 def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
-  """One round: erase or deliver each request, play, draw rewards.
+  """One round (gymnax shape): :func:`draw` then :func:`step_drawn`.
 
   Args:
     key: PRNG key for the erasures and the reward noise.
@@ -83,22 +130,10 @@ def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
   Returns:
     (next state, Observation, played arm(s)).
   """
-  key_erase, key_reward = jax.random.split(key)
-  shape = jnp.shape(action)
-  received = jax.random.uniform(key_erase, shape) >= params.eps
-  played = jnp.where(received, action, jnp.broadcast_to(state.last_arm, shape)).astype(jnp.int32)
-  mean = params.means[played]
-  if params.reward_kind == BERNOULLI:
-    reward = (jax.random.uniform(key_reward, shape) < mean).astype(jnp.float32)
-  elif params.reward_kind == GAUSSIAN:
-    reward = mean + params.noise_std * jax.random.normal(key_reward, shape)
-  else:
-    raise ValueError(f"reward_kind must be one of {REWARD_KINDS}; got {params.reward_kind!r}")
-  obs = Observation(reward=reward, ack=received if params.feedback else None)
-  return EnvState(last_arm=played, time=state.time + 1), obs, played
+  return step_drawn(draw(key, (), jnp.shape(action)), state, action, params)
 
 
-ENV = Environment(reset=reset, step=step)
+ENV = Environment(reset=reset, step=step, draw=draw, step_drawn=step_drawn)
 
 
 def make_params(means, eps, *, noise_std=1.0, initial_arm=0, reward_kind=GAUSSIAN,
