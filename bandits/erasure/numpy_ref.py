@@ -2,9 +2,13 @@
 
 Two forms of the same algorithms as :mod:`bandits.erasure.algorithms`:
 
-* :func:`phased_loop`: one run, a straightforward Python loop over rounds
-  (the "per-round loop" baseline, and an independent float64 reference for
-  the tests, which feed it the exact draws the JAX simulator used);
+* :func:`phased_loop_numpy`: one run, the straightforward per-round loop a
+  researcher writes first (numpy arrays for the per-arm state, one generator
+  call per random number, like the authors' code): the "per-round loop"
+  baseline;
+* :func:`phased_loop`: one run, a lean pure-Python loop (lists, randomness
+  passed in as arrays): an independent float64 reference for the tests, which
+  feed it the exact draws the JAX simulator used, and a faster loop baseline;
 * :func:`phased_vectorized`: many runs at once, a loop over rounds with numpy
   arrays across seeds, phase bookkeeping only for the runs that need it (the
   "hand-vectorized numpy" baseline).
@@ -90,6 +94,54 @@ def phased_loop(name: str, means, eps: float, horizon: int, *, erase_u, noise, n
     if every and ((t + 1) % every == 0 or t + 1 == horizon):
       curve.append(regret)
   return regret, (np.array(curve) if every else None)
+
+
+def phased_loop_numpy(name: str, means, eps: float, horizon: int, rng: np.random.Generator, *,
+                      noise_std: float = 1.0, initial_arm: int = 0,
+                      radius_scale: float = 2.0) -> float:
+  """One run of ``name``; a per-round loop over numpy arrays, drawing as it goes.
+
+  Returns:
+    The final pseudo-regret.
+  """
+  means = np.asarray(means, np.float64)
+  k = means.size
+  gaps = means.max() - means
+  first, log_term, linger = constants(name, k, horizon, eps)
+  feedback = name == FB_SAE
+  active = np.ones(k, bool)
+  cnt, total, qhat = np.zeros(k), np.zeros(k), np.zeros(k)
+  pulls, m, arm, pos, known, last, regret = 0.0, first, 0, 0, -1, initial_arm, 0.0
+  for _ in range(horizon):
+    received = rng.random() >= eps
+    played = arm if received else last
+    last = played
+    reward = means[played] + noise_std * rng.standard_normal()
+    regret += gaps[played]
+    if feedback:
+      known = arm if received else known
+      if known >= 0 and active[known] and cnt[known] < m:
+        cnt[known] += 1
+        total[known] += reward
+    elif pos >= linger:
+      cnt[arm] += 1
+      total[arm] += reward
+    pos += 1
+    if cnt[arm] >= m:
+      needs = active & (cnt < m)
+      if needs.any():
+        arm, pos = int(np.argmax(needs)), 0
+      else:
+        upd = active & (cnt > 0)
+        qhat[upd] = (qhat[upd] * pulls + total[upd]) / (pulls + cnt[upd])
+        radius = radius_scale * np.sqrt(log_term / (2 * m))
+        active &= qhat[active].max() - qhat <= radius
+        pulls += m
+        m = min(4 * m, 1 << 30)
+        cnt[:] = 0.0
+        total[:] = 0.0
+        arm, pos = int(np.argmax(active)), 0
+  return float(regret)
 
 
 def phased_vectorized(name: str, means: np.ndarray, eps: float, horizon: int,

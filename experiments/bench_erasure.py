@@ -1,0 +1,141 @@
+"""Speed of the jitted erasure-bandit simulator against numpy, in one process.
+
+For L-SAE and the feedback SAE: ``n_seeds`` runs x ``horizon`` rounds x
+``n_arms`` arms in one jitted call (runs sharded over the CPU cores; a regret
+curve of ``n_points`` points kept), timed after a warm-up compile. Baselines,
+same algorithm and instance distribution:
+
+(a) ``loop``: the straightforward per-round loop over numpy arrays with one
+    generator call per random number (:func:`phased_loop_numpy`), on
+    ``loop_seeds`` runs of ``loop_horizon`` rounds, scaled to rounds/s;
+(a') ``python_list_loop``: a leaner pure-Python loop with pre-drawn randomness
+    (:func:`phased_loop`), reported for transparency;
+(b) ``numpy_vectorized``: numpy arrays across all seeds, a loop over rounds
+    (:func:`phased_vectorized`), on ``vectorized_horizon`` rounds.
+
+Speedups are throughput ratios (rounds per second, a round being one seed's
+round). Headline: ``speedup_vs_loop`` and ``speedup_vs_numpy_vectorized``
+(the smaller over the algorithms), and per-algorithm throughputs and ratios.
+
+    python -m experiments.main experiment=bench_erasure
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from experiments.schema import each, ge, gt, one_of, param, in_range
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  algorithms: tuple[str, ...] = param(("lsae", "fb_sae"), "algorithms to time",
+                                      check=each(one_of("lsae", "fb_sae")))
+  n_seeds: int = param(1000, "runs in the jitted call (and the vectorized baseline)", check=ge(1))
+  horizon: int = param(100_000, "rounds per run in the jitted call", check=gt(0))
+  n_arms: int = param(10, "arms K", check=ge(2))
+  eps: float = param(0.9, "erasure probability", check=in_range(0, 1, hi_open=True))
+  n_points: int = param(1000, "regret curve points kept by the jitted call",
+                        check=in_range(1, 1000))
+  loop_seeds: int = param(2, "runs of the per-round loop baselines", check=ge(1))
+  loop_horizon: int = param(20_000, "rounds per run of the loop baselines", check=gt(0))
+  vectorized_horizon: int = param(100_000, "rounds of the vectorized numpy baseline",
+                                  check=gt(0))
+  repeats: int = param(2, "timed repetitions of the jitted call (best is kept)", check=ge(1))
+
+
+def run(cfg: Config, ctx) -> dict:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from bandits.erasure import numpy_ref, sim  # pylint: disable=import-outside-toplevel
+
+  inst = sim.make_instances([dict(n_arms=cfg.n_arms, eps=cfg.eps, horizon=cfg.horizon)],
+                            cfg.n_seeds, ctx.seed, means_kind="random_gap")
+  means = inst.means[0]
+  rows = {k: [] for k in ("algorithm", "method", "runs", "rounds", "seconds", "rounds_per_s",
+                          "mean_regret_per_round")}
+  headline: dict[str, float] = {"n_seeds": cfg.n_seeds, "T": cfg.horizon, "K": cfg.n_arms,
+                                "eps": cfg.eps, "devices": len(jax.local_devices())}
+
+  def record(name, method, runs, rounds, seconds, regret):
+    rows["algorithm"].append(name)
+    rows["method"].append(method)
+    rows["runs"].append(runs)
+    rows["rounds"].append(rounds)
+    rows["seconds"].append(seconds)
+    rows["rounds_per_s"].append(runs * rounds / seconds)
+    rows["mean_regret_per_round"].append(float(np.mean(regret)) / rounds)
+    return runs * rounds / seconds
+
+  ratios_loop, ratios_vec = [], []
+  for name in cfg.algorithms:
+    feedback = name == "fb_sae"
+    ctx.say(f"[bench_erasure] {name}: jax, {cfg.n_seeds} runs x {cfg.horizon} rounds")
+    start = time.perf_counter()
+    res = sim.run(name, inst, jax.random.key(ctx.seed), feedback=feedback, n_points=cfg.n_points)
+    jax.block_until_ready(res)
+    compile_and_run = time.perf_counter() - start
+    best = float("inf")
+    for r in range(cfg.repeats):
+      start = time.perf_counter()
+      res = sim.run(name, inst, jax.random.key(ctx.seed + 1 + r), feedback=feedback,
+                    n_points=cfg.n_points)
+      jax.block_until_ready(res)
+      best = min(best, time.perf_counter() - start)
+    jax_rate = record(name, "jax", cfg.n_seeds, cfg.horizon, best, np.asarray(res.final_regret))
+    headline[f"{name}_jax_compile_s"] = compile_and_run - best
+
+    ctx.say(f"[bench_erasure] {name}: numpy per-round loop, {cfg.loop_seeds} x {cfg.loop_horizon}")
+    rng = np.random.default_rng(ctx.seed)
+    start = time.perf_counter()
+    reg = [numpy_ref.phased_loop_numpy(name, means[i % cfg.n_seeds], cfg.eps, cfg.loop_horizon,
+                                       rng) for i in range(cfg.loop_seeds)]
+    loop_rate = record(name, "loop", cfg.loop_seeds, cfg.loop_horizon,
+                       time.perf_counter() - start, reg)
+
+    start = time.perf_counter()
+    reg = []
+    for i in range(cfg.loop_seeds):
+      erase_u, noise = rng.random(cfg.loop_horizon), rng.standard_normal(cfg.loop_horizon)
+      reg.append(numpy_ref.phased_loop(name, means[i % cfg.n_seeds], cfg.eps, cfg.loop_horizon,
+                                       erase_u=erase_u, noise=noise)[0])
+    list_rate = record(name, "python_list_loop", cfg.loop_seeds, cfg.loop_horizon,
+                       time.perf_counter() - start, reg)
+
+    ctx.say(f"[bench_erasure] {name}: numpy vectorized, {cfg.n_seeds} x {cfg.vectorized_horizon}")
+    start = time.perf_counter()
+    reg = numpy_ref.phased_vectorized(name, means, cfg.eps, cfg.vectorized_horizon, rng)
+    vec_rate = record(name, "numpy_vectorized", cfg.n_seeds, cfg.vectorized_horizon,
+                      time.perf_counter() - start, reg)
+
+    headline[f"{name}_rounds_per_s"] = jax_rate
+    headline[f"{name}_speedup_vs_loop"] = jax_rate / loop_rate
+    headline[f"{name}_speedup_vs_python_list_loop"] = jax_rate / list_rate
+    headline[f"{name}_speedup_vs_numpy_vectorized"] = jax_rate / vec_rate
+    ratios_loop.append(jax_rate / loop_rate)
+    ratios_vec.append(jax_rate / vec_rate)
+    ctx.log({f"{name}/rounds_per_s": jax_rate})
+
+  headline["speedup_vs_loop"] = min(ratios_loop)
+  headline["speedup_vs_numpy_vectorized"] = min(ratios_vec)
+  ctx.write_csv("metrics.csv", rows)
+
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  methods = ("loop", "python_list_loop", "numpy_vectorized", "jax")
+  width = 0.8 / len(cfg.algorithms)
+  for j, name in enumerate(cfg.algorithms):
+    rates = [next(r for a, m, r in zip(rows["algorithm"], rows["method"], rows["rounds_per_s"])
+                  if a == name and m == method) for method in methods]
+    ax.bar(np.arange(len(methods)) + j * width, rates, width, label=name)
+  ax.set_xticks(np.arange(len(methods)) + width * (len(cfg.algorithms) - 1) / 2, methods)
+  ax.set(yscale="log", ylabel="rounds per second (one seed's round)",
+         title=f"K={cfg.n_arms}, eps={cfg.eps}, {cfg.n_seeds} seeds x T={cfg.horizon}, "
+               f"{len(jax.local_devices())} CPU device(s)")
+  ax.legend()
+  ctx.save_figure(fig, "throughput.png")
+  return headline
