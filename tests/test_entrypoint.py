@@ -1,0 +1,84 @@
+"""The Hydra entry point, run as a user would: config errors, outputs, resume, sweeps."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["experiment=erasure_bandit", "algorithms=[ucb,lsae,fb_sae]", "horizon=400",
+        "n_arms=3", "eps_grid=[0.0,0.9]", "n_arms_grid=[2,3]", "horizon_grid=[200,400]",
+        "n_seeds=2", "n_points=20", "progress=false"]
+
+
+def cli(args, cwd):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="0")
+  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, key", [
+    (["experiment=erasure_bandit", "foo=1"], "foo"),
+    (["experiment=erasure_bandit", "horizon=-5"], "horizon"),
+    (["experiment=erasure_bandit", "eps=1.0"], "eps"),
+    (["experiment=erasure_bandit", "eps_grid=[0.5,1.2]"], "eps_grid"),
+    (["experiment=erasure_bandit", "n_arms=1"], "n_arms"),
+    (["experiment=erasure_bandit", "n_seeds=0"], "n_seeds"),
+    (["experiment=erasure_bandit", "horizon=abc"], "horizon"),
+    (["experiment=nope"], "experiment"),
+    (["logger=nope"], "logger"),
+    (["-m", "experiment=erasure_bandit", "eps=0.5,1.5"], "eps"),
+])
+def test_config_errors_exit_2_with_one_line_and_no_output(tmp_path, args, key):
+  r = cli(args, tmp_path)
+  assert r.returncode == 2, r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and f"key '{key}'" in lines[0], r.stderr
+  assert list(tmp_path.iterdir()) == []  # no run directory, no partial output
+
+
+def test_run_writes_results_and_resume_skips(tmp_path):
+  r = cli(TINY, tmp_path)
+  assert r.returncode == 0, r.stderr
+  (run_dir,) = (tmp_path / "outputs" / "erasure_bandit").iterdir()
+  res = json.loads((run_dir / "results.json").read_text())
+  assert res["complete"] is True and res["seed"] == 0
+  for alg in ("ucb", "lsae", "fb_sae"):
+    assert res["headline"][f"regret_{alg}"] > 0
+  assert res["info"]["instance"]["K"] == 3 and res["config"]["horizon"] == 400
+  assert {"jax", "numpy", "hydra-core"} <= set(res["versions"])
+  for f in ("metrics.csv", "curves.csv", "regret_vs_t.png", "regret_vs_eps.png",
+            "regret_vs_K.png", "regret_vs_T.png"):
+    assert (run_dir / f).stat().st_size > 0, f
+  mtime = (run_dir / "results.json").stat().st_mtime_ns
+  again = cli(TINY, tmp_path)
+  assert again.returncode == 0 and "skipped" in again.stderr
+  assert (run_dir / "results.json").stat().st_mtime_ns == mtime
+  redo = cli(TINY + ["resume=false"], tmp_path)
+  assert redo.returncode == 0 and "skipped" not in redo.stderr
+  assert json.loads((run_dir / "results.json").read_text())["headline"] == res["headline"]
+
+
+def test_joblib_sweep_runs_each_point_once(tmp_path):
+  args = ["-m", "launcher=joblib", *TINY, "eps=0.5,0.9"]
+  r = cli(args, tmp_path)
+  assert r.returncode == 0, r.stderr
+  runs = sorted(p.name for p in (tmp_path / "multirun" / "erasure_bandit").iterdir())
+  assert len(runs) == 2 and all("eps=" in name for name in runs)
+  eps = sorted(json.loads((tmp_path / "multirun" / "erasure_bandit" / n / "results.json")
+                          .read_text())["headline"]["eps"] for n in runs)
+  assert eps == [0.5, 0.9]
+  again = cli(args, tmp_path)  # re-launching the sweep skips both finished runs
+  assert again.returncode == 0 and again.stderr.count("skipped") == 2
+
+
+def test_slurm_launcher_composes():
+  from hydra import compose, initialize_config_dir
+  with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    cfg = compose(config_name="config", overrides=["launcher=slurm", "experiment=erasure_bandit",
+                                                   "hydra.launcher.partition=gpu"],
+                  return_hydra_config=True)
+  assert "SlurmLauncher" in cfg.hydra.launcher._target_
+  assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.timeout_min > 0

@@ -1,0 +1,221 @@
+"""Bandits over arm-erasure channels: environment, algorithms, references and theory checks."""
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bandits.core import BanditSpec, chunking
+from bandits.erasure import algorithms, env, numpy_ref, sim
+from experiments.stats import loglog_slope
+
+
+def _spec(k, horizon, eps):
+  return BanditSpec(arm_mask=jnp.ones(k, bool), horizon=jnp.asarray(horizon, jnp.int32),
+                    eps=jnp.asarray(eps, jnp.float32))
+
+
+def rollout(algo, params, spec, key, horizon):
+  """Actions and played arms of one run through the gymnax-shaped env.step."""
+  def body(carry, k):
+    env_s, algo_s = carry
+    k_act, k_env = jax.random.split(k)
+    action = algo.act(k_act, algo_s)
+    env_s, obs, played = env.step(k_env, env_s, action, params)
+    return (env_s, algo.update(algo_s, action, obs)), (action, played)
+  k_env, k_algo, k_run = jax.random.split(key, 3)
+  init = (env.reset(k_env, params), algo.init(k_algo, spec))
+  _, (actions, played) = jax.lax.scan(body, init, jax.random.split(k_run, horizon))
+  return actions, played
+
+
+# --- environment ---------------------------------------------------------------------------
+
+def test_erasure_replays_last_delivered_arm():
+  params = env.make_params([0.1, 0.5, 0.9], 0.6, initial_arm=2, feedback=True)
+  state = env.reset(jax.random.key(0), params)
+  assert int(state.last_arm) == 2
+  keys = jax.random.split(jax.random.key(1), 4000)
+  actions = jnp.asarray(np.random.default_rng(0).integers(3, size=4000), jnp.int32)
+  def body(s, xs):
+    k, a = xs
+    s2, obs, played = env.step(k, s, a, params)
+    return s2, (obs.ack, played, s.last_arm, obs.reward)
+  _, (ack, played, last, _) = jax.lax.scan(body, state, (keys, actions))
+  ack, played, last, actions = map(np.asarray, (ack, played, last, actions))
+  np.testing.assert_array_equal(played[ack], actions[ack])        # delivered: the request
+  np.testing.assert_array_equal(played[~ack], last[~ack])         # erased: the last arm
+  rate = 1 - ack.mean()
+  assert abs(rate - 0.6) < 4 * math.sqrt(0.24 / 4000)             # erasure frequency ~ eps
+
+
+def test_observation_and_rewards():
+  no_fb = env.make_params([0.2, 0.7], 0.3, reward_kind="bernoulli", feedback=False)
+  s, obs, _ = env.step(jax.random.key(0), env.reset(None, no_fb), jnp.int32(1), no_fb)
+  assert obs.ack is None and float(obs.reward) in (0.0, 1.0)
+  gauss = env.make_params([0.2, 0.7], 0.0, noise_std=0.5)
+  keys = jax.random.split(jax.random.key(2), 20000)
+  _, obs, played = jax.vmap(lambda k: env.step(k, env.reset(k, gauss), jnp.int32(1), gauss))(keys)
+  assert np.all(np.asarray(played) == 1)                           # eps = 0: always delivered
+  r = np.asarray(obs.reward)
+  assert abs(r.mean() - 0.7) < 4 * 0.5 / math.sqrt(r.size) and abs(r.std() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(means=[0.5], eps=0.1), "at least 2 arms"),
+    (dict(means=[0.5, 0.2], eps=1.0), "eps must lie in [0, 1)"),
+    (dict(means=[0.5, 0.2], eps=-0.1), "eps must lie in [0, 1)"),
+    (dict(means=[0.5, 1.2], eps=0.1, reward_kind="bernoulli"), "Bernoulli means"),
+    (dict(means=[0.5, 0.2], eps=0.1, initial_arm=2), "initial_arm"),
+    (dict(means=[0.5, 0.2], eps=0.1, reward_kind="poisson"), "reward_kind"),
+])
+def test_make_params_rejects_bad_instances(kwargs, fragment):
+  with pytest.raises(ValueError, match=re.escape(fragment)):
+    env.make_params(**kwargs)
+
+
+def test_multi_agent_channels_are_independent_with_own_eps():
+  eps = jnp.asarray([0.0, 0.5, 0.95], jnp.float32)
+  params = env.EnvParams(means=jnp.asarray([0.1, 0.9]), eps=eps, noise_std=jnp.float32(1),
+                         initial_arm=jnp.zeros(3, jnp.int32), feedback=True)
+  keys = jax.random.split(jax.random.key(3), 20000)
+  _, obs, played = jax.vmap(lambda k: env.step(k, env.reset(k, params), jnp.ones(3, jnp.int32),
+                                               params))(keys)
+  erased = 1 - np.asarray(obs.ack).mean(axis=0)
+  np.testing.assert_allclose(erased, [0.0, 0.5, 0.95], atol=0.015)
+  assert np.asarray(played).shape == (20000, 3)
+
+
+# --- algorithms ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("eps, horizon, alpha", [(0.0, 50_000, 1), (0.5, 50_000, 32),
+                                                 (0.9, 50_000, 206), (0.99, 50_000, 2154),
+                                                 (0.5, 5_000, 25)])
+def test_repetitions_closed_form(eps, horizon, alpha):
+  """alpha = ceil(2 ln T / ln(1/eps)) (values of the authors' calculate_repetitions)."""
+  assert int(algorithms.repetitions(eps, horizon)) == alpha
+
+
+def _draws_of_run(key, horizon, n_points):
+  """The (erase_u, noise) stream sim.run feeds one run (G = S = 1), rebuilt from its keys."""
+  run_key = jax.random.split(key, 1)[0]
+  n_chunks, chunk_len = chunking(horizon, n_points)
+  us, zs = [], []
+  for c in range(n_chunks):
+    _, key_env = jax.random.split(jax.random.fold_in(run_key, c))
+    d = env.draw(key_env, (chunk_len,), ())
+    us.append(np.asarray(d.erase_u))
+    zs.append(np.asarray(env.gaussian_noise(d.reward_u)))
+  return np.concatenate(us)[:horizon], np.concatenate(zs)[:horizon].astype(np.float64)
+
+
+@pytest.mark.parametrize("name", ["lsae", "fb_sae"])
+@pytest.mark.parametrize("eps, seed", [(0.0, 0), (0.5, 1), (0.9, 2), (0.97, 3)])
+def test_jax_matches_float64_numpy_loop_on_the_same_draws(name, eps, seed):
+  """Same draws in, the same regret curve out: the JAX algorithm is the numpy one."""
+  horizon, n_points = 6000, 60
+  rng = np.random.default_rng(seed)
+  means = rng.permutation(np.linspace(0.1, 0.6, 6))  # gaps >= 0.1 between any two arms
+  inst = sim.make_instances([dict(n_arms=6, eps=eps, horizon=horizon)], 1, 0, means_kind="given",
+                            given_means=tuple(means), initial_arm=3)
+  key = jax.random.key(seed)
+  res = sim.run(name, inst, key, feedback=name == "fb_sae", n_points=n_points)
+  erase_u, noise = _draws_of_run(key, horizon, n_points)
+  ref, curve = numpy_ref.phased_loop(name, means.astype(np.float32), eps, horizon,
+                                     erase_u=erase_u, noise=noise, initial_arm=3,
+                                     n_points=n_points)
+  jax_curve = np.asarray(res.regret)[0, 0]
+  # Per-chunk regret increments: float32 vs float64 rounding only (< 0.01); a
+  # single round played differently would shift an increment by a gap >= 0.1.
+  np.testing.assert_allclose(np.diff(jax_curve, prepend=0), np.diff(curve, prepend=0), atol=0.01)
+  np.testing.assert_allclose(jax_curve[-1], ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(algorithms.ALGORITHMS))
+def test_eps_zero_reduces_to_erasure_free_self(name):
+  """With eps = 0, an erasure algorithm takes the same actions as its base for the same key."""
+  info = algorithms.ALGORITHMS[name]
+  params = env.make_params([0.3, 0.5, 0.45, 0.1], 0.0, feedback=True)
+  spec = _spec(4, 3000, 0.0)
+  key = jax.random.key(7)
+  a, played = jax.jit(lambda k: rollout(info.make(), params, spec, k, 3000))(key)
+  b, _ = jax.jit(lambda k: rollout(info.erasure_free_self(), params, spec, k, 3000))(key)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(played))
+  assert len(np.unique(np.asarray(a))) >= 2  # it explored
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["with_jit", "without_jit"])
+@pytest.mark.parametrize("name", ["rep_ucb", "lsae", "fb_sae"])
+def test_same_actions_with_and_without_jit(name, jit):
+  params = env.make_params([0.3, 0.6, 0.5], 0.5, feedback=True, initial_arm=1)
+  spec = _spec(3, 500, 0.5)
+  fn = lambda k: rollout(algorithms.make(name), params, spec, k, 120)
+  ref = jax.jit(fn)(jax.random.key(4))
+  if jit:
+    out = jax.jit(fn)(jax.random.key(4))
+  else:
+    with jax.disable_jit():
+      out = fn(jax.random.key(4))
+  np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(ref[0]))
+
+
+@pytest.mark.parametrize("name", ["ucb", "rep_se", "lsae", "fb_sae"])
+def test_native_batch_equals_vmap_over_runs(name):
+  """The batch-polymorphic path and vmap over runs give identical numbers (ragged grid)."""
+  grid = [dict(n_arms=k, eps=e, horizon=h) for k, e, h in
+          [(6, 0.0, 900), (6, 0.5, 1200), (3, 0.9, 700)]]
+  inst = sim.make_instances(grid, 4, 0, means_kind="random_gap", initial_arm="random")
+  a = sim.run(name, inst, jax.random.key(1), feedback=True, n_points=30, native_batch=True)
+  b = sim.run(name, inst, jax.random.key(1), feedback=True, n_points=30, native_batch=False)
+  np.testing.assert_array_equal(np.asarray(a.regret), np.asarray(b.regret))
+  # Runs past their own horizon do not accrue regret.
+  short = np.asarray(a.regret)[2]
+  np.testing.assert_array_equal(short[:, -1], short[:, np.searchsorted(a.rounds, 700)])
+
+
+def test_feedback_algorithm_needs_feedback():
+  inst = sim.make_instances([dict(n_arms=3, eps=0.5, horizon=100)], 1, 0, means_kind="random_gap")
+  with pytest.raises(ValueError, match="needs feedback"):
+    sim.run("fb_sae", inst, jax.random.key(0), feedback=False)
+
+
+def test_vectorized_numpy_agrees_with_jax_in_distribution():
+  """The hand-vectorized baseline implements the same algorithm (mean regret within CIs)."""
+  inst = sim.make_instances([dict(n_arms=5, eps=0.8, horizon=4000)], 200, 0,
+                            means_kind="random_gap")
+  for name in ("lsae", "fb_sae"):
+    jx = np.asarray(sim.run(name, inst, jax.random.key(0), feedback=True).final_regret)[0]
+    npv = numpy_ref.phased_vectorized(name, inst.means[0], 0.8, 4000, np.random.default_rng(1))
+    se = math.sqrt(jx.var() / jx.size + npv.var() / npv.size)
+    assert abs(jx.mean() - npv.mean()) < 4 * se, (name, jx.mean(), npv.mean())
+
+
+# --- theory checks -------------------------------------------------------------------------
+
+def test_lsae_regret_grows_like_sqrt_t_on_a_fixed_instance():
+  """Fitted log-log slope of L-SAE's regret vs T is near 1/2 (between log T and linear)."""
+  ts = [16_000, 32_000, 64_000, 128_000]
+  grid = [dict(n_arms=5, eps=0.5, horizon=t) for t in ts]
+  inst = sim.make_instances(grid, 48, 0, means_kind="given", given_means=(0.5, 0.45, 0.4, 0.4, 0.3))
+  reg = np.asarray(sim.run("lsae", inst, jax.random.key(0), n_points=8).final_regret).mean(1)
+  slope, _, _ = loglog_slope(ts, reg)
+  assert 0.35 < slope < 0.75, (slope, reg)
+
+
+def test_erasure_ignoring_ucb_suffers_linear_regret_at_high_eps():
+  """At eps = 0.99 naive UCB's regret per round stays flat while L-SAE's and fb_sae's fall."""
+  ts = [20_000, 80_000]
+  grid = [dict(n_arms=5, eps=0.99, horizon=t) for t in ts]
+  inst = sim.make_instances(grid, 48, 0, means_kind="given", given_means=(1.0, 0.8, 0, 0, 0),
+                            initial_arm=2)
+  per_round = {}
+  for name in ("ucb", "fb_sae"):
+    reg = np.asarray(sim.run(name, inst, jax.random.key(0), feedback=True,
+                             n_points=8).final_regret).mean(1)
+    per_round[name] = reg / np.array(ts)
+  assert per_round["ucb"][1] > 0.05                        # a constant fraction of rounds lost
+  assert per_round["ucb"][1] > 0.7 * per_round["ucb"][0]   # not decaying: linear regret
+  assert per_round["fb_sae"][1] < 0.3 * per_round["fb_sae"][0]
