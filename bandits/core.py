@@ -129,14 +129,20 @@ def add_at(x: jax.Array, i: jax.Array, v) -> jax.Array:
   return x + jnp.where(hit, jnp.asarray(v, x.dtype)[None], jnp.zeros((), x.dtype))
 
 
-def first_true(mask: jax.Array) -> jax.Array:
-  """The lowest arm index where ``mask`` (K, *b) is set, per run; 0 where none is.
+def first_index(mask: jax.Array) -> jax.Array:
+  """The lowest arm index where ``mask`` (K, *b) is set, per run; K where none is.
 
-  A min-reduction, cheaper on CPU than argmax's (value, index) reduction.
+  A min-reduction, cheaper on CPU than argmax's (value, index) reduction, and
+  it answers "is any set?" (``< K``) in the same pass.
   """
   k = mask.shape[0]
-  first = jnp.min(jnp.where(mask, _arm_iota(k, mask.ndim - 1, jnp.int32), k), axis=0)
-  return jnp.where(first == k, 0, first).astype(jnp.int32)
+  return jnp.min(jnp.where(mask, _arm_iota(k, mask.ndim - 1, jnp.int32), k), axis=0)
+
+
+def first_true(mask: jax.Array) -> jax.Array:
+  """The lowest arm index where ``mask`` (K, *b) is set, per run; 0 where none is."""
+  first = first_index(mask)
+  return jnp.where(first == mask.shape[0], 0, first).astype(jnp.int32)
 
 
 def argmax_arms(x: jax.Array) -> jax.Array:

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from bandits.core import Algorithm, BanditSpec, add_at, argmax_arms, first_true, take, tree_select
+from bandits.core import (Algorithm, BanditSpec, add_at, argmax_arms, first_index, first_true,
+                          take, tree_select)
 
 
 class UCBState(struct.PyTreeNode):
@@ -92,11 +93,12 @@ def phase_end(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
 def advance(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
   """After a round: move to the next arm needing samples, or end the phase."""
   block_done = take(s.cnt, s.arm) >= s.m
-  needs = s.active & (s.cnt < s.m)
-  moved = s.replace(arm=jnp.where(block_done, first_true(needs), s.arm),
+  k = s.cnt.shape[0]
+  pending = first_index(s.active & (s.cnt < s.m))  # K when no arm needs samples
+  moved = s.replace(arm=jnp.where(block_done & (pending < k), pending, s.arm),
                     pos=jnp.where(block_done, 0, s.pos))
   ended = phase_end(s, radius_scale)
-  return tree_select(block_done & ~jnp.any(needs, axis=0), ended, moved)
+  return tree_select(block_done & (pending == k), ended, moved)
 
 
 def phased_init(spec: BanditSpec, *, first_phase, log_term, linger) -> PhasedState:

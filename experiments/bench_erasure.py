@@ -41,11 +41,11 @@ class Config:
   eps: float = param(0.9, "erasure probability", check=in_range(0, 1, hi_open=True))
   n_points: int = param(1000, "regret curve points kept by the jitted call",
                         check=in_range(1, 1000))
-  loop_seeds: int = param(2, "runs of the per-round loop baselines", check=ge(1))
-  loop_horizon: int = param(20_000, "rounds per run of the loop baselines", check=gt(0))
+  loop_seeds: int = param(3, "runs of the per-round loop baselines", check=ge(1))
+  loop_horizon: int = param(100_000, "rounds per run of the loop baselines", check=gt(0))
   vectorized_horizon: int = param(100_000, "rounds of the vectorized numpy baseline",
                                   check=gt(0))
-  repeats: int = param(2, "timed repetitions of the jitted call (best is kept)", check=ge(1))
+  repeats: int = param(3, "timed repetitions of the jitted call (best is kept)", check=ge(1))
 
 
 def run(cfg: Config, ctx) -> dict:

@@ -43,7 +43,7 @@ class Config:
                                        check=each(ge(2)))
   horizon_grid: tuple[int, ...] = param((5_000, 10_000, 20_000, 50_000),
                                         "T values of the regret-vs-T figure", check=each(gt(1)))
-  n_seeds: int = param(20, "runs per grid point (fresh instance and noise each)", check=ge(1))
+  n_seeds: int = param(100, "runs per grid point (fresh instance and noise each)", check=ge(1))
   means: str = param("random_gap", "instance means: random_gap | two_level | given",
                      check=one_of("random_gap", "two_level", "given"))
   given_means: tuple[float, ...] = param((), "arm means when means=given (at least max K)")
