@@ -23,7 +23,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from experiments.schema import each, ge, gt, in_range, one_of, param
+from experiments.schema import ConfigError, each, ge, gt, in_range, one_of, param
 
 ALGORITHM_NAMES = ("ucb", "se", "rep_ucb", "rep_se", "lsae", "fb_sae")
 
@@ -53,6 +53,18 @@ class Config:
                            check=ge(-1))
   n_points: int = param(200, "points on each regret curve", check=in_range(1, 1000))
 
+  def check(self) -> None:
+    """Checks that involve several keys (single keys are checked by their field)."""
+    k_max = max((self.n_arms,) + self.n_arms_grid)
+    if self.means == "given" and len(self.given_means) < k_max:
+      raise ConfigError("given_means", f"must list at least {k_max} means when means=given")
+    if self.reward == "bernoulli" and any(not 0 <= m <= 1 for m in self.given_means):
+      raise ConfigError("given_means", "must lie in [0, 1] for Bernoulli rewards")
+    k_min = min((self.n_arms,) + self.n_arms_grid)
+    if self.initial_arm >= k_min:
+      raise ConfigError("initial_arm", f"must be -1 or < the smallest K ({k_min})")
+
+
 
 def lower_bound(n_arms, horizon, eps):
   """The order of the lower bound, sqrt(K T) + K / (1 - eps) (constants 1)."""
@@ -73,18 +85,6 @@ def _grid(cfg: Config) -> tuple[list[dict], dict[str, slice]]:
     where[name] = slice(len(grid), len(grid) + len(points))
     grid += points
   return grid, where
-
-
-def _check(cfg: Config) -> None:
-  from experiments.schema import ConfigError  # pylint: disable=import-outside-toplevel
-  k_max = max((cfg.n_arms,) + cfg.n_arms_grid)
-  if cfg.means == "given" and len(cfg.given_means) < k_max:
-    raise ConfigError("given_means", f"must list at least {k_max} means when means=given")
-  if cfg.reward == "bernoulli" and any(not 0 <= m <= 1 for m in cfg.given_means):
-    raise ConfigError("given_means", "must lie in [0, 1] for Bernoulli rewards")
-  k_min = min((cfg.n_arms,) + cfg.n_arms_grid)
-  if cfg.initial_arm >= k_min:
-    raise ConfigError("initial_arm", f"must be -1 or < the smallest K ({k_min})")
 
 
 def simulate_all(cfg: Config, seed: int, progress: bool = False, say=print):
@@ -116,7 +116,6 @@ def run(cfg: Config, ctx) -> dict:
   from bandits.erasure import algorithms  # pylint: disable=import-outside-toplevel
   from experiments.stats import loglog_slope, mean_ci  # pylint: disable=import-outside-toplevel
 
-  _check(cfg)
   grid, where, inst, res = simulate_all(cfg, ctx.seed, ctx.progress)
   headline: dict[str, float] = {"K": cfg.n_arms, "T": cfg.horizon, "eps": cfg.eps,
                                 "n_seeds": cfg.n_seeds,

@@ -7,6 +7,9 @@ dataclass, or raises :class:`ConfigError` naming the first bad key, what was
 given and what is allowed. The entry point prints that error as one line and
 exits with code 2 before any work is done.
 
+Checks that involve several keys go in a ``check(self)`` method of the schema
+that raises :class:`ConfigError`; :func:`validate` calls it.
+
 Example::
 
     @dataclasses.dataclass(frozen=True)
@@ -183,7 +186,14 @@ def validate(schema: type, values: Mapping[str, Any], *, prefix: str = ""):
     if check is not None and value is not None and not check(value):
       raise ConfigError(key, f"must be {check.allowed}; got {values[name]!r}")
     kwargs[name] = value
-  return schema(**kwargs)
+  instance = schema(**kwargs)
+  # Checks across several keys: a schema may define check(self), raising ConfigError.
+  if hasattr(instance, "check"):
+    try:
+      instance.check()
+    except ConfigError as e:
+      raise ConfigError(prefix + e.key, e.message) from None
+  return instance
 
 
 def describe(schema: type, *, prefix: str = "") -> list[tuple[str, str, Any, str]]:

@@ -82,3 +82,14 @@ def test_slurm_launcher_composes():
                   return_hydra_config=True)
   assert "SlurmLauncher" in cfg.hydra.launcher._target_
   assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.timeout_min > 0
+
+
+@pytest.mark.parametrize("args, key", [
+    (["experiment=erasure_bandit", "means=given", "given_means=[0.1,0.2]"], "given_means"),
+    (["experiment=erasure_bandit", "initial_arm=4", "n_arms_grid=[2,5]"], "initial_arm"),
+    (["erasure_bandit.initial_arm=9"], "erasure_bandit.initial_arm"),
+])
+def test_cross_key_errors_are_caught_before_any_output(tmp_path, args, key):
+  r = cli(args, tmp_path)
+  assert r.returncode == 2 and f"key '{key}'" in r.stderr, r.stderr
+  assert list(tmp_path.iterdir()) == []

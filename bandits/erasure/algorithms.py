@@ -21,7 +21,7 @@ Registry names (used by configs and results.json headline keys):
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -129,14 +129,9 @@ def feedback_sae(*, radius_scale: float = 2.0) -> Algorithm:
   eps = 0 it is ``successive_elimination(constants=feedback_constants)``.
   """
 
-  def init(key, spec: BanditSpec) -> PhasedState:
-    del key
-    first, log_term = feedback_constants(spec)
-    return phased_init(spec, first_phase=first, log_term=log_term, linger=0)
-
-  def act(key, state: PhasedState) -> jax.Array:
-    del key
-    return state.arm
+  # The same schedule and requests as SE with these constants; only the
+  # crediting differs (the played arm, known through the acknowledgements).
+  base = successive_elimination(radius_scale=radius_scale, constants=feedback_constants)
 
   def update(state: PhasedState, action, obs) -> PhasedState:
     if obs.ack is None:
@@ -150,14 +145,14 @@ def feedback_sae(*, radius_scale: float = 2.0) -> Algorithm:
                       pos=state.pos + 1, known=known)
     return advance(s, radius_scale)
 
-  return Algorithm(init, act, update)
+  return Algorithm(base.init, base.act, update)
 
 
-class AlgorithmInfo(struct.PyTreeNode):
-  make: Callable[[], Algorithm] = struct.field(pytree_node=False)
-  needs_feedback: bool = struct.field(pytree_node=False)
-  erasure_free_self: Callable[[], Algorithm] = struct.field(pytree_node=False)
-  label: str = struct.field(pytree_node=False)
+class AlgorithmInfo(NamedTuple):
+  make: Callable[[], Algorithm]               # builds the algorithm
+  needs_feedback: bool                        # runs only on an environment with feedback
+  erasure_free_self: Callable[[], Algorithm]  # what it reduces to when eps = 0
+  label: str                                  # for figures
 
 
 ALGORITHMS: dict[str, AlgorithmInfo] = {
