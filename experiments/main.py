@@ -10,7 +10,7 @@ Examples::
     python -m experiments.main                                  # the tour
     python -m experiments.main experiment=erasure_bandit eps=0.95 horizon=20000
     python -m experiments.main -m experiment=erasure_bandit eps=0.5,0.9,0.99
-    python -m experiments.main -m launcher=joblib +sweep=erasure_eps
+    python -m experiments.main -m +sweep=erasure_eps launcher=joblib
 """
 
 from __future__ import annotations
@@ -111,16 +111,32 @@ def _explain(e: Exception, overrides: list[str]) -> ConfigError:
   return ConfigError("command line", " ".join(text.split()))
 
 
+def _compose(overrides: list[str]):
+  from hydra import compose  # pylint: disable=g-import-not-at-top
+  try:
+    return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _explain(e, overrides) from e
+
+
 def precheck(args: list[str]) -> int:
-  """Validates every run of the command line; returns how many there are."""
-  from hydra import compose, initialize_config_dir  # pylint: disable=g-import-not-at-top
+  """Validates every run of the command line; returns how many there are.
+
+  With ``-m``, the sweep's own parameters (``hydra.sweeper.params`` of a
+  config such as ``+sweep=erasure_eps``) are expanded too; a key also given
+  on the command line takes the command line's values, as in Hydra.
+  """
+  from hydra import initialize_config_dir  # pylint: disable=g-import-not-at-top
   runs = _expand(args)
   with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+    if any(a in ("-m", "--multirun") for a in args):
+      params = _compose(runs[0]).hydra.sweeper.get("params") or {}
+      given = {o.split("=")[0].lstrip("+~") for o in runs[0]}
+      extra = [f"{k}={v}" for k, v in params.items() if k not in given]
+      if extra:
+        runs = _expand(args + extra)
     for overrides in runs:
-      try:
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-      except Exception as e:  # pylint: disable=broad-except
-        raise _explain(e, overrides) from e
+      cfg = _compose(overrides)
       name = cfg.hydra.runtime.choices["experiment"]
       with open_dict(cfg):
         del cfg["hydra"]

@@ -93,3 +93,18 @@ def test_cross_key_errors_are_caught_before_any_output(tmp_path, args, key):
   r = cli(args, tmp_path)
   assert r.returncode == 2 and f"key '{key}'" in r.stderr, r.stderr
   assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sweep", sorted(p.stem for p in (ROOT / "conf" / "sweep").glob("*.yaml")))
+def test_sweep_configs_validate_every_run(sweep):
+  from experiments.main import precheck
+  assert precheck(["-m", f"+sweep={sweep}"]) >= 4
+
+
+def test_sweep_values_are_checked_and_command_line_wins():
+  from experiments.main import precheck
+  from experiments.schema import ConfigError
+  assert precheck(["-m", "+sweep=erasure_eps"]) == 16        # 4 eps x 4 seeds
+  assert precheck(["-m", "+sweep=erasure_eps", "eps=0.3"]) == 4
+  with pytest.raises(ConfigError, match="key 'eps'"):
+    precheck(["-m", "+sweep=erasure_eps", "eps=0.5,1.0"])
