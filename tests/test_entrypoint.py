@@ -108,3 +108,21 @@ def test_sweep_values_are_checked_and_command_line_wins():
   assert precheck(["-m", "+sweep=erasure_eps", "eps=0.3"]) == 4
   with pytest.raises(ConfigError, match="key 'eps'"):
     precheck(["-m", "+sweep=erasure_eps", "eps=0.5,1.0"])
+
+
+TINY_WANDB = ["experiment=erasure_bandit", "algorithms=[ucb]", "horizon=300", "n_arms=3",
+              "eps_grid=[0.5]", "n_arms_grid=[3]", "horizon_grid=[300]", "n_seeds=2",
+              "progress=false"]
+
+
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_wandb_never_waits_on_a_network(tmp_path, monkeypatch, mode):
+  """offline writes a local run; online against an unreachable server (a closed loopback
+  port) gives up after init_timeout_s and logs offline. Either way the run completes."""
+  monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+  monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+  r = cli(TINY_WANDB + [f"logger={mode}", "logger.init_timeout_s=5"], tmp_path)
+  assert r.returncode == 0, r.stderr
+  (run_dir,) = (tmp_path / "outputs" / "erasure_bandit").iterdir()
+  assert json.loads((run_dir / "results.json").read_text())["complete"] is True
+  assert list((run_dir / "wandb").glob("offline-run-*"))
