@@ -43,7 +43,8 @@ class Config:
                                        check=each(ge(2)))
   horizon_grid: tuple[int, ...] = param((5_000, 10_000, 20_000, 50_000),
                                         "T values of the regret-vs-T figure", check=each(gt(1)))
-  n_seeds: int = param(100, "runs per grid point (fresh instance and noise each)", check=ge(1))
+  n_seeds: int = param(100, "runs per grid point (run s of every point with the same K shares "
+                       "its instance)", check=ge(1))
   means: str = param("random_gap", "instance means: random_gap | two_level | given",
                      check=one_of("random_gap", "two_level", "given"))
   given_means: tuple[float, ...] = param((), "arm means when means=given (at least max K)")
@@ -94,7 +95,8 @@ def simulate_all(cfg: Config, seed: int, progress: bool = False, say=print):
   grid, where = _grid(cfg)
   inst = sim.make_instances(grid, cfg.n_seeds, seed, means_kind=cfg.means,
                             given_means=cfg.given_means,
-                            initial_arm="random" if cfg.initial_arm < 0 else cfg.initial_arm)
+                            initial_arm="random" if cfg.initial_arm < 0 else cfg.initial_arm,
+                            gap_horizon=cfg.horizon)
   key = jax.random.key(seed)
   out = {}
   for i, name in enumerate(cfg.algorithms):
@@ -166,8 +168,8 @@ def run(cfg: Config, ctx) -> dict:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, r in res.items():
       stats = np.array([mean_ci(r.final_regret[i]) for i in range(sl.start, sl.stop)])
-      ax.errorbar(xs[order], stats[order, 0],
-                  yerr=[stats[order, 0] - stats[order, 1], stats[order, 2] - stats[order, 0]],
+      lower = np.minimum(stats[order, 0] - stats[order, 1], 0.9 * stats[order, 0])  # log axis
+      ax.errorbar(xs[order], stats[order, 0], yerr=[lower, stats[order, 2] - stats[order, 0]],
                   marker="o", capsize=3, label=algorithms.ALGORITHMS[name].label)
     lb = [lower_bound(grid[i]["n_arms"], grid[i]["horizon"], grid[i]["eps"])
           for i in range(sl.start, sl.stop)]

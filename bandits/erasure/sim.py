@@ -54,8 +54,13 @@ def gap_constrained_means(rng: np.random.Generator, n_arms: int, horizon: int,
 
 
 def make_instances(grid: list[dict], n_seeds: int, seed: int, *, means_kind: str,
-                   given_means: tuple[float, ...] = (), initial_arm: str | int = 0) -> Instances:
+                   given_means: tuple[float, ...] = (), initial_arm: str | int = 0,
+                   gap_horizon: int | None = None) -> Instances:
   """Instances for a list of grid points, each a dict with n_arms, eps, horizon.
+
+  Common random numbers: run s of every grid point with the same K gets the
+  same means and initial arm (drawn from a generator seeded by (seed, K, s)),
+  so sweeps over eps or T compare algorithms on the same instances.
 
   Args:
     grid: per grid point ``{"n_arms": K, "eps": eps or [eps_m], "horizon": T}``.
@@ -66,8 +71,9 @@ def make_instances(grid: list[dict], n_seeds: int, seed: int, *, means_kind: str
       authors' earlier notebooks) or 'given' (``given_means``, truncated to K).
     given_means: the means when ``means_kind == 'given'``.
     initial_arm: an arm index, or 'random' for a uniform arm per run.
+    gap_horizon: the T of the 'random_gap' constraint (default: each grid
+      point's own horizon; pass one T to share instances across a T sweep).
   """
-  rng = np.random.default_rng(seed)
   k_max = max(int(g["n_arms"]) for g in grid)
   n_agents = max(np.size(g["eps"]) for g in grid)
   g_n = len(grid)
@@ -84,8 +90,9 @@ def make_instances(grid: list[dict], n_seeds: int, seed: int, *, means_kind: str
     horizon[i] = t
     eps[i] = np.broadcast_to(np.asarray(g["eps"], np.float64), eps.shape[2:])
     for s in range(n_seeds):
+      rng = np.random.default_rng([seed, k, s])
       if means_kind == "random_gap":
-        mu = gap_constrained_means(rng, k, t)
+        mu = gap_constrained_means(rng, k, gap_horizon or t)
       elif means_kind == "two_level":
         mu = np.zeros(k)
         mu[:2] = (1.0, 0.8)
