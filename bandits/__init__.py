@@ -1,0 +1,1 @@
+"""Bandit systems: shared core (bandits.core, bandits.policies) and bandits over erasure channels."""

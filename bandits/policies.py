@@ -58,7 +58,7 @@ def ucb() -> Algorithm:
 
 
 class PhasedState(struct.PyTreeNode):
-  """State of phased successive elimination (all arrays, all traceable)."""
+  """State of phased successive elimination; shapes per run (a batch adds trailing axes)."""
   active: jax.Array     # (K,) bool, arms not eliminated
   cnt: jax.Array        # (K,) float32 samples of each arm in this phase
   total: jax.Array      # (K,) float32 reward of each arm in this phase

@@ -1,0 +1,1 @@
+"""Bandits over arm-erasure channels: environment, algorithms, batched simulation, numpy references."""
