@@ -83,11 +83,12 @@ def phase_end(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
   m = s.m.astype(jnp.float32)
   radius = radius_scale * jnp.sqrt(s.log_term / (2.0 * m))
   best = jnp.max(jnp.where(s.active, qhat, -jnp.inf), axis=0)
-  active = s.active & (best - qhat <= radius)
+  # An arm attaining the best mean always survives (also if means are not finite).
+  active = s.active & ((best - qhat <= radius) | (qhat == best))
   zeros = jnp.zeros_like(s.cnt)
+  m_next = jnp.where(s.m >= 1 << 28, 1 << 30, s.m * 4)  # 4 M_i without int32 overflow
   return s.replace(active=active, cnt=zeros, total=zeros, qhat=qhat, pulls=s.pulls + m,
-                   m=jnp.minimum(s.m * 4, 1 << 30), arm=first_true(active),
-                   pos=jnp.zeros_like(s.pos))
+                   m=m_next, arm=first_true(active), pos=jnp.zeros_like(s.pos))
 
 
 def advance(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:

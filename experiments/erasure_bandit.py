@@ -10,10 +10,15 @@ horizons masked), vmapped over seeds.
     python -m experiments.main experiment=erasure_bandit eps=0.99 horizon=100000 n_seeds=50
     python -m experiments.main -m experiment=erasure_bandit eps=0.5,0.9,0.99
 
+With ``agent_eps`` = [eps_1, ..., eps_M] it also runs M agents behind those
+channels: multi-agent L-SAE (one learner, whole arm blocks per agent) against
+M independent single-agent L-SAEs, one per channel, on the same instances.
+
 Headline: ``regret_<algorithm>`` (mean final regret on the main instance K =
 n_arms, T = horizon, eps = eps), the instance (``K``, ``T``, ``eps``), the lower
-bound there, and ``slope_<algorithm>_vs_T`` (log-log slope of final regret vs
-T over horizon_grid; L-SAE's theory: 1/2 for large T).
+bound there, ``slope_<algorithm>_vs_T`` (log-log slope of final regret vs T
+over horizon_grid; L-SAE's theory: 1/2 for large T) and, with agents,
+``regret_ma_lsae`` and ``regret_lsae_independent_agents`` (summed over agents).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from experiments.schema import ConfigError, each, ge, gt, in_range, one_of, param
+from experiments.schema import Check, ConfigError, each, ge, gt, in_range, one_of, param
 
 ALGORITHM_NAMES = ("ucb", "se", "rep_ucb", "rep_se", "lsae", "fb_sae")
 
@@ -53,6 +58,10 @@ class Config:
   initial_arm: int = param(0, "arm played before any delivery; -1 for a random arm",
                            check=ge(-1))
   n_points: int = param(200, "points on each regret curve", check=in_range(1, 1000))
+  agent_eps: tuple[float, ...] = param(
+      (0.1, 0.5, 0.9), "per-agent erasure probabilities of the multi-agent comparison "
+      "(multi-agent L-SAE vs independent L-SAE per agent, K=n_arms, T=horizon); [] skips it",
+      check=Check(lambda vs: all(0 <= v < 1 for v in vs), "a list of numbers in [0, 1)"))
 
   def check(self) -> None:
     """Checks that involve several keys (single keys are checked by their field)."""
@@ -188,4 +197,41 @@ def run(cfg: Config, ctx) -> dict:
   if len(cfg.horizon_grid) >= 2:
     sweep_figure("horizon", "horizon", f"horizon T (K={cfg.n_arms}, eps={cfg.eps})",
                  "regret_vs_T.png", logx=True)
+  if cfg.agent_eps:
+    headline.update(multi_agent(cfg, ctx, plt))
   return headline
+
+
+def multi_agent(cfg: Config, ctx, plt) -> dict[str, float]:
+  """Multi-agent L-SAE vs independent single-agent L-SAE per channel (same instances)."""
+  from bandits.erasure import sim  # pylint: disable=import-outside-toplevel
+  kind = dict(means_kind=cfg.means, given_means=cfg.given_means, gap_horizon=cfg.horizon,
+              initial_arm="random" if cfg.initial_arm < 0 else cfg.initial_arm)
+  joint = sim.make_instances([dict(n_arms=cfg.n_arms, eps=list(cfg.agent_eps), horizon=cfg.horizon)],
+                             cfg.n_seeds, ctx.seed, **kind)
+  alone = sim.make_instances([dict(n_arms=cfg.n_arms, eps=e, horizon=cfg.horizon)
+                              for e in cfg.agent_eps], cfg.n_seeds, ctx.seed, **kind)
+  key = jax.random.key(ctx.seed + 1)
+  opts = dict(reward_kind=cfg.reward, noise_std=cfg.noise_std, n_points=cfg.n_points)
+  r_joint = jax.tree.map(np.asarray, sim.run("ma_lsae", joint, key, **opts))
+  r_alone = jax.tree.map(np.asarray, sim.run("lsae", alone, key, **opts))
+  joint_curve = r_joint.regret[0]                 # (S, P), summed over agents
+  alone_curve = r_alone.regret.sum(axis=0)        # (S, P), one L-SAE per agent, summed
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for curve, label in ((joint_curve, "multi-agent L-SAE"),
+                       (alone_curve, "independent L-SAE per agent")):
+    mean = curve.mean(axis=0)
+    se = curve.std(axis=0) / np.sqrt(cfg.n_seeds)
+    ax.plot(r_joint.rounds, mean, label=label)
+    ax.fill_between(r_joint.rounds, mean - 1.96 * se, mean + 1.96 * se, alpha=0.2)
+  ax.set(xlabel="round t", ylabel="cumulative regret, summed over agents",
+         title=f"M={len(cfg.agent_eps)} agents, eps_m={list(cfg.agent_eps)}, K={cfg.n_arms}")
+  ax.legend(fontsize=8)
+  ctx.save_figure(fig, "regret_vs_t_multi_agent.png")
+  ctx.write_csv("multi_agent_curves.csv", {"round": r_joint.rounds,
+                                           "ma_lsae": joint_curve.mean(axis=0),
+                                           "lsae_independent_agents": alone_curve.mean(axis=0)})
+  return {"n_agents": len(cfg.agent_eps),
+          "regret_ma_lsae": float(joint_curve[:, -1].mean()),
+          "regret_lsae_independent_agents": float(alone_curve[:, -1].mean())}
+

@@ -88,6 +88,19 @@ def test_multi_agent_channels_are_independent_with_own_eps():
   assert np.asarray(played).shape == (20000, 3)
 
 
+def test_reward_draws_are_finite_at_the_extremes():
+  """The smallest and largest uniform draws give finite Gaussian noise (no erfinv(+-1))."""
+  lo = np.nextafter(np.float32(-1), np.float32(0))
+  hi = np.nextafter(np.float32(1), np.float32(0))
+  z = np.asarray(env.gaussian_noise(jnp.asarray([lo, hi, 0.0], jnp.float32)))
+  assert np.all(np.isfinite(z)) and z[0] < -5 and z[1] > 5 and z[2] == 0
+  d = env.draw(jax.random.key(0), (200_000,), ())
+  v = np.asarray(d.reward_v)
+  assert v.min() > -1 and v.max() < 1
+  z = np.asarray(env.gaussian_noise(d.reward_v))
+  assert np.all(np.isfinite(z)) and abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+
+
 # --- algorithms ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("eps, horizon, alpha", [(0.0, 50_000, 1), (0.5, 50_000, 32),
@@ -107,7 +120,7 @@ def _draws_of_run(key, horizon, n_points):
     _, key_env = jax.random.split(jax.random.fold_in(run_key, c))
     d = env.draw(key_env, (chunk_len,), ())
     us.append(np.asarray(d.erase_u))
-    zs.append(np.asarray(env.gaussian_noise(d.reward_u)))
+    zs.append(np.asarray(env.gaussian_noise(d.reward_v)))
   return np.concatenate(us)[:horizon], np.concatenate(zs)[:horizon].astype(np.float64)
 
 
@@ -133,7 +146,8 @@ def test_jax_matches_float64_numpy_loop_on_the_same_draws(name, eps, seed):
   np.testing.assert_allclose(jax_curve[-1], ref, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(algorithms.ALGORITHMS))
+@pytest.mark.parametrize("name", sorted(n for n, i in algorithms.ALGORITHMS.items()
+                                        if not i.multi_agent))
 def test_eps_zero_reduces_to_erasure_free_self(name):
   """With eps = 0, an erasure algorithm takes the same actions as its base for the same key."""
   info = algorithms.ALGORITHMS[name]
@@ -191,6 +205,32 @@ def test_vectorized_numpy_agrees_with_jax_in_distribution():
     npv = numpy_ref.phased_vectorized(name, inst.means[0], 0.8, 4000, np.random.default_rng(1))
     se = math.sqrt(jx.var() / jx.size + npv.var() / npv.size)
     assert abs(jx.mean() - npv.mean()) < 4 * se, (name, jx.mean(), npv.mean())
+
+
+def test_multi_agent_lsae_with_one_agent_is_lsae():
+  grid = [dict(n_arms=6, eps=e, horizon=4000) for e in (0.0, 0.5, 0.9)]
+  one = [dict(g, eps=[g["eps"]]) for g in grid]
+  a = sim.run("lsae", sim.make_instances(grid, 3, 0, means_kind="random_gap", initial_arm=2),
+              jax.random.key(3), n_points=40)
+  b = sim.run("ma_lsae", sim.make_instances(one, 3, 0, means_kind="random_gap", initial_arm=2),
+              jax.random.key(3), n_points=40)
+  np.testing.assert_array_equal(np.asarray(a.regret), np.asarray(b.regret))
+
+
+def test_multi_agent_lsae_finds_the_best_arm_with_heterogeneous_channels():
+  grid = [dict(n_arms=8, eps=[0.1, 0.5, 0.9], horizon=40_000)]
+  inst = sim.make_instances(grid, 16, 0, means_kind="random_gap", initial_arm="random")
+  res = sim.run("ma_lsae", inst, jax.random.key(0), n_points=40)
+  curve = np.asarray(res.regret)[0]
+  late = (curve[:, -1] - curve[:, -5]) / (4 * 1000 * 3)  # regret per agent-round, last 10%
+  assert np.median(late) == 0.0 and late.mean() < 0.01
+  assert curve[:, -1].mean() > 0
+
+
+def test_multi_agent_lsae_rejects_a_scalar_eps():
+  inst = sim.make_instances([dict(n_arms=3, eps=0.5, horizon=100)], 2, 0, means_kind="random_gap")
+  with pytest.raises(ValueError, match="one erasure probability per agent"):
+    sim.run("ma_lsae", inst, jax.random.key(0))
 
 
 # --- theory checks -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ Registry names (used by configs and results.json headline keys):
 ``rep_se``     repetition wrapper around ``se``
 ``lsae``       Lingering successive arm elimination (no feedback)
 ``fb_sae``     successive elimination with feedback (send until acknowledged)
+``ma_lsae``    multi-agent L-SAE (M agents, one channel eps_m each)
 =============  ==========================================================
 """
 
@@ -27,8 +28,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from bandits.core import Algorithm, BanditSpec, add_at, take, tree_select
-from bandits.policies import (PhasedState, advance, phased_init, sae_constants,
+from bandits.core import (Algorithm, BanditSpec, add_at, first_index, first_true, take,
+                          tree_select)
+from bandits.policies import (PhasedState, advance, phase_end, phased_init, sae_constants,
                               successive_elimination, ucb)
 
 
@@ -148,11 +150,95 @@ def feedback_sae(*, radius_scale: float = 2.0) -> Algorithm:
   return Algorithm(base.init, base.act, update)
 
 
+class MultiAgentState(struct.PyTreeNode):
+  """Multi-agent L-SAE: the phased state plus one block per agent.
+
+  Shapes per run: (K,) per arm, (M,) per agent; a batch adds trailing axes.
+  """
+  phased: PhasedState
+  assigned: jax.Array   # (K,) bool, arms given to an agent this phase
+  agent_arm: jax.Array  # (M,) int32, the arm of each agent's block
+  agent_pos: jax.Array  # (M,) int32, rounds into the block
+  busy: jax.Array       # (M,) bool, whether the agent is in a block
+  linger: jax.Array     # (M,) int32, alpha_m - 1 rounds discarded per block
+
+
+def multi_agent_lsae(*, radius_scale: float = 2.0) -> Algorithm:
+  """Multi-agent Lingering SAE, "vertical" form (the authors' ``LSAE_ma_ver``).
+
+  M agents, agent m behind its own channel eps_m with alpha_m =
+  :func:`repetitions` (eps_m, T). Phase i needs M_i = 4^i samples of every
+  active arm; each free agent takes the next unassigned active arm (index
+  order, lower agents first) for a whole block of alpha_m - 1 discarded +
+  M_i kept requests, credited to that arm. When every active arm has been
+  assigned and no agent is in a block, the phase ends with L-SAE's rule,
+  radius 2 sqrt(ln(K T M) / (2 M_i)), and agents are assigned again at once.
+  Agents without a block request the arm with the best mean so far (never
+  credited); the authors' code requests a uniformly random active arm there,
+  which only costs more regret. With one agent this is :func:`lingering_sae`.
+  """
+
+  def init(key, spec: BanditSpec) -> MultiAgentState:
+    del key
+    if jnp.ndim(spec.eps) != jnp.ndim(spec.horizon) + 1:
+      raise ValueError("ma_lsae needs one erasure probability per agent: eps of shape (M,)")
+    first, _ = sae_constants(spec)
+    n_agents = spec.eps.shape[0]
+    t = spec.horizon.astype(jnp.float32)
+    log_term = jnp.log(spec.n_arms.astype(jnp.float32) * t * n_agents)
+    phased = phased_init(spec, first_phase=first, log_term=log_term, linger=0)
+    zeros = jnp.zeros(spec.eps.shape, jnp.int32)
+    state = MultiAgentState(phased=phased, assigned=jnp.zeros(spec.arm_mask.shape, bool),
+                            agent_arm=zeros, agent_pos=zeros, busy=jnp.zeros(spec.eps.shape, bool),
+                            linger=repetitions(spec.eps, spec.horizon) - 1)
+    return _assign(state)
+
+  def act(key, state: MultiAgentState) -> jax.Array:
+    del key
+    s = state.phased
+    greedy = first_true(s.active & (s.qhat == jnp.max(jnp.where(s.active, s.qhat, -jnp.inf), 0)))
+    return jnp.where(state.busy, state.agent_arm, greedy[None])
+
+  def update(state: MultiAgentState, action, obs) -> MultiAgentState:
+    del action  # Credit goes to the block's arm, as requested.
+    s = state.phased
+    cnt, total = s.cnt, s.total
+    kept = state.busy & (state.agent_pos >= state.linger)
+    for j in range(state.busy.shape[0]):  # agents hold distinct arms
+      credit = kept[j].astype(jnp.float32)
+      cnt = add_at(cnt, state.agent_arm[j], credit)
+      total = add_at(total, state.agent_arm[j], credit * obs.reward[j])
+    pos = jnp.where(state.busy, state.agent_pos + 1, state.agent_pos)
+    busy = state.busy & (pos < state.linger + s.m[None])
+    s = s.replace(cnt=cnt, total=total)
+    state = state.replace(phased=s, agent_pos=pos, busy=busy)
+    ending = ~jnp.any(s.active & ~state.assigned, axis=0) & ~jnp.any(busy, axis=0)
+    ended = state.replace(phased=phase_end(s, radius_scale),
+                          assigned=jnp.zeros_like(state.assigned))
+    return _assign(tree_select(ending, ended, state))
+
+  def _assign(state: MultiAgentState) -> MultiAgentState:
+    """Gives each free agent, in order, the next unassigned active arm."""
+    k = state.assigned.shape[0]
+    arm, pos, busy, assigned = state.agent_arm, state.agent_pos, state.busy, state.assigned
+    for j in range(busy.shape[0]):
+      nxt = first_index(state.phased.active & ~assigned)
+      give = ~busy[j] & (nxt < k)
+      arm = arm.at[j].set(jnp.where(give, nxt, arm[j]))
+      pos = pos.at[j].set(jnp.where(give, 0, pos[j]))
+      busy = busy.at[j].set(busy[j] | give)
+      assigned = assigned | (give & (jnp.arange(k).reshape((k,) + (1,) * (nxt.ndim)) == nxt))
+    return state.replace(agent_arm=arm, agent_pos=pos, busy=busy, assigned=assigned)
+
+  return Algorithm(init, act, update)
+
+
 class AlgorithmInfo(NamedTuple):
   make: Callable[[], Algorithm]               # builds the algorithm
   needs_feedback: bool                        # runs only on an environment with feedback
-  erasure_free_self: Callable[[], Algorithm]  # what it reduces to when eps = 0
+  erasure_free_self: Callable[[], Algorithm]  # what it reduces to when eps = 0 (one agent)
   label: str                                  # for figures
+  multi_agent: bool = False                   # needs eps of shape (M,), requests M arms
 
 
 ALGORITHMS: dict[str, AlgorithmInfo] = {
@@ -166,6 +252,8 @@ ALGORITHMS: dict[str, AlgorithmInfo] = {
     "fb_sae": AlgorithmInfo(feedback_sae, True,
                             lambda: successive_elimination(constants=feedback_constants),
                             "SAE with feedback"),
+    "ma_lsae": AlgorithmInfo(multi_agent_lsae, False, successive_elimination,
+                             "Multi-agent L-SAE", multi_agent=True),
 }
 
 

@@ -75,28 +75,29 @@ def reset(key: jax.Array, params: EnvParams) -> EnvState:
 class Draws(struct.PyTreeNode):
   """The randomness of rounds: leading axes (rounds...) + the action's shape.
 
-  Two uniforms per round and agent: ``erase_u`` (the request is erased when
-  ``erase_u < eps``) and ``reward_u`` (Bernoulli reward ``reward_u < mean``;
-  Gaussian noise ``Phi^-1(reward_u)``, the inverse-CDF transform that
-  ``jax.random.normal`` itself uses).
+  Two uniforms per round and agent: ``erase_u`` on [0, 1) (the request is
+  erased when ``erase_u < eps``) and ``reward_v`` on the open interval
+  (-1, 1): Gaussian noise is ``sqrt(2) erfinv(reward_v)`` (the transform
+  ``jax.random.normal`` uses; drawing on (-1, 1) directly keeps it finite,
+  whereas ``erfinv(2u - 1)`` hits erfinv(-1) = -inf when u is tiny), and a
+  Bernoulli reward is ``(reward_v + 1) / 2 < mean``.
   """
   erase_u: jax.Array
-  reward_u: jax.Array
+  reward_v: jax.Array
 
 
 def draw(key: jax.Array, rounds: tuple = (), shape: tuple = ()) -> Draws:
   """Draws the randomness of ``rounds`` rounds (one vectorized call per field)."""
   key_erase, key_reward = jax.random.split(key)
   full = tuple(rounds) + tuple(shape)
-  # Open interval (0, 1) so that the inverse normal CDF stays finite.
-  tiny = float(jnp.finfo(jnp.float32).tiny)
+  lo = jnp.nextafter(jnp.float32(-1.0), jnp.float32(0.0))
   return Draws(erase_u=jax.random.uniform(key_erase, full),
-               reward_u=jax.random.uniform(key_reward, full, minval=tiny, maxval=1.0))
+               reward_v=jax.random.uniform(key_reward, full, minval=lo, maxval=1.0))
 
 
-def gaussian_noise(u: jax.Array) -> jax.Array:
-  """Standard normal from uniform(0, 1): sqrt(2) erfinv(2u - 1)."""
-  return jnp.sqrt(2.0) * jax.scipy.special.erfinv(2.0 * u - 1.0)
+def gaussian_noise(v: jax.Array) -> jax.Array:
+  """Standard normal from uniform(-1, 1): sqrt(2) erfinv(v), finite for every draw."""
+  return jnp.sqrt(2.0) * jax.scipy.special.erfinv(v)
 
 
 def step_drawn(drawn: Draws, state: EnvState, action: jax.Array, params: EnvParams):
@@ -109,9 +110,9 @@ def step_drawn(drawn: Draws, state: EnvState, action: jax.Array, params: EnvPara
   played = jnp.where(received, action, state.last_arm).astype(jnp.int32)
   mean = take(params.means, played)
   if params.reward_kind == BERNOULLI:
-    reward = (drawn.reward_u < mean).astype(jnp.float32)
+    reward = ((drawn.reward_v + 1.0) * 0.5 < mean).astype(jnp.float32)
   elif params.reward_kind == GAUSSIAN:
-    reward = mean + params.noise_std * gaussian_noise(drawn.reward_u)
+    reward = mean + params.noise_std * gaussian_noise(drawn.reward_v)
   else:
     raise ValueError(f"reward_kind must be one of {REWARD_KINDS}; got {params.reward_kind!r}")
   obs = Observation(reward=reward, ack=received if params.feedback else None)

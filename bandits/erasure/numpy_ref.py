@@ -86,9 +86,9 @@ def phased_loop(name: str, means, eps: float, horizon: int, *, erase_u, noise, n
             qhat[a] = (qhat[a] * pulls + total[a]) / (pulls + cnt[a])
         radius = radius_scale * math.sqrt(log_term / (2 * m))
         top = max(qhat[a] for a in range(k) if active[a])
-        active = [active[a] and top - qhat[a] <= radius for a in range(k)]
+        active = [active[a] and (top - qhat[a] <= radius or qhat[a] == top) for a in range(k)]
         pulls += m
-        m = min(4 * m, 1 << 30)
+        m = 1 << 30 if m >= 1 << 28 else 4 * m
         cnt, total = [0.0] * k, [0.0] * k
         arm, pos = active.index(True), 0
     if every and ((t + 1) % every == 0 or t + 1 == horizon):
