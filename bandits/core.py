@@ -236,11 +236,7 @@ def simulate(env: Environment, algo: Algorithm, env_params, spec: BanditSpec, ga
                                 first_run(spec)).shape
   n_lead = len(action_shape)
 
-  def split2(key):
-    a, b = jax.random.split(key)
-    return a, b
-
-  key_env, key_algo = per_run(split2)(keys)
+  key_env, key_algo = per_run(lambda k: tuple(jax.random.split(k)))(keys)
   env_state = batched(env.reset)(key_env, env_params)
   algo_state = batched(algo.init)(key_algo, spec)
 
@@ -260,7 +256,7 @@ def simulate(env: Environment, algo: Algorithm, env_params, spec: BanditSpec, ga
 
   def chunk_draws(key, chunk):
     key_act, key_env = jax.random.split(jax.random.fold_in(key, chunk))
-    # Deterministic algorithms ignore the act keys and XLA drops their hashing.
+    # One act key per round and run (deterministic algorithms ignore them).
     return env.draw(key_env, (chunk_len,), action_shape), jax.random.split(key_act, chunk_len)
 
   def outer(carry, chunk):
