@@ -28,6 +28,7 @@ import time
 import jax
 import numpy as np
 
+from experiments import io
 from experiments.schema import each, ge, gt, one_of, param, in_range
 
 
@@ -49,9 +50,7 @@ class Config:
 
 
 def run(cfg: Config, ctx) -> dict:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = io.pyplot()
   from bandits.erasure import numpy_ref, sim  # pylint: disable=import-outside-toplevel
 
   inst = sim.make_instances([dict(n_arms=cfg.n_arms, eps=cfg.eps, horizon=cfg.horizon)],

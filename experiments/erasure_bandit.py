@@ -28,6 +28,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from experiments import io
 from experiments.schema import Check, ConfigError, each, ge, gt, in_range, one_of, param
 
 ALGORITHM_NAMES = ("ucb", "se", "rep_ucb", "rep_se", "lsae", "fb_sae")
@@ -97,15 +98,18 @@ def _grid(cfg: Config) -> tuple[list[dict], dict[str, slice]]:
   return grid, where
 
 
-def simulate_all(cfg: Config, seed: int, progress: bool = False, say=print):
+def _instance_options(cfg: Config) -> dict:
+  """Keyword arguments of sim.make_instances shared by every part of the experiment."""
+  return dict(means_kind=cfg.means, given_means=cfg.given_means, gap_horizon=cfg.horizon,
+              initial_arm="random" if cfg.initial_arm < 0 else cfg.initial_arm)
+
+
+def simulate_all(cfg: Config, seed: int, progress: bool = False):
   """Runs every algorithm on every grid point; returns per-algorithm results."""
   from bandits.erasure import algorithms, sim  # pylint: disable=import-outside-toplevel
   from experiments.progress import chunk_bar  # pylint: disable=import-outside-toplevel
   grid, where = _grid(cfg)
-  inst = sim.make_instances(grid, cfg.n_seeds, seed, means_kind=cfg.means,
-                            given_means=cfg.given_means,
-                            initial_arm="random" if cfg.initial_arm < 0 else cfg.initial_arm,
-                            gap_horizon=cfg.horizon)
+  inst = sim.make_instances(grid, cfg.n_seeds, seed, **_instance_options(cfg))
   key = jax.random.key(seed)
   out = {}
   for i, name in enumerate(cfg.algorithms):
@@ -121,9 +125,7 @@ def simulate_all(cfg: Config, seed: int, progress: bool = False, say=print):
 
 
 def run(cfg: Config, ctx) -> dict:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = io.pyplot()
   from bandits.erasure import algorithms  # pylint: disable=import-outside-toplevel
   from experiments.stats import loglog_slope, mean_ci  # pylint: disable=import-outside-toplevel
 
@@ -205,8 +207,7 @@ def run(cfg: Config, ctx) -> dict:
 def multi_agent(cfg: Config, ctx, plt) -> dict[str, float]:
   """Multi-agent L-SAE vs independent single-agent L-SAE per channel (same instances)."""
   from bandits.erasure import sim  # pylint: disable=import-outside-toplevel
-  kind = dict(means_kind=cfg.means, given_means=cfg.given_means, gap_horizon=cfg.horizon,
-              initial_arm="random" if cfg.initial_arm < 0 else cfg.initial_arm)
+  kind = _instance_options(cfg)
   joint = sim.make_instances([dict(n_arms=cfg.n_arms, eps=list(cfg.agent_eps), horizon=cfg.horizon)],
                              cfg.n_seeds, ctx.seed, **kind)
   alone = sim.make_instances([dict(n_arms=cfg.n_arms, eps=e, horizon=cfg.horizon)

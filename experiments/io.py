@@ -85,8 +85,16 @@ def write_csv(path, columns: Mapping[str, Sequence[Any]]) -> None:
         writer.writerow([_jsonable(v) for v in row])
 
 
-def save_figure(fig, path) -> None:
+def pyplot():
+  """matplotlib.pyplot on the non-interactive Agg backend (runs write PNGs, no display)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def save_figure(fig, path) -> None:
+  plt = pyplot()
   with atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
   plt.close(fig)
