@@ -69,6 +69,8 @@ class ArmorConfig:
     iters: outer iterations.
     core_steps: exact scheme: greedy group replacements per block pair per
       iteration.
+    cg_steps: exact scheme: conjugate-gradient steps on all kept values per
+      iteration (mask fixed).
     lr: official scheme: Adam learning rate (authors: 1e-4).
     sparse_steps: official scheme: sampled group updates per iteration (authors: 1).
     patience: official scheme: stop after this many iterations without
@@ -78,7 +80,8 @@ class ArmorConfig:
   block_size: int = 128
   scheme: str = "exact"
   iters: int = 50
-  core_steps: int = 32
+  core_steps: int = 16
+  cg_steps: int = 8
   lr: float = 1e-4
   sparse_steps: int = 1
   patience: int = 100
@@ -210,14 +213,19 @@ def step_b(prob: Problem, x: Factors) -> Factors:
 
 
 class CoreGeometry(NamedTuple):
-  """Per-iteration constants of the group updates (A, B fixed; "block pair" below means an
-  output block of A and an input window of the core step).
+  """Per-iteration constants of the group updates, A and B fixed.
 
-  kappa: (n_a, b_a) diagonal of A_a^T A_a;  k: (n_a, b_a, b_a) A_a^T A_a;
-  q: (n_w, w, w) B_c D_c B_c^T over input windows of width w = lcm(b_b, 4);
-  q_gg: (n_w, G, 4, 4) its 4x4 diagonal blocks (G = w / 4 groups per window);
-  q_inv: (n_w, G, 6, 2, 2)
-  pseudo-inverses of the 2x2 blocks of each of the 6 masks.
+  "Block pair" means an output block of A (b_a rows) and an input window of
+  width w = lcm(b_b, 4) (G = w / 4 groups): the loss is separable over them.
+  Groups are indexed (row r, group column g), g in [0, d_in / 4).
+
+  Attributes:
+    kappa: (d_out, 1) ||A[:, r]||^2, the diagonal of A^T A.
+    k: (n_a, b_a, b_a) A_a^T A_a.
+    q: (n_w, w, w) B_c D_c B_c^T.
+    q_gg: (4, 4, d_in / 4) the 4x4 diagonal block of q of each group column.
+    q_inv: (6, 3, d_in / 4) for each of the 6 patterns (i, j) the entries
+      (u, v, w) of the pseudo-inverse [[u, v], [v, w]] of [[q_ii, q_ij], [q_ij, q_jj]].
   """
   kappa: jax.Array
   k: jax.Array
@@ -226,115 +234,190 @@ class CoreGeometry(NamedTuple):
   q_inv: jax.Array
 
 
-def _pinv2(m: jax.Array) -> jax.Array:
-  """Pseudo-inverse of symmetric PSD 2x2 matrices (..., 2, 2)."""
-  a, b, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 1]
+def _pinv2(a, b, d):
+  """Entries (u, v, w) of the pseudo-inverse of symmetric PSD [[a, b], [b, d]] (elementwise)."""
   det = a * d - b * b
   tr = a + d
-  regular = det > 1e3 * jnp.finfo(m.dtype).eps * tr * tr
-  inv = jnp.stack([jnp.stack([d, -b], -1), jnp.stack([-b, a], -1)], -2) / jnp.where(
-      regular, det, 1)[..., None, None]
-  rank1 = m / jnp.where(tr > 0, tr * tr, 1)[..., None, None]   # rank <= 1: v v^T / lambda
-  return jnp.where(regular[..., None, None], inv, rank1)
+  regular = det > 1e3 * jnp.finfo(a.dtype).eps * tr * tr
+  safe_det = jnp.where(regular, det, 1)
+  tr2 = jnp.where(tr > 0, tr * tr, 1)               # rank <= 1: pinv = M / tr(M)^2
+  return (jnp.where(regular, d / safe_det, a / tr2), jnp.where(regular, -b / safe_det, b / tr2),
+          jnp.where(regular, a / safe_det, d / tr2))
 
 
 def geometry(prob: Problem, x: Factors) -> CoreGeometry:
   w = prob.b_core
-  n_b = prob.y.shape[1] // w
-  n_g = w // 4
+  n_w, n_g = prob.y.shape[1] // w, w // 4
   k = jnp.einsum("aji,ajk->aik", x.a, x.a, precision=_HI)
   b = blockdiag.coarsen(x.b, w)
-  q = jnp.einsum("cij,ckj->cik", b * prob.h.reshape(n_b, 1, w), b, precision=_HI)
-  q5 = q.reshape(n_b, n_g, 4, n_g, 4)
-  q_gg = jnp.diagonal(q5, axis1=1, axis2=3).transpose(0, 3, 1, 2)          # (n_b, G, 4, 4)
-  pairs = jnp.asarray(sparsity.PAIRS)
-  q_m = q_gg[:, :, pairs[:, :, None], pairs[:, None, :]]                     # (n_b, G, 6, 2, 2)
-  return CoreGeometry(kappa=jnp.diagonal(k, axis1=1, axis2=2), k=k, q=q, q_gg=q_gg,
-                      q_inv=_pinv2(q_m))
+  q = jnp.einsum("cij,ckj->cik", b * prob.h.reshape(n_w, 1, w), b, precision=_HI)
+  q_gg = jnp.diagonal(q.reshape(n_w, n_g, 4, n_g, 4), axis1=1, axis2=3)   # (n_w, 4, 4, G)
+  q_gg = q_gg.transpose(1, 2, 0, 3).reshape(4, 4, n_w * n_g)
+  q_inv = jnp.stack([jnp.stack(_pinv2(q_gg[i, i], q_gg[i, j], q_gg[j, j]))
+                     for i, j in sparsity.PAIRS])
+  kappa = jnp.diagonal(k, axis1=1, axis2=2).reshape(-1, 1)
+  return CoreGeometry(kappa=kappa, k=k, q=q, q_gg=q_gg, q_inv=q_inv)
 
 
 def core_gradient(prob: Problem, x: Factors) -> jax.Array:
-  """P = A^T (W_bar - A S B) D B^T as block pairs (n_a, n_b, b_a, b_b); dL/dS = -2 P / zero."""
+  """P = A^T (W_bar - A S B) D B^T, (d_out, d_in); dL/dS = -2 P / zero_loss."""
   r = (prob.y - approx(x)) * prob.h
-  p = blockdiag.right(blockdiag.left(jnp.swapaxes(x.a, 1, 2), r), jnp.swapaxes(x.b, 1, 2))
-  return blockdiag.to_pairs(p, prob.b_a, prob.b_core)
+  return blockdiag.right(blockdiag.left(jnp.swapaxes(x.a, 1, 2), r), jnp.swapaxes(x.b, 1, 2))
 
 
-def group_choice(p_g, s_g, kappa, q_gg, q_inv):
+def group_choice(pg, sg, kap, qg, q_inv):
   """Best 2:4 pattern and values of groups, each given all other groups.
 
-  For one group with current values s (4,), removing it leaves the gradient
-  ``pt = p + kappa Q s``; the group's cost is ``-2 v.pt + kappa v^T Q v``.
+  With a group's current values s (4,) removed, the gradient is
+  ``pt = p + kappa Q s`` and the group costs ``-2 v.pt + kappa v^T Q v`` for
+  values v; for each of the 6 patterns the kept pair's optimum is
+  ``v = Q_pair^+ pt_pair / kappa``. Elementwise over any batch of groups.
 
   Args:
-    p_g: (..., 4) P on the group.  s_g: (..., 4) its current values.
-    kappa: (...) A's column norm^2 for the group's row.  q_gg: (..., 4, 4).
-    q_inv: (..., 6, 2, 2).
+    pg: (..., 4) P on the groups (see :func:`core_gradient`).
+    sg: (..., 4) their current values.
+    kap: (...) ||A[:, row]||^2 of each group's row (broadcastable).
+    qg: (4, 4, ...) each group's 4x4 block of Q (broadcastable).
+    q_inv: (6, 3, ...) see :class:`CoreGeometry`.
 
   Returns:
-    (values (..., 4) of the best pattern, mask (..., 4), decrease (...) >= 0).
+    (values (..., 4), mask (..., 4) of each group's best pattern, and gain (...):
+    the loss decrease, times zero_loss, of taking it; >= 0, 0 where nothing improves).
   """
+  qs = [sum(qg[i, l] * sg[..., l] for l in range(4)) for i in range(4)]
+  pt = [pg[..., i] + kap * qs[i] for i in range(4)]
+  cur = sum(-2 * sg[..., i] * pt[i] + kap * sg[..., i] * qs[i] for i in range(4))
+  k_safe = jnp.where(kap > 0, kap, 1)
+  best = None
+  for m, (i, j) in enumerate(sparsity.PAIRS):
+    u, v, w = q_inv[m]
+    vi, vj = (u * pt[i] + v * pt[j]) / k_safe, (v * pt[i] + w * pt[j]) / k_safe
+    cost = -2 * (vi * pt[i] + vj * pt[j]) + kap * (
+        qg[i, i] * vi * vi + 2 * qg[i, j] * vi * vj + qg[j, j] * vj * vj)
+    if best is None:
+      best = (cost, jnp.zeros(cost.shape, jnp.int32), vi, vj)
+    else:
+      take = cost < best[0]
+      best = (jnp.where(take, cost, best[0]), jnp.where(take, m, best[1]),
+              jnp.where(take, vi, best[2]), jnp.where(take, vj, best[3]))
+  cost, pick, vi, vj = best
   pairs = jnp.asarray(sparsity.PAIRS)
-  pt = p_g + kappa[..., None] * jnp.einsum("...ij,...j->...i", q_gg, s_g)
-  cur = -2 * jnp.sum(s_g * pt, -1) + kappa * jnp.einsum("...i,...ij,...j->...", s_g, q_gg, s_g)
-  pm = pt[..., pairs]                                                     # (..., 6, 2)
-  k = jnp.where(kappa > 0, kappa, 1)[..., None, None]
-  vm = jnp.einsum("...mij,...mj->...mi", q_inv, pm) / k                    # (..., 6, 2)
-  qm = q_gg[..., pairs[:, :, None], pairs[:, None, :]]
-  cost = -2 * jnp.sum(vm * pm, -1) + kappa[..., None] * jnp.einsum(
-      "...mi,...mij,...mj->...m", vm, qm, vm)
-  best = jnp.argmin(cost, axis=-1)
-  gain = cur - jnp.take_along_axis(cost, best[..., None], -1)[..., 0]
-  onehot = jax.nn.one_hot(pairs[best], 4, dtype=s_g.dtype)                # (..., 2, 4)
-  v_best = jnp.take_along_axis(vm, best[..., None, None], -2)[..., 0, :]  # (..., 2)
-  values = jnp.einsum("...k,...kj->...j", v_best, onehot)
-  improve = (gain > 0) & (kappa > 0)
-  mask = jnp.sum(onehot, -2) > 0
-  return values, mask, jnp.where(improve, gain, 0.0)
+  first, second = pairs[pick, 0][..., None], pairs[pick, 1][..., None]
+  iota = jnp.arange(4)
+  values = jnp.where(iota == first, vi[..., None], jnp.where(iota == second, vj[..., None], 0))
+  mask = (iota == first) | (iota == second)
+  gain = jnp.where((kap > 0) & (cur - cost > 0), cur - cost, 0)
+  return values.astype(sg.dtype), mask, gain
 
 
-def _groups(x: jax.Array, prob: Problem) -> jax.Array:
-  """(d_out, d_in) -> (n_a, n_b, b_a, G, 4)."""
-  pairs = blockdiag.to_pairs(x, prob.b_a, prob.b_core)
-  return pairs.reshape(pairs.shape[:3] + (prob.b_core // 4, 4))
+def _as_groups(x: jax.Array) -> jax.Array:
+  """(d_out, d_in) -> (d_out, d_in / 4, 4)."""
+  return x.reshape(x.shape[0], -1, 4)
 
 
-def _ungroup(x: jax.Array) -> jax.Array:
-  n_a, n_b, b_a, n_g, _ = x.shape
-  return blockdiag.from_pairs(x.reshape(n_a, n_b, b_a, n_g * 4))
+def _one_per_block_pair(prob: Problem, idx: jax.Array, ok: jax.Array) -> jax.Array:
+  """(d_out, d_in / 4) bool selecting, in each block pair (a, c), the group number
+  ``idx[a, c]`` (row-major over its b_a x G groups) where ``ok[a, c]``."""
+  b_a, n_g = prob.b_a, prob.b_core // 4
+  row, col = idx // n_g, idx % n_g
+  n_a, n_w = idx.shape
+  r = jnp.arange(b_a)[None, :, None, None]
+  g = jnp.arange(n_g)[None, None, None, :]
+  sel = (r == row[:, None, :, None]) & (g == col[:, None, :, None]) & ok[:, None, :, None]
+  return sel.reshape(n_a * b_a, n_w * n_g)
+
+
+def _per_block_pair(prob: Problem, x: jax.Array) -> jax.Array:
+  """(d_out, d_in / 4) group values -> (n_a, n_w, b_a * G)."""
+  n_a, n_g = x.shape[0] // prob.b_a, prob.b_core // 4
+  n_w = x.shape[1] // n_g
+  return x.reshape(n_a, prob.b_a, n_w, n_g).transpose(0, 2, 1, 3).reshape(n_a, n_w, -1)
+
+
+def _rank_one(prob: Problem, geo: CoreGeometry, p: jax.Array, sel: jax.Array,
+              delta: jax.Array) -> jax.Array:
+  """P after the selected groups (one per block pair) changed by ``delta`` (d_out, d_in):
+  ``P_ac -= K_a[:, i] (delta_i^T Q_c[group, :])`` for the changed row i of each pair."""
+  b_a, w = prob.b_a, prob.b_core
+  n_a, n_w = p.shape[0] // b_a, p.shape[1] // w
+  row = jnp.any(sel.reshape(n_a, b_a, n_w, -1), axis=-1).transpose(0, 2, 1)   # (n_a, n_w, b_a)
+  k_col = jnp.einsum("aij,acj->aci", geo.k, row.astype(p.dtype), precision=_HI)
+  d_row = jnp.sum(delta.reshape(n_a, b_a, n_w, w), axis=1)                     # (n_a, n_w, w)
+  q_row = jnp.einsum("acj,cjk->ack", d_row, geo.q, precision=_HI)
+  outer = k_col[..., :, None] * q_row[..., None, :]                           # (n_a, n_w, b_a, w)
+  return p - outer.transpose(0, 2, 1, 3).reshape(p.shape)
+
+
+def _apply_selected(sel, values, mask, s, m):
+  """Replaces the selected groups of core ``s`` and mask ``m`` (both (d_out, d_in))."""
+  shape = s.shape
+  sg, mg = s.reshape(values.shape), m.reshape(values.shape)
+  s_new = jnp.where(sel[..., None], values, sg).reshape(shape)
+  m_new = jnp.where(sel[..., None], mask, mg).reshape(shape)
+  return s_new, m_new
 
 
 def greedy_core_steps(prob: Problem, x: Factors, n_steps: int) -> Factors:
   """``n_steps`` Gauss-Southwell group replacements in every block pair (exact, monotone).
 
-  Each step evaluates every group's best replacement (:func:`group_choice`)
-  from the block pair's gradient P, replaces the group of largest decrease
-  (if any decreases) and updates P by the rank-one change
-  ``P -= K[:, i] (delta^T Q[group, :])`` of that block pair.
+  Each step evaluates every group's best replacement (:func:`group_choice`),
+  replaces in each block pair the group of largest decrease (if any decreases)
+  and updates P by that block pair's rank-one change (:func:`_rank_one`).
   """
-  geo = geometry(prob, x)
-  p0 = _groups(blockdiag.from_pairs(core_gradient(prob, x)), prob)   # (n_a, n_b, b_a, G, 4)
-  n_a, n_b, b_a, n_g, _ = p0.shape
-  kappa = jnp.broadcast_to(geo.kappa[:, None, :, None], p0.shape[:4])
-  q_gg, q_inv = geo.q_gg[None, :, None], geo.q_inv[None, :, None]
+  # the barrier keeps XLA from fusing (recomputing) the geometry into every step's kernels
+  geo = jax.lax.optimization_barrier(geometry(prob, x))
 
   def body(_, carry):
     p, s, m = carry
-    vals, mask, gain = group_choice(p, s, kappa, q_gg, q_inv)
-    flat = gain.reshape(n_a, n_b, -1)
-    sel = jax.nn.one_hot(jnp.argmax(flat, -1), flat.shape[-1], dtype=bool) & (
-        jnp.max(flat, -1) > 0)[..., None]
-    sel = sel.reshape(gain.shape)
-    delta = sel[..., None] * (vals - s)                                # one group per block pair
-    row = jnp.any(sel, axis=-1).astype(p.dtype)                       # (n_a, n_b, b_a) one-hot
-    k_col = jnp.einsum("aij,acj->aci", geo.k, row, precision=_HI)      # K[:, i]
-    q_row = jnp.einsum("ack,ckj->acj", jnp.sum(delta, 2).reshape(n_a, n_b, -1), geo.q,
-                       precision=_HI)                                  # delta^T Q[group, :]
-    p = p - (k_col[..., :, None] * q_row[..., None, :]).reshape(p.shape)
-    return p, s + delta, jnp.where(sel[..., None], mask, m)
+    values, mask, gain = group_choice(_as_groups(p), _as_groups(s), geo.kappa, geo.q_gg,
+                                      geo.q_inv)
+    flat = _per_block_pair(prob, gain)
+    sel = _one_per_block_pair(prob, jnp.argmax(flat, -1), jnp.max(flat, -1) > 0)
+    s_new, m_new = _apply_selected(sel, values, mask, s, m)
+    return _rank_one(prob, geo, p, sel, s_new - s), s_new, m_new
 
-  _, s, m = jax.lax.fori_loop(0, n_steps, body, (p0, _groups(x.core, prob), _groups(x.mask, prob)))
-  return x._replace(core=_ungroup(s), mask=_ungroup(m))
+  _, s, m = jax.lax.fori_loop(0, n_steps, body, (core_gradient(prob, x), x.core, x.mask))
+  return x._replace(core=s, mask=m)
+
+
+def values_cg(prob: Problem, x: Factors, n_steps: int) -> Factors:
+  """``n_steps`` of preconditioned conjugate gradients on all kept core values, mask fixed.
+
+  The loss is a quadratic in the kept values with Hessian-vector product
+  ``V -> (K V Q) * mask`` (K = A^T A, Q = B D B^T, both block diagonal, so a
+  product costs two block-diagonal matmuls) and minus half-gradient ``P * mask``.
+  Each CG step is an exact line minimization from the current point, so the
+  loss never rises (the Jacobi preconditioner ``kappa_i Q_jj`` keeps that).
+  """
+  if n_steps == 0:
+    return x
+  m = x.mask.astype(x.core.dtype)
+  k = jnp.einsum("aji,ajk->aik", x.a, x.a, precision=_HI)
+  q = jnp.einsum("cij,ckj->cik", x.b * prob.h.reshape(-1, 1, prob.b_b), x.b, precision=_HI)
+  diag = jnp.diagonal(k, axis1=1, axis2=2).reshape(-1, 1) * jnp.diagonal(
+      q, axis1=1, axis2=2).reshape(1, -1)
+  inv_diag = jnp.where(diag > 0, 1 / jnp.where(diag > 0, diag, 1), 0) * m
+
+  def hess(v):
+    return blockdiag.left(k, blockdiag.right(v, q)) * m
+
+  r = core_gradient(prob, x) * m
+  z = r * inv_diag
+  rz = jnp.sum(r * z)
+
+  def body(_, carry):
+    s, r, z, d, rz = carry
+    hd = hess(d)
+    curv = jnp.sum(d * hd)
+    alpha = jnp.where(curv > 0, rz / jnp.where(curv > 0, curv, 1), 0)
+    s, r = s + alpha * d, r - alpha * hd
+    z = r * inv_diag
+    rz_new = jnp.sum(r * z)
+    d = z + jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1), 0) * d
+    return s, r, z, d, rz_new
+
+  s, *_ = jax.lax.fori_loop(0, n_steps, body, (x.core, r, z, z, rz))
+  return x._replace(core=s * m)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,32 +442,42 @@ def _keep_best(state: State, x: Factors, l: jax.Array) -> State:
 def exact_iteration(prob: Problem, cfg: ArmorConfig, state: State) -> State:
   x = step_a(prob, state.x)
   x = step_b(prob, x)
+  x = values_cg(prob, x, cfg.cg_steps)
   x = greedy_core_steps(prob, x, cfg.core_steps)
   return _keep_best(state, x, loss(prob, x))
 
 
-def sampled_core_step(prob: Problem, x: Factors, key: jax.Array) -> tuple[Factors, jax.Array]:
+def sampled_core_step(prob: Problem, x: Factors, key: jax.Array):
   """The official sparse-core step: per block pair one group, drawn with probability
-  proportional to the L1 norm of dL/dS on it, set to its best pattern.
+  proportional to the L1 norm of dL/dS on it, set to its best pattern (if better).
 
-  Returns the new point and the (d_out, d_in) bool map of the replaced groups.
+  Returns the new point, the (d_out, d_in / 4) bool map of the replaced groups
+  and the new loss (the loss before, less the exact decrease of the replacements:
+  one group per block pair, and the loss is separable over block pairs).
   """
   geo = geometry(prob, x)
-  p = _groups(blockdiag.from_pairs(core_gradient(prob, x)), prob)   # (n_a, n_b, b_a, G, 4)
-  weight = jnp.sum(jnp.abs(p), -1)
-  flat = weight.reshape(weight.shape[:2] + (-1,))
-  logits = jnp.where(flat > 0, jnp.log(jnp.where(flat > 0, flat, 1)), -jnp.inf)
-  logits = jnp.where(jnp.any(flat > 0, -1, keepdims=True), logits, 0.0)
-  pick = jax.random.categorical(key, logits, axis=-1)
-  sel = jax.nn.one_hot(pick, flat.shape[-1], dtype=bool).reshape(weight.shape)
-  s = _groups(x.core, prob)
-  kappa = jnp.broadcast_to(geo.kappa[:, None, :, None], weight.shape)
-  vals, mask, gain = group_choice(p, s, kappa, geo.q_gg[None, :, None], geo.q_inv[None, :, None])
-  sel = sel & (gain > 0)
-  s = jnp.where(sel[..., None], vals, s)
-  m = jnp.where(sel[..., None], mask, _groups(x.mask, prob))
-  touched = _ungroup(jnp.broadcast_to(sel[..., None], s.shape))
-  return x._replace(core=_ungroup(s), mask=_ungroup(m)), touched
+  diff = prob.y - approx(x)
+  l_before = layer.weighted_sq(diff, prob.h) / _nonzero(prob.zero_loss)
+  p = blockdiag.right(blockdiag.left(jnp.swapaxes(x.a, 1, 2), diff * prob.h),
+                      jnp.swapaxes(x.b, 1, 2))
+  pg, sg = _as_groups(p), _as_groups(x.core)
+  weight = _per_block_pair(prob, jnp.sum(jnp.abs(pg), -1))          # (n_a, n_w, b_a * G)
+  logits = jnp.where(weight > 0, jnp.log(jnp.where(weight > 0, weight, 1)), -jnp.inf)
+  any_w = jnp.any(weight > 0, -1)
+  pick = jax.random.categorical(key, jnp.where(any_w[..., None], logits, 0.0), axis=-1)
+  n_g = prob.b_core // 4
+  n_a, n_w = pick.shape
+  rows = jnp.arange(n_a)[:, None] * prob.b_a + pick // n_g           # (n_a, n_w)
+  cols = jnp.arange(n_w)[None, :] * n_g + pick % n_g
+  values, mask, gain = group_choice(pg[rows, cols], sg[rows, cols], geo.kappa[rows, 0],
+                                    geo.q_gg[:, :, cols], geo.q_inv[:, :, cols])
+  ok = any_w & (gain > 0)
+  core = sg.at[rows, cols].set(jnp.where(ok[..., None], values, sg[rows, cols]))
+  m = _as_groups(x.mask)
+  m = m.at[rows, cols].set(jnp.where(ok[..., None], mask, m[rows, cols]))
+  touched = jnp.zeros(pg.shape[:2], bool).at[rows, cols].set(ok)
+  l_after = l_before - jnp.sum(gain * ok) / _nonzero(prob.zero_loss)
+  return x._replace(core=core.reshape(x.core.shape), mask=m.reshape(x.mask.shape)), touched, l_after
 
 
 def official_iteration(prob: Problem, cfg: ArmorConfig, state: State) -> State:
@@ -401,10 +494,11 @@ def official_iteration(prob: Problem, cfg: ArmorConfig, state: State) -> State:
   a, b, values = optax.apply_updates(params, updates)
   x = Factors(a, b, values * x0.mask, x0.mask)
   key, sub = jax.random.split(state.key)
+  l = loss(prob, x) if cfg.sparse_steps == 0 else None
   for k in jax.random.split(sub, cfg.sparse_steps):
-    x, touched = sampled_core_step(prob, x, k)
-    values = jnp.where(touched & x.mask, x.core, values)   # kept values set; pruned ones stay
-  l = loss(prob, x)
+    x, touched, l = sampled_core_step(prob, x, k)
+    touched = jnp.repeat(touched, 4, axis=1) & x.mask
+    values = jnp.where(touched, x.core, values)   # kept values set; pruned ones stay
   improved = (l <= (1 - cfg.rtol) * state.loss) & (l <= state.loss - cfg.atol)
   stall = jnp.where(improved, 0, state.stall + 1)
   new = _keep_best(state, x, l)._replace(opt=opt_state, values=values, stall=stall, key=key,

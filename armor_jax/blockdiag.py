@@ -48,8 +48,10 @@ def left(blocks: jax.Array, x: jax.Array) -> jax.Array:
 def right(x: jax.Array, blocks: jax.Array) -> jax.Array:
   """``x @ blockdiag`` for x of shape (..., d)."""
   n, b, _ = blocks.shape
-  xb = x.reshape(x.shape[:-1] + (n, b))
-  return jnp.einsum("...ni,nij->...nj", xb, blocks, precision=_HI).reshape(x.shape)
+  # as (B^T x^T)^T: XLA on CPU runs the batch-leading form several times faster
+  xt = x.reshape(-1, n * b).T.reshape(n, b, -1)
+  out = jnp.einsum("nji,nj...->ni...", blocks, xt, precision=_HI)
+  return out.reshape(n * b, -1).T.reshape(x.shape)
 
 
 def to_pairs(x: jax.Array, b_out: int, b_in: int) -> jax.Array:

@@ -1,1 +1,13 @@
-"""Constrained MDPs under a generative model (planned: average-reward and linear CMDPs). Empty for now."""
+"""Constrained MDPs under a generative model.
+
+Shared by every CMDP system (average-reward now, linear/discounted next):
+
+* :mod:`cmdp.tabular`: the tabular CMDP pytree, its validation, exact float64
+  evaluation (gain, bias, span; multichain and periodic chains), mixtures.
+* :mod:`cmdp.lp`: occupancy-measure LPs (scipy HiGHS), the exact ground truth:
+  optimal constrained gain, an optimal policy, lambda*, the Slater constant.
+* :mod:`cmdp.generative`: N next-state samples per (s, a) and the empirical model.
+* :mod:`cmdp.instances`: hard instances (tunable S, A, H, B, zeta) and random ones.
+
+Average-reward specifics: :mod:`cmdp.average_reward` (arXiv 2509.16586, reconstructed).
+"""

@@ -26,6 +26,11 @@ EXPERIMENTS: dict[str, str] = {
     "tour": "experiments.tour",
     "erasure_bandit": "experiments.erasure_bandit",
     "bench_erasure": "experiments.bench_erasure",
+    "collab_bandit": "experiments.collab_bandit",
+    "bench_collab": "experiments.bench_collab",
+    "camdp_sample_complexity": "experiments.camdp_sample_complexity",
+    "bench_camdp": "experiments.bench_camdp",
+    "bench_armor_layer": "experiments.bench_armor_layer",
 }
 
 

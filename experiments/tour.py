@@ -7,20 +7,34 @@ into the tour's headline as ``<system>/<key>``.
 
     python -m experiments.main                       # all systems
     python -m experiments.main systems=[erasure_bandit] erasure_bandit.n_seeds=4
+    python -m experiments.main systems=[camdp_sample_complexity]
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from experiments import erasure_bandit
+from experiments import camdp_sample_complexity, collab_bandit, erasure_bandit
 from experiments.schema import each, one_of, param
 
-SYSTEMS = ("erasure_bandit",)
+MODULES = {"erasure_bandit": erasure_bandit, "collab_bandit": collab_bandit,
+           "camdp_sample_complexity": camdp_sample_complexity}
+SYSTEMS = tuple(MODULES)
 
 _SMALL_ERASURE = erasure_bandit.Config(
     n_arms=5, horizon=5_000, eps=0.9, eps_grid=(0.0, 0.5, 0.9, 0.99), n_arms_grid=(2, 5, 10),
     horizon_grid=(1_000, 2_000, 5_000), n_seeds=16, n_points=100)
+
+_SMALL_COLLAB = collab_bandit.Config(
+    algorithms=("collab", "ind_oful", "pooled_oful", "oracle"), d=5, n_agents=10, sigma=0.1,
+    horizon=2000, m_grid=(2, 5, 10), sigma_grid=(0.0, 0.1, 0.5), sweep_horizon=400, n_seeds=4,
+    regime_points=5)
+
+_SMALL_CAMDP = camdp_sample_complexity.Config(
+    n_states=10, n_actions=3, eps=0.07, eps_grid=(0.1, 0.07, 0.05), H_grid=(5.0, 10.0, 20.0),
+    zeta=0.1, zeta_grid=(0.07, 0.1, 0.14), relaxed_n_range=(64, 65536),
+    strict_n_range=(16384, 2**25), n_per_octave=1, n_seeds=8, n_check_seeds=16, n_grid=64,
+    n_iters=2**16, batch_size=512)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,13 +42,17 @@ class Config:
   systems: tuple[str, ...] = param(SYSTEMS, "systems to run", check=each(one_of(*SYSTEMS)))
   erasure_bandit: erasure_bandit.Config = param(_SMALL_ERASURE,
                                                 "bandits over erasure channels (small scale)")
+  collab_bandit: collab_bandit.Config = param(
+      _SMALL_COLLAB, "collaborative personalized linear bandits (small scale)")
+  camdp_sample_complexity: camdp_sample_complexity.Config = param(
+      _SMALL_CAMDP, "constrained average-reward MDPs, sample complexity (small scale)")
 
 
 def run(cfg: Config, ctx) -> dict:
   headline: dict[str, float] = {}
   for system in cfg.systems:
     ctx.say(f"[tour] {system}")
-    module = {"erasure_bandit": erasure_bandit}[system]
+    module = MODULES[system]
     sub = ctx.child(system)
     result = module.run(getattr(cfg, system), sub)
     headline.update({f"{system}/{k}": v for k, v in result.items()})

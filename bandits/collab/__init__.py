@@ -1,0 +1,1 @@
+"""Collaborative personalized linear bandits: environment, algorithms, batched simulation, numpy references."""

@@ -1,0 +1,366 @@
+"""Model-based primal-dual learning of constrained average-reward MDPs (arXiv 2509.16586).
+
+What is the paper's and what is reconstruction. The paper (Wei, Li & Yang,
+"Near-Optimal Sample Complexity Bounds for Constrained Average-Reward MDPs")
+proves O~(SA(B+H)/eps^2) samples for relaxed feasibility and
+O~(SA(B+H)/(eps^2 zeta^2)) for strict feasibility with a model-based algorithm
+under a generative model; its full text was not available here (only the
+abstract and first page), so the algorithm below is the reconstruction of
+``shared/research/theory-papers.md`` sec. 1: Vaswani, Yang & Szepesvari's
+primal-dual template for discounted CMDPs (arXiv 2206.06270) run on a
+discounted surrogate with 1 - gamma ~ eps / (B + H) as in Zurek & Chen's
+reduction for average-reward MDPs (arXiv 2403.11477). The constants below are
+ours (chosen so that each error term is a fixed fraction of the target).
+
+Algorithm (one run; ``acc = eps`` relaxed, ``acc = eps * zeta`` strict):
+
+1. Empirical model ``P_hat`` from N next-state samples per (s, a).
+2. Perturbed reward ``r_p = r + U[0, omega]``, ``omega = eps / 8`` (makes each
+   Lagrangian best response unique; costs at most omega in reward).
+3. Discount ``1 - gamma = acc / (32 (B + H))``: the surrogate ``(1 - gamma) V^gamma``
+   is within ~acc/32 of the gain for policies with bias span <= B + H.
+4. Dual box ``[0, U]`` and target ``b'``: relaxed ``U = 4 / eps``,
+   ``b' = b - eps / 2``; strict ``U = 4 / zeta``, ``b' = b + eps zeta / 4``
+   (a tightening the estimation error must stay below, hence 1/zeta^2).
+5. Projected dual subgradient descent, ``T`` steps, ``eta = U / sqrt(T)``,
+   ``lambda_0 = 0``: ``pi_t`` = best response (discounted-optimal for
+   ``r_p + lambda_t c`` on ``P_hat``), ``lambda_{t+1} = proj_[0,U](lambda_t -
+   eta (rho_hat_c(pi_t) - b'))``. Output: the uniform mixture of pi_0..pi_{T-1}.
+
+Dual grid. As in Vaswani et al. the best responses are only needed on a finite
+grid of lambda (there for a union bound; here for speed): the best responses
+on ``n_grid`` equally spaced points of [0, U] are planned once, vmapped over the
+grid, by discounted policy iteration (exact linear solves, float64), and the T
+dual steps are a cheap ``lax.scan`` that looks up the best response of the
+nearest grid point (lambda itself is kept continuous). The output mixture is
+then a weight vector over the grid's deterministic policies.
+
+Everything in :func:`run_batch` is one jitted, vmapped call over runs (seeds x
+N x instances) under a scoped ``jax.enable_x64`` (never global). The exact
+error of each output (reward suboptimality and constraint violation against
+the LP optimum) is computed in numpy float64 by :func:`evaluate_outputs`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cmdp import generative, lp, tabular
+
+# Reconstruction constants (see module docstring).
+C_GAMMA = 32.0     # 1 - gamma = acc / (C_GAMMA (B + H))
+C_OMEGA = 8.0      # omega = eps / C_OMEGA
+U_RELAXED = 4.0    # U = U_RELAXED / eps
+U_STRICT = 4.0     # U = U_STRICT / zeta
+RELAX = 0.5        # relaxed: b' = b - RELAX eps
+TIGHTEN = 0.25     # strict:  b' = b + TIGHTEN eps zeta
+
+
+class Constants(NamedTuple):
+  """The algorithm's derived parameters for one run (scalars, may be traced).
+
+  Attributes:
+    gamma: surrogate discount factor.
+    omega: reward perturbation scale.
+    U: dual box [0, U].
+    b_prime: the threshold the empirical problem is solved for.
+  """
+  gamma: jax.Array
+  omega: jax.Array
+  U: jax.Array
+  b_prime: jax.Array
+
+
+def constants(eps, zeta, span, b, strict):
+  """:class:`Constants` from eps, zeta, B + H (``span``), b and the setting (bool)."""
+  xp = jnp if any(isinstance(v, jax.Array) for v in (eps, zeta, span, b, strict)) else np
+  acc = xp.where(strict, eps * zeta, eps)
+  gamma = 1.0 - acc / (C_GAMMA * span)
+  U = xp.where(strict, U_STRICT / zeta, U_RELAXED / eps)
+  b_prime = xp.where(strict, b + TIGHTEN * eps * zeta, b - RELAX * eps)
+  return Constants(gamma, eps / C_OMEGA, U, b_prime)
+
+
+# --- planner: discounted policy iteration (jax) -------------------------------------------------
+
+def policy_iteration(P: jax.Array, R: jax.Array, gamma, max_iter: int = 100):
+  """Discounted-optimal deterministic policy of (P, R) by policy iteration.
+
+  Args:
+    P: (S, A, S) transitions.
+    R: (S, A) rewards.
+    gamma: discount factor (scalar, may be traced).
+    max_iter: iteration cap (PI converges in a few iterations here).
+
+  Returns:
+    (policy (S,) int32, V (S,)) with V the value of the returned policy.
+  """
+  S, A = R.shape
+  rows = jnp.arange(S)
+  eye = jnp.eye(S, dtype=P.dtype)
+
+  def value(pi):
+    return jnp.linalg.solve(eye - gamma * P[rows, pi], R[rows, pi])
+
+  def improve(pi, V):
+    Q = R + gamma * P @ V
+    best = Q.max(1)
+    keep = Q[rows, pi] >= best - 1e-12 * (1.0 + jnp.abs(best))  # keep ties: no cycling
+    return jnp.where(keep, pi, jnp.argmax(Q, 1).astype(pi.dtype))
+
+  def cond(state):
+    _, _, changed, it = state
+    return changed & (it < max_iter)
+
+  def body(state):
+    pi, V, _, it = state
+    new = improve(pi, V)
+    return new, value(new), jnp.any(new != pi), it + 1
+
+  pi0 = jnp.argmax(R, 1).astype(jnp.int32)
+  pi, V, _, _ = jax.lax.while_loop(cond, body, (pi0, value(pi0), jnp.array(True), 0))
+  return pi, V
+
+
+def best_responses(P_hat, r_p, c, mu0, gamma, lam_grid, max_iter: int = 100):
+  """Best responses on the dual grid (vmapped).
+
+  Returns:
+    policies (M, S) int32 and their surrogate gains ``(1 - gamma) mu0 . V`` for
+    the perturbed reward, ``vr`` (M,), and for c, ``vc`` (M,), on ``P_hat``.
+  """
+  S = r_p.shape[0]
+  rows = jnp.arange(S)
+  eye = jnp.eye(S, dtype=P_hat.dtype)
+
+  def one(lam):
+    pi, _ = policy_iteration(P_hat, r_p + lam * c, gamma, max_iter)
+    M = eye - gamma * P_hat[rows, pi]
+    V = jnp.linalg.solve(M, jnp.stack([r_p[rows, pi], c[rows, pi]], axis=1))  # (S, 2)
+    v = (1.0 - gamma) * mu0 @ V
+    return pi, v[0], v[1]
+
+  return jax.vmap(one)(lam_grid)
+
+
+def dual_descent(vc: jax.Array, b_prime, U, n_iters: int):
+  """Projected dual subgradient steps with grid lookups; the mixture weights.
+
+  Args:
+    vc: (M,) surrogate constraint gains of the grid's best responses.
+    b_prime: target threshold.
+    U: dual box bound; the grid is linspace(0, U, M).
+    n_iters: T (static).
+
+  Returns:
+    (weights (M,): visit frequencies of the grid points, lambda_T).
+  """
+  M = vc.shape[0]
+  delta = U / (M - 1)
+  eta = U / jnp.sqrt(jnp.asarray(n_iters, vc.dtype))
+
+  def step(carry, _):
+    lam, counts = carry
+    k = jnp.clip(jnp.round(lam / delta), 0, M - 1).astype(jnp.int32)
+    lam = jnp.clip(lam - eta * (vc[k] - b_prime), 0.0, U)
+    return (lam, counts.at[k].add(1)), None
+
+  init = (jnp.zeros((), vc.dtype), jnp.zeros(M, jnp.int32))
+  (lam, counts), _ = jax.lax.scan(step, init, None, length=n_iters)
+  return counts.astype(vc.dtype) / n_iters, lam
+
+
+class Output(NamedTuple):
+  """One run's output mixture (a batch adds leading axes).
+
+  Attributes:
+    policies: (M, S) int32 deterministic best responses on the dual grid.
+    weights: (M,) mixture weights (sum 1).
+    vc: (M,) surrogate constraint gains on the empirical model.
+    lam_final: () the last dual iterate.
+  """
+  policies: jax.Array
+  weights: jax.Array
+  vc: jax.Array
+  lam_final: jax.Array
+
+
+def run_one(key, P, r, c, mu0, b, n, eps, zeta, span, strict, *, n_grid: int, n_iters: int,
+            max_pi_iter: int = 100) -> Output:
+  """The algorithm on one instance for one (N, seed); see the module docstring.
+
+  Args:
+    key: PRNG key of the run.
+    P, r, c, mu0, b: the true instance (P is only sampled from).
+    n: samples per (s, a).
+    eps, zeta, span: target accuracy, Slater constant and B + H (known to the
+      algorithm, as in the theory).
+    strict: bool, strict (True) or relaxed feasibility.
+    n_grid, n_iters: dual grid size M and dual steps T (static).
+  """
+  k_model, k_perturb = jax.random.split(key)
+  dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+  P, r, c, mu0 = (jnp.asarray(x, dtype) for x in (P, r, c, mu0))
+  P_hat = generative.empirical_model(k_model, P, n)
+  k = constants(*(jnp.asarray(v, dtype) for v in (eps, zeta, span, b)), jnp.asarray(strict))
+  r_p = r + k.omega * jax.random.uniform(k_perturb, r.shape, dtype)
+  lam_grid = jnp.linspace(0.0, 1.0, n_grid, dtype=dtype) * k.U
+  pols, _, vc = best_responses(P_hat, r_p, c, mu0, k.gamma, lam_grid, max_pi_iter)
+  weights, lam = dual_descent(vc, k.b_prime, k.U, n_iters)
+  return Output(pols, weights, vc, lam)
+
+
+@functools.partial(jax.jit, static_argnames=("n_grid", "n_iters", "max_pi_iter"))
+def _run_batch(keys, P, r, c, mu0, b, n, eps, zeta, span, strict, *, n_grid, n_iters,
+               max_pi_iter):
+  fn = functools.partial(run_one, n_grid=n_grid, n_iters=n_iters, max_pi_iter=max_pi_iter)
+  return jax.vmap(fn)(keys, P, r, c, mu0, b, n, eps, zeta, span, strict)
+
+
+def run_batch(key: jax.Array, P, r, c, mu0, b, n, eps, zeta, span, strict, *,
+              n_grid: int = 128, n_iters: int = 2 ** 17, max_pi_iter: int = 100) -> Output:
+  """Runs the algorithm for a flat batch of R runs in one jitted, vmapped call (float64).
+
+  Every argument after ``key`` has a leading run axis R: P (R, S, A, S), r and c
+  (R, S, A), mu0 (R, S), and b, n, eps, zeta, span, strict (R,). Run i uses key
+  ``fold_in(key, i)``. x64 is enabled only for this call.
+
+  Returns:
+    :class:`Output` with numpy arrays and a leading axis R.
+  """
+  with jax.enable_x64(True):
+    R_ = np.shape(n)[0]
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(R_))
+    f64 = lambda x: jnp.asarray(np.asarray(x, np.float64))
+    out = _run_batch(keys, f64(P), f64(r), f64(c), f64(mu0), f64(b), f64(n), f64(eps),
+                     f64(zeta), f64(span), jnp.asarray(np.asarray(strict, bool)),
+                     n_grid=n_grid, n_iters=n_iters, max_pi_iter=max_pi_iter)
+    return jax.tree.map(np.asarray, out)
+
+
+# --- exact evaluation of outputs (numpy float64) -----------------------------------------------
+
+def evaluate_outputs(models: list, instance_of_run, out: Output, min_weight: float = 0.0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Exact gains (rho_r, rho_c) from mu0 of every run's output mixture.
+
+  Deterministic grid policies are deduplicated per instance, each evaluated
+  once with :func:`cmdp.tabular.gains`.
+
+  Args:
+    models: the true instances (list of TabularCMDP).
+    instance_of_run: (R,) index into ``models`` of each run.
+    out: :class:`Output` with leading run axis R (numpy).
+    min_weight: grid points with weight <= this are skipped.
+
+  Returns:
+    (rho_r (R,), rho_c (R,)).
+  """
+  cache: dict = {}
+  R_ = out.weights.shape[0]
+  rho = np.zeros((R_, 2))
+  for i in range(R_):
+    m = models[int(instance_of_run[i])]
+    A = m.n_actions
+    for k in np.flatnonzero(out.weights[i] > min_weight):
+      pol = out.policies[i, k]
+      key = (int(instance_of_run[i]), pol.tobytes())
+      if key not in cache:
+        cache[key] = np.asarray(tabular.gains(m, tabular.deterministic(pol, A)))
+      rho[i] += out.weights[i, k] * cache[key]
+  return rho[:, 0], rho[:, 1]
+
+
+# --- instance parameters ----------------------------------------------------------------------
+
+class InstanceParameters(NamedTuple):
+  """What the bounds use, for one instance.
+
+  Attributes:
+    H: max span of the bias (for r and for c) of the optimal constrained
+      policy's components (reconstruction of "span of the optimal bias").
+    H_unconstrained: span of the optimal bias of r, unconstrained.
+    B: transient-time bound: max over policies of the expected time in
+      transient states (exact over all deterministic policies when A^S <=
+      ``brute_force_max``, else over the constant-action policies, the optimal
+      ones and any given; a lower estimate then).
+    B_exact: whether B was computed over all deterministic policies.
+    zeta: Slater constant.
+    rho_star: optimal constrained gain.
+    lam_star: optimal dual variable.
+  """
+  H: float
+  H_unconstrained: float
+  B: float
+  B_exact: bool
+  zeta: float
+  rho_star: float
+  lam_star: float
+
+
+def instance_parameters(m: tabular.TabularCMDP, sol: lp.CMDPSolution | None = None, *,
+                        policies=(), brute_force_max: int = 4096) -> InstanceParameters:
+  """H, B and zeta of a CMDP (see :class:`InstanceParameters`)."""
+  if sol is None:
+    sol = lp.solve_cmdp(m)
+  S, A = m.n_states, m.n_actions
+  H = 0.0
+  for w, pi in zip(*sol.mixture):
+    if w > 0:
+      H = max(H, tabular.evaluate(m.P, m.r, pi).span, tabular.evaluate(m.P, m.c, pi).span)
+  unc = lp.optimal_gain(m.P, m.r, m.mu0)
+  H_unc = tabular.evaluate(m.P, m.r, unc.policy).span
+  exact = A ** S <= brute_force_max
+  if exact:
+    cands = (tabular.deterministic(np.array(np.unravel_index(i, (A,) * S)), A)
+             for i in range(A ** S))
+  else:
+    cands = [tabular.deterministic(np.full(S, a), A) for a in range(A)]
+    cands += list(sol.mixture[1]) + [unc.policy] + [np.asarray(p, np.float64) for p in policies]
+  B = max(tabular.transient_time(tabular.policy_matrices(m.P, m.r, pi)[0]) for pi in cands)
+  return InstanceParameters(H, H_unc, B, exact, sol.zeta, sol.value, sol.dual)
+
+
+# --- numpy reference of the same algorithm (the benchmark's baseline) ------------------------
+
+def run_one_numpy(rng: np.random.Generator, m: tabular.TabularCMDP, n: int, eps: float,
+                  zeta: float, span: float, strict: bool, *, n_grid: int = 128,
+                  n_iters: int = 2 ** 17, max_pi_iter: int = 100):
+  """The same algorithm as :func:`run_one`, as a plain numpy loop (float64).
+
+  Returns:
+    (policies (M, S), weights (M,)).
+  """
+  S, A = m.n_states, m.n_actions
+  P_hat = generative.empirical_model_numpy(rng, m.P, n)
+  k = constants(eps, zeta, span, float(m.b), strict)
+  r_p = m.r + k.omega * rng.random((S, A))
+  rows, eye = np.arange(S), np.eye(S)
+  pols, vc = np.zeros((n_grid, S), np.int64), np.zeros(n_grid)
+  for g, lam in enumerate(np.linspace(0, 1, n_grid) * k.U):
+    R = r_p + lam * m.c
+    pi = np.argmax(R, 1)
+    V = np.linalg.solve(eye - k.gamma * P_hat[rows, pi], R[rows, pi])
+    for _ in range(max_pi_iter):
+      Q = R + k.gamma * P_hat @ V
+      best = Q.max(1)
+      new = np.where(Q[rows, pi] >= best - 1e-12 * (1 + np.abs(best)), pi, Q.argmax(1))
+      if np.array_equal(new, pi):
+        break
+      pi = new
+      V = np.linalg.solve(eye - k.gamma * P_hat[rows, pi], R[rows, pi])
+    pols[g] = pi
+    Vc = np.linalg.solve(eye - k.gamma * P_hat[rows, pi], m.c[rows, pi])
+    vc[g] = (1 - k.gamma) * m.mu0 @ Vc
+  delta, eta = k.U / (n_grid - 1), k.U / np.sqrt(n_iters)
+  lam, counts = 0.0, np.zeros(n_grid)
+  for _ in range(n_iters):
+    g = min(max(int(np.round(lam / delta)), 0), n_grid - 1)
+    counts[g] += 1
+    lam = min(max(lam - eta * (vc[g] - k.b_prime), 0.0), k.U)
+  return pols, counts / n_iters

@@ -1,0 +1,280 @@
+"""Regret of collaborative personalized linear bandits: the three regimes of arXiv 2506.15943.
+
+m agents with theta_i = mu + sigma z_i play linear bandits for n rounds. We
+compare the two-stage collaborative algorithm (our reconstruction; see
+:mod:`bandits.collab.algorithms`) with independent OFUL and linear Thompson
+sampling per agent, fully pooled OFUL, and an oracle that samples from the
+exact posterior under the true prior N(mu, sigma^2 I).
+
+The paper's full text (and so its figure setup) was not available; the four
+figures are our version of "regret vs n, vs m and vs sigma":
+
+1. ``regret_vs_t.png``: cumulative regret (summed over agents) vs round t at the
+   main point (m = n_agents, sigma), every algorithm, 95% CI bands;
+2. ``regret_vs_n.png``: the same on log-log axes with the regime boundaries
+   n = d/(m sigma^2) and n = d/sigma^2, the rate
+   R(n) = min{d m sqrt(n), d sqrt(mn) + sigma sqrt(d) m n} scaled by a constant
+   fitted to the collaborative algorithm, and its fitted slope per regime;
+3. ``regret_vs_m.png``: final regret at ``sweep_horizon`` vs m (sigma fixed);
+4. ``regret_vs_sigma.png``: final regret at ``sweep_horizon`` vs sigma (m fixed).
+
+The algorithms are anytime (no horizon-dependent tuning), so regret at n is
+read off one run's cumulative curve. All grid points of one algorithm run in
+one jitted call (agents padded to the largest m and masked), vmapped over seeds.
+
+    python -m experiments.main experiment=collab_bandit
+    python -m experiments.main experiment=collab_bandit action_set=contexts n_arms=10
+
+Headline: ``regret_<algorithm>`` (mean final regret at the main point, summed
+over agents), ``slope_regime{1,2,3}`` with ``slope_regime{k}_lo/_hi`` (the
+collaborative algorithm's log-log slope of regret vs n within each regime:
+per-seed least-squares slopes, mean and 95% t-interval over seeds) and
+``theory_slope_regime{k}`` (the slope of R(n) over the same n), the boundaries
+``n_boundary_1``, ``n_boundary_2``, and ``rate_constant``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from experiments import io
+from experiments.schema import ConfigError, each, ge, gt, in_range, one_of, param
+
+ALGORITHM_NAMES = ("collab", "ind_oful", "ind_ts", "pooled_oful", "oracle")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  algorithms: tuple[str, ...] = param(ALGORITHM_NAMES, "algorithms to run",
+                                      check=each(one_of(*ALGORITHM_NAMES)))
+  d: int = param(10, "dimension d", check=ge(1))
+  n_agents: int = param(20, "agents m at the main point", check=ge(1))
+  sigma: float = param(0.07, "heterogeneity sigma at the main point", check=ge(0))
+  horizon: int = param(10_000, "rounds n of the main point (regret-vs-n curve)", check=gt(1))
+  m_grid: tuple[int, ...] = param((5, 10, 20, 40), "m values of the regret-vs-m figure",
+                                  check=each(ge(1)))
+  sigma_grid: tuple[float, ...] = param((0.0, 0.03, 0.07, 0.15, 0.3, 0.6),
+                                        "sigma values of the regret-vs-sigma figure",
+                                        check=each(ge(0)))
+  sweep_horizon: int = param(1_000, "rounds n of the m and sigma sweeps", check=gt(0))
+  n_seeds: int = param(6, "runs per grid point (run s of every point shares mu, z_i, arms)",
+                       check=ge(2))
+  action_set: str = param("ball", "ball | finite (K fixed unit vectors) | contexts (K fresh "
+                          "per agent and round)", check=one_of("ball", "finite", "contexts"))
+  n_arms: int = param(20, "K of finite and context action sets", check=ge(2))
+  population: str = param("gaussian", "z_i ~ N(0, I) (gaussian) or U[-sqrt3, sqrt3]^d (bounded)",
+                          check=one_of("gaussian", "bounded"))
+  mean_norm: float = param(1.0, "||mu||; mu's direction is uniform per seed", check=ge(0))
+  noise_std: float = param(1.0, "Gaussian reward noise", check=gt(0))
+  delta: float = param(0.01, "confidence level of the OFUL ellipsoids",
+                       check=in_range(0, 1, lo_open=True, hi_open=True))
+  explore_per_dim: int = param(2, "collab's stage 1 lasts explore_per_dim * d rounds (whole "
+                               "cycles of its design)", check=ge(1))
+  regime_points: int = param(8, "n values per regime in the slope fits", check=ge(3))
+
+  def check(self) -> None:
+    """Checks that involve several keys."""
+    from bandits.collab.algorithms import explore_rounds  # pylint: disable=import-outside-toplevel
+    n1 = explore_rounds(self.d, self.action_set, self.n_arms, self.explore_per_dim)
+    if self.horizon <= 2 * n1:
+      raise ConfigError("horizon", f"must exceed twice collab's stage 1 ({n1} rounds)")
+    if self.sweep_horizon <= n1:
+      raise ConfigError("sweep_horizon", f"must exceed collab's stage 1 ({n1} rounds)")
+
+
+def rate(n, m, sigma, d):
+  """min{d m sqrt(n), d sqrt(mn) + sigma sqrt(d) m n}: the three regimes in one formula."""
+  n, m, sigma = np.asarray(n, float), np.asarray(m, float), np.asarray(sigma, float)
+  return np.minimum(d * m * np.sqrt(n), d * np.sqrt(m * n) + sigma * np.sqrt(d) * m * n)
+
+
+def boundaries(d, m, sigma, noise_std=1.0):
+  """(d/(m sigma^2), d/sigma^2) in units of the noise variance; inf when sigma = 0."""
+  if sigma == 0:
+    return float("inf"), float("inf")
+  s2 = (sigma / noise_std) ** 2
+  return d / (m * s2), d / s2
+
+
+def regime_grid(lo: float, hi: float, n_lo: float, n_hi: float, k: int) -> np.ndarray:
+  """k log-spaced integer rounds within [lo, hi] clipped to [n_lo, n_hi]; empty if too narrow."""
+  a, b = max(lo, n_lo), min(hi, n_hi)
+  if not b >= 1.5 * a:
+    return np.zeros(0, int)
+  return np.unique(np.round(np.geomspace(a, b, k)).astype(int))
+
+
+def regime_slopes(curves: np.ndarray, cfg: Config, n_lo: float):
+  """Per regime: (rounds, per-seed slopes (S,), theory slope) of curves (S, n)."""
+  from experiments.stats import loglog_slope  # pylint: disable=import-outside-toplevel
+  b1, b2 = boundaries(cfg.d, cfg.n_agents, cfg.sigma, cfg.noise_std)
+  out = []
+  for lo, hi in ((0, b1), (b1, b2), (b2, np.inf)):
+    ns = regime_grid(lo, hi, n_lo, cfg.horizon, cfg.regime_points)
+    if ns.size < 3:
+      out.append((ns, np.full(curves.shape[0], np.nan), float("nan")))
+      continue
+    per_seed = np.array([loglog_slope(ns, np.maximum(c[ns - 1], 1e-12))[0] for c in curves])
+    theory = loglog_slope(ns, rate(ns, cfg.n_agents, cfg.sigma / cfg.noise_std, cfg.d))[0]
+    out.append((ns, per_seed, theory))
+  return out
+
+
+def simulate_all(cfg: Config, seed: int, progress: bool = False):
+  """Main point (horizon rounds) and the m/sigma sweeps (sweep_horizon) for every algorithm."""
+  from bandits.collab import sim  # pylint: disable=import-outside-toplevel
+  from experiments.progress import chunk_bar  # pylint: disable=import-outside-toplevel
+  opts = dict(d=cfg.d, mean_norm=cfg.mean_norm, population=cfg.population,
+              action_set=cfg.action_set, n_arms=cfg.n_arms)
+  main = sim.make_instances([dict(m=cfg.n_agents, sigma=cfg.sigma)], cfg.n_seeds, seed, **opts)
+  sweep_grid = ([dict(m=m, sigma=cfg.sigma) for m in cfg.m_grid] +
+                [dict(m=cfg.n_agents, sigma=s) for s in cfg.sigma_grid])
+  sweep = sim.make_instances(sweep_grid, cfg.n_seeds, seed, **opts)
+  key = jax.random.key(seed)
+  run_opts = dict(noise_std=cfg.noise_std, delta=cfg.delta, explore_per_dim=cfg.explore_per_dim,
+                  n_points=100)
+  out_main, out_sweep = {}, {}
+  for i, name in enumerate(cfg.algorithms):
+    with chunk_bar(f"{name} main ({i + 1}/{len(cfg.algorithms)})", 100, enabled=progress) as bar:
+      # The same key for every algorithm: common random numbers (noise, contexts).
+      out_main[name] = sim.run(name, main, key, horizon=cfg.horizon, progress=bar, **run_opts)
+    with chunk_bar(f"{name} sweeps", 100, enabled=progress) as bar:
+      res = sim.run(name, sweep, key, horizon=cfg.sweep_horizon, progress=bar, **run_opts)
+      out_sweep[name] = res.final_regret
+  return main, out_main, sweep_grid, out_sweep
+
+
+def run(cfg: Config, ctx) -> dict:
+  plt = io.pyplot()
+  from bandits.collab import algorithms  # pylint: disable=import-outside-toplevel
+  from experiments.stats import mean_ci  # pylint: disable=import-outside-toplevel
+
+  _, res, sweep_grid, sweep = simulate_all(cfg, ctx.seed, ctx.progress)
+  label = lambda name: algorithms.ALGORITHMS[name].label
+  n1 = algorithms.explore_rounds(cfg.d, cfg.action_set, cfg.n_arms, cfg.explore_per_dim)
+  b1, b2 = boundaries(cfg.d, cfg.n_agents, cfg.sigma, cfg.noise_std)
+  sig = cfg.sigma / cfg.noise_std
+  headline: dict[str, float] = {"d": cfg.d, "m": cfg.n_agents, "sigma": cfg.sigma,
+                                "n": cfg.horizon, "n_seeds": cfg.n_seeds, "stage1_rounds": n1,
+                                "n_boundary_1": min(b1, 1e300), "n_boundary_2": min(b2, 1e300)}
+  for name, r in res.items():
+    headline[f"regret_{name}"] = float(r.final_regret[0].mean())
+
+  # The rate's constant, fitted (least squares in log) to the reference algorithm's curve.
+  ref = "collab" if "collab" in res else next(iter(res))
+  n_lo = max(2 * n1, 10)
+  ns_all = np.unique(np.round(np.geomspace(n_lo, cfg.horizon, 200)).astype(int))
+  ref_mean = res[ref].regret[0].mean(axis=0)
+  theory = rate(ns_all, cfg.n_agents, sig, cfg.d)
+  const = float(np.exp(np.mean(np.log(np.maximum(ref_mean[ns_all - 1], 1e-12)) - np.log(theory))))
+  headline["rate_constant"] = const
+
+  slope_rows = {k: [] for k in ("regime", "n_lo", "n_hi", "points", "slope", "ci95_lo",
+                                "ci95_hi", "theory_slope")}
+  fits = regime_slopes(res[ref].regret[0], cfg, n_lo)
+  for k, (ns, per_seed, th) in enumerate(fits, start=1):
+    if ns.size >= 3:
+      m_, lo, hi = mean_ci(per_seed)
+    else:
+      m_ = lo = hi = float("nan")
+    headline[f"slope_regime{k}"] = m_
+    headline[f"slope_regime{k}_lo"] = lo
+    headline[f"slope_regime{k}_hi"] = hi
+    headline[f"theory_slope_regime{k}"] = th
+    for col, v in zip(slope_rows, (k, ns[0] if ns.size else 0, ns[-1] if ns.size else 0,
+                                   ns.size, m_, lo, hi, th)):
+      slope_rows[col].append(v)
+  ctx.write_csv("regime_slopes.csv", slope_rows)
+
+  curves = {"round": ns_all}
+  for name, r in res.items():
+    curves[name] = r.regret[0].mean(axis=0)[ns_all - 1]
+  curves["rate_scaled"] = const * theory
+  ctx.write_csv("curves.csv", curves)
+  ctx.info["instance"] = {"d": cfg.d, "m": cfg.n_agents, "sigma": cfg.sigma,
+                          "action_set": cfg.action_set, "population": cfg.population,
+                          "mean_norm": cfg.mean_norm, "noise_std": cfg.noise_std,
+                          "algorithm": "two-stage collaborative = reconstruction (paper text "
+                                       "unavailable)"}
+
+  def mark_boundaries(ax, lo_n, hi_n):
+    for b, txt in ((b1, r"$d/(m\sigma^2)$"), (b2, r"$d/\sigma^2$")):
+      if lo_n <= b <= hi_n:
+        ax.axvline(b, color="gray", ls=":", lw=1)
+        ax.text(b, ax.get_ylim()[1], txt, fontsize=8, ha="center", va="bottom")
+
+  # Figure 1: cumulative regret vs t.
+  rounds = res[ref].rounds
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for name, r in res.items():
+    c = r.regret[0]
+    mean, se = c.mean(axis=0), c.std(axis=0) / np.sqrt(cfg.n_seeds)
+    ax.plot(rounds, mean, label=label(name))
+    ax.fill_between(rounds, mean - 1.96 * se, mean + 1.96 * se, alpha=0.2)
+  ax.set(xlabel="round t", ylabel="cumulative regret (sum over agents)",
+         title=f"{cfg.action_set}, d={cfg.d}, m={cfg.n_agents}, sigma={cfg.sigma}, "
+               f"{cfg.n_seeds} seeds")
+  mark_boundaries(ax, 1, cfg.horizon)
+  ax.legend(fontsize=8)
+  ctx.save_figure(fig, "regret_vs_t.png")
+
+  # Figure 2: log-log regret vs n with regimes, the scaled rate and the fitted slopes.
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for name in res:
+    ax.plot(ns_all, curves[name], label=label(name))
+  ax.plot(ns_all, const * theory, "k--", lw=1,
+          label=rf"{const:.2g} min$\{{dm\sqrt{{n}}, d\sqrt{{mn}}+\sigma\sqrt{{d}}mn\}}$")
+  for k, (ns, per_seed, th) in enumerate(fits, start=1):
+    if ns.size >= 3:
+      s = np.nanmean(per_seed)
+      y0 = ref_mean[ns[0] - 1]
+      ax.plot(ns, y0 * (ns / ns[0]) ** s, color="red", lw=2.5, alpha=0.5)
+      ax.text(ns[len(ns) // 2], y0 * (ns[len(ns) // 2] / ns[0]) ** s * 0.6,
+              f"R{k}: {s:.2f} (th {th:.2f})", fontsize=7, color="red")
+  ax.set(xscale="log", yscale="log", xlabel="rounds n", ylabel="regret (sum over agents)",
+         title="regret vs n; red: collab's fitted slope per regime")
+  mark_boundaries(ax, n_lo, cfg.horizon)
+  ax.legend(fontsize=7)
+  ctx.save_figure(fig, "regret_vs_n.png")
+
+  # Figures 3 and 4: sweeps over m and sigma.
+  n_m = len(cfg.m_grid)
+  sweep_rows = {k: [] for k in ("algorithm", "sweep", "m", "sigma", "n", "mean_regret",
+                                "ci95_lo", "ci95_hi", "rate")}
+  for name, fr in sweep.items():
+    for gi, g in enumerate(sweep_grid):
+      m_, lo, hi = mean_ci(fr[gi])
+      for col, v in zip(sweep_rows, (name, "m" if gi < n_m else "sigma", g["m"], g["sigma"],
+                                     cfg.sweep_horizon, m_, lo, hi,
+                                     float(rate(cfg.sweep_horizon, g["m"],
+                                                g["sigma"] / cfg.noise_std, cfg.d)))):
+        sweep_rows[col].append(v)
+  ctx.write_csv("sweeps.csv", sweep_rows)
+
+  def sweep_figure(sl, xs, xlabel, fname, rate_xs, xscale):
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, fr in sweep.items():
+      stats = np.array([mean_ci(fr[gi]) for gi in range(sl.start, sl.stop)])
+      lower = np.clip(np.minimum(stats[:, 0] - stats[:, 1], 0.9 * stats[:, 0]), 0, None)  # log axis
+      upper = np.clip(stats[:, 2] - stats[:, 0], 0, None)
+      ax.errorbar(xs, stats[:, 0], yerr=[lower, upper], marker="o",
+                  capsize=3, label=label(name))
+    ax.plot(xs, const * rate_xs, "k--", lw=1, label=f"{const:.2g} x rate")
+    ax.set(xlabel=xlabel, ylabel=f"regret at n={cfg.sweep_horizon} (mean, 95% CI)",
+           yscale="log", xscale=xscale)
+    ax.legend(fontsize=7)
+    ctx.save_figure(fig, fname)
+
+  if n_m >= 2:
+    ms = np.array(cfg.m_grid, float)
+    sweep_figure(slice(0, n_m), ms, f"agents m (sigma={cfg.sigma})", "regret_vs_m.png",
+                 rate(cfg.sweep_horizon, ms, sig, cfg.d), "log")
+  if len(cfg.sigma_grid) >= 2:
+    ss = np.array(cfg.sigma_grid, float)
+    sweep_figure(slice(n_m, n_m + len(ss)), ss, f"heterogeneity sigma (m={cfg.n_agents})",
+                 "regret_vs_sigma.png", rate(cfg.sweep_horizon, cfg.n_agents,
+                                             ss / cfg.noise_std, cfg.d), "symlog")
+  return headline

@@ -1,0 +1,137 @@
+"""Constrained average-reward MDPs: planner, dual steps, the algorithm's convergence, experiment."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cmdp import average_reward as ar
+from cmdp import instances, lp, tabular
+
+OPTS = dict(n_grid=64, n_iters=2 ** 15)   # one compiled shape for the algorithm tests
+R = 8
+
+
+def _value_iteration(P, R_, gamma, n=20_000):
+  V = np.zeros(P.shape[0])
+  for _ in range(n):
+    V = (R_ + gamma * P @ V).max(1)
+  return V
+
+
+def test_policy_iteration_is_discounted_optimal():
+  m = instances.random_instance(np.random.default_rng(0), 7, 3, "weakly_communicating")
+  gamma = 0.995
+  with jax.enable_x64(True):
+    pi, V = jax.jit(ar.policy_iteration)(jnp.asarray(m.P), jnp.asarray(m.r), gamma)
+    pi, V = np.asarray(pi), np.asarray(V)
+  V_star = _value_iteration(m.P, m.r, gamma)
+  np.testing.assert_allclose(V, V_star, rtol=1e-6)
+  rows = np.arange(7)
+  np.testing.assert_allclose(np.linalg.solve(np.eye(7) - gamma * m.P[rows, pi], m.r[rows, pi]),
+                             V_star, rtol=1e-6)
+
+
+def test_dual_descent_balances_the_constraint_on_average():
+  # Best responses: constraint gain 0.8 for lambda >= 2, else 0.2; target 0.5 -> mix 1/2-1/2.
+  lam_grid = np.linspace(0, 10, 101)
+  vc = jnp.asarray(np.where(lam_grid >= 2.0, 0.8, 0.2))
+  w, lam = ar.dual_descent(vc, 0.5, 10.0, 2 ** 14)
+  w = np.asarray(w)
+  assert w.sum() == pytest.approx(1.0)
+  assert float(w @ np.asarray(vc)) == pytest.approx(0.5, abs=10.0 / 2 ** 7 / 10)
+  assert 1.5 < float(lam) < 2.5
+
+
+def _run(m, n, eps, zeta, strict, key=0):
+  p = ar.instance_parameters(m)
+  b = lambda x: np.broadcast_to(x, (R,) + np.shape(x))
+  out = ar.run_batch(jax.random.key(key), b(m.P), b(m.r), b(m.c), b(m.mu0),
+                     np.full(R, float(m.b)), np.full(R, float(n)), np.full(R, eps),
+                     np.full(R, zeta), np.full(R, p.H + p.B), np.full(R, strict), **OPTS)
+  rr, rc = ar.evaluate_outputs([m], np.zeros(R, int), out)
+  return p, out, rr, rc
+
+
+@pytest.mark.parametrize("name", ["hard_wc", "hard_multichain", "random_multichain"])
+def test_with_large_n_the_output_converges_to_the_lp_optimum(name):
+  m = {"hard_wc": lambda: instances.hard_instance(6, 3, 8, 0.1),
+       "hard_multichain": lambda: instances.hard_instance(6, 3, 8, 0.1, B=5),
+       "random_multichain": lambda: instances.random_instance(np.random.default_rng(1), 6, 2,
+                                                              "multichain")}[name]()
+  sol = lp.solve_cmdp(m)
+  b = float(m.b)
+  for eps in (0.1, 0.03):
+    p, _, rr, rc = _run(m, 1e9, eps, sol.zeta, strict=True)
+    assert np.all(rc >= b - 1e-9), (eps, b - rc)                 # strictly feasible
+    assert np.all(sol.value - rr <= eps), (eps, sol.value - rr)  # eps-optimal
+    assert np.all(rr <= sol.value + 1e-9)                        # never beats the LP
+    _, _, rr, rc = _run(m, 1e9, eps, sol.zeta, strict=False)
+    assert np.all(rc >= b - eps) and np.all(sol.value - rr <= eps)
+    # The relaxed output spends at most its slack: rho_r <= rho*(b - eps).
+    loose = lp.solve_cmdp(m.replace(b=np.asarray(b - eps))).value
+    assert np.all(rr <= loose + 1e-9)
+
+
+def test_with_few_samples_the_strict_setting_can_fail_and_errors_shrink_with_n():
+  m = instances.hard_instance(6, 3, 20, 0.1)
+  sol = lp.solve_cmdp(m)
+  err = []
+  for n in (64, 4096, 262144):
+    _, _, rr, rc = _run(m, n, 0.1, 0.1, strict=True, key=n)
+    err.append(np.mean(np.abs(sol.value - rr)) + np.mean(np.maximum(float(m.b) - rc, 0)))
+  assert err[0] > err[1] > err[2]
+
+
+def test_numpy_reference_runs_the_same_algorithm():
+  m = instances.hard_instance(6, 3, 8, 0.1)
+  p = ar.instance_parameters(m)
+  rng = np.random.default_rng(0)
+  outs = [ar.run_one_numpy(rng, m, 10 ** 9, 0.1, 0.1, p.H + p.B, True, **OPTS)
+          for _ in range(2)]
+  out = ar.Output(np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), None, None)
+  nr, nc = ar.evaluate_outputs([m], np.zeros(2, int), out)
+  _, _, jr, jc = _run(m, 1e9, 0.1, 0.1, strict=True)
+  # Same law: with P_hat ~ P both land on the same mixture up to the perturbation and T.
+  assert np.abs(nr.mean() - jr.mean()) < 0.01 and np.abs(nc.mean() - jc.mean()) < 0.005
+
+
+def test_constants_follow_the_settings():
+  k = ar.constants(0.1, 0.05, 20.0, 0.4, False)
+  assert float(k.U) == pytest.approx(40) and float(k.b_prime) == pytest.approx(0.35)
+  assert 1 - float(k.gamma) == pytest.approx(0.1 / (ar.C_GAMMA * 20))
+  k = ar.constants(0.1, 0.05, 20.0, 0.4, True)
+  assert float(k.U) == pytest.approx(80) and float(k.b_prime) == pytest.approx(0.40125)
+  assert 1 - float(k.gamma) == pytest.approx(0.005 / (ar.C_GAMMA * 20))
+
+
+# --- experiment helpers and end to end ---------------------------------------------------------
+
+def test_smallest_n_takes_the_first_n_from_which_on_the_rate_holds():
+  from experiments.camdp_sample_complexity import n_grid_values, smallest_n
+  ns = n_grid_values(16, 256, 1)
+  np.testing.assert_array_equal(ns, [16, 32, 64, 128, 256])
+  rate = np.array([0.0, 0.95, 0.5, 0.8, 1.0])
+  n, ni, i = smallest_n(ns, rate, np.ones(5, bool), 0.9)
+  assert (n, i) == (256, 4) and ni == pytest.approx(128 * 2 ** 0.5)  # 0.8 -> 1.0 crosses 0.9
+  n, ni, i = smallest_n(ns, rate, np.array([1, 1, 1, 1, 0], bool), 0.9)
+  assert np.isnan(n) and i == -1
+
+
+@pytest.mark.slow
+def test_experiment_end_to_end(tmp_path):
+  from experiments import camdp_sample_complexity as exp
+  from experiments.harness import RunContext
+  cfg = dataclasses.replace(
+      exp.Config(), n_states=6, n_actions=3, eps_grid=(0.2, 0.1), H_grid=(5.0, 10.0),
+      zeta_grid=(0.1, 0.2), relaxed_n_range=(16, 4096), strict_n_range=(256, 2 ** 18),
+      n_per_octave=1, n_seeds=4, n_check_seeds=4, n_grid=64, n_iters=2 ** 12, batch_size=256)
+  ctx = RunContext(tmp_path, seed=0)
+  head = exp.run(cfg, ctx)
+  for k in ("slope_eps", "slope_span", "slope_zeta", "slope_eps_lo", "slope_zeta_hi",
+            "strict_violations", "relaxed_slope_eps"):
+    assert k in head
+  assert head["runs"] >= 100 and head["strict_violations"] >= 0
+  for f in ("metrics.csv", "n_star.csv", "error_vs_n.png", "n_star.png"):
+    assert (tmp_path / f).stat().st_size > 0
