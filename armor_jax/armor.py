@@ -15,14 +15,16 @@ mask, the exact optimum at A = B = I). Two block-coordinate-descent schemes:
   Early stop after ``patience`` iterations without relative improvement
   ``rtol`` (as the code). Adam can raise the loss.
 
-``exact`` (ours): every step minimizes L exactly over one block of variables
-  given the rest, so L never rises:
+``exact`` (ours): every step minimizes L over one block of variables given
+  the rest (or along a line, for CG), so L never rises:
   * A: each block A_a given S, B is a weighted least-squares problem,
     ``A_a = (Y_a D Z_a^T)(Z_a D Z_a^T)^+`` with Z = S B, D = diag(h);
   * B: each block B_c given A, S is ordinary least squares per column
     (the weight h_j is constant within a column), ``B_c = (G_c^T G_c)^+ G_c^T Y_c``
     with G = A S;
-  * core: L is separable over block pairs; in each, the group with the
+  * values: ``cg_steps`` of preconditioned conjugate gradients on all kept
+    values with the mask fixed (each step an exact line minimization);
+  * masks: L is separable over block pairs; in each, the group with the
     largest achievable decrease (all 6 masks tried, least squares for the kept
     pair given every other group) is replaced, Gauss-Southwell style, all
     block pairs in parallel, ``core_steps`` times per iteration, with the
@@ -32,12 +34,13 @@ mask, the exact optimum at A = B = I). Two block-coordinate-descent schemes:
 
 Both schemes carry the best state seen, so the returned loss is never above
 NoWag-P's: the paper's guarantee, enforced. With block size 1 the wrappers
-are diagonal, which scale rows and columns of S; the exact scheme's A and B
-steps then cannot improve on NoWag-P (its optimum has W_bar's own values).
+are diagonal: they only rescale the entries of S, and NoWag-P is already the
+optimum over 2:4 cores with free values, so ARMOR returns NoWag-P.
 
 Block sizes: ``block_size`` is a request; each side uses the largest divisor
-of its dimension not above it (input side: also a multiple of 4), see
-:func:`armor_jax.blockdiag.block_size_for`.
+of its dimension not above it (:func:`armor_jax.blockdiag.block_size_for`;
+576 at 128 gives 96). The group steps work on input windows of width
+lcm(b_B, 4), so a group never straddles two blocks of B.
 """
 
 from __future__ import annotations
@@ -259,10 +262,20 @@ def geometry(prob: Problem, x: Factors) -> CoreGeometry:
   return CoreGeometry(kappa=kappa, k=k, q=q, q_gg=q_gg, q_inv=q_inv)
 
 
+def residual_and_gradient(prob: Problem, x: Factors) -> tuple[jax.Array, jax.Array]:
+  """(R, P): the residual R = W_bar - A S B and P = A^T R D B^T, both (d_out, d_in).
+
+  dL/dS = -2 P / zero_loss, so P is the core's (scaled) negative gradient.
+  """
+  r = prob.y - approx(x)
+  p = blockdiag.right(blockdiag.left(jnp.swapaxes(x.a, 1, 2), r * prob.h),
+                      jnp.swapaxes(x.b, 1, 2))
+  return r, p
+
+
 def core_gradient(prob: Problem, x: Factors) -> jax.Array:
-  """P = A^T (W_bar - A S B) D B^T, (d_out, d_in); dL/dS = -2 P / zero_loss."""
-  r = (prob.y - approx(x)) * prob.h
-  return blockdiag.right(blockdiag.left(jnp.swapaxes(x.a, 1, 2), r), jnp.swapaxes(x.b, 1, 2))
+  """P of :func:`residual_and_gradient`."""
+  return residual_and_gradient(prob, x)[1]
 
 
 def group_choice(pg, sg, kap, qg, q_inv):
@@ -456,10 +469,8 @@ def sampled_core_step(prob: Problem, x: Factors, key: jax.Array):
   one group per block pair, and the loss is separable over block pairs).
   """
   geo = geometry(prob, x)
-  diff = prob.y - approx(x)
+  diff, p = residual_and_gradient(prob, x)
   l_before = layer.weighted_sq(diff, prob.h) / _nonzero(prob.zero_loss)
-  p = blockdiag.right(blockdiag.left(jnp.swapaxes(x.a, 1, 2), diff * prob.h),
-                      jnp.swapaxes(x.b, 1, 2))
   pg, sg = _as_groups(p), _as_groups(x.core)
   weight = _per_block_pair(prob, jnp.sum(jnp.abs(pg), -1))          # (n_a, n_w, b_a * G)
   logits = jnp.where(weight > 0, jnp.log(jnp.where(weight > 0, weight, 1)), -jnp.inf)

@@ -1,8 +1,8 @@
 """Block-diagonal matrices stored as their (n_blocks, b, b) diagonal blocks.
 
 Block size rule (when the requested b does not divide a dimension): use the
-largest divisor of d that is at most b (for the input side also a multiple of
-4, so that no 2:4 group straddles two blocks). Real model dimensions are
+largest divisor of d that is at most b (ARMOR's group steps then work on
+windows of lcm(b, 4) columns, see :func:`coarsen`). Real model dimensions are
 highly composite (576 = 2^6 * 9 gives 96 for b = 128, 1536 and 2048 give 128),
 so the effective block stays close to the request; :func:`block_size_for`
 reports it and the wrappers' overhead follows from it.
