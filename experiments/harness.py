@@ -31,6 +31,8 @@ EXPERIMENTS: dict[str, str] = {
     "camdp_sample_complexity": "experiments.camdp_sample_complexity",
     "bench_camdp": "experiments.bench_camdp",
     "bench_armor_layer": "experiments.bench_armor_layer",
+    "armor_prune": "experiments.armor_prune",
+    "bench_kernels": "experiments.bench_kernels",
 }
 
 

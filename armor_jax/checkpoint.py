@@ -1,0 +1,169 @@
+"""The compressed 2:4 checkpoint of a pruned model, and its loader.
+
+A directory with
+
+* ``model.safetensors``: every tensor of the parameter tree under its path
+  (``layers_3/mlp/gate/values``). A pruned linear is stored as ``values``
+  (d_out, d_in/2) kept values, ``meta`` (d_out, d_in/8) uint8 2-bit in-group
+  positions, ``row_scale`` / ``col_scale`` and, for ARMOR, the block-diagonal
+  wrappers ``a`` (d_out/b, b, b) and ``b`` (d_in/b, b, b). Floating tensors
+  are written in one dtype (bfloat16 by default), ``meta`` as uint8;
+* ``config.json``: the architecture (Hugging Face keys) plus an ``armor_jax``
+  entry (format version, method, value dtype);
+* ``tokenizer.json`` when the model has a tokenizer.
+
+:func:`load` restores the parameter tree exactly (bit for bit, in the saved
+dtype); the model runs from it directly (compressed linears go through
+:func:`armor_jax.kernels.armor_linear`) or after :func:`densify`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from armor_jax import llama
+from armor_jax.llama import LINEARS, LlamaConfig
+from armor_jax.loaders import CheckpointError, Model, Tokenizer, load_tokenizer_json
+
+FORMAT = "armor_jax.compressed24/1"
+DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, jax.Array]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, f"{prefix}{k}/"))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _unflatten(flat: Mapping[str, jax.Array]) -> dict:
+  out: dict = {}
+  for k, v in flat.items():
+    node = out
+    *head, last = k.split("/")
+    for h in head:
+      node = node.setdefault(h, {})
+    node[last] = v
+  return out
+
+
+def cast(params: Mapping, dtype: str) -> dict:
+  """Floating leaves in ``dtype`` (bfloat16, float16, float32); integer leaves unchanged."""
+  dt = DTYPES[dtype]
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+
+def save(path: str | os.PathLike, cfg: LlamaConfig, params: Mapping,
+         tokenizer: Tokenizer | None = None, dtype: str = "bfloat16", method: str = "") -> int:
+  """Writes the compressed checkpoint; returns its size in bytes (all files)."""
+  from safetensors.flax import save_file
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+  path = Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  flat = {k: jnp.asarray(v) for k, v in _flatten(cast(params, dtype)).items()}
+  tmp = path / "model.safetensors.tmp"
+  save_file(flat, str(tmp))
+  os.replace(tmp, path / "model.safetensors")
+  conf = cfg.to_hf()
+  conf["armor_jax"] = {"format": FORMAT, "method": method, "dtype": dtype}
+  (path / "config.json").write_text(json.dumps(conf, indent=1))
+  if tokenizer is not None:
+    tokenizer.save(path / "tokenizer.json")
+  return size_on_disk(path)
+
+
+def size_on_disk(path: str | os.PathLike) -> int:
+  return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
+
+
+def dense_bytes(cfg: LlamaConfig, dtype: str = "bfloat16") -> int:
+  """Bytes of the dense model's tensors in ``dtype`` (what a dense safetensors file holds,
+  less its header)."""
+  n = (cfg.block_params() + cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_embeddings else 2)
+       + cfg.hidden_size * (2 * cfg.num_layers + 1))
+  if cfg.attention_bias:
+    n += cfg.num_layers * (cfg.linear_shape("q")[0] + 2 * cfg.linear_shape("k")[0])
+  return n * jnp.dtype(DTYPES[dtype]).itemsize
+
+
+def load(path: str | os.PathLike) -> Model:
+  """The model saved by :func:`save`, its compressed linears as saved."""
+  from safetensors.flax import load_file
+  path = Path(path)
+  conf_path = path / "config.json"
+  if not conf_path.exists():
+    raise CheckpointError(f"{conf_path}: file not found")
+  try:
+    conf = json.loads(conf_path.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{conf_path}: not valid JSON ({e})") from None
+  if conf.get("armor_jax", {}).get("format") != FORMAT:
+    raise CheckpointError(f"{conf_path}: not a compressed armor_jax checkpoint "
+                          f"(format {conf.get('armor_jax', {}).get('format')!r}, "
+                          f"expected {FORMAT!r})")
+  cfg = LlamaConfig.from_hf(conf)
+  st = path / "model.safetensors"
+  try:
+    flat = load_file(str(st))
+  except FileNotFoundError:
+    raise CheckpointError(f"{st}: file not found") from None
+  except Exception as e:
+    raise CheckpointError(f"{st}: corrupt or truncated ({e})") from None
+  params = _unflatten(flat)
+  for i in range(cfg.num_layers):
+    for name in LINEARS:
+      try:
+        p = llama.get_linear(params, i, name)
+      except KeyError:
+        raise CheckpointError(f"{st}: block {i} linear {name!r} is missing") from None
+      d_out, d_in = cfg.linear_shape(name)
+      if "values" in p:
+        ok = p["values"].shape == (d_out, d_in // 2) and p["meta"].shape == (d_out, -(-d_in // 8))
+      else:
+        ok = "kernel" in p and p["kernel"].shape == (d_out, d_in)
+      if not ok:
+        raise CheckpointError(f"{st}: block {i} linear {name!r} does not match the config's "
+                              f"shape ({d_out}, {d_in})")
+  tok_path = path / "tokenizer.json"
+  tok = load_tokenizer_json(tok_path) if tok_path.exists() else None
+  return Model(cfg, params, tok, str(path))
+
+
+def densify(params: Mapping, cfg: LlamaConfig, dtype=jnp.float32) -> dict:
+  """Every compressed linear reconstructed as a dense ``kernel`` in ``dtype`` (biases kept)."""
+  out = jax.tree_util.tree_map(lambda x: x, dict(params))
+  for i in range(cfg.num_layers):
+    for name in LINEARS:
+      p = llama.get_linear(out, i, name)
+      if "values" in p:
+        w = llama.pruned_from_params(
+            jax.tree_util.tree_map(lambda x: x.astype(jnp.float32)
+                                   if jnp.issubdtype(x.dtype, jnp.floating) else x, p),
+            cfg.linear_shape(name)[1]).dense().astype(dtype)
+        out = llama.set_linear(out, i, name, {"kernel": w})
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, out)
+
+
+def trees_equal(a: Mapping, b: Mapping) -> bool:
+  """Same structure, shapes, dtypes and bits."""
+  fa, fb = _flatten(a), _flatten(b)
+  if fa.keys() != fb.keys():
+    return False
+  for k in fa:
+    x, y = np.asarray(fa[k]), np.asarray(fb[k])
+    if x.shape != y.shape or x.dtype != y.dtype or x.tobytes() != y.tobytes():
+      return False
+  return True

@@ -1,0 +1,409 @@
+"""A Llama-architecture decoder in Flax linen: Llama-2/3, Qwen2/2.5, SmolLM2.
+
+Pre-norm blocks of RMSNorm -> grouped-query attention with rotary embeddings
+-> residual, RMSNorm -> SwiGLU MLP -> residual; a final RMSNorm and a head
+tied to the token embedding or separate. Qwen2 adds biases to q, k and v.
+
+Weights keep the Hugging Face layout: every linear is ``kernel`` of shape
+(d_out, d_in) and computes ``x @ kernel.T`` (so 2:4 groups run along the
+input dimension, the last axis, as the pruning code expects). The parameter
+tree::
+
+    embed/embedding (vocab, hidden)
+    layers_<i>/input_norm/weight, layers_<i>/post_norm/weight
+    layers_<i>/attn/{q,k,v,o}/kernel (+ {q,k,v}/bias for Qwen2)
+    layers_<i>/mlp/{gate,up,down}/kernel
+    norm/weight
+    lm_head/kernel (only when the head is not tied)
+
+A linear whose subtree holds a compressed pruned layer (the arrays of
+:func:`linear_params`) instead of ``kernel`` runs through
+:func:`armor_jax.kernels.armor_linear` (the Pallas kernels on GPU, the plain
+JAX path on CPU), so a pruned model loaded from its compressed checkpoint
+runs without ever forming the dense weights.
+
+Rotary embeddings use the half-split convention of Hugging Face (``rotate_half``)
+with the checkpoint's theta and, when present, its scaling (``linear`` or
+Llama-3's ``llama3``). Everything computes in float32 unless ``dtype`` says
+otherwise; softmax and norms always in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from armor_jax import layer as layer_lib, sparsity
+
+LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
+_ATTN = ("q", "k", "v", "o")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """Rotary scaling of a checkpoint (``rope_scaling`` in its config.json)."""
+  kind: str = "llama3"                 # "linear" | "llama3"
+  factor: float = 8.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Architecture of a Llama-family checkpoint."""
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float = 10000.0
+  rope_scaling: RopeScaling | None = None
+  rms_eps: float = 1e-5
+  tie_embeddings: bool = False
+  attention_bias: bool = False
+  max_position: int = 4096
+  name: str = "llama"
+
+  def __post_init__(self):
+    for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+              "num_kv_heads", "head_dim"):
+      if int(getattr(self, f)) <= 0:
+        raise ValueError(f"LlamaConfig.{f} must be positive, got {getattr(self, f)}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+
+  def linear_shape(self, name: str) -> tuple[int, int]:
+    """(d_out, d_in) of the block linear ``name``."""
+    h, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
+    return {"q": (self.num_heads * hd, h), "k": (self.num_kv_heads * hd, h),
+            "v": (self.num_kv_heads * hd, h), "o": (h, self.num_heads * hd),
+            "gate": (f, h), "up": (f, h), "down": (h, f)}[name]
+
+  def block_params(self) -> int:
+    return sum(math.prod(self.linear_shape(n)) for n in LINEARS) * self.num_layers
+
+  # -- Hugging Face config.json --------------------------------------------------------------
+  @classmethod
+  def from_hf(cls, d: Mapping[str, Any]) -> "LlamaConfig":
+    """From a Hugging Face ``config.json`` dict (model_type llama, qwen2, mistral-like)."""
+    mt = d.get("model_type", "llama")
+    if mt not in ("llama", "qwen2", "mistral"):
+      raise ValueError(f"model_type {mt!r} is not a Llama-architecture model "
+                       "(supported: llama, qwen2, mistral)")
+    try:
+      heads = int(d["num_attention_heads"])
+      hidden = int(d["hidden_size"])
+      scaling = d.get("rope_scaling")
+      rs = None
+      if scaling:
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind == "llama3":
+          rs = RopeScaling("llama3", float(scaling["factor"]),
+                           float(scaling.get("low_freq_factor", 1.0)),
+                           float(scaling.get("high_freq_factor", 4.0)),
+                           int(scaling.get("original_max_position_embeddings", 8192)))
+        elif kind == "linear":
+          rs = RopeScaling("linear", float(scaling["factor"]))
+        elif kind not in (None, "default"):
+          raise ValueError(f"rope_scaling type {kind!r} is not supported (linear, llama3)")
+      return cls(
+          vocab_size=int(d["vocab_size"]), hidden_size=hidden,
+          intermediate_size=int(d["intermediate_size"]),
+          num_layers=int(d["num_hidden_layers"]), num_heads=heads,
+          num_kv_heads=int(d.get("num_key_value_heads") or heads),
+          head_dim=int(d.get("head_dim") or hidden // heads),
+          rope_theta=float(d.get("rope_theta", 10000.0)), rope_scaling=rs,
+          rms_eps=float(d.get("rms_norm_eps", 1e-5)),
+          tie_embeddings=bool(d.get("tie_word_embeddings", False)),
+          attention_bias=bool(d.get("attention_bias", mt == "qwen2")),
+          max_position=int(d.get("max_position_embeddings", 4096)),
+          name=str(d.get("_name_or_path", mt)) or mt)
+    except KeyError as e:
+      raise ValueError(f"config.json lacks the key {e.args[0]!r}") from None
+
+  def to_hf(self) -> dict:
+    """A Hugging Face ``config.json`` dict that :meth:`from_hf` maps back to this config."""
+    d = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+         "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+         "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
+         "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
+         "head_dim": self.head_dim, "rope_theta": self.rope_theta, "rms_norm_eps": self.rms_eps,
+         "tie_word_embeddings": self.tie_embeddings, "attention_bias": self.attention_bias,
+         "max_position_embeddings": self.max_position, "hidden_act": "silu",
+         "_name_or_path": self.name}
+    if self.rope_scaling is not None:
+      rs = self.rope_scaling
+      d["rope_scaling"] = {"rope_type": rs.kind, "factor": rs.factor}
+      if rs.kind == "llama3":
+        d["rope_scaling"].update(low_freq_factor=rs.low_freq_factor,
+                                 high_freq_factor=rs.high_freq_factor,
+                                 original_max_position_embeddings=rs.original_max_position)
+    return d
+
+
+def rope_frequencies(cfg: LlamaConfig) -> np.ndarray:
+  """(head_dim / 2,) float64 inverse frequencies, scaled as the checkpoint says."""
+  hd = cfg.head_dim
+  inv = 1.0 / cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+  rs = cfg.rope_scaling
+  if rs is None:
+    return inv
+  if rs.kind == "linear":
+    return inv / rs.factor
+  low_wl = rs.original_max_position / rs.low_freq_factor
+  high_wl = rs.original_max_position / rs.high_freq_factor
+  wl = 2 * np.pi / inv
+  smooth = (rs.original_max_position / wl - rs.low_freq_factor) / (
+      rs.high_freq_factor - rs.low_freq_factor)
+  mid = (1 - smooth) * inv / rs.factor + smooth * inv
+  return np.where(wl > low_wl, inv / rs.factor, np.where(wl < high_wl, inv, mid))
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotates (..., seq, heads, head_dim) by ``positions`` (seq,), half-split convention."""
+  ang = positions.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq, jnp.float32)[None, :]
+  cos, sin = jnp.cos(ang)[:, None, :], jnp.sin(ang)[:, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
+# -- compressed linears ----------------------------------------------------------------------
+
+def linear_params(pl: layer_lib.PrunedLayer) -> dict:
+  """The parameter subtree of a compressed pruned linear (replaces ``{"kernel": W}``)."""
+  p = {"values": pl.core.values, "meta": pl.core.meta, "row_scale": pl.row_scale,
+       "col_scale": pl.col_scale}
+  if pl.a is not None:
+    p["a"] = pl.a
+  if pl.b is not None:
+    p["b"] = pl.b
+  return p
+
+
+def pruned_from_params(p: Mapping[str, jax.Array], d_in: int) -> layer_lib.PrunedLayer:
+  """Inverse of :func:`linear_params`."""
+  return layer_lib.PrunedLayer(sparsity.Packed24(p["values"], p["meta"], d_in), p["row_scale"],
+                               p["col_scale"], a=p.get("a"), b=p.get("b"))
+
+
+def _compressed_apply(p, x, d_in):
+  pl = pruned_from_params(p, d_in)
+  try:
+    from armor_jax import kernels
+  except ImportError:   # kernels not available: the layer's own plain-JAX path
+    return pl.apply(x)
+  return kernels.armor_linear(x, pl)
+
+
+class Linear(nn.Module):
+  """``y = x @ kernel.T (+ bias)``; kernel (d_out, d_in), or a compressed pruned layer."""
+  d_out: int
+  d_in: int
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.has_variable("params", "values"):      # compressed 2:4 (+ wrappers)
+      p = self.variables["params"]
+      y = _compressed_apply({k: v for k, v in p.items() if k != "bias"}, x, self.d_in)
+      y = y.astype(self.dtype)
+    else:
+      w = self.param("kernel", nn.initializers.normal(0.02), (self.d_out, self.d_in))
+      y = jnp.einsum("...i,oi->...o", x.astype(self.dtype), w.astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.d_out,)).astype(self.dtype)
+    return y
+
+
+class RMSNorm(nn.Module):
+  eps: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("weight", nn.initializers.ones, (x.shape[-1],))
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return (y * w.astype(jnp.float32)).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  cfg: LlamaConfig
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions):
+    c = self.cfg
+    hd, nh, nkv = c.head_dim, c.num_heads, c.num_kv_heads
+    lin = lambda n, bias: Linear(*c.linear_shape(n), use_bias=bias, dtype=self.dtype, name=n)
+    *lead, t, _ = x.shape
+    q = lin("q", c.attention_bias)(x).reshape(*lead, t, nh, hd)
+    k = lin("k", c.attention_bias)(x).reshape(*lead, t, nkv, hd)
+    v = lin("v", c.attention_bias)(x).reshape(*lead, t, nkv, hd)
+    inv = rope_frequencies(c)
+    q, k = apply_rope(q, positions, inv), apply_rope(k, positions, inv)
+    g = nh // nkv
+    q = q.reshape(*lead, t, nkv, g, hd)
+    s = jnp.einsum("...qkgd,...skd->...kgqs", q.astype(jnp.float32), k.astype(jnp.float32))
+    s = s / np.sqrt(hd)
+    causal = positions[:, None] >= positions[None, :]
+    s = jnp.where(causal, s, -jnp.inf)
+    pr = jax.nn.softmax(s, axis=-1)
+    o = jnp.einsum("...kgqs,...skd->...qkgd", pr, v.astype(jnp.float32)).astype(self.dtype)
+    o = o.reshape(*lead, t, nh * hd)
+    self.sow("inputs", "o_input", o)
+    return lin("o", False)(o)
+
+
+class MLP(nn.Module):
+  cfg: LlamaConfig
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.cfg
+    gate = Linear(*c.linear_shape("gate"), dtype=self.dtype, name="gate")(x)
+    up = Linear(*c.linear_shape("up"), dtype=self.dtype, name="up")(x)
+    z = jax.nn.silu(gate) * up
+    self.sow("inputs", "down_input", z)
+    return Linear(*c.linear_shape("down"), dtype=self.dtype, name="down")(z)
+
+
+class Block(nn.Module):
+  """One decoder block. Sows the inputs of its linears into the ``inputs`` collection:
+  ``qkv`` (shared by q, k, v), ``o``, ``gate_up`` (shared by gate, up) and ``down``."""
+  cfg: LlamaConfig
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions):
+    h = RMSNorm(self.cfg.rms_eps, name="input_norm")(x)
+    self.sow("inputs", "qkv", h)
+    x = x + Attention(self.cfg, self.dtype, name="attn")(h, positions)
+    h = RMSNorm(self.cfg.rms_eps, name="post_norm")(x)
+    self.sow("inputs", "gate_up", h)
+    return x + MLP(self.cfg, self.dtype, name="mlp")(h)
+
+
+# which sown input feeds which linear
+INPUT_OF = {"q": "qkv", "k": "qkv", "v": "qkv", "o": "o", "gate": "gate_up", "up": "gate_up",
+            "down": "down"}
+
+
+def linear_path(name: str) -> tuple[str, str]:
+  """(submodule, linear) of a block linear inside a block's parameter tree."""
+  return ("attn" if name in _ATTN else "mlp", name)
+
+
+class Llama(nn.Module):
+  cfg: LlamaConfig
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    c = self.cfg
+    self.embed = nn.Embed(c.vocab_size, c.hidden_size, name="embed")
+    self.layers = [Block(c, self.dtype, name=f"layers_{i}") for i in range(c.num_layers)]
+    self.norm = RMSNorm(c.rms_eps, name="norm")
+    if not c.tie_embeddings:
+      self.lm_head = Linear(c.vocab_size, c.hidden_size, dtype=self.dtype, name="lm_head")
+
+  def __call__(self, tokens):
+    """tokens (..., seq) int -> logits (..., seq, vocab) float32."""
+    positions = jnp.arange(tokens.shape[-1])
+    x = self.embed(tokens).astype(self.dtype)
+    for blk in self.layers:
+      x = blk(x, positions)
+    x = self.norm(x)
+    if self.cfg.tie_embeddings:
+      return self.embed.attend(x.astype(jnp.float32))
+    return self.lm_head(x).astype(jnp.float32)
+
+
+# -- pure functions over the parameter tree ---------------------------------------------------
+
+def init_params(cfg: LlamaConfig, key: jax.Array) -> dict:
+  """Random parameters (tests and synthetic models)."""
+  return Llama(cfg).init(key, jnp.zeros((1, 4), jnp.int32))["params"]
+
+
+def forward(params: Mapping, tokens: jax.Array, cfg: LlamaConfig) -> jax.Array:
+  """Logits (..., seq, vocab) of ``tokens`` (..., seq)."""
+  return Llama(cfg).apply({"params": params}, tokens)
+
+
+def embed(params: Mapping, tokens: jax.Array) -> jax.Array:
+  """Token embeddings (..., seq, hidden) float32."""
+  return jnp.take(params["embed"]["embedding"], tokens, axis=0).astype(jnp.float32)
+
+
+def block_forward(block_params: Mapping, x: jax.Array, cfg: LlamaConfig,
+                  capture: bool = False):
+  """One block on hidden states x (..., seq, hidden); with ``capture`` also the
+  inputs of its linears ({"qkv", "o", "gate_up", "down"} -> arrays)."""
+  positions = jnp.arange(x.shape[-2])
+  if not capture:
+    return Block(cfg).apply({"params": block_params}, x, positions)
+  y, col = Block(cfg).apply({"params": block_params}, x, positions, mutable=["inputs"])
+  flat = {}
+  for path, v in jax.tree_util.tree_flatten_with_path(col["inputs"])[0]:
+    flat[path[-2].key.removesuffix("_input")] = v
+  return y, flat
+
+
+def head(params: Mapping, x: jax.Array, cfg: LlamaConfig) -> jax.Array:
+  """Final norm and head: hidden states (..., seq, hidden) -> logits float32."""
+  x = RMSNorm(cfg.rms_eps).apply({"params": params["norm"]}, x)
+  if cfg.tie_embeddings:
+    return jnp.einsum("...h,vh->...v", x.astype(jnp.float32),
+                      params["embed"]["embedding"].astype(jnp.float32))
+  return jnp.einsum("...h,vh->...v", x.astype(jnp.float32),
+                    params["lm_head"]["kernel"].astype(jnp.float32))
+
+
+def get_linear(params: Mapping, i: int, name: str):
+  sub, lin = linear_path(name)
+  return params[f"layers_{i}"][sub][lin]
+
+
+def set_linear(params: dict, i: int, name: str, value: Mapping) -> dict:
+  """A copy of ``params`` with block ``i``'s linear ``name`` subtree replaced (bias kept)."""
+  sub, lin = linear_path(name)
+  params = dict(params)
+  blk = dict(params[f"layers_{i}"])
+  subtree = dict(blk[sub])
+  old = subtree[lin]
+  new = dict(value)
+  if "bias" in old:
+    new["bias"] = old["bias"]
+  subtree[lin] = new
+  blk[sub] = subtree
+  params[f"layers_{i}"] = blk
+  return params
+
+
+def dense_weight(p: Mapping, d_in: int) -> jax.Array:
+  """The (d_out, d_in) weight of a linear subtree, dense or compressed."""
+  if "kernel" in p:
+    return p["kernel"]
+  return pruned_from_params(p, d_in).dense()
+
+
+def n_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+
+
+__all__ = ["LlamaConfig", "RopeScaling", "Llama", "Block", "LINEARS", "INPUT_OF", "forward",
+           "embed", "block_forward", "head", "init_params", "linear_params",
+           "pruned_from_params", "get_linear", "set_linear", "dense_weight"]

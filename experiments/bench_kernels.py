@@ -1,0 +1,277 @@
+"""Speed of the 2:4 and ARMOR linears against a dense XLA dot, per layer shape and batch.
+
+For each shape ``d_out x d_in`` (default 4096x4096, 4096x14336, 14336x4096)
+and batch (default 1, 8, 16, 128, 2048), three products ``y = x @ W.T`` in
+``dtype`` with random data:
+
+* ``dense``: the dense weight through XLA's dot;
+* ``24``: a 2:4 core through :func:`armor_jax.kernels.sparse24_matmul`;
+* ``armor``: an ARMOR layer (A and B blocks of ``block_size``, row and column
+  scales, random) through :func:`armor_jax.kernels.armor_linear`.
+
+Timing: one jitted call runs ``calls`` products on distinct inputs (no host
+dispatch between them, no common subexpression to merge), rotating over
+``weight_sets`` copies of the weights so the L2 cache cannot hold them; the
+time per product is the median over ``repeats`` such calls, after a compiled
+warm-up. Bytes are the floor of :func:`armor_jax.kernels.bytes_moved` (weights
+once, x in, y out); ``bandwidth_fraction`` divides bytes / time by the
+bandwidth of a ``copy_mb`` MB elementwise pass (bytes read + written).
+
+On a GPU ``impl=auto`` times the Pallas kernels (and, with
+``compare_reference``, the plain-XLA paths too, in the CSV). Elsewhere it
+times the plain-JAX reference paths: those numbers say nothing about the
+kernels, and the log and ``info.note`` say so. ``impl=interpret`` runs the
+kernels in Pallas's interpreter (a functional check of this script on CPU;
+its times mean nothing).
+
+Headline, per batch B and shape S: ``speedup_24_b<B>_<S>`` and
+``speedup_armor_b<B>_<S>`` (dense time over ours), and
+``bandwidth_fraction_{dense,24,armor}_b<B>_<S>``; plus ``copy_bandwidth_gbs``,
+``device`` (0 CPU, 1 GPU, 2 other; the device's name is in ``info``) and,
+when kernels ran, ``max_rel_error_{24,armor}``: each kernel's largest relative
+error against the plain-XLA path over the cases (checked before timing).
+
+    python -m experiments.main experiment=bench_kernels                      # GPU
+    python -m experiments.main experiment=bench_kernels shapes=[256x512] batches=[1,16] \\
+        copy_mb=64                                                             # CPU smoke
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.schema import Check, each, ge, one_of, param
+
+_SHAPE = re.compile(r"^(\d+)x(\d+)$")
+DEVICE_CODES = {"cpu": 0, "gpu": 1}
+
+
+def _shape(s: str) -> tuple[int, int]:
+  d_out, d_in = (int(v) for v in _SHAPE.match(s).groups())
+  return d_out, d_in
+
+
+def _shape_ok(s) -> bool:
+  if not isinstance(s, str) or not _SHAPE.match(s):
+    return False
+  d_out, d_in = _shape(s)
+  return d_out >= 16 and d_in >= 16 and d_in % 8 == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  shapes: tuple[str, ...] = param(
+      ("4096x4096", "4096x14336", "14336x4096"), "layer shapes d_outxd_in",
+      check=Check(lambda v: len(v) > 0 and all(_shape_ok(s) for s in v),
+                  "a non-empty list of 'DOUTxDIN' strings, both >= 16, d_in a multiple of 8"))
+  batches: tuple[int, ...] = param((1, 8, 16, 128, 2048), "batch sizes (tokens per product)",
+                                   check=each(ge(1)))
+  dtype: str = param("bfloat16", "weight and activation dtype",
+                     check=one_of("bfloat16", "float16"))
+  block_size: int = param(128, "ARMOR's A and B block size (a divisor of both dims)",
+                          check=ge(1))
+  impl: str = param("auto", "auto (Pallas on GPU, reference elsewhere), pallas, reference, or "
+                    "interpret (the kernels in Pallas's interpreter: a CPU check, tiny shapes)",
+                    check=one_of("auto", "pallas", "reference", "interpret"))
+  fuse_b: bool = param(False, "ARMOR: compute B inside the sparse kernel instead of a pre-pass")
+  compare_reference: bool = param(True, "with the Pallas kernels, also time the plain-XLA "
+                                  "paths (CSV only)")
+  calls: int = param(16, "products per timed jitted call", check=ge(1))
+  weight_sets: int = param(3, "weight copies rotated over (defeats the L2 cache)", check=ge(1))
+  repeats: int = param(10, "timed calls per case (median kept)", check=ge(1))
+  copy_mb: int = param(1024, "size of the bandwidth-measuring copy, MB", check=ge(1))
+
+  def check(self) -> None:
+    from experiments.schema import ConfigError  # pylint: disable=import-outside-toplevel
+    for s in self.shapes:
+      d_out, d_in = _shape(s)
+      if d_out % self.block_size or d_in % self.block_size:
+        raise ConfigError("block_size", f"must divide both dims of every shape; "
+                          f"{self.block_size} does not divide {s}")
+
+
+def _median_seconds(fn, args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))            # compile + warm-up
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def _per_product(product, xs, ws, repeats: int) -> float:
+  """Median seconds of one ``product(x, w)``, from jitted calls doing len(xs) of them."""
+  many = jax.jit(lambda xs, ws: [product(x, ws[i % len(ws)]) for i, x in enumerate(xs)])
+  return _median_seconds(many, (xs, ws), repeats) / len(xs)
+
+
+def _rel_error(y, y_ref) -> float:
+  """||y - y_ref|| / ||y_ref|| in float64 (inf if y has a NaN)."""
+  y, y_ref = np.asarray(y, np.float64), np.asarray(y_ref, np.float64)
+  if not np.all(np.isfinite(y)):
+    return float("inf")
+  return float(np.linalg.norm(y - y_ref) / max(np.linalg.norm(y_ref), 1e-30))
+
+
+def copy_bandwidth(mb: int, repeats: int, key) -> float:
+  """Bytes per second of an elementwise pass over ``mb`` MB (read + write counted).
+
+  The pass flips the top bit of uint32 words: no float conversion on any
+  backend, and nothing XLA can elide.
+  """
+  a = jax.random.bits(key, (mb * 2 ** 20 // 4,), jnp.uint32)
+  seconds = _median_seconds(jax.jit(lambda a: a ^ jnp.uint32(1 << 31)), (a,), repeats)
+  return 2 * a.size * a.dtype.itemsize / seconds
+
+
+def _layer(key, d_out, d_in, block, dtype):
+  """Random dense weight, its 2:4 core and a random ARMOR layer (prepared), all in dtype."""
+  from armor_jax import blockdiag, kernels, sparsity  # pylint: disable=import-outside-toplevel
+  from armor_jax.layer import PrunedLayer  # pylint: disable=import-outside-toplevel
+  k_w, k_s, k_a, k_b, k_r, k_c = jax.random.split(key, 6)
+  w = jax.random.normal(k_w, (d_out, d_in), jnp.float32)
+  mask = sparsity.mask_from_scores(jax.random.uniform(k_s, (d_out, d_in)))
+  core = sparsity.pack(w.astype(dtype), mask)
+
+  def wrapper(k, d):
+    return blockdiag.identity(d, block) + 0.1 * jax.random.normal(k, (d // block, block, block))
+
+  layer = PrunedLayer(core, jax.random.uniform(k_r, (d_out,), minval=0.5, maxval=2),
+                      jax.random.uniform(k_c, (d_in,), minval=0.5, maxval=2),
+                      wrapper(k_a, d_out), wrapper(k_b, d_in), method="armor")
+  return w.astype(dtype), core, kernels.prepare(layer, dtype)
+
+
+def _copies(tree, n: int):
+  return [jax.tree.map(lambda v: jnp.array(v, copy=True), tree) for _ in range(n)]
+
+
+def run(cfg: Config, ctx) -> dict:
+  from armor_jax import kernels  # pylint: disable=import-outside-toplevel
+  dtype = jnp.dtype(cfg.dtype)
+  backend = jax.default_backend()
+  impl = kernels.resolve_impl(cfg.impl)
+  dev = jax.devices()[0]
+  ctx.info["device"] = f"{dev.platform}: {getattr(dev, 'device_kind', str(dev))}"
+  ctx.info["impl"] = impl
+  if impl != "pallas":
+    ctx.info["note"] = (f"backend {backend}: timed the plain-JAX reference paths (unpack + XLA "
+                        "dot), not the compiled Pallas kernels" if impl == "reference" else
+                        "timed the kernels in Pallas's interpreter: a functional check, the "
+                        "times mean nothing")
+    ctx.say(f"[bench_kernels] {ctx.info['note']}")
+  key = jax.random.PRNGKey(ctx.seed)
+  key, k_copy = jax.random.split(key)
+  bw = copy_bandwidth(cfg.copy_mb, cfg.repeats, k_copy)
+  ctx.say(f"[bench_kernels] {ctx.info['device']}: copy bandwidth {bw / 1e9:.1f} GB/s")
+  headline: dict[str, float] = {"device": float(DEVICE_CODES.get(backend, 2)),
+                                "copy_bandwidth_gbs": bw / 1e9}
+  rows = {k: [] for k in ("shape", "batch", "kind", "impl", "seconds", "bytes",
+                          "bandwidth_fraction", "speedup_vs_dense")}
+  dense_dot = lambda x, w: jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())))  # noqa: E731
+  sparse_fn = {p: (lambda x, s, p=p: kernels.sparse24_matmul(x, s, impl=p))
+               for p in ("pallas", "interpret", "reference")}
+  tiles = {}
+
+  def armor_fn(p, fused):
+    def fn(x, w):
+      t = None
+      if fused:
+        t = dataclasses.replace(kernels.default_tiles(x.shape[0], *w.core.shape,
+                                                      block_a=cfg.block_size), fuse_b=True)
+      return kernels.armor_linear(x, w, impl=p, tiles=t)
+    return fn
+
+  impls = [impl] + (["reference"] if impl != "reference" and cfg.compare_reference else [])
+  errors: dict[str, float] = {}
+  for shape in cfg.shapes:
+    d_out, d_in = _shape(shape)
+    key, k_layer = jax.random.split(key)
+    w, core, armor = _layer(k_layer, d_out, d_in, cfg.block_size, dtype)
+    sets = {"dense": _copies(w, cfg.weight_sets), "24": _copies(core, cfg.weight_sets),
+            "armor": _copies(armor, cfg.weight_sets)}
+    for batch in cfg.batches:
+      key, k_x = jax.random.split(key)
+      xs = list(jax.random.normal(k_x, (cfg.calls, batch, d_in), jnp.float32).astype(dtype))
+      nbytes = {"dense": kernels.bytes_moved(batch, d_out, d_in, dtype=dtype, dense=True),
+                "24": kernels.bytes_moved(batch, d_out, d_in, dtype=dtype),
+                "armor": kernels.bytes_moved(batch, d_out, d_in, dtype=dtype,
+                                             block_a=cfg.block_size, block_b=cfg.block_size,
+                                             scales=True)}
+      if impl != "reference":
+        # correct first: the kernels against the plain-XLA paths on this case's first input
+        checks = (("24", sparse_fn[impl], sparse_fn["reference"], core),
+                  ("armor", armor_fn(impl, cfg.fuse_b), armor_fn("reference", False), armor))
+        for kind, fn, ref, weights in checks:
+          err = _rel_error(jax.jit(fn)(xs[0], weights), jax.jit(ref)(xs[0], weights))
+          errors[kind] = max(errors.get(kind, 0.0), err)
+          if not err < 2e-2:
+            ctx.say(f"  {shape} b={batch} {kind}: relative error {err:.3g} against the "
+                    "reference path")
+      t_dense = _per_product(dense_dot, xs, sets["dense"], cfg.repeats)
+      timed = [("dense", "xla", t_dense)]
+      for p in impls:
+        timed.append(("24", p, _per_product(sparse_fn[p], xs, sets["24"], cfg.repeats)))
+        fused = cfg.fuse_b and p != "reference"
+        timed.append(("armor", p + ("+fused_b" if fused else ""),
+                      _per_product(armor_fn(p, fused), xs, sets["armor"], cfg.repeats)))
+      tiles[f"b{batch}_{shape}"] = str(kernels.default_tiles(batch, d_out, d_in))
+      for kind, p, seconds in timed:
+        frac = nbytes[kind] / seconds / bw
+        speedup = t_dense / seconds
+        for col, v in zip(rows, (shape, batch, kind, p, seconds, nbytes[kind], frac, speedup)):
+          rows[col].append(v)
+        if p.split("+")[0] in ("xla", impl):
+          headline[f"bandwidth_fraction_{kind}_b{batch}_{shape}"] = frac
+          if kind != "dense":
+            headline[f"speedup_{kind}_b{batch}_{shape}"] = speedup
+        ctx.say(f"  {shape} b={batch:<5} {kind:>5} {p:<16} {seconds * 1e6:10.1f} us  "
+                f"{frac:6.1%} of copy bw  {speedup:5.2f}x vs dense")
+    del sets
+  ctx.info["default_tiles"] = tiles
+  for kind, err in errors.items():
+    headline[f"max_rel_error_{kind}"] = err
+  ctx.write_csv("kernels.csv", rows)
+  return headline
+
+
+def main(argv: list[str]) -> dict:
+  """Runs the benchmark without Hydra (e.g. on a GPU image that lacks it).
+
+  ``python -m experiments.bench_kernels key=value ... [out=DIR] [seed=N]``: values
+  are YAML (``batches=[1,16]``), checked by the same schema; writes
+  ``DIR/results.json`` (headline, info, config) and ``DIR/kernels.csv``.
+  """
+  import json  # pylint: disable=import-outside-toplevel
+  from pathlib import Path  # pylint: disable=import-outside-toplevel
+
+  import yaml  # pylint: disable=import-outside-toplevel
+
+  from experiments import io  # pylint: disable=import-outside-toplevel
+  from experiments.harness import RunContext  # pylint: disable=import-outside-toplevel
+  from experiments.schema import validate  # pylint: disable=import-outside-toplevel
+  values = dict(arg.split("=", 1) for arg in argv)
+  out = Path(values.pop("out", "outputs/bench_kernels/standalone"))
+  seed = int(values.pop("seed", 0))
+  cfg = validate(Config, {k: yaml.safe_load(v) for k, v in values.items()})
+  out.mkdir(parents=True, exist_ok=True)
+  ctx = RunContext(out, seed)
+  headline = run(cfg, ctx)
+  io.write_json(out / io.RESULTS, {"experiment": "bench_kernels", "headline": headline,
+                                   "info": ctx.info, "config": dataclasses.asdict(cfg),
+                                   "seed": seed, "complete": True})
+  print(json.dumps(headline, indent=1))
+  return headline
+
+
+if __name__ == "__main__":
+  import sys  # pylint: disable=import-outside-toplevel
+  main(sys.argv[1:])
