@@ -36,17 +36,19 @@ FORMAT = "armor_jax.compressed24/1"
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, jax.Array]:
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, jax.Array]:
+  """A nested mapping of arrays -> {"a/b/c": array}."""
   out = {}
   for k, v in tree.items():
     if isinstance(v, Mapping):
-      out.update(_flatten(v, f"{prefix}{k}/"))
+      out.update(flatten(v, f"{prefix}{k}/"))
     else:
       out[f"{prefix}{k}"] = v
   return out
 
 
-def _unflatten(flat: Mapping[str, jax.Array]) -> dict:
+def unflatten(flat: Mapping[str, jax.Array]) -> dict:
+  """Inverse of :func:`flatten`."""
   out: dict = {}
   for k, v in flat.items():
     node = out
@@ -72,7 +74,7 @@ def save(path: str | os.PathLike, cfg: LlamaConfig, params: Mapping,
     raise ValueError(f"dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
   path = Path(path)
   path.mkdir(parents=True, exist_ok=True)
-  flat = {k: jnp.asarray(v) for k, v in _flatten(cast(params, dtype)).items()}
+  flat = {k: jnp.asarray(v) for k, v in flatten(cast(params, dtype)).items()}
   tmp = path / "model.safetensors.tmp"
   save_file(flat, str(tmp))
   os.replace(tmp, path / "model.safetensors")
@@ -121,7 +123,7 @@ def load(path: str | os.PathLike) -> Model:
     raise CheckpointError(f"{st}: file not found") from None
   except Exception as e:
     raise CheckpointError(f"{st}: corrupt or truncated ({e})") from None
-  params = _unflatten(flat)
+  params = unflatten(flat)
   for i in range(cfg.num_layers):
     for name in LINEARS:
       try:
@@ -159,7 +161,7 @@ def densify(params: Mapping, cfg: LlamaConfig, dtype=jnp.float32) -> dict:
 
 def trees_equal(a: Mapping, b: Mapping) -> bool:
   """Same structure, shapes, dtypes and bits."""
-  fa, fb = _flatten(a), _flatten(b)
+  fa, fb = flatten(a), flatten(b)
   if fa.keys() != fb.keys():
     return False
   for k in fa:

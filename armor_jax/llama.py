@@ -199,12 +199,8 @@ def pruned_from_params(p: Mapping[str, jax.Array], d_in: int) -> layer_lib.Prune
 
 
 def _compressed_apply(p, x, d_in):
-  pl = pruned_from_params(p, d_in)
-  try:
-    from armor_jax import kernels
-  except ImportError:   # kernels not available: the layer's own plain-JAX path
-    return pl.apply(x)
-  return kernels.armor_linear(x, pl)
+  from armor_jax import kernels  # pylint: disable=import-outside-toplevel  (kernels import layer)
+  return kernels.armor_linear(x, pruned_from_params(p, d_in))
 
 
 class Linear(nn.Module):

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from armor_jax import armor as armor_lib, baselines, calibration, layer as layer_lib, llama
+from armor_jax import armor as armor_lib, baselines, calibration, checkpoint, layer as layer_lib, llama
 from armor_jax.llama import INPUT_OF, LINEARS, LlamaConfig
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor")
@@ -135,27 +135,6 @@ def _dense_block(block_params: Mapping, pruned: Mapping[str, layer_lib.PrunedLay
 
 # -- per-block files -------------------------------------------------------------------------------
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, f"{prefix}{k}/"))
-    else:
-      out[f"{prefix}{k}"] = np.asarray(v)
-  return out
-
-
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-  out: dict = {}
-  for k, v in flat.items():
-    node = out
-    *head, last = k.split("/")
-    for h in head:
-      node = node.setdefault(h, {})
-    node[last] = jnp.asarray(v)
-  return out
-
-
 def _atomic_savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
   tmp = path.with_name(path.name + ".tmp.npz")
   np.savez(tmp, **arrays)
@@ -196,13 +175,14 @@ class Checkpoint:
 
   def load_block(self, i: int) -> dict:
     with np.load(self.path / f"block_{i}.npz") as z:
-      return _unflatten({k: z[k] for k in z.files})
+      return checkpoint.unflatten({k: jnp.asarray(z[k]) for k in z.files})
 
   def load_states(self, n: int) -> np.ndarray:
     return np.load(self.path / f"states_{n}.npy")
 
   def save(self, i: int, compressed: Mapping, states: np.ndarray, records: list[dict]) -> None:
-    _atomic_savez(self.path / f"block_{i}.npz", _flatten(compressed))
+    _atomic_savez(self.path / f"block_{i}.npz",
+                  {k: np.asarray(v) for k, v in checkpoint.flatten(compressed).items()})
     tmp = self.path / f"states_{i + 1}.tmp.npy"
     np.save(tmp, states)
     os.replace(tmp, self.path / f"states_{i + 1}.npy")

@@ -1,6 +1,6 @@
 """Constrained MDPs under a generative model.
 
-Shared by every CMDP system (average-reward now, linear/discounted next):
+Shared by every CMDP system (average-reward and linear/discounted):
 
 * :mod:`cmdp.tabular`: the tabular CMDP pytree, its validation, exact float64
   evaluation (gain, bias, span; multichain and periodic chains), mixtures.
@@ -10,4 +10,8 @@ Shared by every CMDP system (average-reward now, linear/discounted next):
 * :mod:`cmdp.instances`: hard instances (tunable S, A, H, B, zeta) and random ones.
 
 Average-reward specifics: :mod:`cmdp.average_reward` (arXiv 2509.16586, reconstructed).
+Linear (discounted) CMDPs: :mod:`cmdp.linear` (arXiv 2507.02089, reconstructed): instances
+``P = phi psi``, the G-optimal design, LS-MDVI and LS-PE at the core set, the primal-dual loop;
+the discounted occupancy LP and exact discounted evaluation live in :mod:`cmdp.lp` and
+:mod:`cmdp.tabular`.
 """

@@ -184,3 +184,57 @@ def lagrangian_mixture(m: tabular.TabularCMDP, lam: float, *, multichain: bool =
 def optimal_gain(P, r, mu0, *, multichain: bool = True) -> LPResult:
   """Unconstrained optimal average reward from mu0 (and an optimal policy)."""
   return occupancy_lp(P, r, mu0, multichain=multichain)
+
+
+# --- discounted CMDPs ----------------------------------------------------------------------------
+
+def discounted_occupancy_lp(P, objective, mu0, gamma: float, constraint=None,
+                            b: float | None = None) -> LPResult:
+  """max objective.x over discounted occupancies, subject to ``constraint.x >= b``.
+
+  The variables ``x >= 0`` (S, A) satisfy
+  ``sum_a x(j,a) - gamma sum_{s,a} P(j|s,a) x(s,a) = mu0(j)``, so ``x`` is the
+  (unnormalized, total mass 1/(1 - gamma)) discounted state-action occupancy
+  from mu0 and ``objective.x`` the discounted value V(mu0) (Altman 1999, ch. 3).
+  Every discounted CMDP has an optimal stationary policy, read off as
+  ``x(s,a)/x(s)`` (uniform where x(s) = 0: states unreachable from mu0).
+
+  Returns:
+    An :class:`LPResult` (``y`` is zeros). Raises ValueError if infeasible.
+  """
+  P = np.asarray(P, np.float64)
+  S, A, _ = P.shape
+  n = S * A
+  E = sparse.kron(sparse.eye(S), np.ones((1, A)))
+  A_eq = (E - gamma * sparse.csr_matrix(P.reshape(n, S).T)).tocsr()
+  obj = np.asarray(objective, np.float64).reshape(n)
+  A_ub = b_ub = None
+  if constraint is not None:
+    A_ub = sparse.csr_matrix(-np.asarray(constraint, np.float64).reshape(1, n))
+    b_ub = np.array([-float(b)])
+  res = optimize.linprog(-obj, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq,
+                         b_eq=np.asarray(mu0, np.float64), bounds=(0, None),
+                         method="highs-ipm", options={"presolve": False})
+  if res.status != 0:
+    raise ValueError(f"discounted occupancy LP failed: {res.message}")
+  x = np.clip(res.x.reshape(S, A), 0, None)
+  dual = float(-res.ineqlin.marginals[0]) if constraint is not None else float("nan")
+  y = np.zeros((S, A))
+  return LPResult(float(-res.fun), x, y, policy_from_occupancy(x, y), max(dual, 0.0))
+
+
+def solve_discounted_cmdp(m: tabular.TabularCMDP, gamma: float) -> CMDPSolution:
+  """Optimal constrained discounted value V_r*(mu0), a policy, lambda* and zeta via HiGHS.
+
+  The fields of :class:`CMDPSolution` are read as discounted values from mu0
+  (``gain_r``, ``gain_c``: exact values of the returned stationary policy;
+  ``zeta = max_pi V_c^pi(mu0) - b``, unnormalized).
+  """
+  top = discounted_occupancy_lp(m.P, m.c, m.mu0, gamma)
+  zeta = top.value - float(m.b)
+  if zeta < -1e-9:
+    raise ValueError(f"infeasible CMDP: max V_c = {top.value:.6g} < b = {float(m.b):.6g}")
+  res = discounted_occupancy_lp(m.P, m.r, m.mu0, gamma, m.c, float(m.b))
+  v_r, v_c = tabular.discounted_returns(m, res.policy, gamma)
+  return CMDPSolution(res.value, res.policy, (np.ones(1), res.policy[None]), float(v_r),
+                      float(v_c), res.dual, zeta, top.value)

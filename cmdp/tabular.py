@@ -262,3 +262,38 @@ def simulate_average(P, r, pi, start: int, n_steps: int, rng: np.random.Generato
     total += r_pi[s]
     s = min(int(np.searchsorted(cum[s], u[t], side="right")), P_pi.shape[0] - 1)
   return total / n_steps
+
+
+# --- discounted evaluation (numpy float64) -----------------------------------------------------
+
+def discounted_values(P, r, pi, gamma: float) -> np.ndarray:
+  """Exact discounted values ``V = (I - gamma P_pi)^{-1} r_pi`` of one or many policies.
+
+  Args:
+    P: (S, A, S) transitions.
+    r: (S, A) reward.
+    pi: (..., S, A) policies (any leading batch axes).
+    gamma: discount factor in (0, 1).
+
+  Returns:
+    (..., S) values, float64 (unnormalized: in [0, max r / (1 - gamma)]).
+  """
+  P, r, pi = (np.asarray(x, np.float64) for x in (P, r, pi))
+  P_pi = np.einsum("...sa,sat->...st", pi, P)
+  r_pi = np.einsum("...sa,sa->...s", pi, r)
+  eye = np.eye(P.shape[0])
+  return np.linalg.solve(eye - gamma * P_pi, r_pi[..., None])[..., 0]
+
+
+def discounted_returns(m: TabularCMDP, pi, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+  """(V_r^pi(mu0), V_c^pi(mu0)) of policies ``pi`` (..., S, A), exactly (float64)."""
+  mu0 = np.asarray(m.mu0, np.float64)
+  return (discounted_values(m.P, m.r, pi, gamma) @ mu0,
+          discounted_values(m.P, m.c, pi, gamma) @ mu0)
+
+
+def mixture_returns(m: TabularCMDP, weights, policies, gamma: float) -> tuple[float, float]:
+  """(V_r, V_c) from mu0 of the mixture sum_k weights[k] * policies[k] (K, S, A)."""
+  w = np.asarray(weights, np.float64)
+  vr, vc = discounted_returns(m, policies, gamma)
+  return float(w @ vr), float(w @ vc)

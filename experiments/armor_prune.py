@@ -78,8 +78,9 @@ class Config:
                     "(statistics of the dense model only, ARMOR's official code)",
                     check=one_of("sequential", "dense"))
   blocks: int = param(0, "prune only the first N blocks (0 = all)", check=ge(0))
-  armor_block_size: int = param(32, "ARMOR: requested block size of A and B (authors' config 32)",
-                                check=ge(1))
+  armor_block_size: int = param(128, "ARMOR: requested block size of A and B (the paper's runs: "
+                                "128; each side uses the largest divisor of its dimension not "
+                                "above it)", check=ge(1))
   armor_scheme: str = param("exact", "ARMOR: exact (block minimization) or official (Adam)",
                             check=one_of("exact", "official"))
   armor_iters: int = param(25, "ARMOR: iterations per layer", check=ge(0))
@@ -182,6 +183,31 @@ def prune_method(cfg: Config, method: str, work: Workload, seed: int, out_dir: P
   return dense_p, comp_p, records, seconds
 
 
+def _fingerprint(cfg: Config, seed: int, method: str) -> dict:
+  """The settings a finished method's result depends on (ARMOR's keys only for ARMOR, ...)."""
+  d = dataclasses.asdict(cfg)
+  d.pop("methods")
+  for k in list(d):
+    if (k.startswith("armor_") or k == "save_dtype") and method != "armor":
+      d.pop(k)
+    elif k.startswith("sparsegpt_") and method != "sparsegpt":
+      d.pop(k)
+    elif method == "dense" and k in ("mode", "blocks", "n_calib", "calib_len", "calib_text"):
+      d.pop(k)
+  return json.loads(json.dumps({**d, "seed": seed, "method": method}))
+
+
+def _load_done(path: Path, fp: dict) -> dict | None:
+  """A finished result written for the same settings, else None."""
+  if not path.exists():
+    return None
+  try:
+    res = json.loads(path.read_text())
+  except json.JSONDecodeError:
+    return None
+  return res if res.get("fingerprint") == fp else None
+
+
 def peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
 
@@ -198,13 +224,13 @@ def run(cfg: Config, ctx) -> dict:
                 "calib_tokens": int(work.calib.size), "eval_tokens": int(work.windows.size),
                 "continuations": {}}
 
+  fp = _fingerprint(cfg, ctx.seed, "dense")
   dense_file = out / "method_dense.json"
-  if dense_file.exists():
-    dense = json.loads(dense_file.read_text())
-  else:
+  dense = _load_done(dense_file, fp)
+  if dense is None:
     dense = {"ppl": work.perplexity(work.model.params, cfg.batch, "dense: ppl", ctx.progress),
              "text": work.generate(work.model.params, cfg.prompt, cfg.gen_tokens)
-             if cfg.gen_tokens else ""}
+             if cfg.gen_tokens else "", "fingerprint": fp}
     io.write_json(dense_file, dense)
   headline["ppl_dense"] = dense["ppl"]
   info["continuations"]["dense"] = dense["text"]
@@ -213,14 +239,15 @@ def run(cfg: Config, ctx) -> dict:
   rows: dict[str, list] = {}
   for method in cfg.methods:
     mfile = out / f"method_{method}.json"
-    if mfile.exists():
-      res = json.loads(mfile.read_text())
+    fp = _fingerprint(cfg, ctx.seed, method)
+    res = _load_done(mfile, fp)
+    if res is not None:
       ctx.say(f"[armor_prune] {method}: done before (ppl {res['ppl']:.3f}); not redone")
     else:
       dense_p, comp_p, records, seconds = prune_method(cfg, method, work, ctx.seed, out,
                                                       ctx.progress, ctx.say)
       res = {"ppl": work.perplexity(dense_p, cfg.batch, f"{method}: ppl", ctx.progress),
-             "seconds": seconds, "records": records,
+             "seconds": seconds, "records": records, "fingerprint": fp,
              "text": work.generate(dense_p, cfg.prompt, cfg.gen_tokens) if cfg.gen_tokens else ""}
       if method == "armor":
         res.update(_save_and_reload(cfg, work, comp_p, out / "armor_checkpoint", ctx))

@@ -44,6 +44,7 @@ import jax
 import numpy as np
 
 from experiments import io
+from experiments.stats import one_at_a_time
 from experiments.schema import Check, ConfigError, each, ge, gt, in_range, one_of, param
 
 SETTINGS = ("relaxed", "strict")
@@ -104,20 +105,9 @@ def n_grid_values(lo: int, hi: int, per_octave: int) -> np.ndarray:
 
 def sweep_points(cfg: Config) -> tuple[list[dict], dict[str, list[int]]]:
   """Unique (eps, H, zeta) points and, per sweep, the indices of its points."""
-  points: list[dict] = []
-  where: dict[str, list[int]] = {}
-
-  def add(p):
-    if p not in points:
-      points.append(p)
-    return points.index(p)
-
-  base = dict(eps=cfg.eps, H=cfg.H, zeta=cfg.zeta)
-  where["base"] = [add(base)]
-  where["eps"] = [add(dict(base, eps=e)) for e in cfg.eps_grid]
-  where["span"] = [add(dict(base, H=h)) for h in cfg.H_grid]
-  where["zeta"] = [add(dict(base, zeta=z)) for z in cfg.zeta_grid]
-  return points, where
+  return one_at_a_time(dict(eps=cfg.eps, H=cfg.H, zeta=cfg.zeta),
+                       {"eps": ("eps", cfg.eps_grid), "span": ("H", cfg.H_grid),
+                        "zeta": ("zeta", cfg.zeta_grid)})
 
 
 def smallest_n(ns: np.ndarray, rate: np.ndarray, ok_extra: np.ndarray, target: float

@@ -31,7 +31,10 @@ EXPERIMENTS: dict[str, str] = {
     "camdp_sample_complexity": "experiments.camdp_sample_complexity",
     "bench_camdp": "experiments.bench_camdp",
     "bench_armor_layer": "experiments.bench_armor_layer",
+    "linear_cmdp_sample_complexity": "experiments.linear_cmdp_sample_complexity",
+    "bench_linear_cmdp": "experiments.bench_linear_cmdp",
     "armor_prune": "experiments.armor_prune",
+    "bench_armor_model": "experiments.bench_armor_model",
     "bench_kernels": "experiments.bench_kernels",
 }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from scipy import stats
 
@@ -27,3 +29,28 @@ def loglog_slope(x, y, level: float = 0.95) -> tuple[float, float, float]:
     return float(fit.slope), float("nan"), float("nan")
   half = float(stats.t.ppf(0.5 + level / 2, lx.size - 2) * fit.stderr)
   return float(fit.slope), float(fit.slope) - half, float(fit.slope) + half
+
+
+def one_at_a_time(base: dict, sweeps: dict[str, tuple[str, Sequence]]
+                  ) -> tuple[list[dict], dict[str, list[int]]]:
+  """Unique points of one-at-a-time sweeps around ``base`` and, per sweep, its point indices.
+
+  Args:
+    base: the base point, e.g. ``{"eps": 0.1, "H": 10}``.
+    sweeps: sweep name -> (the key it varies, its values).
+
+  Returns:
+    (points, where): ``where["base"]`` and ``where[name]`` index into ``points``;
+    a point shared by several sweeps (the base, typically) appears once.
+  """
+  points: list[dict] = []
+
+  def add(p):
+    if p not in points:
+      points.append(p)
+    return points.index(p)
+
+  where = {"base": [add(dict(base))]}
+  for name, (key, grid) in sweeps.items():
+    where[name] = [add(dict(base, **{key: v})) for v in grid]
+  return points, where

@@ -8,17 +8,21 @@ into the tour's headline as ``<system>/<key>``.
     python -m experiments.main                       # all systems
     python -m experiments.main systems=[erasure_bandit] erasure_bandit.n_seeds=4
     python -m experiments.main systems=[camdp_sample_complexity]
+    python -m experiments.main systems=[armor_prune] armor_prune.blocks=4
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from experiments import camdp_sample_complexity, collab_bandit, erasure_bandit
+from experiments import (armor_prune, camdp_sample_complexity, collab_bandit, erasure_bandit,
+                         linear_cmdp_sample_complexity)
 from experiments.schema import each, one_of, param
 
 MODULES = {"erasure_bandit": erasure_bandit, "collab_bandit": collab_bandit,
-           "camdp_sample_complexity": camdp_sample_complexity}
+           "camdp_sample_complexity": camdp_sample_complexity,
+           "linear_cmdp_sample_complexity": linear_cmdp_sample_complexity,
+           "armor_prune": armor_prune}
 SYSTEMS = tuple(MODULES)
 
 _SMALL_ERASURE = erasure_bandit.Config(
@@ -36,6 +40,15 @@ _SMALL_CAMDP = camdp_sample_complexity.Config(
     strict_n_range=(16384, 2**25), n_per_octave=1, n_seeds=8, n_check_seeds=16, n_grid=64,
     n_iters=2**16, batch_size=512)
 
+_SMALL_LINEAR = linear_cmdp_sample_complexity.Config(
+    d=5, d_grid=(5, 9), horizon=5.0, horizon_grid=(4.0, 5.0, 7.0), eps_grid=(1.0, 0.5),
+    zeta_grid=(0.5, 1.0), relaxed_n_range=(64, 65536), strict_n_range=(16384, 268435456),
+    n_per_octave=2, n_seeds=8, n_check_seeds=8, n_grid=32, n_dual=32768, batch_size=256,
+    tabular=False)
+
+_SMALL_ARMOR = armor_prune.Config(
+    n_calib=8, calib_len=256, eval_len=256, eval_windows=6, blocks=2, armor_iters=8, gen_tokens=8)
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -46,6 +59,10 @@ class Config:
       _SMALL_COLLAB, "collaborative personalized linear bandits (small scale)")
   camdp_sample_complexity: camdp_sample_complexity.Config = param(
       _SMALL_CAMDP, "constrained average-reward MDPs, sample complexity (small scale)")
+  linear_cmdp_sample_complexity: linear_cmdp_sample_complexity.Config = param(
+      _SMALL_LINEAR, "linear constrained MDPs, sample complexity (small scale)")
+  armor_prune: armor_prune.Config = param(
+      _SMALL_ARMOR, "2:4 pruning of SmolLM2-135M, first blocks only (small scale)")
 
 
 def run(cfg: Config, ctx) -> dict:

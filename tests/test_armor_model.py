@@ -416,3 +416,59 @@ def test_compressed_checkpoint_round_trip(small_model, tmp_path, dtype):
     checkpoint.load(tmp_path / "ck")
   with pytest.raises(loaders.CheckpointError, match="config.json"):
     checkpoint.load(tmp_path / "nothing")
+
+
+# -- the experiment, through the entry point -------------------------------------------------------
+
+def _cli(args, cwd):
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+  root = Path(__file__).resolve().parent.parent
+  env = dict(os.environ, PYTHONPATH=str(root), HYDRA_FULL_ERROR="0")
+  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("args, key", [
+    (["methods=[wanda,foo]"], "methods"),
+    (["model=/nonexistent/model.gguf"], "model"),
+    (["calib_text=/nonexistent.txt"], "calib_text"),
+    (["armor_scheme=adam"], "armor_scheme"),
+    (["methods=[wanda,wanda]"], "methods"),
+])
+def test_armor_prune_config_errors(tmp_path, args, key):
+  r = _cli(["experiment=armor_prune", *args], tmp_path)
+  assert r.returncode == 2 and f"key '{key}'" in r.stderr.strip().splitlines()[-1], r.stderr
+  assert list(tmp_path.iterdir()) == []
+
+
+@needs_assets
+@pytest.mark.slow
+def test_armor_prune_end_to_end_and_method_resume(tmp_path):
+  base = ["experiment=armor_prune", "blocks=1", "n_calib=4", "calib_len=64", "eval_len=64",
+          "eval_windows=3", "armor_iters=2", "gen_tokens=2", "progress=false",
+          "save_dtype=float32", "hydra.run.dir=run"]
+  r = _cli(base + ["methods=[nowag_p,armor]"], tmp_path)
+  assert r.returncode == 0, r.stderr[-3000:]
+  run = tmp_path / "run"
+  res = json.loads((run / "results.json").read_text())
+  h = res["headline"]
+  for k in ("ppl_dense", "ppl_nowag_p", "ppl_armor", "seconds_armor", "size_ratio",
+            "peak_rss_gb", "ppl_armor_checkpoint", "gap_closed_armor"):
+    assert k in h, k
+  assert 1 < h["ppl_dense"] < h["ppl_nowag_p"]
+  assert abs(h["ppl_armor_checkpoint"] - h["ppl_armor"]) < 1e-3 * h["ppl_armor"]   # float32 save
+  assert 0.9 < h["size_ratio"] < 1.0     # one block of 30 pruned: a little smaller than dense
+  for f in ("layers.csv", "ppl.png", "layer_errors.png", "armor_checkpoint/model.safetensors"):
+    assert (run / f).stat().st_size > 0, f
+  m = checkpoint.load(run / "armor_checkpoint")
+  assert m.tokenizer is not None and "values" in llama.get_linear(m.params, 0, "down")
+  assert "kernel" in llama.get_linear(m.params, 1, "down")                         # not pruned
+  # another method added: the finished ones are not redone
+  r2 = _cli(base + ["methods=[nowag_p,armor,wanda]"], tmp_path)
+  assert r2.returncode == 0, r2.stderr[-3000:]
+  assert r2.stderr.count("done before") == 2
+  h2 = json.loads((run / "results.json").read_text())["headline"]
+  assert h2["ppl_armor"] == h["ppl_armor"] and "ppl_wanda" in h2

@@ -1,0 +1,344 @@
+"""Linear constrained discounted MDPs: instances, ground truth, design, LS-MDVI, primal-dual."""
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from cmdp import linear, lp, tabular
+from cmdp.tabular import CMDPError
+
+OPTS = dict(n_grid=32, n_dual=2 ** 14)   # one compiled shape per instance in these tests
+R = 8
+
+
+def _value_iteration(P, R_, gamma, tol=1e-13):
+  """Optimal discounted values by plain value iteration (float64 numpy)."""
+  V = np.zeros(P.shape[0])
+  while True:
+    new = (R_ + gamma * P @ V).max(1)
+    if np.abs(new - V).max() < tol:
+      return new
+    V = new
+
+
+def _random(seed=0, S=6, A=3, d=4, gamma=0.8):
+  return linear.random_instance(np.random.default_rng(seed), S, A, d, gamma)
+
+
+# --- model and validation ----------------------------------------------------------------------
+
+def test_random_instance_is_a_valid_linear_cmdp_with_rewards_spanning_the_unit_interval():
+  m = _random()
+  t = m.tabular()
+  np.testing.assert_allclose(t.P.sum(-1), 1, atol=1e-12)
+  for x in (t.r, t.c):
+    assert x.min() >= 0 and x.max() <= 1 and x.max() - x.min() > 1 - 1e-9
+  np.testing.assert_allclose(t.P, np.einsum("sad,dt->sat", m.phi, m.psi))
+  assert len(jax.tree_util.tree_leaves(m)) == 7 and m.horizon == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(psi=lambda m: m.psi * 1.1), "rows of P must sum to 1"),
+    (dict(theta_r=lambda m: m.theta_r * 3.0), "r must lie in [0, 1]"),
+    (dict(theta_c=lambda m: m.theta_c - 2.0), "c must lie in [0, 1]"),
+    (dict(gamma=lambda m: 1.0), "gamma must be a scalar in (0, 1)"),
+    (dict(gamma=lambda m: 0.0), "gamma must be a scalar in (0, 1)"),
+    (dict(gamma=lambda m: -0.5), "gamma must be a scalar in (0, 1)"),
+    (dict(psi=lambda m: m.psi[:, :-1]), "psi must have shape"),
+    (dict(theta_c=lambda m: m.theta_c[:-1]), "theta_c must have shape"),
+    (dict(phi=lambda m: m.phi[..., 0]), "phi must have shape (S, A, d)"),
+])
+def test_invalid_linear_cmdps_raise_a_clear_error(change, message):
+  m = _random()
+  args = dict(phi=m.phi, psi=m.psi, theta_r=m.theta_r, theta_c=m.theta_c, gamma=m.gamma)
+  args.update({k: f(m) for k, f in change.items()})
+  with pytest.raises(CMDPError, match=message.replace("[", r"\[").replace("(", r"\(")
+                     .replace(")", r"\)").replace("]", r"\]")):
+    linear.make_linear_cmdp(args["phi"], args["psi"], args["theta_r"], args["theta_c"], 0.3,
+                            args["gamma"], 0)
+
+
+def test_hard_instance_arguments_are_checked():
+  with pytest.raises(ValueError, match="d = 4 k \\+ 1"):
+    linear.hard_instance(8, 0.9, 0.5)
+  with pytest.raises(ValueError, match="gamma"):
+    linear.hard_instance(9, 1.0, 0.5)
+  with pytest.raises(ValueError, match="zeta"):
+    linear.hard_instance(9, 0.9, 5.0)
+
+
+@pytest.mark.parametrize("twins, d", [(1, 7), (2, 9)])
+def test_hard_instance_closed_forms(twins, d):
+  H, zeta, kappa = 8.0, 0.6, 0.5
+  m = linear.hard_instance(d, 1 - 1 / H, zeta, n_actions=2 * twins + 1, kappa=kappa,
+                           twins=twins)
+  sol = linear.solve(m)
+  assert float(m.b) == pytest.approx(0.75 * H - zeta)
+  assert sol.value == pytest.approx(zeta / kappa) and sol.zeta == pytest.approx(zeta)
+  assert sol.dual == pytest.approx(1 / kappa, rel=1e-6)
+  # Every basis action of a gadget has the value 3H/4 of staying (Azar et al.'s 1 - gamma p).
+  ones = np.ones(m.tabular().r.shape)
+  ones[-1] = 0.0                                     # the zero state z
+  V = tabular.discounted_values(m.tabular().P, ones,
+                                np.eye(m.n_actions)[np.zeros(m.n_states, int)], 1 - 1 / H)
+  assert V[0] == pytest.approx(0.75 * H)
+
+
+# --- exact ground truth -------------------------------------------------------------------------
+
+def test_discounted_values_match_the_power_series_and_mixtures_are_linear():
+  m = _random(1)
+  t, g = m.tabular(), float(m.gamma)
+  pis = np.random.default_rng(2).dirichlet(np.ones(3), size=(2, 6))
+  P_pi, r_pi = tabular.policy_matrices(t.P, t.r, pis[0])
+  series, Pt = np.zeros(6), np.eye(6)
+  for k in range(400):
+    series += g ** k * Pt @ r_pi
+    Pt = Pt @ P_pi
+  np.testing.assert_allclose(tabular.discounted_values(t.P, t.r, pis[0], g), series, rtol=1e-12)
+  vr, vc = tabular.discounted_returns(t, pis, g)
+  mix = tabular.mixture_returns(t, [0.3, 0.7], pis, g)
+  assert mix == pytest.approx((0.3 * vr[0] + 0.7 * vr[1], 0.3 * vc[0] + 0.7 * vc[1]))
+
+
+def _brute_force(t, gamma):
+  """Best constrained value over mixtures of two deterministic policies (they suffice)."""
+  S, A = t.r.shape
+  dets = np.array([np.eye(A)[list(d)] for d in itertools.product(range(A), repeat=S)])
+  vr, vc = tabular.discounted_returns(t, dets, gamma)
+  b, best = float(t.b), -np.inf
+  for i, j in itertools.product(range(len(dets)), repeat=2):
+    if vc[i] >= b - 1e-12:
+      best = max(best, vr[i])
+    elif vc[j] > vc[i] and vc[j] >= b:
+      w = (b - vc[i]) / (vc[j] - vc[i])
+      best = max(best, (1 - w) * vr[i] + w * vr[j])
+  return best, vc.max()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_discounted_lp_matches_brute_force_and_value_iteration(seed):
+  m = _random(seed, S=4, A=2, d=3)
+  t, g = m.tabular(), float(m.gamma)
+  sol = linear.solve(m)
+  best, top = _brute_force(t, g)
+  assert sol.value == pytest.approx(best, abs=1e-7)
+  assert sol.zeta == pytest.approx(top - float(m.b), abs=1e-7)
+  assert sol.gain_r == pytest.approx(sol.value, abs=1e-7)      # the LP policy attains it
+  assert sol.gain_c >= float(m.b) - 1e-8
+  unc = lp.discounted_occupancy_lp(t.P, t.r, t.mu0, g)
+  assert unc.value == pytest.approx(t.mu0 @ _value_iteration(t.P, t.r, g), abs=1e-8)
+  # lambda* is the sensitivity of the optimal value to b.
+  h = 1e-5
+  up, down = (linear.solve(m.replace(b=m.b + s)).value for s in (h, -h))
+  assert (down - up) / (2 * h) == pytest.approx(sol.dual, rel=1e-3, abs=1e-6)
+
+
+def test_tabular_case_matches_the_tabular_lp_and_the_empirical_model():
+  from cmdp import instances
+  base = instances.random_instance(np.random.default_rng(3), 5, 2, "ergodic")
+  t = base.replace(b=np.asarray(2.0))
+  m = linear.from_tabular(t, 0.75)
+  assert m.dim == 10
+  assert linear.solve(m).value == pytest.approx(lp.solve_discounted_cmdp(t, 0.75).value,
+                                                abs=1e-10)
+  design = linear.g_optimal_design(m.phi.reshape(-1, m.dim))
+  np.testing.assert_allclose(np.sort(design.weights), np.full(10, 0.1), atol=1e-9)
+  assert design.max_variance == pytest.approx(10)
+  # One-hot least squares is the tabular empirical model P_hat = counts / n.
+  counts = np.random.default_rng(4).integers(1, 9, size=(10, 5)).astype(float)
+  inst = linear.make_instance(m, design)
+  with jax.enable_x64(True):
+    M = np.asarray(linear.fit_next_state_measure(jnp.asarray(inst.phi_core), jnp.asarray(counts)))
+  P_hat = counts / counts.sum(1, keepdims=True)
+  np.testing.assert_allclose(inst.phi_core @ M, P_hat, atol=1e-12)
+
+
+# --- design and least squares ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["dirichlet", "gaussian", "hard"])
+def test_g_optimal_design_meets_the_kiefer_wolfowitz_bound(kind):
+  rng = np.random.default_rng(5)
+  if kind == "dirichlet":
+    X = rng.dirichlet(np.full(6, 0.3), size=60)
+  elif kind == "gaussian":
+    X = rng.normal(size=(60, 6))
+  else:
+    X = linear.hard_instance(9, 0.9, 0.5).phi.reshape(-1, 9)
+  d = X.shape[1]
+  design = linear.g_optimal_design(X)
+  # Independent check of the guarantee on every feature.
+  V = X[design.core].T @ (design.weights[:, None] * X[design.core])
+  var = np.einsum("nd,de,ne->n", X, np.linalg.inv(V), X)
+  assert var.max() <= 2 * d and var.max() == pytest.approx(design.max_variance, rel=1e-9)
+  assert var.max() <= 1.05 * d                     # Frank-Wolfe got close to the optimum d
+  assert design.weights.sum() == pytest.approx(1) and design.weights.min() > 0
+  assert len(design.core) <= d * (d + 1) // 2
+  if kind == "hard":                               # the decoys are left out
+    assert len(design.core) == d and var.max() == pytest.approx(d)
+
+
+def test_rank_deficient_features_are_rejected():
+  with pytest.raises(CMDPError, match="span"):
+    linear.g_optimal_design(np.ones((5, 2)))
+
+
+def test_least_squares_measure_is_ols_on_the_samples():
+  m = _random(6)
+  inst = linear.make_instance(m)
+  rng = np.random.default_rng(7)
+  n = np.array([3, 5, 2, 4])[: len(inst.rho)] if len(inst.rho) <= 4 else rng.integers(
+      2, 6, size=len(inst.rho))
+  samples = [rng.choice(6, size=k, p=p / p.sum()) for k, p in zip(n, inst.P_core)]
+  counts = np.stack([np.bincount(s, minlength=6) for s in samples]).astype(float)
+  v = rng.random(6)
+  X = np.concatenate([np.repeat(inst.phi_core[i:i + 1], k, 0) for i, k in enumerate(n)])
+  y = np.concatenate([v[s] for s in samples])
+  ref = np.linalg.lstsq(X, y, rcond=None)[0]
+  with jax.enable_x64(True):
+    M = np.asarray(linear.fit_next_state_measure(jnp.asarray(inst.phi_core), jnp.asarray(counts)))
+  np.testing.assert_allclose(M @ v, ref, rtol=1e-9, atol=1e-12)
+
+
+# --- LS-MDVI and LS-PE ------------------------------------------------------------------------------
+
+@jax.jit
+def _mdvi_from_samples(keys, inst, n, theta, beta, K):
+  def one(key):
+    counts = linear.core_counts(key, inst.P_core, linear.samples_per_core_point(inst.rho, n))
+    M = linear.fit_next_state_measure(inst.phi_core, counts)
+    return linear.ls_mdvi(inst.phi, M, theta, inst.gamma, beta, K)
+  return jax.vmap(one)(keys)
+
+
+def test_mdvi_with_fixed_lambda_converges_to_the_optimal_value_as_samples_grow():
+  m = _random(8, S=8, A=3, d=5, gamma=0.9)
+  t, g, lam, beta = m.tabular(), float(m.gamma), 1.5, 200.0
+  R_ = t.r + lam * t.c
+  V_star = t.mu0 @ _value_iteration(t.P, R_, g)
+  inst = linear.make_instance(m)
+  errs = []
+  with jax.enable_x64(True):
+    I = jax.tree.map(jnp.asarray, inst)
+    keys = jax.random.split(jax.random.key(0), 16)
+    for n in (1e2, 1e4, 1e6, 1e9):
+      pis = np.asarray(_mdvi_from_samples(keys, I, n, jnp.asarray(m.theta_r + lam * m.theta_c),
+                                          beta, linear.default_iters(g)))
+      errs.append(V_star - tabular.discounted_values(t.P, R_, pis, g) @ t.mu0)
+  mean = [e.mean() for e in errs]
+  assert all(np.all(e >= -1e-9) for e in errs)                      # never beats V*
+  assert mean[0] > mean[1] > mean[2] >= mean[3]
+  assert mean[3] <= np.log(3) / beta + 1e-6                           # the entropy bias only
+
+
+def test_ls_pe_on_the_exact_model_is_exact_evaluation():
+  m = _random(9, S=7, A=3, d=4, gamma=0.85)
+  t, g = m.tabular(), float(m.gamma)
+  pi = np.random.default_rng(10).dirichlet(np.ones(3), size=7)
+  with jax.enable_x64(True):
+    V = np.asarray(jax.jit(linear.ls_pe)(jnp.asarray(m.phi), jnp.asarray(m.psi),
+                                         jnp.asarray(m.theta_c), jnp.asarray(pi), g, 400))
+  np.testing.assert_allclose(V, tabular.discounted_values(t.P, t.c, pi, g), rtol=1e-10)
+
+
+# --- the primal-dual algorithm --------------------------------------------------------------------
+
+def _run(m, n, eps, zeta, strict, key=0, k_factor=6.0, inst=None):
+  inst = linear.make_instance(m) if inst is None else inst
+  out = linear.run_batch(jax.random.key(key), inst, np.full(R, float(n)), np.full(R, eps),
+                         np.full(R, zeta), np.full(R, strict),
+                         n_iters=linear.default_iters(float(m.gamma), k_factor), **OPTS)
+  return out, *linear.evaluate_outputs(m, out)
+
+
+@pytest.mark.parametrize("name", ["hard", "random"])
+def test_with_many_samples_the_output_converges_to_the_lp_optimum(name):
+  m = linear.hard_instance(5, 0.8, 0.5) if name == "hard" else _random(11, S=6, A=3, d=4)
+  sol, b = linear.solve(m), float(m.b)
+  inst = linear.make_instance(m)
+  gaps = []
+  for eps in (0.4, 0.1):
+    _, rr, rc = _run(m, 1e10, eps, sol.zeta, True, inst=inst)
+    assert np.all(rc >= b - 1e-9), (eps, b - rc)                 # strictly feasible
+    assert np.all(sol.value - rr <= eps), (eps, sol.value - rr)  # eps-optimal
+    assert np.all(rr <= sol.value + 1e-9)                        # never beats the LP
+    gaps.append(np.mean(sol.value - rr))
+    out, rr, rc = _run(m, 1e10, eps, sol.zeta, False, inst=inst)
+    assert np.all(rc >= b - eps) and np.all(sol.value - rr <= eps)
+    np.testing.assert_allclose(out.weights.sum(1), 1)
+    # The relaxed output spends at most its slack: V_r <= V*(b - eps).
+    assert np.all(rr <= linear.solve(m.replace(b=m.b - eps)).value + 1e-9)
+  assert gaps[1] < gaps[0]                                        # the error shrinks with eps
+
+
+def test_strict_outputs_are_feasible_at_the_tested_sample_sizes_and_fail_below():
+  m = linear.hard_instance(5, 0.8, 0.5)
+  b = float(m.b)
+  inst = linear.make_instance(m)
+  violations = []
+  for n, key in ((1e3, 1), (1e8, 2), (1e9, 3)):
+    _, _, rc = _run(m, n, 0.5, 0.5, True, key=key, inst=inst)
+    violations.append(int(np.sum(rc < b - 1e-9)))
+  assert violations[0] > 0                 # with few samples the constraint can be violated
+  assert violations[1:] == [0, 0]
+
+
+def test_numpy_reference_runs_the_same_algorithm():
+  m = linear.hard_instance(5, 0.8, 0.5)
+  design = linear.g_optimal_design(m.phi.reshape(-1, m.dim))
+  K = linear.default_iters(0.8)
+  rng = np.random.default_rng(0)
+  outs = [linear.run_one_numpy(rng, m, design, 1e9, 0.5, 0.5, True, n_iters=K, **OPTS)
+          for _ in range(2)]
+  nr, nc = linear.evaluate_outputs(m, linear.Output(np.stack([o[0] for o in outs]),
+                                                    np.stack([o[1] for o in outs]), None, None))
+  _, jr, jc = _run(m, 1e9, 0.5, 0.5, True)
+  # Same law: with M ~ psi both land on the same mixture up to the perturbation.
+  assert abs(nr.mean() - jr.mean()) < 0.02 and abs(nc.mean() - jc.mean()) < 0.01
+
+
+def test_constants_follow_the_settings():
+  k = linear.constants(0.5, 0.25, 0.9, 4.0, False, 3)
+  assert float(k.U) == pytest.approx(80) and float(k.b_prime) == pytest.approx(3.75)
+  k = linear.constants(0.5, 0.25, 0.9, 4.0, True, 3)
+  assert float(k.U) == pytest.approx(160) and float(k.b_prime) == pytest.approx(4 + 0.003125)
+  assert float(k.beta) == pytest.approx(linear.C_BETA * np.log(3) / 0.5)
+  assert float(k.omega) == pytest.approx(0.5 * 0.1 / linear.C_OMEGA)
+
+
+# --- experiment helpers and end to end ---------------------------------------------------------------
+
+def test_probit_crossing_recovers_the_target_sample_size():
+  from experiments.linear_cmdp_sample_complexity import probit_crossing
+  rng = np.random.default_rng(12)
+  ns = 1000 * 2.0 ** np.arange(0, 12, 0.5)
+  alpha, beta = 1.0, 0.02                        # P = Phi(beta sqrt(N) - alpha)
+  p = stats.norm.cdf(beta * np.sqrt(ns) - alpha)
+  success = rng.random((ns.size, 400)) < p[:, None]
+  truth = ((alpha + stats.norm.ppf(0.9)) / beta) ** 2
+  assert probit_crossing(ns, success, 0.9) == pytest.approx(truth, rel=0.1)
+  assert np.isnan(probit_crossing(ns, np.zeros_like(success), 0.9))
+
+
+@pytest.mark.slow
+def test_experiment_end_to_end(tmp_path):
+  from experiments import linear_cmdp_sample_complexity as exp
+  from experiments.harness import RunContext
+  cfg = dataclasses.replace(
+      exp.Config(), d=5, d_grid=(5,), horizon=5.0, horizon_grid=(4.0, 5.0), eps=0.5,
+      eps_grid=(1.0, 0.5), zeta=0.5, zeta_grid=(0.5, 1.0), relaxed_n_range=(64, 2 ** 12),
+      strict_n_range=(2 ** 14, 2 ** 24), n_per_octave=1, n_seeds=4, n_check_seeds=4,
+      n_grid=32, n_dual=2 ** 12, batch_size=128)
+  ctx = RunContext(tmp_path, seed=0)
+  head = exp.run(cfg, ctx)
+  for k in ("slope_d", "slope_horizon", "slope_eps", "slope_zeta", "slope_d_lo", "slope_zeta_hi",
+            "relaxed_slope_eps", "strict_violations", "tabular_n_star_base",
+            "tabular_rate_constant"):
+    assert k in head
+  assert head["runs"] >= 100 and head["strict_violations"] >= 0
+  for f in ("metrics.csv", "n_star.csv", "slopes.csv", "error_vs_n.png", "n_star.png"):
+    assert (tmp_path / f).stat().st_size > 0
