@@ -198,23 +198,25 @@ def pruned_from_params(p: Mapping[str, jax.Array], d_in: int) -> layer_lib.Prune
                                p["col_scale"], a=p.get("a"), b=p.get("b"))
 
 
-def _compressed_apply(p, x, d_in):
+def _compressed_apply(p, x, d_in, impl):
   from armor_jax import kernels  # pylint: disable=import-outside-toplevel  (kernels import layer)
-  return kernels.armor_linear(x, pruned_from_params(p, d_in))
+  return kernels.armor_linear(x, pruned_from_params(p, d_in), impl=impl)
 
 
 class Linear(nn.Module):
-  """``y = x @ kernel.T (+ bias)``; kernel (d_out, d_in), or a compressed pruned layer."""
+  """``y = x @ kernel.T (+ bias)``; kernel (d_out, d_in), or a compressed pruned layer
+  (run by :func:`armor_jax.kernels.armor_linear` with ``impl``)."""
   d_out: int
   d_in: int
   use_bias: bool = False
   dtype: Any = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     if self.has_variable("params", "values"):      # compressed 2:4 (+ wrappers)
       p = self.variables["params"]
-      y = _compressed_apply({k: v for k, v in p.items() if k != "bias"}, x, self.d_in)
+      y = _compressed_apply({k: v for k, v in p.items() if k != "bias"}, x, self.d_in, self.impl)
       y = y.astype(self.dtype)
     else:
       w = self.param("kernel", nn.initializers.normal(0.02), (self.d_out, self.d_in))
@@ -238,12 +240,14 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
   cfg: LlamaConfig
   dtype: Any = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, positions):
     c = self.cfg
     hd, nh, nkv = c.head_dim, c.num_heads, c.num_kv_heads
-    lin = lambda n, bias: Linear(*c.linear_shape(n), use_bias=bias, dtype=self.dtype, name=n)
+    lin = lambda n, bias: Linear(*c.linear_shape(n), use_bias=bias, dtype=self.dtype,
+                                 impl=self.impl, name=n)
     *lead, t, _ = x.shape
     q = lin("q", c.attention_bias)(x).reshape(*lead, t, nh, hd)
     k = lin("k", c.attention_bias)(x).reshape(*lead, t, nkv, hd)
@@ -266,15 +270,14 @@ class Attention(nn.Module):
 class MLP(nn.Module):
   cfg: LlamaConfig
   dtype: Any = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
-    c = self.cfg
-    gate = Linear(*c.linear_shape("gate"), dtype=self.dtype, name="gate")(x)
-    up = Linear(*c.linear_shape("up"), dtype=self.dtype, name="up")(x)
-    z = jax.nn.silu(gate) * up
+    lin = lambda n: Linear(*self.cfg.linear_shape(n), dtype=self.dtype, impl=self.impl, name=n)
+    z = jax.nn.silu(lin("gate")(x)) * lin("up")(x)
     self.sow("inputs", "down_input", z)
-    return Linear(*c.linear_shape("down"), dtype=self.dtype, name="down")(z)
+    return lin("down")(z)
 
 
 class Block(nn.Module):
@@ -282,15 +285,16 @@ class Block(nn.Module):
   ``qkv`` (shared by q, k, v), ``o``, ``gate_up`` (shared by gate, up) and ``down``."""
   cfg: LlamaConfig
   dtype: Any = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, positions):
     h = RMSNorm(self.cfg.rms_eps, name="input_norm")(x)
     self.sow("inputs", "qkv", h)
-    x = x + Attention(self.cfg, self.dtype, name="attn")(h, positions)
+    x = x + Attention(self.cfg, self.dtype, self.impl, name="attn")(h, positions)
     h = RMSNorm(self.cfg.rms_eps, name="post_norm")(x)
     self.sow("inputs", "gate_up", h)
-    return x + MLP(self.cfg, self.dtype, name="mlp")(h)
+    return x + MLP(self.cfg, self.dtype, self.impl, name="mlp")(h)
 
 
 # which sown input feeds which linear
@@ -304,13 +308,16 @@ def linear_path(name: str) -> tuple[str, str]:
 
 
 class Llama(nn.Module):
+  """The decoder; ``impl`` says how compressed linears run (see :mod:`armor_jax.kernels`)."""
   cfg: LlamaConfig
   dtype: Any = jnp.float32
+  impl: str = "auto"
 
   def setup(self):
     c = self.cfg
     self.embed = nn.Embed(c.vocab_size, c.hidden_size, name="embed")
-    self.layers = [Block(c, self.dtype, name=f"layers_{i}") for i in range(c.num_layers)]
+    self.layers = [Block(c, self.dtype, self.impl, name=f"layers_{i}")
+                   for i in range(c.num_layers)]
     self.norm = RMSNorm(c.rms_eps, name="norm")
     if not c.tie_embeddings:
       self.lm_head = Linear(c.vocab_size, c.hidden_size, dtype=self.dtype, name="lm_head")
@@ -334,9 +341,10 @@ def init_params(cfg: LlamaConfig, key: jax.Array) -> dict:
   return Llama(cfg).init(key, jnp.zeros((1, 4), jnp.int32))["params"]
 
 
-def forward(params: Mapping, tokens: jax.Array, cfg: LlamaConfig) -> jax.Array:
-  """Logits (..., seq, vocab) of ``tokens`` (..., seq)."""
-  return Llama(cfg).apply({"params": params}, tokens)
+def forward(params: Mapping, tokens: jax.Array, cfg: LlamaConfig, impl: str = "auto") -> jax.Array:
+  """Logits (..., seq, vocab) of ``tokens`` (..., seq); compressed linears run with ``impl``
+  (``auto``: the Pallas kernels on GPU, the plain-JAX path elsewhere)."""
+  return Llama(cfg, impl=impl).apply({"params": params}, tokens)
 
 
 def embed(params: Mapping, tokens: jax.Array) -> jax.Array:
