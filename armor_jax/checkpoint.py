@@ -68,7 +68,8 @@ def cast(params: Mapping, dtype: str) -> dict:
 
 def save(path: str | os.PathLike, cfg: LlamaConfig, params: Mapping,
          tokenizer: Tokenizer | None = None, dtype: str = "bfloat16", method: str = "") -> int:
-  """Writes the compressed checkpoint; returns its size in bytes (all files)."""
+  """Writes the compressed checkpoint; returns the bytes of its weights file (the tokenizer and
+  config files, which a dense checkpoint has too, are not counted)."""
   from safetensors.flax import save_file
   if dtype not in DTYPES:
     raise ValueError(f"dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -83,11 +84,7 @@ def save(path: str | os.PathLike, cfg: LlamaConfig, params: Mapping,
   (path / "config.json").write_text(json.dumps(conf, indent=1))
   if tokenizer is not None:
     tokenizer.save(path / "tokenizer.json")
-  return size_on_disk(path)
-
-
-def size_on_disk(path: str | os.PathLike) -> int:
-  return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
+  return (path / "model.safetensors").stat().st_size
 
 
 def dense_bytes(cfg: LlamaConfig, dtype: str = "bfloat16") -> int:

@@ -381,19 +381,22 @@ def get_linear(params: Mapping, i: int, name: str):
   return params[f"layers_{i}"][sub][lin]
 
 
-def set_linear(params: dict, i: int, name: str, value: Mapping) -> dict:
-  """A copy of ``params`` with block ``i``'s linear ``name`` subtree replaced (bias kept)."""
+def set_block_linear(block_params: Mapping, name: str, value: Mapping) -> dict:
+  """A copy of one block's parameters with linear ``name``'s subtree replaced (bias kept)."""
   sub, lin = linear_path(name)
-  params = dict(params)
-  blk = dict(params[f"layers_{i}"])
-  subtree = dict(blk[sub])
-  old = subtree[lin]
+  blk = dict(block_params)
+  blk[sub] = dict(blk[sub])
   new = dict(value)
-  if "bias" in old:
-    new["bias"] = old["bias"]
-  subtree[lin] = new
-  blk[sub] = subtree
-  params[f"layers_{i}"] = blk
+  if "bias" in blk[sub][lin]:
+    new["bias"] = blk[sub][lin]["bias"]
+  blk[sub][lin] = new
+  return blk
+
+
+def set_linear(params: Mapping, i: int, name: str, value: Mapping) -> dict:
+  """A copy of ``params`` with block ``i``'s linear ``name`` subtree replaced (bias kept)."""
+  params = dict(params)
+  params[f"layers_{i}"] = set_block_linear(params[f"layers_{i}"], name, value)
   return params
 
 
@@ -410,4 +413,4 @@ def n_params(params) -> int:
 
 __all__ = ["LlamaConfig", "RopeScaling", "Llama", "Block", "LINEARS", "INPUT_OF", "forward",
            "embed", "block_forward", "head", "init_params", "linear_params",
-           "pruned_from_params", "get_linear", "set_linear", "dense_weight"]
+           "pruned_from_params", "get_linear", "set_linear", "set_block_linear", "dense_weight"]

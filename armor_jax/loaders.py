@@ -37,6 +37,10 @@ import numpy as np
 from armor_jax.llama import LINEARS, LlamaConfig, linear_path
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# our linear name -> its module in a Hugging Face Llama block
+HF_LINEAR = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+             "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
+             "down": "mlp.down_proj"}
 
 
 class CheckpointError(ValueError):
@@ -79,9 +83,6 @@ def _hf_names(cfg: LlamaConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, .
          "model.norm.weight": (("norm", "weight"), (h,))}
   if not cfg.tie_embeddings:
     out["lm_head.weight"] = (("lm_head", "kernel"), (cfg.vocab_size, h))
-  hf_lin = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-            "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-            "down": "mlp.down_proj"}
   for i in range(cfg.num_layers):
     blk = f"layers_{i}"
     out[f"model.layers.{i}.input_layernorm.weight"] = ((blk, "input_norm", "weight"), (h,))
@@ -89,9 +90,9 @@ def _hf_names(cfg: LlamaConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, .
     for n in LINEARS:
       sub, lin = linear_path(n)
       shape = cfg.linear_shape(n)
-      out[f"model.layers.{i}.{hf_lin[n]}.weight"] = ((blk, sub, lin, "kernel"), shape)
+      out[f"model.layers.{i}.{HF_LINEAR[n]}.weight"] = ((blk, sub, lin, "kernel"), shape)
       if cfg.attention_bias and n in ("q", "k", "v"):
-        out[f"model.layers.{i}.{hf_lin[n]}.bias"] = ((blk, sub, lin, "bias"), (shape[0],))
+        out[f"model.layers.{i}.{HF_LINEAR[n]}.bias"] = ((blk, sub, lin, "bias"), (shape[0],))
   return out
 
 
@@ -298,16 +299,13 @@ def load_gguf(path: str | os.PathLike) -> Model:
             "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
   to_gguf = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight":
              "output_norm.weight", "lm_head.weight": "output.weight"}
-  hf_lin = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
-            "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
-            "down": "mlp.down_proj"}
   for i in range(cfg.num_layers):
     to_gguf[f"model.layers.{i}.input_layernorm.weight"] = f"blk.{i}.attn_norm.weight"
     to_gguf[f"model.layers.{i}.post_attention_layernorm.weight"] = f"blk.{i}.ffn_norm.weight"
     for n in LINEARS:
-      to_gguf[f"model.layers.{i}.{hf_lin[n]}.weight"] = f"blk.{i}.{gg_lin[n]}.weight"
+      to_gguf[f"model.layers.{i}.{HF_LINEAR[n]}.weight"] = f"blk.{i}.{gg_lin[n]}.weight"
       if n in ("q", "k", "v"):
-        to_gguf[f"model.layers.{i}.{hf_lin[n]}.bias"] = f"blk.{i}.{gg_lin[n]}.bias"
+        to_gguf[f"model.layers.{i}.{HF_LINEAR[n]}.bias"] = f"blk.{i}.{gg_lin[n]}.bias"
 
   def get(hf_name):
     gname = to_gguf[hf_name]

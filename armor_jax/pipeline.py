@@ -124,13 +124,10 @@ def prune_linear(w: jax.Array, stats: calibration.Stats, pcfg: PruneConfig,
 
 def _dense_block(block_params: Mapping, pruned: Mapping[str, layer_lib.PrunedLayer]) -> dict:
   """Block params with the pruned linears reconstructed as dense kernels."""
-  out = jax.tree_util.tree_map(lambda x: x, dict(block_params))
   for name, pl in pruned.items():
-    sub, lin = llama.linear_path(name)
-    out[sub] = dict(out[sub])
-    out[sub][lin] = dict(out[sub][lin])
-    out[sub][lin]["kernel"] = pl.dense().astype(jnp.float32)
-  return out
+    block_params = llama.set_block_linear(block_params, name,
+                                          {"kernel": pl.dense().astype(jnp.float32)})
+  return block_params
 
 
 # -- per-block files -------------------------------------------------------------------------------
@@ -233,7 +230,7 @@ def prune_model(params: Mapping, cfg: LlamaConfig, calib: np.ndarray, pcfg: Prun
     for name in LINEARS:
       sub, lin = llama.linear_path(name)
       p = blk[sub][lin]
-      cblk = _set(cblk, sub, lin, p)
+      cblk = llama.set_block_linear(cblk, name, p)
       pruned[name] = llama.pruned_from_params(p, cfg.linear_shape(name)[1])
     compressed[f"layers_{i}"] = cblk
     dense_params[f"layers_{i}"] = _dense_block(params[f"layers_{i}"], pruned)
@@ -264,7 +261,7 @@ def prune_model(params: Mapping, cfg: LlamaConfig, calib: np.ndarray, pcfg: Prun
       if on_layer is not None:
         on_layer(rec)
       pruned[name] = pl
-      cblk = _set(cblk, sub, lin, llama.linear_params(pl))
+      cblk = llama.set_block_linear(cblk, name, llama.linear_params(pl))
     dblk = _dense_block(bp, pruned)
     states = run_block(dblk if pcfg.mode == "sequential" else bp, states, cfg, pcfg.batch)
     block_seconds = time.perf_counter() - t_block
@@ -274,17 +271,6 @@ def prune_model(params: Mapping, cfg: LlamaConfig, calib: np.ndarray, pcfg: Prun
     if ck is not None:
       ck.save(i, {k: v for k, v in cblk.items() if k in ("attn", "mlp")}, states, records)
   return dense_params, compressed, records
-
-
-def _set(blk: Mapping, sub: str, lin: str, p: Mapping) -> dict:
-  blk = dict(blk)
-  blk[sub] = dict(blk[sub])
-  old = blk[sub][lin]
-  new = dict(p)
-  if "bias" in old:
-    new["bias"] = old["bias"]
-  blk[sub][lin] = new
-  return blk
 
 
 def sparsity_check(compressed: Mapping, cfg: LlamaConfig) -> float:
