@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bandits.core import BanditSpec, chunking
+from bandits.core import BanditSpec, counter_uniforms
 from bandits.erasure import algorithms, env, numpy_ref, sim
 from experiments.stats import loglog_slope
 
@@ -111,17 +111,38 @@ def test_repetitions_closed_form(eps, horizon, alpha):
   assert int(algorithms.repetitions(eps, horizon)) == alpha
 
 
-def _draws_of_run(key, horizon, n_points):
-  """The (erase_u, noise) stream sim.run feeds one run (G = S = 1), rebuilt from its keys."""
+def _draws_of_run(key, horizon):
+  """The (erase_u, noise) stream sim.run feeds one run (G = S = 1), rebuilt from its key.
+
+  Each run's draws are a counter-based stream (:func:`bandits.core.counter_uniforms`)
+  keyed by fold_in(run key, 2^30), independent of the batch and of the chunking.
+  """
   run_key = jax.random.split(key, 1)[0]
-  n_chunks, chunk_len = chunking(horizon, n_points)
-  us, zs = [], []
-  for c in range(n_chunks):
-    _, key_env = jax.random.split(jax.random.fold_in(run_key, c))
-    d = env.draw(key_env, (chunk_len,), ())
-    us.append(np.asarray(d.erase_u))
-    zs.append(np.asarray(env.gaussian_noise(d.reward_v)))
-  return np.concatenate(us)[:horizon], np.concatenate(zs)[:horizon].astype(np.float64)
+  stream = jax.random.fold_in(run_key, 1 << 30)
+  u = counter_uniforms(stream, 0, horizon, env.N_UNIFORMS)
+  d = env.from_uniforms(u)
+  return np.asarray(d.erase_u), np.asarray(env.gaussian_noise(d.reward_v)).astype(np.float64)
+
+
+def test_counter_stream_matches_threefry_and_ignores_chunking():
+  """counter_uniforms is Threefry-2x32 of (round, slot) under the run's key, whatever the
+  batch: a batch of keys equals each key alone, and rounds 7.. equal a slice of rounds 0.."""
+  keys = jax.random.split(jax.random.key(3), 4)
+  batch = np.asarray(counter_uniforms(keys, 0, 12, 3))
+  for b in range(4):
+    alone = np.asarray(counter_uniforms(keys[b], 0, 12, 3))
+    np.testing.assert_array_equal(batch[..., b], alone)
+    np.testing.assert_array_equal(np.asarray(counter_uniforms(keys[b], 7, 5, 3)), alone[:, 7:])
+  # Independent reference: the hash itself on the counters, mapped to [0, 1) by the top 23 bits.
+  from jax.extend.random import threefry2x32_p  # pylint: disable=import-outside-toplevel
+  k = np.asarray(jax.random.key_data(keys[0]))
+  r = np.arange(12, dtype=np.uint32)[:, None].repeat(2, 1)
+  slot = np.arange(2, dtype=np.uint32)[None, :].repeat(12, 0)
+  w0, w1 = (np.asarray(w) for w in threefry2x32_p.bind(
+      np.full((12, 2), k[0], np.uint32), np.full((12, 2), k[1], np.uint32), r, slot))
+  words = np.stack([w0[:, 0], w1[:, 0], w0[:, 1]])  # fields 0, 1 (pair 0) and 2 (pair 1)
+  np.testing.assert_array_equal(batch[..., 0], (words >> 9).astype(np.float64) / 2.0 ** 23)
+  assert 0.0 <= batch.min() and batch.max() < 1.0
 
 
 @pytest.mark.parametrize("name", ["lsae", "fb_sae"])
@@ -135,7 +156,7 @@ def test_jax_matches_float64_numpy_loop_on_the_same_draws(name, eps, seed):
                             given_means=tuple(means), initial_arm=3)
   key = jax.random.key(seed)
   res = sim.run(name, inst, key, feedback=name == "fb_sae", n_points=n_points)
-  erase_u, noise = _draws_of_run(key, horizon, n_points)
+  erase_u, noise = _draws_of_run(key, horizon)
   ref, curve = numpy_ref.phased_loop(name, means.astype(np.float32), eps, horizon,
                                      erase_u=erase_u, noise=noise, initial_arm=3,
                                      n_points=n_points)

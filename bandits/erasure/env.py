@@ -86,13 +86,22 @@ class Draws(struct.PyTreeNode):
   reward_v: jax.Array
 
 
-def draw(key: jax.Array, rounds: tuple = (), shape: tuple = ()) -> Draws:
-  """Draws the randomness of ``rounds`` rounds (one vectorized call per field)."""
-  key_erase, key_reward = jax.random.split(key)
-  full = tuple(rounds) + tuple(shape)
+N_UNIFORMS = 2  # uniforms per round and agent: the erasure and the reward
+
+
+def from_uniforms(u: jax.Array) -> Draws:
+  """Draws from uniforms ``u`` (2, *rounds, *shape) on [0, 1).
+
+  ``erase_u = u[0]``; ``reward_v = 2 u[1] - 1`` moved off -1 to the next float,
+  so that it lies in the open interval (-1, 1).
+  """
   lo = jnp.nextafter(jnp.float32(-1.0), jnp.float32(0.0))
-  return Draws(erase_u=jax.random.uniform(key_erase, full),
-               reward_v=jax.random.uniform(key_reward, full, minval=lo, maxval=1.0))
+  return Draws(erase_u=u[0], reward_v=jnp.maximum(2.0 * u[1] - 1.0, lo))
+
+
+def draw(key: jax.Array, rounds: tuple = (), shape: tuple = ()) -> Draws:
+  """Draws the randomness of ``rounds`` rounds (one vectorized call)."""
+  return from_uniforms(jax.random.uniform(key, (N_UNIFORMS,) + tuple(rounds) + tuple(shape)))
 
 
 def gaussian_noise(v: jax.Array) -> jax.Array:
@@ -134,7 +143,8 @@ def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
   return step_drawn(draw(key, (), jnp.shape(action)), state, action, params)
 
 
-ENV = Environment(reset=reset, step=step, draw=draw, step_drawn=step_drawn)
+ENV = Environment(reset=reset, step=step, draw=draw, step_drawn=step_drawn,
+                  n_uniforms=N_UNIFORMS, from_uniforms=from_uniforms)
 
 
 def make_params(means, eps, *, noise_std=1.0, initial_arm=0, reward_kind=GAUSSIAN,
