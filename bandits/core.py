@@ -229,6 +229,43 @@ def shard_runs(tree):
   return jax.tree.map(put, tree)
 
 
+def on_each_device(fn: Callable, n_runs: int, out_run_axes) -> Callable:
+  """``fn`` run by every local device on its share of the runs (``shard_map``).
+
+  Every argument of the returned function carries the runs on its last axis
+  (scalars are replicated); ``out_run_axes`` is a pytree matching ``fn``'s
+  output with, per leaf, the position of the run axis (None: the same on every
+  device). Unlike automatic sharding (:func:`shard_runs`), each device runs
+  its own program, so a reduction over the runs inside ``fn`` stays local:
+  that is what lets an algorithm skip rare work with ``lax.cond(jnp.any(...))``
+  (under automatic sharding that ``any`` is a cross-device reduction every
+  round). ``fn`` is returned unchanged on one device, or when ``n_runs`` does
+  not divide evenly.
+  """
+  devices = jax.local_devices()
+  if len(devices) < 2 or n_runs % len(devices):
+    return fn
+  from jax.sharding import Mesh, PartitionSpec  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  mesh = Mesh(np.array(devices), ("runs",))
+
+  def spec_at(ndim: int, axis: int | None) -> PartitionSpec:
+    if axis is None or ndim == 0:
+      return PartitionSpec()
+    axis %= ndim
+    return PartitionSpec(*(["runs" if a == axis else None for a in range(ndim)]))
+
+  def mapped(*args):
+    in_specs = jax.tree.map(lambda x: spec_at(jnp.ndim(x), -1), args)
+    out_shapes = jax.eval_shape(fn, *args)
+    out_specs = jax.tree.map(lambda sh, ax: spec_at(len(sh.shape), ax), out_shapes,
+                             out_run_axes, is_leaf=lambda x: x is None)
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                         check_vma=False)(*args)
+
+  return mapped
+
+
 def chunking(horizon: int, n_points: int) -> tuple[int, int]:
   """(number of chunks, rounds per chunk) covering ``horizon`` rounds."""
   n_chunks = max(1, min(n_points, horizon))

@@ -92,14 +92,28 @@ def phase_end(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
 
 
 def advance(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
-  """After a round: move to the next arm needing samples, or end the phase."""
+  """After a round: move to the next arm needing samples, or end the phase.
+
+  Blocks end rarely (about K log T times per run), so the switch is done under
+  ``lax.cond`` only in rounds where some run of the batch finished its block,
+  and the phase end only where some run finished its phase; the other runs go
+  through unchanged. On one device's batch that skips most of the per-round
+  work (see :func:`bandits.core.on_each_device`); under ``vmap`` the conds
+  become selects and every branch is computed, with the same result.
+  """
   block_done = take(s.cnt, s.arm) >= s.m
-  k = s.cnt.shape[0]
-  pending = first_index(s.active & (s.cnt < s.m))  # K when no arm needs samples
-  moved = s.replace(arm=jnp.where(block_done & (pending < k), pending, s.arm),
-                    pos=jnp.where(block_done, 0, s.pos))
-  ended = phase_end(s, radius_scale)
-  return tree_select(block_done & (pending == k), ended, moved)
+
+  def switch(s: PhasedState) -> PhasedState:
+    k = s.cnt.shape[0]
+    pending = first_index(s.active & (s.cnt < s.m))  # K when no arm needs samples
+    moved = s.replace(arm=jnp.where(block_done & (pending < k), pending, s.arm),
+                      pos=jnp.where(block_done, 0, s.pos))
+    phase_over = block_done & (pending == k)
+    return jax.lax.cond(jnp.any(phase_over),
+                        lambda: tree_select(phase_over, phase_end(s, radius_scale), moved),
+                        lambda: moved)
+
+  return jax.lax.cond(jnp.any(block_done), switch, lambda s: s, s)
 
 
 def phased_init(spec: BanditSpec, *, first_phase, log_term, linger) -> PhasedState:

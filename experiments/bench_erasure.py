@@ -46,7 +46,7 @@ class Config:
   loop_horizon: int = param(100_000, "rounds per run of the loop baselines", check=gt(0))
   vectorized_horizon: int = param(100_000, "rounds of the vectorized numpy baseline",
                                   check=gt(0))
-  repeats: int = param(3, "timed repetitions of the jitted call (best is kept)", check=ge(1))
+  repeats: int = param(5, "timed repetitions of the jitted call (best is kept)", check=ge(1))
 
 
 def run(cfg: Config, ctx) -> dict:

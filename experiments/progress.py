@@ -25,7 +25,9 @@ def chunk_bar(desc: str, n_chunks: int, *, enabled: bool = True,
              mininterval=0.5)
 
   def done(k) -> None:
-    bar.update(int(k) - bar.n)  # update() respects mininterval; refresh() would not
+    # update() respects mininterval; refresh() would not. Several devices may report the
+    # same chunk (one call each), so only forward moves count.
+    bar.update(max(0, int(k) - bar.n))
 
   try:
     yield done

@@ -211,6 +211,23 @@ def test_native_batch_equals_vmap_over_runs(name):
   np.testing.assert_array_equal(short[:, -1], short[:, np.searchsorted(a.rounds, 700)])
 
 
+@pytest.mark.parametrize("name", ["lsae", "fb_sae"])
+def test_one_program_per_device_equals_one_program(name, monkeypatch):
+  """Seeds split over the host devices (shard_map, a local lax.cond per device) give the same
+  numbers as one program over all seeds."""
+  if len(jax.local_devices()) < 2:
+    pytest.skip("needs several host devices")
+  inst = sim.make_instances([dict(n_arms=5, eps=0.7, horizon=3000)], 8, 2, means_kind="random_gap")
+  a = sim.run(name, inst, jax.random.key(4), feedback=True, n_points=30)
+  jax.clear_caches()
+  monkeypatch.setattr(sim, "on_each_device", lambda fn, n_runs, out_run_axes: fn)
+  monkeypatch.setattr(sim, "shard_runs", lambda tree: tree)
+  b = sim.run(name, inst, jax.random.key(4), feedback=True, n_points=30)
+  jax.clear_caches()
+  np.testing.assert_array_equal(np.asarray(a.regret), np.asarray(b.regret))
+  assert np.all(np.asarray(a.final_regret) > 0)
+
+
 def test_feedback_algorithm_needs_feedback():
   inst = sim.make_instances([dict(n_arms=3, eps=0.5, horizon=100)], 1, 0, means_kind="random_gap")
   with pytest.raises(ValueError, match="needs feedback"):

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bandits.core import BanditSpec, SimResult, shard_runs, simulate
+from bandits.core import BanditSpec, SimResult, on_each_device, shard_runs, simulate
 from bandits.erasure import algorithms, env
 
 
@@ -117,15 +117,23 @@ def _run(key, means, mask, eps, horizon_arr, initial_arm, noise_std, *, name, re
          feedback, horizon, n_points, ragged, native_batch, progress):
   """Inputs with batch axes trailing: means, mask (K, G, S); eps (G, S) or (M, G, S)."""
   algo = algorithms.make(name)
-  params = env.EnvParams(means=means, eps=eps,
-                         noise_std=jnp.broadcast_to(noise_std, horizon_arr.shape),
-                         initial_arm=initial_arm, reward_kind=reward_kind, feedback=feedback)
-  spec = BanditSpec(arm_mask=mask, horizon=horizon_arr, eps=eps)
-  best = jnp.max(jnp.where(mask, means, -jnp.inf), axis=0)
-  gaps = jnp.where(mask, best - means, 0.0)
   keys = jax.random.split(key, horizon_arr.size).reshape(horizon_arr.shape)
-  return simulate(env.ENV, algo, params, spec, gaps, keys, horizon=horizon, n_points=n_points,
-                  ragged=ragged, native_batch=native_batch, progress=progress)
+
+  def simulate_runs(keys, means, mask, eps, horizon_arr, initial_arm):
+    params = env.EnvParams(means=means, eps=eps,
+                           noise_std=jnp.broadcast_to(noise_std, horizon_arr.shape),
+                           initial_arm=initial_arm, reward_kind=reward_kind, feedback=feedback)
+    spec = BanditSpec(arm_mask=mask, horizon=horizon_arr, eps=eps)
+    best = jnp.max(jnp.where(mask, means, -jnp.inf), axis=0)
+    gaps = jnp.where(mask, best - means, 0.0)
+    return simulate(env.ENV, algo, params, spec, gaps, keys, horizon=horizon, n_points=n_points,
+                    ragged=ragged, native_batch=native_batch, progress=progress)
+
+  # Each device simulates its share of the seeds (the last axis) as its own program.
+  nb = horizon_arr.ndim
+  out_run_axes = SimResult(rounds=None, regret=nb - 1, final_regret=nb - 1)
+  return on_each_device(simulate_runs, horizon_arr.shape[-1], out_run_axes)(
+      keys, means, mask, eps, horizon_arr, initial_arm)
 
 
 def run(name: str, inst: Instances, key: jax.Array, *, reward_kind: str = env.GAUSSIAN,
