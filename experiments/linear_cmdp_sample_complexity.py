@@ -13,17 +13,33 @@ output mixture is evaluated exactly (float64 linear solves) against the
 discounted occupancy LP optimum.
 
 A run succeeds when ``V_r >= V_r* - eps`` and ``V_c >= b - eps`` (relaxed) or
-``V_c >= b`` (strict, to 1e-9). The reported N* of a sweep point is the
-smallest grid N from which on the success rate is >= 1 - delta (strict: and
-no seed violates the constraint), as in ``camdp_sample_complexity`` (its
-helpers are shared; the N axis is the actual total sum_x ceil(rho_x N)).
+``V_c >= b`` (strict, to 1e-9). The N axis is the actual total sum_x
+ceil(rho_x N) of a grid value N.
+
+Relaxed setting: the reported N* of a sweep point is the smallest grid N from
+which on the success rate is >= 1 - delta, as in ``camdp_sample_complexity``.
 That grid value is noisy with a few seeds (the success rate rises slowly in
-log N), so the slopes are fitted to ``n_star_fit``, where a probit fit of the
-success rate in sqrt(N) over all seeds crosses 1 - delta
-(:func:`probit_crossing`). The strict setting is re-run on ``n_check_seeds`` fresh seeds at its
-reported N and at twice it, and the violations counted (``strict_violations``,
-``strict_violations_2x``; at N* up to a fraction delta of them is what the
-criterion allows).
+log N), so the relaxed slopes are fitted to ``n_star_fit``, where a probit fit
+of the success rate in sqrt(N) over all seeds crosses 1 - delta
+(:func:`probit_crossing`).
+
+Strict setting: the reported N* is one at which no seed violates the
+constraint, chosen as in ``camdp_sample_complexity``
+(:func:`experiments.stats.feasible_n`): the smallest grid N from which on the
+success rate is >= 1 - delta and no selection seed violates (the success N,
+``n_star_success``), then re-checked on ``n_check_seeds`` fresh seeds, stepping
+up the grid with new seeds until a fresh batch is clean. The strict slopes (and
+the tabular strict rate constant and slope) are fitted to that reported N
+(grid values, quantized to a factor 2^(1/n_per_octave)); ``success_slope_*``
+keep the probit fit of the success rate as a diagnostic. ``strict_violations``
+counts fresh violations at the reported N: 0 by construction wherever a point
+settled (a point that does not settle keeps its last count); the information is
+in ``strict_violation_rate_ub95`` (95% upper bound on a point's violation
+probability from its clean runs there), ``strict_check_runs`` (fresh runs, all
+rounds), ``strict_check_steps`` (grid steps past the success N),
+``strict_violations_at_success_n`` / ``strict_max_violation_at_success_n``
+(fresh violations at the success N, the N this experiment used to report) and
+``strict_violations_2x`` (a further fresh batch at twice the reported N).
 
 Sweeps (one key varied around the base point): d over ``d_grid``, H over
 ``horizon_grid``, eps over ``eps_grid``, zeta over ``zeta_grid``. Slopes of
@@ -41,15 +57,19 @@ Tabular instantiation (``tabular=true``): the same hard CMDP with one-hot
 features (d = S A), at the base point and over ``horizon_grid``, compared
 with the near-optimal tabular CMDP rates SA/((1-gamma)^3 eps^2) (relaxed) and
 SA/((1-gamma)^5 eps^2 zeta^2) (strict) of Vaswani, Yang & Szepesvari 2022:
-N* divided by the rate (``tabular_*_rate_constant``) and the slope in H.
+N* divided by the rate (``tabular_*_rate_constant``) and the slope in H; its
+strict N* is settled as above (``tabular_strict_violations`` etc.).
 
     python -m experiments.main experiment=linear_cmdp_sample_complexity
     python -m experiments.main experiment=linear_cmdp_sample_complexity n_seeds=32 d_grid=[5,9]
 
 Headline: ``slope_d``, ``slope_horizon``, ``slope_eps``, ``slope_zeta`` (strict
 setting, each with ``_lo``/``_hi``), ``relaxed_slope_*`` likewise,
-``strict_violations`` (with ``strict_check_runs``), the base point's N* per
-setting, the tabular instantiation's numbers, and the number of runs.
+``strict_violations`` (with ``strict_check_runs``, ``strict_max_violation``,
+``strict_violations_at_success_n``, ``strict_check_steps``, ``strict_unsettled``,
+``strict_violation_rate_ub95`` and the ``_2x`` check), ``success_slope_*``, the
+base point's N* per setting (strict also ``n_star_success_base``), the tabular
+instantiation's numbers, and the number of runs (fresh check runs included).
 """
 
 from __future__ import annotations
@@ -61,7 +81,7 @@ import jax
 import numpy as np
 
 from experiments import io
-from experiments.stats import one_at_a_time
+from experiments.stats import feasible_n, finite_loglog_slope, one_at_a_time
 from experiments.camdp_sample_complexity import n_grid_values, smallest_n
 from experiments.schema import ConfigError, each, ge, gt, in_range, one_of, param
 
@@ -109,8 +129,8 @@ class Config:
   n_seeds: int = param(32, "seeds per (sweep point, N)", check=ge(2))
   delta: float = param(0.1, "failure probability: success rate must be >= 1 - delta",
                        check=in_range(0, 1, lo_open=True, hi_open=True))
-  n_check_seeds: int = param(64, "fresh seeds re-run at the strict setting's reported N "
-                             "(0 skips)", check=ge(0))
+  n_check_seeds: int = param(64, "fresh seeds per strict point and check round (stepping "
+                             "up the N grid until a batch is clean; 0 skips)", check=ge(0))
   tabular: bool = param(True, "also run the tabular instantiation (one-hot features)")
   n_grid: int = param(64, "dual grid points (LS-MDVI best responses per run)", check=ge(2))
   n_dual: int = param(2 ** 17, "dual subgradient steps T", check=ge(1))
@@ -233,9 +253,10 @@ def _sample_complexity(cfg, ctx, truth: _Truth, points, setting, key, *, tabular
     if i_star[p] >= 0:
       n_star[p] = totals[p, i_star[p]]
     n_fit[p] = probit_crossing(totals[p], success[p], 1.0 - cfg.delta)
+  # n_slope: what the slopes are fitted to (strict: the reported N, set by _settle_strict).
   return dict(ns=ns_grid, totals=totals, subopt=subopt, violation=violation, success=success,
               feasible=feasible, n_star=n_star, n_interp=n_interp, n_fit=n_fit, i_star=i_star,
-              runs=runs)
+              runs=runs, n_slope=n_fit, n_success=n_star.copy(), check_runs=np.zeros(n_pts, int))
 
 
 def probit_crossing(ns, success, target: float) -> float:
@@ -274,37 +295,67 @@ def probit_crossing(ns, success, target: float) -> float:
   return float(scale * max((alpha + stats.norm.ppf(target)) / beta, 0.0) ** 2)
 
 
-def _slope(xs, ys):
-  from experiments.stats import loglog_slope  # pylint: disable=import-outside-toplevel
-  xs, ys = np.asarray(xs, float), np.asarray(ys, float)
-  ok = np.isfinite(ys)
-  if ok.sum() >= 2 and len(np.unique(xs[ok])) >= 2:
-    return loglog_slope(xs[ok], ys[ok])
-  return float("nan"), float("nan"), float("nan")
-
-
-def _check_strict(cfg, ctx, truth, points, res, key, factor: float = 1.0
-                  ) -> tuple[int, int, float]:
-  """(violations, runs, largest violation) among fresh seeds re-run at ``factor`` times
-  each strict point's reported grid N (one call per instance)."""
-  idx = np.flatnonzero(res["i_star"] >= 0)
-  if cfg.n_check_seeds == 0 or idx.size == 0:
-    return 0, 0, 0.0
+def _check_strict(cfg, ctx, truth, points, idx, ns, key, label: str, tabular: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(violations, largest violation b - V_c) per point among ``n_check_seeds`` fresh seeds
+  re-run for strict points ``idx`` at grid values ``ns`` (one call per instance)."""
   groups: dict = {}
-  for p in idx:
-    groups.setdefault((points[p]["d"], points[p]["horizon"], points[p]["zeta"]), []).append(p)
-  bad, runs, worst = 0, 0, 0.0
+  for j, p in enumerate(idx):
+    groups.setdefault((points[p]["d"], points[p]["horizon"], points[p]["zeta"]), []).append(j)
   r = cfg.n_check_seeds
-  for g, ((d, H, z), ps) in enumerate(groups.items()):
-    m, inst, _, _ = truth.get(d, H, z)
-    n = np.repeat([factor * res["ns"][res["i_star"][p]] for p in ps], r)
-    eps = np.repeat([points[p]["eps"] for p in ps], r)
+  bad, worst = np.zeros(len(idx), int), np.zeros(len(idx))
+  for g, ((d, H, z), js) in enumerate(groups.items()):
+    m, inst, _, _ = truth.get(d, H, z, tabular)
+    n = np.repeat(np.asarray(ns, np.float64)[js], r)
+    eps = np.repeat([points[idx[j]]["eps"] for j in js], r)
     _, vc = _run_runs(m, inst, n, eps, np.full(n.size, z), np.ones(n.size, bool),
-                      jax.random.fold_in(key, g), cfg, ctx, f"strict check ({factor:g} N*)")
-    bad += int(np.sum(vc < float(m.b) - 1e-9))
-    runs += n.size
-    worst = max(worst, float(np.max(float(m.b) - vc)))
-  return bad, runs, worst
+                      jax.random.fold_in(key, g), cfg, ctx, label)
+    vio = (float(m.b) - vc).reshape(len(js), r)
+    bad[js], worst[js] = (vio > 1e-9).sum(1), vio.max(1)
+  return bad, worst
+
+
+def _settle_strict(cfg, ctx, truth, points, res, key, tabular: bool = False) -> dict:
+  """The strict setting's reported N (:func:`experiments.stats.feasible_n`): updates ``res``
+  (``n_star``, ``i_star``; the success N kept as ``n_success``, ``i_success``) and returns
+  the headline numbers of its fresh checks (prefix ``strict_``)."""
+  n_pts = len(points)
+  worst_first, worst_last = np.full(n_pts, np.nan), np.full(n_pts, np.nan)
+
+  def check(ps, ii, rnd):
+    k = jax.random.fold_in(key, 1001)     # round 0 draws the seeds of the former single check
+    bad, worst = _check_strict(cfg, ctx, truth, points, ps, res["ns"][ii],
+                               k if rnd == 0 else jax.random.fold_in(k, rnd),
+                               f"{'tabular ' if tabular else ''}strict check {rnd + 1}", tabular)
+    if rnd == 0:
+      worst_first[ps] = worst
+    worst_last[ps] = worst
+    return bad
+
+  fn = feasible_n(res["success"].mean(2), (~res["feasible"]).sum(2), 1.0 - cfg.delta, check,
+                  cfg.n_seeds, cfg.n_check_seeds)
+  res["n_success"], res["i_success"] = res["n_star"].copy(), res["i_star"].copy()
+  res["i_star"] = fn.index
+  res["n_star"] = np.array([res["totals"][p, i] if i >= 0 else np.nan
+                            for p, i in enumerate(fn.index)])
+  res["check_runs"] = fn.fresh_runs
+  res["n_slope"] = res["n_star"]
+  head = fn.headline("strict_")
+  # largest b - V_c among the fresh runs (0 if all are feasible; nan if none ran)
+  nanmax = lambda x: max(float(np.nanmax(x)), 0.0) if np.isfinite(x).any() else float("nan")
+  head["strict_max_violation"] = nanmax(worst_last)
+  head["strict_max_violation_at_success_n"] = nanmax(worst_first)
+  if not tabular:
+    settled = np.flatnonzero(fn.index >= 0)
+    if cfg.n_check_seeds and settled.size:
+      bad, worst = _check_strict(cfg, ctx, truth, points, settled,
+                                 2 * res["ns"][fn.index[settled]], jax.random.fold_in(key, 1002),
+                                 "strict check (2 N*)")
+      head.update(strict_violations_2x=int(bad.sum()), strict_max_violation_2x=max(float(worst.max()), 0.0))
+    else:
+      head.update(strict_violations_2x=0, strict_max_violation_2x=float("nan"))
+    head["strict_check_runs_2x"] = int(settled.size * cfg.n_check_seeds)
+  return head
 
 
 def run(cfg: Config, ctx) -> dict:
@@ -319,7 +370,7 @@ def run(cfg: Config, ctx) -> dict:
                           "success_rate", "violation_rate", "mean_subopt", "q90_subopt",
                           "mean_violation", "q90_violation")}
   nstar_rows = {k: [] for k in ("setting", "sweep", "d", "horizon", "eps", "zeta", "n_star",
-                                "n_star_fit")}
+                                "n_star_fit", "n_star_success", "check_runs")}
   slope_rows = {k: [] for k in ("setting", "sweep", "slope", "lo", "hi", "paper_upper_bound",
                                 "instance_prediction")}
   results, runs = {}, 0
@@ -327,6 +378,11 @@ def run(cfg: Config, ctx) -> dict:
     res = _sample_complexity(cfg, ctx, truth, points, setting, jax.random.fold_in(key, si))
     runs += res["runs"]
     results[setting] = res
+    if setting == "strict":
+      check = _settle_strict(cfg, ctx, truth, points, res, key)
+      headline.update(check)
+      headline["n_star_success_base"] = float(res["n_success"][where["base"][0]])
+      runs += check["strict_check_runs"] + check["strict_check_runs_2x"]
     for p, pt in enumerate(points):
       for k in range(len(res["ns"])):
         s, v = res["subopt"][p, k], res["violation"][p, k]
@@ -342,23 +398,21 @@ def run(cfg: Config, ctx) -> dict:
       for p in idx:
         for col, val in zip(nstar_rows, (setting, sweep, *(points[p][k] for k in
                                                            ("d", "horizon", "eps", "zeta")),
-                                         res["n_star"][p], res["n_fit"][p])):
+                                         res["n_star"][p], res["n_fit"][p],
+                                         res["n_success"][p], res["check_runs"][p])):
           nstar_rows[col].append(val)
-      s, lo, hi = _slope([points[p][sweep] for p in idx], res["n_fit"][idx])
+      xs = [points[p][sweep] for p in idx]
+      s, lo, hi = finite_loglog_slope(xs, res["n_slope"][idx])
       headline[f"{prefix}slope_{sweep}"] = s
       headline[f"{prefix}slope_{sweep}_lo"] = lo
       headline[f"{prefix}slope_{sweep}_hi"] = hi
+      if setting == "strict":
+        headline.update(zip((f"success_slope_{sweep}", f"success_slope_{sweep}_lo",
+                             f"success_slope_{sweep}_hi"),
+                            finite_loglog_slope(xs, res["n_fit"][idx])))
       for col, val in zip(slope_rows, (setting, sweep, s, lo, hi, THEORY[setting][sweep],
                                        INSTANCE[setting][sweep])):
         slope_rows[col].append(val)
-    if setting == "strict":
-      for factor, suffix in ((1.0, ""), (2.0, "_2x")):
-        bad, n_runs, worst = _check_strict(cfg, ctx, truth, points, res,
-                                           jax.random.fold_in(key, 1000 + int(factor)), factor)
-        headline[f"strict_violations{suffix}"] = bad
-        headline[f"strict_check_runs{suffix}"] = n_runs
-        headline[f"strict_max_violation{suffix}"] = worst
-        runs += n_runs
 
   tab = {}
   if cfg.tabular:
@@ -369,6 +423,11 @@ def run(cfg: Config, ctx) -> dict:
                                jax.random.fold_in(key, 2000 + si), tabular=True)
       runs += res["runs"]
       tab[setting] = res
+      if setting == "strict":
+        check = _settle_strict(cfg, ctx, truth, tab_points, res,
+                               jax.random.fold_in(key, 3000), tabular=True)
+        headline.update({"tabular_" + k: v for k, v in check.items()})
+        runs += check["strict_check_runs"]
       prefix = "tabular_" + ("" if setting == "strict" else "relaxed_")
       hs = np.array([p["horizon"] for p in tab_points])
       base = int(np.flatnonzero(hs == cfg.horizon)[0])
@@ -378,15 +437,16 @@ def run(cfg: Config, ctx) -> dict:
       if setting == "strict":
         rate = rate / cfg.zeta ** 2
       headline[f"{prefix}n_star_base"] = float(res["n_star"][base])
-      headline[f"{prefix}rate_constant"] = float(np.nanmedian(res["n_fit"] / rate))
-      s, lo, hi = _slope(hs, res["n_fit"])
+      headline[f"{prefix}rate_constant"] = float(np.nanmedian(res["n_slope"] / rate))
+      s, lo, hi = finite_loglog_slope(hs, res["n_slope"])
       headline[f"{prefix}slope_horizon"] = s
       headline[f"{prefix}slope_horizon_lo"] = lo
       headline[f"{prefix}slope_horizon_hi"] = hi
       for p, pt in enumerate(tab_points):
         for col, val in zip(nstar_rows, (f"tabular_{setting}", "horizon", SA, pt["horizon"],
                                          pt["eps"], pt["zeta"], res["n_star"][p],
-                                         res["n_fit"][p])):
+                                         res["n_fit"][p], res["n_success"][p],
+                                         res["check_runs"][p])):
           nstar_rows[col].append(val)
       for col, val in zip(slope_rows, (f"tabular_{setting}", "horizon", s, lo, hi,
                                        TABULAR[setting], TABULAR[setting])):
@@ -431,13 +491,13 @@ def _figures(cfg, ctx, plt, points, where, results, tab, headline) -> None:
   for ax, sweep in zip(axes, SWEEPS):
     idx = where[sweep]
     xs = np.array([points[p][sweep] for p in idx], float)
-    curves = [(s, res["n_fit"][idx], headline.get(("" if s == "strict" else "relaxed_")
+    curves = [(s, res["n_slope"][idx], headline.get(("" if s == "strict" else "relaxed_")
                                                      + f"slope_{sweep}", np.nan),
                THEORY[s][sweep], "-") for s, res in results.items()]
     if sweep == "horizon":
       for s, res in tab.items():
         hs = np.array([pt for pt in sorted(set(cfg.horizon_grid) | {cfg.horizon})], float)
-        curves.append((f"tabular {s}", res["n_fit"], headline.get(
+        curves.append((f"tabular {s}", res["n_slope"], headline.get(
             "tabular_" + ("" if s == "strict" else "relaxed_") + "slope_horizon", np.nan),
                        TABULAR[s], ":"))
     for name, ys, s, th, ls in curves:
@@ -449,7 +509,7 @@ def _figures(cfg, ctx, plt, points, where, results, tab, headline) -> None:
         xx = np.array([x.min(), x.max()])
         ax.plot(xx, y0 * (xx / x0) ** th, color=line.get_color(), ls="--", lw=1)
     ax.set(xscale="log", yscale="log", xlabel=labels[sweep],
-           ylabel=f"smallest N with success >= {1 - cfg.delta:g}")
+           ylabel=f"N: success >= {1 - cfg.delta:g} (strict: and no seed violates)")
     ax.legend(fontsize=7)
   fig.suptitle(f"hard linear CMDP (A={cfg.n_actions}), {cfg.n_seeds} seeds; dashed: the "
                "bound's exponent through the data")
