@@ -140,8 +140,9 @@ def feedback_sae(*, radius_scale: float = 2.0) -> Algorithm:
       raise ValueError("fb_sae needs feedback: run it on an environment with feedback=True")
     known = jnp.where(obs.ack, action, state.known).astype(jnp.int32)
     idx = jnp.maximum(known, 0)
-    credit = ((known >= 0) & take(state.active, idx) & (take(state.cnt, idx) < state.m))
-    credit = credit.astype(jnp.float32)
+    # One pass over the arms: an eliminated arm counts as full (inf samples).
+    cnt_known = take(jnp.where(state.active, state.cnt, jnp.inf), idx)
+    credit = ((known >= 0) & (cnt_known < state.m)).astype(jnp.float32)
     s = state.replace(cnt=add_at(state.cnt, idx, credit),
                       total=add_at(state.total, idx, credit * obs.reward),
                       pos=state.pos + 1, known=known)
