@@ -19,6 +19,15 @@ run than of the jitted one, which flatters the baselines slightly.
 Headline: ``speedup_vs_numpy_loop`` (vs (a)), ``speedup_vs_numpy_vectorized``,
 ``agent_rounds_per_s`` of the jitted call.
 
+Floor: a stage-2 agent-round is 14 matvecs with A^-1 (3 power steps, two
+ascents of 4 + 1 steps, one Sherman-Morrison) plus two rank-one updates
+(A^-1, V), ~3.5 kflop, so the default 2e7 agent-rounds are ~7e10 flop. XLA's
+fused matvec over one device's 1000 agent-runs takes ~10 us (~10 GFLOP/s,
+L2-bound), i.e. ~1.4 s for the 14 x 10^4 of them per device; measured
+2.7-2.9 s in all (2 cores; 7e6 agent-rounds/s). The layout and fusion choices
+that get there are documented in :mod:`bandits.collab.ridge` and
+:func:`bandits.collab.algorithms._ucb_ball`.
+
     python -m experiments.main experiment=bench_collab
 """
 

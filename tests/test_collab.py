@@ -170,6 +170,29 @@ def test_collab_matches_numpy_float64_loop_on_the_same_noise(action_set, n_arms)
                                rtol=1e-9)
 
 
+def test_run_per_device_matches_one_program_and_exports_agent_layout():
+  """sim.run (seeds split over the host devices, each simulating its share with agents and
+  runs merged into one axis) gives the curves of one unsharded jitted simulate, and the
+  returned collab state has per-agent arrays back in the (d, d, m, G, S) layout."""
+  d, m, n, seeds = 3, 5, 60, 4
+  inst = sim.make_instances([dict(m=m, sigma=0.3), dict(m=m - 2, sigma=0.1)], seeds, 4, d=d)
+  key = jax.random.key(5)
+  res = sim.run("collab", inst, key, horizon=n, n_points=3, keep_state=True)
+  params, spec = sim.build(inst)
+  algo = algorithms.make("collab", n1=algorithms.explore_rounds(d, env.BALL, 0))
+  keys = jax.random.split(key, 2 * seeds).reshape(2, seeds)
+  one = jax.jit(lambda p, s: sim.simulate(env.ENV, algo, p, s, keys, horizon=n, chunk_len=20))(
+      params, spec)
+  np.testing.assert_allclose(res.regret, np.asarray(one.regret), rtol=1e-4, atol=1e-3)
+  st, ref = res.state, one.state
+  assert st.ridge.ainv.shape == (d, d, m, 2, seeds) and st.gram.shape == (d, d, m, 2, seeds)
+  assert st.ridge.theta.shape == st.b.shape == (d, m, 2, seeds)
+  np.testing.assert_allclose(np.asarray(st.b), np.asarray(ref.b), rtol=1e-3, atol=1e-3)
+  # V_i is the sum of the agent's own x x^T: trace = rounds played, 0 for padded agents.
+  tr = np.trace(np.asarray(st.gram), axis1=0, axis2=1)
+  np.testing.assert_allclose(tr, np.where(inst.agent_mask.transpose(2, 0, 1), n, 0.0), rtol=1e-5)
+
+
 def test_epoch_schedule():
   ts = [t for t in range(1, 200) if bool(algorithms.is_epoch_start(jnp.int32(t), 10))]
   assert ts == [10, 20, 40, 80, 160]

@@ -27,9 +27,11 @@ Interface (the contextual variant of :class:`bandits.core.Algorithm`)::
 
 ``arms`` is this round's action set per agent, (K, d, m or 1, *batch). The code
 is batch-polymorphic (layout of :mod:`bandits.collab.ridge`: features lead,
-agents next, runs trail), so one call advances all m agents of every run. The
-round counter ``t`` is one shared () scalar (all runs move in lockstep), which
-keeps stage switches real ``lax.cond`` branches rather than per-run selects.
+agents next, runs trail; ``collab`` merges agents and runs into one axis in
+its state, see :class:`CollabState`), so one call advances all m agents of
+every run. The round counter ``t`` is one shared () scalar (all runs move in
+lockstep), which keeps stage switches real ``lax.cond`` branches rather than
+per-run selects.
 
 Inverse Gram matrices are updated by Sherman-Morrison every round; a matrix is
 inverted only when the collaborative algorithm refreshes its prior (at rounds
@@ -45,8 +47,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from bandits.collab.ridge import (cholesky, dot, eye_like, mv, outer, safe_normalize,
-                                  sherman_morrison, spd_inverse, sum_axis)
+from bandits.collab.ridge import (cholesky, dot, eye_like, flat_batch, mv, once, outer,
+                                  safe_normalize, sherman_morrison, spd_inverse, sum_axis)
 
 _TINY = 1e-30
 
@@ -70,11 +72,20 @@ class LinSpec(struct.PyTreeNode):
   pop_sigma: jax.Array
 
 
+def _unchanged(state):
+  return state
+
+
 class LinearAlgorithm(NamedTuple):
-  """An algorithm as pure functions (see module docstring)."""
+  """An algorithm as pure functions (see module docstring).
+
+  ``export`` maps the final state to the layout callers read (the simulator
+  applies it to the state it returns); only ``collab`` changes anything.
+  """
   init: Callable[[jax.Array, LinSpec], Any]
   act: Callable[[jax.Array, Any, jax.Array | None], jax.Array]
   update: Callable[[Any, jax.Array, Any], Any]
+  export: Callable[[Any], Any] = _unchanged
 
 
 class Ridge(struct.PyTreeNode):
@@ -97,11 +108,18 @@ def ridge_init(prior_mean: jax.Array, lam: jax.Array) -> Ridge:
 
 
 def ridge_update(r: Ridge, x: jax.Array, y: jax.Array) -> Ridge:
-  """Adds the observation (x (d, *p), y (*p)) by Sherman-Morrison; x = 0 is a no-op."""
-  ainv, u, q = sherman_morrison(r.ainv, x)
+  """Adds the observation (x (d, *p), y (*p)) by Sherman-Morrison; x = 0 is a no-op.
+
+  Computed on the merged batch axis (:func:`flat_batch`) and reshaped back.
+  """
+  shape = r.theta.shape
+  x, y = flat_batch(x, 1), flat_batch(jnp.broadcast_to(y, shape[1:]), 0)
+  ainv, u, q = sherman_morrison(flat_batch(r.ainv, 2), x)
   ainv = 0.5 * (ainv + jnp.swapaxes(ainv, 0, 1))  # keeps float32 round-off symmetric
-  theta = r.theta + u * ((y - dot(x, r.theta)) / (1.0 + q))[None]
-  return Ridge(ainv=ainv, theta=theta, logdet=r.logdet + jnp.log1p(q))
+  theta = flat_batch(r.theta, 1)
+  theta = theta + u * ((y - dot(x, theta)) / (1.0 + q))[None]
+  return Ridge(ainv=ainv.reshape(r.ainv.shape), theta=theta.reshape(shape),
+               logdet=r.logdet + jnp.log1p(q).reshape(r.logdet.shape))
 
 
 def oful_radius(noise, delta, logdet):
@@ -120,6 +138,39 @@ def select(arms: jax.Array, idx: jax.Array) -> jax.Array:
   k = arms.shape[0]
   hit = jnp.arange(k).reshape((k,) + (1,) * idx.ndim) == idx[None]
   return sum_axis(jnp.where(hit[:, None], arms, 0.0), 0)
+
+
+def _ucb_ball(theta, ainv, beta, n_iter: int):
+  """:func:`ucb_action` on the unit ball for one flat batch axis.
+
+  theta (d, P), ainv (d, d, P), beta (P). The steps of :func:`ucb_action`,
+  arranged for XLA on CPU, which recomputes a matvec inside every consumer
+  it fuses it into (two chained matvecs fused cost ~6 single ones): the power
+  steps (v = A^-1 A^-1 1, w = A^-1 v) and the ascent steps run as
+  ``fori_loop``s, whose carries are materialized once per iteration, and
+  ``once`` keeps each step's matvec and new iterate from being recomputed by
+  their several consumers. Same arithmetic as the unrolled form; measured
+  0.81 -> 0.47 ms per round of 1000 agent-runs on one core.
+  """
+  def step(x):
+    w = mv(ainv, x)
+    w, s = once(w, jnp.sqrt(jnp.maximum(dot(x, w), _TINY)))
+    return once(safe_normalize(theta + (beta / s)[None] * w), dot(x, theta) + beta * s)
+  # (prev, cur) -> (cur, A^-1 cur) three times from (1, 1): v = A^-1 A^-1 1, w = A^-1 v.
+  ones = jnp.ones_like(theta)
+  v, w = jax.lax.fori_loop(0, 3, lambda _, vw: (vw[1], mv(ainv, vw[1])), (ones, ones))
+  push = (beta / jnp.sqrt(jnp.maximum(dot(v, w), _TINY)))[None] * w
+  best_x, best_val = None, None
+  for sign in (1.0, -1.0):
+    x = safe_normalize(theta + sign * push)
+    x = jax.lax.fori_loop(0, n_iter, lambda _, x: step(x)[0], x)
+    _, val = step(x)
+    if best_x is None:
+      best_x, best_val = x, val
+    else:
+      better = val > best_val
+      best_x = jnp.where(better[None], x, best_x)
+  return best_x
 
 
 def ucb_action(theta, ainv, beta, arms, n_iter: int = 4):
@@ -141,25 +192,10 @@ def ucb_action(theta, ainv, beta, arms, n_iter: int = 4):
     arms: None (unit ball) or (K, d, m or 1, *b).
   """
   if arms is None:
-    def step(x):
-      w = mv(ainv, x)
-      s = jnp.sqrt(jnp.maximum(dot(x, w), _TINY))
-      return safe_normalize(theta + (beta / s)[None] * w), dot(x, theta) + beta * s
-    v = mv(ainv, mv(ainv, jnp.ones_like(theta)))
-    w = mv(ainv, v)
-    push = (beta / jnp.sqrt(jnp.maximum(dot(v, w), _TINY)))[None] * w
-    best_x, best_val = None, None
-    for sign in (1.0, -1.0):
-      x = safe_normalize(theta + sign * push)
-      for _ in range(n_iter):
-        x, _ = step(x)
-      _, val = step(x)
-      if best_x is None:
-        best_x, best_val = x, val
-      else:
-        better = val > best_val
-        best_x = jnp.where(better[None], x, best_x)
-    return best_x
+    shape = theta.shape
+    x = _ucb_ball(flat_batch(theta, 1), flat_batch(ainv, 2),
+                  flat_batch(jnp.broadcast_to(beta, shape[1:]), 0), n_iter)
+    return x.reshape(shape)
   w = sum_axis(ainv[None] * arms[:, None], 2)                     # (K, d, m, *b)
   width = jnp.sqrt(jnp.maximum(sum_axis(arms * w, 1), 0.0))       # (K, m, *b)
   scores = sum_axis(arms * theta[None], 1) + beta[None] * width
@@ -286,9 +322,13 @@ def pooled(*, lam0: float = 1.0, n_iter: int = 4) -> LinearAlgorithm:
 # --- the two-stage collaborative algorithm (reconstruction) -----------------------------------
 
 class CollabState(struct.PyTreeNode):
-  ridge: Ridge           # personalized estimates (valid from round n1 on)
-  gram: jax.Array        # (d, d, m, *b) V_i = sum_s x x^T
-  b: jax.Array           # (d, m, *b) sum_s r x
+  """While simulating, the per-agent arrays have the agents and runs merged into
+  one axis P = m x runs (:func:`flat_batch`), so that the per-round work runs
+  along one long contiguous axis; the state a simulation returns
+  (``export``) has them back in the (..., m, *b) layout of the other algorithms."""
+  ridge: Ridge           # personalized estimates (valid from round n1 on): (d, d, P), (d, P), (P)
+  gram: jax.Array        # (d, d, P) V_i = sum_s x x^T
+  b: jax.Array           # (d, P) sum_s r x
   mu_hat: jax.Array      # (d, *b) population mean estimate (refreshed per epoch)
   sigma2_hat: jax.Array  # (*b) heterogeneity estimate (from stage 1)
   tau2: jax.Array        # (*b) uncertainty of mu_hat, per coordinate
@@ -332,14 +372,22 @@ def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3,
   the moment estimator, the doubling refresh, the radius.
   """
 
+  def unflat(x, n_lead: int, spec: LinSpec):
+    """(*lead, P) -> (*lead, m, *b), the inverse of :func:`flat_batch`."""
+    return x.reshape(x.shape[:n_lead] + spec.agent_mask.shape)
+
+  def per_agent(v, spec: LinSpec):
+    """A per-run value (*b) repeated for every agent, flat: (P,)."""
+    return flat_batch(jnp.broadcast_to(v[None], spec.agent_mask.shape), 0)
+
   def init(key, spec: LinSpec) -> CollabState:
     del key
     d = spec.pop_mean.shape[0]
     run = spec.noise_std.shape
-    shape = (d,) + spec.agent_mask.shape
+    shape = (d, spec.agent_mask.size)
     return CollabState(
         ridge=ridge_init(jnp.zeros(shape, jnp.float32), jnp.float32(lam0)),
-        gram=jnp.zeros((d, d) + spec.agent_mask.shape, jnp.float32),
+        gram=jnp.zeros((d,) + shape, jnp.float32),
         b=jnp.zeros(shape, jnp.float32), mu_hat=jnp.zeros((d,) + run, jnp.float32),
         sigma2_hat=jnp.zeros(run, jnp.float32), tau2=jnp.zeros(run, jnp.float32),
         lam=jnp.full(run, lam0, jnp.float32), spec=spec, t=jnp.zeros((), jnp.int32))
@@ -359,9 +407,12 @@ def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3,
   def exploit(state: CollabState, arms):
     r, spec = state.ridge, state.spec
     d = r.theta.shape[0]
-    noise, delta = spec.noise_std[None], spec.delta[None]
+    noise, delta = per_agent(spec.noise_std, spec), per_agent(spec.delta, spec)
     beta = oful_radius(noise, delta, r.logdet) + noise * chi2_radius(d, delta)
-    return ucb_action(r.theta, r.ainv, beta, arms, n_iter)
+    if arms is None:
+      return unflat(_ucb_ball(r.theta, r.ainv, beta, n_iter), 1, spec)
+    return ucb_action(unflat(r.theta, 1, spec), unflat(r.ainv, 2, spec), unflat(beta, 0, spec),
+                      arms, n_iter)
 
   def act(keys, state: CollabState, arms):
     del keys
@@ -371,17 +422,18 @@ def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3,
   def refresh(state: CollabState) -> CollabState:
     spec = state.spec
     d = state.b.shape[0]
+    gram, b = unflat(state.gram, 2, spec), unflat(state.b, 1, spec)
     mask = spec.agent_mask
     noise2 = spec.noise_std ** 2
     m_eff = jnp.maximum(jnp.sum(mask, axis=0).astype(jnp.float32), 1.0)
     eye = eye_like(noise2, d)
-    pinv, _ = spd_inverse(lam0 * eye + jnp.sum(state.gram, axis=2))
-    mu_hat = mv(pinv, jnp.sum(state.b, axis=1))
+    pinv, _ = spd_inverse(lam0 * eye + jnp.sum(gram, axis=2))
+    mu_hat = mv(pinv, jnp.sum(b, axis=1))
     # Method of moments, at the end of stage 1 only.
-    g, _ = spd_inverse(lam0 * eye[:, :, None] + state.gram)
+    g, _ = spd_inverse(lam0 * eye[:, :, None] + gram)
     mm = lambda a, c: jnp.sum(a[:, :, None] * c[None], axis=1)
-    w = mm(g, state.gram)
-    resid = mv(g, state.b) - mv(w, mu_hat[:, None])
+    w = mm(g, gram)
+    resid = mv(g, b) - mv(w, mu_hat[:, None])
     noise_tr = jnp.trace(mm(w, g))                          # tr(G V G) = tr(W G), (m, *b)
     signal_tr = jnp.sum(w * w, axis=(0, 1))
     num = jnp.sum(jnp.where(mask, dot(resid, resid) - noise2[None] * noise_tr, 0.0), axis=0)
@@ -390,21 +442,29 @@ def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3,
     sigma2 = jnp.where(state.t == n1, s2, state.sigma2_hat)
     tau2 = noise2 * jnp.trace(pinv) / d + sigma2 / m_eff
     lam = noise2 / (sigma2 + tau2)
-    a = lam[None, None, None] * eye[:, :, None] + state.gram
+    a = lam[None, None, None] * eye[:, :, None] + gram
     ainv, logdet_a = spd_inverse(a)
-    theta = mv(ainv, lam[None, None] * mu_hat[:, None] + state.b)
-    ridge = Ridge(ainv=ainv, theta=theta, logdet=logdet_a - d * jnp.log(lam)[None])
+    theta = mv(ainv, lam[None, None] * mu_hat[:, None] + b)
+    ridge = Ridge(ainv=flat_batch(ainv, 2), theta=flat_batch(theta, 1),
+                  logdet=flat_batch(logdet_a - d * jnp.log(lam)[None], 0))
     return state.replace(ridge=ridge, mu_hat=mu_hat, sigma2_hat=sigma2, tau2=tau2, lam=lam)
 
   def update(state: CollabState, action, obs) -> CollabState:
-    y = obs.reward
-    ridge = jax.lax.cond(state.t >= n1, lambda r: ridge_update(r, action, y), lambda r: r,
+    x, y = flat_batch(action, 1), flat_batch(obs.reward, 0)
+    ridge = jax.lax.cond(state.t >= n1, lambda r: ridge_update(r, x, y), lambda r: r,
                          state.ridge)
-    state = state.replace(ridge=ridge, gram=state.gram + outer(action, action),
-                          b=state.b + action * y[None], t=state.t + 1)
+    state = state.replace(ridge=ridge, gram=state.gram + outer(x, x), b=state.b + x * y[None],
+                          t=state.t + 1)
     return jax.lax.cond(is_epoch_start(state.t, n1), refresh, lambda s: s, state)
 
-  return LinearAlgorithm(init, act, update)
+  def export(state: CollabState) -> CollabState:
+    spec, r = state.spec, state.ridge
+    ridge = Ridge(ainv=unflat(r.ainv, 2, spec), theta=unflat(r.theta, 1, spec),
+                  logdet=unflat(r.logdet, 0, spec))
+    return state.replace(ridge=ridge, gram=unflat(state.gram, 2, spec),
+                         b=unflat(state.b, 1, spec))
+
+  return LinearAlgorithm(init, act, update, export)
 
 
 # --- registry -----------------------------------------------------------------------------------

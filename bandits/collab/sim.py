@@ -4,10 +4,13 @@ All m agents of a run advance together in one ``lax.scan`` step, and every run
 of a grid of (m, sigma) points x seeds advances in the same step: the
 algorithms are batch-polymorphic (runs on trailing axes), so nothing is
 ``vmap``-ped but the per-run random draws. Grids over m pad the agent axis to
-the largest m and mask the rest. Chunking, progress and device sharding follow
-:func:`bandits.core.simulate` and reuse its helpers; the loop is separate
-because a linear bandit's learner needs the round's action set (contexts) and
-the environment returns regret directly rather than a played arm index.
+the largest m and mask the rest. Chunking and progress follow
+:func:`bandits.core.simulate`; the loop is separate because a linear bandit's
+learner needs the round's action set (contexts) and the environment returns
+regret directly rather than a played arm index. Each CPU device simulates its
+share of the seeds as its own program (:func:`bandits.core.on_each_device`),
+so that the algorithms can merge agents and local runs into one long batch
+axis (:func:`bandits.collab.ridge.flat_batch`) for the per-round work.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 from bandits.collab import algorithms, env
 from bandits.collab.algorithms import LinearAlgorithm, LinSpec
 from bandits.collab.env import EnvParams, LinearEnvironment
-from bandits.core import shard_runs
+from bandits.core import on_each_device, shard_runs
 
 
 class SimResult(NamedTuple):
@@ -35,7 +38,7 @@ class SimResult(NamedTuple):
       after each round (the algorithms are anytime, so column t-1 is the
       regret of a run of horizon t).
     final_regret: (...,) float32, regret after n rounds.
-    state: the algorithm's final state (batch axes trailing).
+    state: the algorithm's final state (``algo.export``-ed; batch axes trailing).
   """
   rounds: jax.Array
   regret: jax.Array
@@ -116,7 +119,7 @@ def simulate(environment: LinearEnvironment, algo: LinearAlgorithm, params: EnvP
   (_, algo_state, final), curve = jax.lax.scan(outer, init, jnp.arange(n_chunks))
   curve = jnp.moveaxis(curve.reshape((horizon,) + keys.shape), 0, -1)
   return SimResult(rounds=jnp.arange(1, horizon + 1, dtype=jnp.int32), regret=curve,
-                   final_regret=final, state=algo_state)
+                   final_regret=final, state=algo.export(algo_state))
 
 
 class Instances(NamedTuple):
@@ -215,12 +218,30 @@ def build(inst: Instances, *, noise_std: float = 1.0, delta: float = 0.01):
   return params, spec
 
 
-@functools.partial(jax.jit, static_argnames=("name", "hyper", "horizon", "chunk_len", "progress"))
-def _run(key, params, spec, *, name, hyper, horizon, chunk_len, progress):
+@functools.partial(jax.jit, static_argnames=("name", "hyper", "horizon", "chunk_len", "progress",
+                                             "keep_state"))
+def _run(key, params, spec, *, name, hyper, horizon, chunk_len, progress, keep_state):
+  """One jitted call; each local device simulates its share of the runs (the last axis).
+
+  Per device (:func:`bandits.core.on_each_device`, a ``shard_map``) rather than
+  by automatic sharding: inside, the algorithms merge the agents and the
+  device's runs into one contiguous batch axis (:func:`ridge.flat_batch`),
+  a free reshape of a local array but a resharding of a distributed one.
+  """
   algo = algorithms.make(name, **dict(hyper))
   keys = jax.random.split(key, spec.noise_std.size).reshape(spec.noise_std.shape)
-  return simulate(env.ENV, algo, params, spec, keys, horizon=horizon, chunk_len=chunk_len,
-                  progress=progress)
+
+  def local(keys, params, spec):
+    res = simulate(env.ENV, algo, params, spec, keys, horizon=horizon, chunk_len=chunk_len,
+                   progress=progress)
+    return res if keep_state else res._replace(state=())  # () has no leaves to map
+
+  run_axis = keys.ndim - 1
+  shapes = jax.eval_shape(local, keys, params, spec)
+  out_run_axes = SimResult(rounds=None, regret=run_axis, final_regret=run_axis,
+                           state=jax.tree.map(lambda x: -1 if x.ndim else None, shapes.state))
+  res = on_each_device(local, keys.shape[-1], out_run_axes)(keys, params, spec)
+  return res if keep_state else res._replace(state=None)
 
 
 def run(name: str, inst: Instances, key: jax.Array, *, horizon: int, noise_std: float = 1.0,
@@ -251,7 +272,7 @@ def run(name: str, inst: Instances, key: jax.Array, *, horizon: int, noise_std: 
   chunk = chunk_length(horizon, n_points, per_round)
   params, spec = shard_runs((params, spec))
   res = _run(key, params, spec, name=name, hyper=tuple(sorted(hyper.items())), horizon=horizon,
-             chunk_len=chunk, progress=progress)
+             chunk_len=chunk, progress=progress, keep_state=keep_state)
   return SimResult(rounds=np.asarray(res.rounds), regret=np.asarray(res.regret),
                    final_regret=np.asarray(res.final_regret),
                    state=res.state if keep_state else None)
