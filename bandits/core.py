@@ -343,7 +343,7 @@ def simulate(env: Environment, algo: Algorithm, env_params, spec: BanditSpec, ga
   # Environments drawing only uniforms get one counter-based stream per run.
   fast_draws = (env.from_uniforms is not None
                 and str(jax.random.key_impl(keys)) == "threefry2x32")
-  key_stream = per_run(lambda k: jax.random.fold_in(k, 1 << 30))(keys)
+  key_stream = per_run(lambda k: jax.random.fold_in(k, 1 << 30))(keys) if fast_draws else None
 
   def chunk_keys(key, chunk):
     key_act, key_env = jax.random.split(jax.random.fold_in(key, chunk))
