@@ -58,10 +58,19 @@ def ucb() -> Algorithm:
 
 
 class PhasedState(struct.PyTreeNode):
-  """State of phased successive elimination; shapes per run (a batch adds trailing axes)."""
+  """State of phased successive elimination; shapes per run (a batch adds trailing axes).
+
+  Rewards are credited to one arm at a time, ``acc_arm``, through per-run
+  scalars (``acc_cnt``, ``acc_sum``) that are merged into the per-arm arrays
+  ``cnt`` and ``total`` only when the credited arm changes, at a block switch
+  and at a phase end (:func:`merge`): a round then touches no per-arm array,
+  and K-wide work happens under ``lax.cond`` in the rare rounds that need it.
+  The arm's true count this phase is ``cnt[a] + (acc_arm == a) * acc_cnt``;
+  ``arm_base`` and ``acc_base`` cache ``cnt`` at ``arm`` and ``acc_arm``.
+  """
   active: jax.Array     # (K,) bool, arms not eliminated
-  cnt: jax.Array        # (K,) float32 samples of each arm in this phase
-  total: jax.Array      # (K,) float32 reward of each arm in this phase
+  cnt: jax.Array        # (K,) float32 merged samples of each arm in this phase
+  total: jax.Array      # (K,) float32 merged reward of each arm in this phase
   qhat: jax.Array       # (K,) float32 mean over all finished phases
   pulls: jax.Array      # () float32 samples per active arm in finished phases
   m: jax.Array          # () int32 samples per arm this phase (M_i)
@@ -70,14 +79,51 @@ class PhasedState(struct.PyTreeNode):
   linger: jax.Array     # () int32 rounds discarded at the start of each block
   log_term: jax.Array   # () float32 log term of the confidence radius
   known: jax.Array      # () int32 arm known to be played (feedback), -1 if unknown
+  acc_arm: jax.Array    # () int32 the arm pending credits belong to
+  acc_cnt: jax.Array    # () float32 pending samples of acc_arm (not yet in cnt)
+  acc_sum: jax.Array    # () float32 pending reward of acc_arm (not yet in total)
+  acc_base: jax.Array   # () float32 cnt[acc_arm], +inf when acc_arm is eliminated
+  arm_base: jax.Array   # () float32 cnt[arm]
 
 
-def phase_end(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
+def arm_count(s: PhasedState) -> jax.Array:
+  """Samples of the block's arm this phase, pending credits included."""
+  return s.arm_base + jnp.where(s.acc_arm == s.arm, s.acc_cnt, 0.0)
+
+
+def credit(s: PhasedState, c: jax.Array, reward: jax.Array) -> PhasedState:
+  """Credits ``c`` (0 or 1) samples of ``reward`` to ``acc_arm``: per-run scalars only."""
+  return s.replace(acc_cnt=s.acc_cnt + c, acc_sum=s.acc_sum + c * reward)
+
+
+def merge(s: PhasedState, acc_arm=None) -> PhasedState:
+  """Moves the pending credits into ``cnt``/``total`` and points them at ``acc_arm``.
+
+  ``acc_arm`` None keeps the current one. Refreshes the cached counts (a K-wide
+  step: called under ``lax.cond`` in the rounds that need it).
+  """
+  zero = jnp.zeros_like(s.acc_cnt)
+  s = s.replace(cnt=add_at(s.cnt, s.acc_arm, s.acc_cnt),
+                total=add_at(s.total, s.acc_arm, s.acc_sum), acc_cnt=zero, acc_sum=zero)
+  return _point(s, s.acc_arm if acc_arm is None else acc_arm)
+
+
+def _point(s: PhasedState, acc_arm) -> PhasedState:
+  """Points (no) pending credits at ``acc_arm`` and refreshes the cached counts."""
+  acc_arm = jnp.asarray(acc_arm, jnp.int32)
+  return s.replace(acc_arm=acc_arm, acc_base=take(jnp.where(s.active, s.cnt, jnp.inf), acc_arm),
+                   arm_base=take(s.cnt, s.arm))
+
+
+def phase_end(s: PhasedState, radius_scale: float = 2.0, follow: bool = True) -> PhasedState:
   """Merges the phase's samples into the means and eliminates arms.
 
   Arm j is dropped when max_a qhat_a - qhat_j > radius_scale * sqrt(log_term /
-  (2 M_i)), simultaneously for all active arms; then M_{i+1} = 4 M_i.
+  (2 M_i)), simultaneously for all active arms; then M_{i+1} = 4 M_i. Pending
+  credits are merged first. ``follow``: credits go to the requested arm (the
+  next phase's first), else they stay with ``acc_arm`` (the played arm).
   """
+  s = merge(s)
   qhat = jnp.where(s.active & (s.cnt > 0),
                    (s.qhat * s.pulls + s.total) / jnp.maximum(s.pulls + s.cnt, 1.0), s.qhat)
   m = s.m.astype(jnp.float32)
@@ -87,11 +133,15 @@ def phase_end(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
   active = s.active & ((best - qhat <= radius) | (qhat == best))
   zeros = jnp.zeros_like(s.cnt)
   m_next = jnp.where(s.m >= 1 << 28, 1 << 30, s.m * 4)  # 4 M_i without int32 overflow
+  arm = first_true(active)
+  acc_arm = arm if follow else s.acc_arm
   return s.replace(active=active, cnt=zeros, total=zeros, qhat=qhat, pulls=s.pulls + m,
-                   m=m_next, arm=first_true(active), pos=jnp.zeros_like(s.pos))
+                   m=m_next, arm=arm, pos=jnp.zeros_like(s.pos), acc_arm=acc_arm,
+                   acc_base=jnp.where(take(active, acc_arm), 0.0, jnp.inf),
+                   arm_base=jnp.zeros_like(s.arm_base))
 
 
-def advance(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
+def advance(s: PhasedState, radius_scale: float = 2.0, follow: bool = True) -> PhasedState:
   """After a round: move to the next arm needing samples, or end the phase.
 
   Blocks end rarely (about K log T times per run), so the switch is done under
@@ -100,17 +150,21 @@ def advance(s: PhasedState, radius_scale: float = 2.0) -> PhasedState:
   through unchanged. On one device's batch that skips most of the per-round
   work (see :func:`bandits.core.on_each_device`); under ``vmap`` the conds
   become selects and every branch is computed, with the same result.
+  ``follow``: pending credits follow the requested arm (credit goes to what
+  was requested), else they stay with the arm they belong to.
   """
-  block_done = take(s.cnt, s.arm) >= s.m
+  block_done = arm_count(s) >= s.m
 
   def switch(s: PhasedState) -> PhasedState:
     k = s.cnt.shape[0]
+    s = merge(s)
     pending = first_index(s.active & (s.cnt < s.m))  # K when no arm needs samples
-    moved = s.replace(arm=jnp.where(block_done & (pending < k), pending, s.arm),
-                      pos=jnp.where(block_done, 0, s.pos))
+    arm = jnp.where(block_done & (pending < k), pending, s.arm)
+    moved = _point(s.replace(arm=arm, pos=jnp.where(block_done, 0, s.pos)),
+                   arm if follow else s.acc_arm)
     phase_over = block_done & (pending == k)
     return jax.lax.cond(jnp.any(phase_over),
-                        lambda: tree_select(phase_over, phase_end(s, radius_scale), moved),
+                        lambda: tree_select(phase_over, phase_end(s, radius_scale, follow), moved),
                         lambda: moved)
 
   return jax.lax.cond(jnp.any(block_done), switch, lambda s: s, s)
@@ -120,11 +174,14 @@ def phased_init(spec: BanditSpec, *, first_phase, log_term, linger) -> PhasedSta
   zeros = jnp.zeros(spec.arm_mask.shape, jnp.float32)
   shape = spec.horizon.shape  # () for one run, the batch shape for a batch
   full = lambda v, dtype: jnp.broadcast_to(jnp.asarray(v, dtype), shape)
+  arm = first_true(spec.arm_mask)
   return PhasedState(active=spec.arm_mask, cnt=zeros, total=zeros, qhat=zeros,
                      pulls=full(0, jnp.float32), m=full(first_phase, jnp.int32),
-                     arm=first_true(spec.arm_mask), pos=full(0, jnp.int32),
+                     arm=arm, pos=full(0, jnp.int32),
                      linger=full(linger, jnp.int32), log_term=full(log_term, jnp.float32),
-                     known=full(-1, jnp.int32))
+                     known=full(-1, jnp.int32), acc_arm=arm, acc_cnt=full(0, jnp.float32),
+                     acc_sum=full(0, jnp.float32), acc_base=full(0, jnp.float32),
+                     arm_base=full(0, jnp.float32))
 
 
 def sae_constants(spec: BanditSpec) -> tuple[jax.Array, jax.Array]:
@@ -153,9 +210,10 @@ def successive_elimination(*, radius_scale: float = 2.0, constants=sae_constants
     return state.arm
 
   def update(state: PhasedState, action, obs) -> PhasedState:
-    credit = (state.pos >= state.linger).astype(jnp.float32)
-    s = state.replace(cnt=add_at(state.cnt, action, credit),
-                      total=add_at(state.total, action, credit * obs.reward), pos=state.pos + 1)
+    # The requested arm is always the block's arm (``act``), where credits point.
+    del action
+    kept = (state.pos >= state.linger).astype(jnp.float32)
+    s = credit(state, kept, obs.reward).replace(pos=state.pos + 1)
     return advance(s, radius_scale)
 
   return Algorithm(init, act, update)

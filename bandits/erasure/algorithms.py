@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from bandits.core import (Algorithm, BanditSpec, add_at, first_index, first_true, take,
+from bandits.core import (Algorithm, BanditSpec, add_at, first_index, first_true,
                           tree_select)
-from bandits.policies import (PhasedState, advance, phase_end, phased_init, sae_constants,
-                              successive_elimination, ucb)
+from bandits.policies import (PhasedState, advance, credit, merge, phase_end, phased_init,
+                              sae_constants, successive_elimination, ucb)
 
 
 def repetitions(eps: jax.Array, horizon: jax.Array) -> jax.Array:
@@ -140,13 +140,15 @@ def feedback_sae(*, radius_scale: float = 2.0) -> Algorithm:
       raise ValueError("fb_sae needs feedback: run it on an environment with feedback=True")
     known = jnp.where(obs.ack, action, state.known).astype(jnp.int32)
     idx = jnp.maximum(known, 0)
-    # One pass over the arms: an eliminated arm counts as full (inf samples).
-    cnt_known = take(jnp.where(state.active, state.cnt, jnp.inf), idx)
-    credit = ((known >= 0) & (cnt_known < state.m)).astype(jnp.float32)
-    s = state.replace(cnt=add_at(state.cnt, idx, credit),
-                      total=add_at(state.total, idx, credit * obs.reward),
-                      pos=state.pos + 1, known=known)
-    return advance(s, radius_scale)
+    # Credits go to the played arm: point the pending credits at it when it
+    # changed (about once per block, at the first acknowledgement).
+    moved = idx != state.acc_arm
+    s = jax.lax.cond(jnp.any(moved), lambda s: tree_select(moved, merge(s, idx), s),
+                     lambda s: s, state)
+    # An eliminated arm counts as full (acc_base = inf).
+    kept = ((known >= 0) & (s.acc_base + s.acc_cnt < s.m)).astype(jnp.float32)
+    s = credit(s, kept, obs.reward).replace(pos=s.pos + 1, known=known)
+    return advance(s, radius_scale, follow=False)
 
   return Algorithm(base.init, base.act, update)
 
