@@ -1,6 +1,6 @@
-"""Linear constrained discounted MDPs under a generative model (arXiv 2507.02089, reconstructed).
+"""Linear constrained discounted MDPs under a generative model (arXiv 2507.02089, partly reconstructed).
 
-What is the paper's and what is reconstruction. Liu, Yang & Vaswani ("Sample
+What is the papers' and what is reconstruction. Liu, Yang & Vaswani ("Sample
 Complexity Bounds for Linear Constrained MDPs with a Generative Model", ALT
 2026) solve ``max_pi V_r^pi(mu0) s.t. V_c^pi(mu0) >= b`` for a linear CMDP
 (``P(.|s,a) = phi(s,a)^T psi``, ``r = phi^T theta_r``, ``c = phi^T theta_c``)
@@ -10,14 +10,35 @@ unconstrained MDP solver (LS-MDVI of Kitamura et al. 2023, ICML, "Regularization
 and variance-weighted regression achieves minimax optimality in linear MDPs")
 and least-squares policy evaluation (LS-PE). They prove
 O~(d^2 / ((1-gamma)^4 eps^2)) samples for relaxed feasibility and
-O~(d^2 / ((1-gamma)^6 eps^2 zeta^2)) for strict feasibility. Only the
-abstracts of both papers were at hand here, so everything below that is not
-in them is a reconstruction (marked "(recon)"), following the primal-dual
-template of Vaswani, Yang & Szepesvari 2022 (arXiv 2206.06270) that
-:mod:`cmdp.average_reward` reconstructs too, with which this module shares
-the dual loop (:func:`cmdp.average_reward.dual_descent`), the tabular model
-and its exact evaluation (:mod:`cmdp.tabular`) and the LP ground truth
-(:func:`cmdp.lp.solve_discounted_cmdp`).
+O~(d^2 / ((1-gamma)^6 eps^2 zeta^2)) for strict feasibility, and (PMLR
+version, v313 liu26b) a strict-setting lower bound
+Omega(d^2 / ((1-gamma)^5 eps^2 zeta^2)).
+
+Sources checked, and what they fixed here:
+
+* Kitamura et al.'s own code, github.com/matsuolab/Variance-Weighted-MDVI,
+  ``VWLS-MDVI/VWLS-MDVI-Experiment.ipynb`` (``wlsmdvi_G``, ``lsmdvi`` = WLS-MDVI
+  with f = 1, ``compute_optimal_design``): the LS-MDVI update below, alpha =
+  gamma, the greedy limit beta = inf (``w_k = max_a s_k``, greedy policy), the
+  same number of samples at every core point with the design weights in the
+  regression, a Frank-Wolfe G-optimal design. Read, not copied.
+  matsuolab/Deep-Variance-Weighting-Maze (``experiments/run_generative.py``)
+  sets the KL and entropy weights of its deep variant so that alpha = gamma too.
+* Liu et al.: the PMLR abstract (proceedings.mlr.press/v313/liu26b.html) and two
+  third-party summaries of arXiv 2507.02089 (sciencestack.ai/paper/2507.02089;
+  the AI-written review at themoonlight.io/.../sample-complexity-bounds-for-
+  linear-constrained-mdps-with-a-generative-model): Algorithm 1 collects N
+  next-state samples at each core state-action pair once into a buffer B, the
+  MDP solver and the policy evaluation both run on B, and the dual step is
+  ``lambda_{k+1} = Proj_[0,U](lambda_k - eta (V_c^k(rho) - b'))``. Secondary
+  sources; the paper's text (its LS-MDVI instantiation on B, U, b', eta, the
+  perturbation, its hard instance) was not reachable, so those stay
+  reconstructions (marked "(recon)"), following the primal-dual template of
+  Vaswani, Yang & Szepesvari 2022 (arXiv 2206.06270) that
+  :mod:`cmdp.average_reward` reconstructs too, with which this module shares
+  the dual loop (:func:`cmdp.average_reward.dual_descent`), the tabular model
+  and its exact evaluation (:mod:`cmdp.tabular`) and the LP ground truth
+  (:func:`cmdp.lp.solve_discounted_cmdp`).
 
 Values are unnormalized discounted values (in [0, 1/(1-gamma)]); ``eps`` and
 ``zeta`` are on that scale, as in the bounds. ``H = 1/(1-gamma)``.
@@ -25,16 +46,21 @@ Values are unnormalized discounted values (in [0, 1/(1-gamma)]); ``eps`` and
 Algorithm (one run; N = sample budget):
 
 1. Design: a G-optimal design ``rho`` over the distinct feature vectors
-   (Frank-Wolfe with away steps), core set ``C`` = its support; ``n_x =
-   ceil(rho_x N)`` next-state samples at each core point ``x = (s, a)``.
-2. Least squares: with ``G = sum_x n_x phi_x phi_x^T`` the fitted next-state
-   measure is ``M = G^{-1} sum_x phi_x counts_x`` (d, S), so that for any
-   ``v`` the regression of ``v(s')`` on the samples is ``phi^T M v``. (The
-   rewards are known and exactly linear, so their regression returns
-   ``theta_r``, ``theta_c``.) Every LS-MDVI and LS-PE step, for every lambda,
-   reuses these data (the paper's framework collects data once, then calls
-   the solver and the evaluator; LS-MDVI alone may draw fresh samples per
-   iteration in Kitamura et al., not checked: recon).
+   (Frank-Wolfe with away steps; the authors' code runs plain Frank-Wolfe to a
+   1% tolerance and keeps the points that pass a support-elimination bound),
+   core set ``C`` = its support (u points); ``n = ceil(N / u)`` next-state
+   samples at each core point ``x = (s, a)`` (the same count everywhere, as the
+   sources; on the designs of this project's instances, all uniform on their
+   support, this equals ``ceil(rho_x N)``).
+2. Least squares: the design-weighted regression of the per-point empirical
+   next-state laws, ``M = G^{-1} sum_x rho_x phi_x counts_x / n`` with ``G =
+   sum_x rho_x phi_x phi_x^T`` (d, S), so that for any ``v`` the regression of
+   the sample means of ``v(s')`` is ``phi^T M v`` (the authors' regression with
+   f = 1). (The rewards are known and exactly linear, so their regression
+   returns ``theta_r``, ``theta_c``.) Every LS-MDVI and LS-PE step, for every
+   lambda, reuses these data (Liu et al.'s buffer B, per the summaries; the
+   authors' stand-alone LS-MDVI instead draws M fresh samples per core point in
+   every one of its K iterations, K u M in all).
 3. Perturbed reward (recon, as Vaswani et al.): ``theta_rp = theta_r + xi``,
    ``xi ~ U[0, omega]^d``, ``omega = eps (1-gamma) / 8``; for features on the
    simplex (all instances here) ``r_p - r`` lies in [0, omega].
@@ -47,17 +73,19 @@ Algorithm (one run; N = sample budget):
    Output: the mixture of the grid policies weighted by their visit frequency
    (the uniform mixture of pi_0..pi_{T-1}).
 
-LS-MDVI (Kitamura et al.; update as in ``shared/research/theory-papers.md``,
-recon where noted): ``theta_bar_0 = 0``, ``w_0 = w_{-1} = 0``; for k < K:
-``v_k = clip(w_k - alpha w_{k-1}, 0, v_max)`` (the clip is ours: a no-op on a
-stochastic model, it keeps the fitted, possibly signed, model from blowing up),
-``theta_bar_{k+1} = theta + gamma M v_k + alpha theta_bar_k`` (so that
-``s_{k+1} = phi^T theta_bar_{k+1} = q_{k+1} + alpha s_k``),
-``w_{k+1}(s) = (1/beta) logsumexp_a(beta s_{k+1}(s, a))``; output
-``pi_K = softmax(beta s_K)``; ``alpha = gamma`` (recon: the choice noted for
-Kitamura et al.'s analysis, and the last iterate as output). At the
-fixed point ``pi = softmax(beta H q)``, whose value is within ``ln(A)/beta``
-of optimal, hence (recon) ``beta = 8 ln(A) / eps``; K = ``k_factor * H``.
+LS-MDVI (checked against the authors' ``wlsmdvi_G``): ``theta_bar_0 = 0``,
+``w_0 = w_{-1} = 0``; for k < K: ``v_k = clip(w_k - alpha w_{k-1}, 0, v_max)``
+(the clip is ours, not in their code: a no-op on a stochastic model, it keeps
+the fitted, possibly signed, model from blowing up), ``theta_bar_{k+1} = theta +
+gamma M v_k + alpha theta_bar_k`` (their ``theta = theta_target + gamma theta``:
+``s_{k+1} = phi^T theta_bar_{k+1} = q_{k+1} + alpha s_k``), ``w_{k+1}(s) =
+max_a s_{k+1}(s, a)``; output the greedy policy ``argmax_a s_K`` (they score the
+greedy policy of ``s_k``); ``alpha = gamma``. The general MDVI with a finite
+``beta`` (``w = (1/beta) logsumexp(beta s)``, ``pi_K = softmax(beta s_K)``, within
+``ln(A)/beta`` of greedy at the fixed point) is kept behind ``c_beta``: ``beta =
+c_beta ln(A) / eps`` (the earlier reconstruction used ``c_beta = 8``; the
+default ``C_BETA = inf`` is the authors' greedy limit). K = ``k_factor * H``
+(recon; their experiments fix K = 100 or 1000 at H = 10).
 
 LS-PE (recon): ``theta_{j+1} = theta_c + gamma M clip(Phi_pi theta_j, 0, H)``
 for K steps (``Phi_pi[s] = sum_a pi(a|s) phi(s,a)``); estimate
@@ -83,7 +111,7 @@ from cmdp import average_reward, lp, tabular
 from cmdp.tabular import CMDPError
 
 # Reconstruction constants (see module docstring).
-C_BETA = 8.0       # beta = C_BETA ln(A) / eps
+C_BETA = np.inf    # beta = C_BETA ln(A) / eps; inf: greedy LS-MDVI, as the authors' code
 C_OMEGA = 8.0      # omega = eps (1 - gamma) / C_OMEGA
 U_RELAXED = 4.0    # U = U_RELAXED H / eps
 U_STRICT = 4.0     # U = U_STRICT H / zeta
@@ -400,20 +428,31 @@ def core_counts(key: jax.Array, P_core: jax.Array, n_core: jax.Array) -> jax.Arr
   return jax.random.multinomial(key, n_core, p, dtype=p.dtype)
 
 
-def fit_next_state_measure(phi_core: jax.Array, counts: jax.Array) -> jax.Array:
+def fit_next_state_measure(phi_core: jax.Array, counts: jax.Array, rho=None) -> jax.Array:
   """Least-squares next-state measure M (d, S) from core-set samples.
 
-  For any ``v`` (S,), ``M v`` is the ordinary least-squares fit of the targets
-  ``v(s')`` over all samples on their features: ``G^{-1} sum_x phi_x sum_m
-  v(s'_{x,m})`` with ``G = sum_x n_x phi_x phi_x^T``.
+  With ``rho`` (the design weights, as :func:`run_one` calls it): the
+  design-weighted regression of the per-point empirical next-state laws,
+  ``M = G_rho^{-1} sum_x rho_x phi_x counts_x / n_x`` with ``G_rho = sum_x rho_x
+  phi_x phi_x^T``, so that ``phi^T M v`` regresses the sample means of
+  ``v(s')`` at the core points with weights ``rho`` (the regression of the
+  authors' LS-MDVI code, ``wlsmdvi_G`` with f = 1). Without ``rho``: ordinary
+  least squares over all samples, ``G^{-1} sum_x phi_x sum_m v(s'_{x,m})`` with
+  ``G = sum_x n_x phi_x phi_x^T``. The two coincide when every core point has the
+  same count and the same weight (every design of this project's instances).
 
   Args:
     phi_core: (u, d) core-set features.
     counts: (u, S) next-state counts (``n_x = counts[x].sum()``).
+    rho: (u,) design weights, or None (ordinary least squares).
   """
   n = counts.sum(-1)
-  G = phi_core.T @ (n[:, None] * phi_core)
-  return jnp.linalg.solve(G, phi_core.T @ counts)
+  if rho is None:
+    G = phi_core.T @ (n[:, None] * phi_core)
+    return jnp.linalg.solve(G, phi_core.T @ counts)
+  G = phi_core.T @ (rho[:, None] * phi_core)
+  means = counts / jnp.maximum(n, 1.0)[:, None]
+  return jnp.linalg.solve(G, phi_core.T @ (rho[:, None] * means))
 
 
 class MDVIState(NamedTuple):
@@ -431,31 +470,43 @@ class MDVIState(NamedTuple):
 
 def ls_mdvi(phi: jax.Array, M: jax.Array, theta: jax.Array, gamma, beta, n_iters,
             alpha=None) -> jax.Array:
-  """LS-MDVI (Kitamura et al. 2023) on fitted data: the softmax policy (S, A) after K steps.
+  """LS-MDVI (Kitamura et al. 2023) on fitted data: the policy (S, A) after K steps.
+
+  ``beta = inf`` (the default of :func:`constants`) is the update of the authors'
+  code (matsuolab/Variance-Weighted-MDVI, ``VWLS-MDVI/VWLS-MDVI-Experiment.ipynb``,
+  ``wlsmdvi_G``): ``w_k = max_a s_k`` and the greedy policy ``argmax_a s_K`` (ties:
+  the first action, as ``jnp.argmax``). A finite ``beta`` is the general MDVI
+  (``w_k = (1/beta) logsumexp(beta s_k)``, policy ``softmax(beta s_K)``).
 
   Args:
     phi: (S, A, d) features.
     M: (d, S) least-squares next-state measure (:func:`fit_next_state_measure`).
     theta: (d,) reward parameter of the MDP solved (e.g. ``theta_r + lambda theta_c``).
-    gamma: discount; beta: inverse temperature; alpha: KL weight (default gamma).
+    gamma: discount; beta: inverse temperature (``inf``: greedy); alpha: KL weight
+      (default gamma, as the authors' code).
     n_iters: K (may be traced: one compiled loop serves every horizon).
   """
   alpha = gamma if alpha is None else alpha
   A = phi.shape[1]
+  greedy = jnp.isinf(beta)
+  b = jnp.where(greedy, 1.0, beta)          # a finite stand-in, unused where greedy
   r = phi @ theta
-  v_max = r.max() / (1.0 - gamma) + jnp.log(A) / beta
+  v_max = r.max() / (1.0 - gamma) + jnp.where(greedy, 0.0, jnp.log(A) / b)
+
+  def soft_max(s):                                          # (S, A) -> (S,)
+    return jnp.where(greedy, s.max(axis=1), jax.nn.logsumexp(b * s, axis=1) / b)
 
   def step(_, st: MDVIState):
     v = jnp.clip(st.w - alpha * st.w_prev, 0.0, v_max)
     theta_bar = theta + gamma * M @ v + alpha * st.theta_bar
-    s = phi @ theta_bar                                     # (S, A)
-    w = jax.nn.logsumexp(beta * s, axis=1) / beta
-    return MDVIState(theta_bar, w, st.w)
+    return MDVIState(theta_bar, soft_max(phi @ theta_bar), st.w)
 
   S, _, d = phi.shape
   z = jnp.zeros(S, phi.dtype)
   st = jax.lax.fori_loop(0, n_iters, step, MDVIState(jnp.zeros(d, phi.dtype), z, z))
-  return jax.nn.softmax(beta * (phi @ st.theta_bar), axis=1)
+  s = phi @ st.theta_bar
+  return jnp.where(greedy, jax.nn.one_hot(jnp.argmax(s, axis=1), A, dtype=s.dtype),
+                   jax.nn.softmax(b * s, axis=1))
 
 
 def ls_pe(phi: jax.Array, M: jax.Array, theta: jax.Array, pi: jax.Array, gamma,
@@ -493,13 +544,15 @@ class Constants(NamedTuple):
   omega: jax.Array
 
 
-def constants(eps, zeta, gamma, b, strict, n_actions: int) -> Constants:
-  """:class:`Constants` from eps, zeta, gamma, b, the setting (bool) and A (module docstring)."""
+def constants(eps, zeta, gamma, b, strict, n_actions: int, c_beta: float = C_BETA) -> Constants:
+  """:class:`Constants` from eps, zeta, gamma, b, the setting (bool) and A (module docstring).
+
+  ``beta = c_beta ln(A) / eps`` (``inf`` for ``c_beta = inf``: greedy LS-MDVI)."""
   xp = jnp if any(isinstance(v, jax.Array) for v in (eps, zeta, gamma, b, strict)) else np
   H = 1.0 / (1.0 - gamma)
   U = xp.where(strict, U_STRICT * H / zeta, U_RELAXED * H / eps)
   b_prime = xp.where(strict, b + TIGHTEN * eps * zeta / H, b - RELAX * eps)
-  beta = C_BETA * np.log(max(n_actions, 2)) / eps
+  beta = c_beta * np.log(max(n_actions, 2)) / eps
   return Constants(U, b_prime, beta, eps / (C_OMEGA * H))
 
 
@@ -533,9 +586,18 @@ def make_instance(m: LinearCMDP, design: Design | None = None) -> Instance:
 
 
 def samples_per_core_point(rho, n):
-  """``ceil(rho n)`` samples at each core point (total >= n)."""
+  """``ceil(n / u)`` samples at each of the u core points (total >= n), shaped like ``rho``.
+
+  The same count at every core point, the design entering through the
+  regression weights (:func:`fit_next_state_measure`), as in the authors'
+  LS-MDVI code (M samples per core point) and in Liu et al.'s DataCollection (N
+  queries per core state-action pair; secondary source, see the module
+  docstring). On a design uniform over its support, as every design of this
+  project's instances, this is the former ``ceil(rho_x n)``.
+  """
   xp = jnp if isinstance(n, jax.Array) or isinstance(rho, jax.Array) else np
-  return xp.ceil(rho * n - 1e-9)
+  u = rho.shape[-1]
+  return xp.ceil(n / u - 1e-9) * xp.ones_like(rho)
 
 
 class Output(NamedTuple):
@@ -563,7 +625,7 @@ def best_responses(phi, M, theta_rp, theta_c, mu0, gamma, beta, lam_grid, n_iter
 
 
 def run_one(key, inst: Instance, n, eps, zeta, strict, n_iters, *, n_grid: int,
-            n_dual: int) -> Output:
+            n_dual: int, c_beta: float = C_BETA) -> Output:
   """The primal-dual algorithm on one instance for one (N, seed); see the module docstring.
 
   Args:
@@ -574,12 +636,13 @@ def run_one(key, inst: Instance, n, eps, zeta, strict, n_iters, *, n_grid: int,
     strict: bool, strict (True) or relaxed feasibility.
     n_iters: LS-MDVI / LS-PE steps K (may be traced).
     n_grid, n_dual: dual grid size and dual steps T (static).
+    c_beta: LS-MDVI's ``beta = c_beta ln(A) / eps`` (static; inf: greedy).
   """
   k_data, k_perturb = jax.random.split(key)
   dtype = inst.phi.dtype
   counts = core_counts(k_data, inst.P_core, samples_per_core_point(inst.rho, n))
-  M = fit_next_state_measure(inst.phi_core, counts)
-  k = constants(eps, zeta, inst.gamma, inst.b, strict, inst.phi.shape[1])
+  M = fit_next_state_measure(inst.phi_core, counts, inst.rho)
+  k = constants(eps, zeta, inst.gamma, inst.b, strict, inst.phi.shape[1], c_beta)
   theta_rp = inst.theta_r + k.omega * jax.random.uniform(k_perturb, inst.theta_r.shape, dtype)
   lam_grid = jnp.linspace(0.0, 1.0, n_grid, dtype=dtype) * k.U
   pols, vc = best_responses(inst.phi, M, theta_rp, inst.theta_c, inst.mu0, inst.gamma, k.beta,
@@ -588,15 +651,15 @@ def run_one(key, inst: Instance, n, eps, zeta, strict, n_iters, *, n_grid: int,
   return Output(pols, weights, vc, lam)
 
 
-@functools.partial(jax.jit, static_argnames=("n_grid", "n_dual"))
-def _run_batch(keys, inst, n, eps, zeta, strict, n_iters, *, n_grid, n_dual):
-  fn = functools.partial(run_one, n_grid=n_grid, n_dual=n_dual)
+@functools.partial(jax.jit, static_argnames=("n_grid", "n_dual", "c_beta"))
+def _run_batch(keys, inst, n, eps, zeta, strict, n_iters, *, n_grid, n_dual, c_beta):
+  fn = functools.partial(run_one, n_grid=n_grid, n_dual=n_dual, c_beta=c_beta)
   return jax.vmap(fn, in_axes=(0, None, 0, 0, 0, 0, None))(keys, inst, n, eps, zeta, strict,
                                                            n_iters)
 
 
 def run_batch(key: jax.Array, inst: Instance, n, eps, zeta, strict, *, n_grid: int = 64,
-              n_dual: int = 2 ** 17, n_iters: int = 200) -> Output:
+              n_dual: int = 2 ** 17, n_iters: int = 200, c_beta: float = C_BETA) -> Output:
   """R runs on one instance in one jitted call, vmapped over runs and the dual grid (float64).
 
   ``n``, ``eps``, ``zeta``, ``strict`` have shape (R,); run i uses key
@@ -615,7 +678,7 @@ def run_batch(key: jax.Array, inst: Instance, n, eps, zeta, strict, *, n_grid: i
     f64 = lambda x: jnp.asarray(np.asarray(x, np.float64))
     out = _run_batch(keys, jax.tree.map(f64, inst), f64(n), f64(eps), f64(zeta),
                      jnp.asarray(np.asarray(strict, bool)), jnp.asarray(n_iters, jnp.int32),
-                     n_grid=n_grid, n_dual=n_dual)
+                     n_grid=n_grid, n_dual=n_dual, c_beta=float(c_beta))
     return jax.tree.map(np.asarray, out)
 
 
@@ -644,7 +707,7 @@ def evaluate_outputs(m: LinearCMDP, out: Output) -> tuple[np.ndarray, np.ndarray
 
 def run_one_numpy(rng: np.random.Generator, m: LinearCMDP, design: Design, n: float, eps: float,
                   zeta: float, strict: bool, *, n_grid: int = 64, n_dual: int = 2 ** 17,
-                  n_iters: int = 200) -> tuple[np.ndarray, np.ndarray]:
+                  n_iters: int = 200, c_beta: float = C_BETA) -> tuple[np.ndarray, np.ndarray]:
   """The same algorithm as :func:`run_one`, as a plain numpy loop (float64).
 
   Returns:
@@ -656,24 +719,34 @@ def run_one_numpy(rng: np.random.Generator, m: LinearCMDP, design: Design, n: fl
   n_core = samples_per_core_point(design.weights, n).astype(np.int64)
   counts = np.stack([rng.multinomial(k, p / p.sum())
                      for k, p in zip(n_core, np.clip(inst.P_core, 0, None))]).astype(np.float64)
-  G = inst.phi_core.T @ (counts.sum(1)[:, None] * inst.phi_core)
-  M = np.linalg.solve(G, inst.phi_core.T @ counts)
-  k = constants(eps, zeta, gamma, float(m.b), strict, A)
+  rho = design.weights
+  G = inst.phi_core.T @ (rho[:, None] * inst.phi_core)
+  M = np.linalg.solve(G, inst.phi_core.T @ (rho[:, None] * counts / counts.sum(1, keepdims=True)))
+  k = constants(eps, zeta, gamma, float(m.b), strict, A, c_beta)
+  greedy = np.isinf(k.beta)
   theta_rp = m.theta_r + k.omega * rng.random(d)
   pols, vcs = np.zeros((n_grid, S, A)), np.zeros(n_grid)
   for g, lam in enumerate(np.linspace(0, 1, n_grid) * k.U):
     theta = theta_rp + lam * m.theta_c
-    v_max = (m.phi @ theta).max() / (1 - gamma) + np.log(A) / k.beta
+    v_max = (m.phi @ theta).max() / (1 - gamma) + (0.0 if greedy else np.log(A) / k.beta)
     theta_bar, w, w_prev = np.zeros(d), np.zeros(S), np.zeros(S)
     for _ in range(n_iters):
       v = np.clip(w - gamma * w_prev, 0.0, v_max)
       theta_bar = theta + gamma * M @ v + gamma * theta_bar
-      s = k.beta * (m.phi @ theta_bar)
-      top = s.max(1)
-      w, w_prev = (top + np.log(np.exp(s - top[:, None]).sum(1))) / k.beta, w
-    s = k.beta * (m.phi @ theta_bar)
-    pi = np.exp(s - s.max(1, keepdims=True))
-    pi /= pi.sum(1, keepdims=True)
+      q = m.phi @ theta_bar
+      if greedy:
+        w, w_prev = q.max(1), w
+      else:
+        s = k.beta * q
+        top = s.max(1)
+        w, w_prev = (top + np.log(np.exp(s - top[:, None]).sum(1))) / k.beta, w
+    q = m.phi @ theta_bar
+    if greedy:
+      pi = np.eye(A)[q.argmax(1)]
+    else:
+      s = k.beta * q
+      pi = np.exp(s - s.max(1, keepdims=True))
+      pi /= pi.sum(1, keepdims=True)
     phi_pi = np.einsum("sa,sad->sd", pi, m.phi)
     vc_max = (m.phi @ m.theta_c).max() / (1 - gamma)
     th = np.zeros(d)

@@ -36,6 +36,28 @@ all rounds), ``strict_check_steps`` (grid steps past the success N) and in
 ``strict_violations_at_success_n`` (fresh violations at the success N, the N
 this experiment used to report).
 
+Smooth strict estimator (``strict_smooth_*``), as in ``linear_cmdp_sample_complexity``.
+The verified N steps up the grid by whole steps on the evidence of one batch of
+fresh seeds, so its slopes are noisy (a point that steps up once moves by a factor
+2^(1/n_per_octave)). The smooth estimator uses all the strict evidence of a sweep
+point: the per-seed strict failure indicator (violation, or not eps-optimal) of
+the selection seeds at every grid N and of every fresh seed of every check round,
+pooled, with a probit model in log N, ``P(fail | N) = Phi(a - b log N)``, fitted
+by maximum likelihood (:func:`experiments.stats.failure_probit_n`). Its N is
+where the fitted failure probability equals ``strict_smooth_level`` (0.05: half
+the delta of the success criterion). It estimates the N at which one run fails
+the strict criterion with probability 0.05, continuous in the data rather than
+quantized to the grid; it is not a certificate (at that N about 1 run in 20 still
+fails, where the verified N has 0 violations in ``n_seeds + n_check_seeds``
+runs), it leans on the probit shape where the evidence is thin, and it is nan
+where the crossing falls outside the N observed. The likelihood does not depend
+on the rule that chose where the fresh batches ran, so it carries no stopping-rule
+bias. Slopes ``strict_smooth_slope_{eps,span,zeta}`` (with ``_lo``/``_hi``),
+``strict_smooth_n_base``, ``strict_smooth_level``, the ``n_star_smooth`` column
+of ``n_star.csv``; figure ``strict_failure_curves.png`` (pooled failure rates,
+fitted curves, smooth N and verified N per point) and a dash-dot curve in
+``n_star.png``. The strict setting's other keys keep their meaning.
+
 Sweeps (one key varied around the base point): eps over ``eps_grid``, the core
 time scale over ``H_grid`` (x axis: the computed B + H of each instance) and
 zeta over ``zeta_grid``. The span axis is the computed H for the weakly-communicating
@@ -53,7 +75,9 @@ Headline: ``slope_eps``, ``slope_span``, ``slope_zeta`` (strict setting, each
 with ``_lo``/``_hi``), ``relaxed_slope_*`` likewise, ``strict_violations`` (with
 ``strict_check_runs``, ``strict_violations_at_success_n``, ``strict_check_steps``,
 ``strict_unsettled``, ``strict_violation_rate_ub95``), the base point's N* per
-setting (strict also ``n_star_success_base``), ``success_slope_*``, and the
+setting (strict also ``n_star_success_base``), ``success_slope_*``,
+``strict_smooth_slope_*`` likewise (with ``strict_smooth_n_base``,
+``strict_smooth_level``; the smooth estimator above), and the
 number of runs on the N grid (the fresh check runs are ``strict_check_runs``).
 """
 
@@ -66,7 +90,8 @@ import jax
 import numpy as np
 
 from experiments import io
-from experiments.stats import feasible_n, finite_loglog_slope, one_at_a_time
+from experiments.stats import (failure_curves_figure, feasible_n, finite_loglog_slope,
+                               grid_failure_evidence, one_at_a_time, smooth_strict_n)
 from experiments.schema import Check, ConfigError, each, ge, gt, in_range, one_of, param
 
 SETTINGS = ("relaxed", "strict")
@@ -108,6 +133,9 @@ class Config:
                       check=ge(2))
   n_iters: int = param(2 ** 19, "dual subgradient steps T (the dual residual ~ 1/(16 sqrt T) "
                        "must stay well below the strict tightening eps zeta / 4)", check=ge(1))
+  strict_smooth_level: float = param(0.05, "strict failure probability at which the smooth "
+                                     "(pooled probit in log N) estimator reads N",
+                                     check=in_range(0, 1, lo_open=True, hi_open=True))
   batch_size: int = param(2048, "runs per jitted call", check=ge(1))
 
   def check(self) -> None:
@@ -215,7 +243,8 @@ def run(cfg: Config, ctx) -> dict:
                           "violation_rate", "mean_subopt", "q90_subopt", "mean_violation",
                           "q90_violation")}
   nstar_rows = {k: [] for k in ("setting", "sweep", "eps", "span", "zeta", "n_star",
-                                "n_star_interp", "n_star_success", "check_runs")}
+                                "n_star_interp", "n_star_success", "check_runs",
+                                "n_star_smooth")}
   total_runs = 0
   results = {}
   for si, setting in enumerate(cfg.settings):
@@ -256,17 +285,32 @@ def run(cfg: Config, ctx) -> dict:
           rows[col].append(v)
     n_success, check_runs = n_star.copy(), np.zeros(n_pts, int)
     n_fit = n_interp                    # what the slopes are fitted to
+    n_smooth, smooth = np.full(n_pts, np.nan), {}
     if strict:
-      fn = feasible_n(success.mean(2), (~feasible).sum(2), target,
-                      lambda ps, ii, rnd: _check_strict(cfg, ctx, models, points, inst_of_point,
-                                                        span_of_point, ps, ns_grid[ii], key, rnd),
-                      cfg.n_seeds, cfg.n_check_seeds)
+      # Evidence for the smooth estimator: (N, strict failures, runs) per point, from the
+      # selection seeds at every grid N and from every fresh check batch.
+      evidence = grid_failure_evidence(ns_grid, success)
+
+      def check(ps, ii, rnd, evidence=evidence):
+        bad, fail = _check_strict(cfg, ctx, models, sols, points, inst_of_point, span_of_point,
+                                  ps, ns_grid[ii], key, rnd)
+        for j, p in enumerate(ps):
+          evidence[p].append((float(ns_grid[ii[j]]), int(fail[j]), cfg.n_check_seeds))
+        return bad
+
+      fn = feasible_n(success.mean(2), (~feasible).sum(2), target, check, cfg.n_seeds,
+                      cfg.n_check_seeds)
       n_star = np.where(fn.index >= 0, ns_grid[np.maximum(fn.index, 0)], np.nan)
       n_fit, check_runs = n_star, fn.fresh_runs
       headline.update(fn.headline("strict_"))
       headline["n_star_success_base"] = float(n_success[where["base"][0]])
+      n_smooth, fits = smooth_strict_n(evidence, cfg.strict_smooth_level)
+      smooth = dict(smooth_fits=fits, smooth_evidence=evidence)
+      headline["strict_smooth_n_base"] = float(n_smooth[where["base"][0]])
+      headline["strict_smooth_level"] = cfg.strict_smooth_level
     results[setting] = dict(ns=ns_grid, subopt=subopt, violation=violation, success=success,
-                            n_star=n_star, n_interp=n_interp, n_fit=n_fit)
+                            n_star=n_star, n_interp=n_interp, n_fit=n_fit, n_smooth=n_smooth,
+                            **smooth)
     prefix = "" if strict else "relaxed_"
     headline[f"{prefix}n_star_base"] = float(n_star[where["base"][0]])
     for sweep, xs_of in (("eps", lambda p: points[p]["eps"]), ("span", lambda p: span_of_point[p]),
@@ -275,11 +319,12 @@ def run(cfg: Config, ctx) -> dict:
       for p in idx:
         for col, v in zip(nstar_rows, (setting, sweep, points[p]["eps"], span_of_point[p],
                                        points[p]["zeta"], n_star[p], n_interp[p], n_success[p],
-                                       check_runs[p])):
+                                       check_runs[p], n_smooth[p])):
           nstar_rows[col].append(v)
       xs = np.array([xs_of(p) for p in idx])
-      fits = [(prefix, n_fit)] + ([("success_", n_interp)] if strict else [])
-      for pre, ys in fits:
+      slopes = [(prefix, n_fit)] + ([("success_", n_interp), ("strict_smooth_", n_smooth)]
+                                    if strict else [])
+      for pre, ys in slopes:
         s, s_lo, s_hi = finite_loglog_slope(xs, ys[idx])
         headline[f"{pre}slope_{sweep}"] = s
         headline[f"{pre}slope_{sweep}_lo"] = s_lo
@@ -291,19 +336,24 @@ def run(cfg: Config, ctx) -> dict:
   return headline
 
 
-def _check_strict(cfg, ctx, models, points, inst_of_point, span_of_point, idx, ns, key,
-                  rnd: int) -> np.ndarray:
-  """Violations per point among ``n_check_seeds`` fresh seeds re-run for strict points ``idx``
-  at N = ``ns`` (check round ``rnd``: new seeds each round)."""
+def _check_strict(cfg, ctx, models, sols, points, inst_of_point, span_of_point, idx, ns, key,
+                  rnd: int) -> tuple[np.ndarray, np.ndarray]:
+  """(violations, strict failures: violation or not eps-optimal) per point among
+  ``n_check_seeds`` fresh seeds re-run for strict points ``idx`` at N = ``ns`` (check round
+  ``rnd``: new seeds each round)."""
   r = cfg.n_check_seeds
   pi_ = np.repeat(idx, r)
   eps = np.array([points[i]["eps"] for i in pi_])
   zeta = np.array([points[i]["zeta"] for i in pi_])
-  _, rho_c = _run_flat(models, inst_of_point[pi_], np.repeat(np.asarray(ns, np.float64), r),
-                       eps, zeta, span_of_point[pi_], np.ones(pi_.size, bool),
-                       jax.random.fold_in(key, 1000 + rnd), cfg, ctx, f"strict check {rnd + 1}")
+  rho_r, rho_c = _run_flat(models, inst_of_point[pi_],
+                           np.repeat(np.asarray(ns, np.float64), r), eps, zeta,
+                           span_of_point[pi_], np.ones(pi_.size, bool),
+                           jax.random.fold_in(key, 1000 + rnd), cfg, ctx, f"strict check {rnd + 1}")
   b = np.array([float(models[i].b) for i in inst_of_point[pi_]])
-  return (rho_c < b - 1e-9).reshape(len(idx), r).sum(1)
+  rstar = np.array([sols[i].value for i in inst_of_point[pi_]])
+  bad = rho_c < b - 1e-9
+  fail = bad | (rstar - rho_r > eps)
+  return bad.reshape(len(idx), r).sum(1), fail.reshape(len(idx), r).sum(1)
 
 
 def _figures(cfg, ctx, plt, points, where, span_of_point, results, headline) -> None:
@@ -329,14 +379,21 @@ def _figures(cfg, ctx, plt, points, where, span_of_point, results, headline) -> 
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   for ax, (sweep, xlabel) in zip(axes, (("eps", "eps"), ("span", "H (computed; B + H if multichain)"),
                                         ("zeta", "Slater constant zeta"))):
-    for setting, res in results.items():
-      idx = where[sweep]
-      xs = np.array([points[p][sweep] if sweep != "span" else span_of_point[p] for p in idx])
-      ys = res["n_fit"][idx]
-      prefix = "" if setting == "strict" else "relaxed_"
-      s = headline.get(f"{prefix}slope_{sweep}", float("nan"))
-      th = THEORY[sweep][setting] if sweep == "zeta" else THEORY[sweep]
-      line, = ax.plot(xs, ys, "o-", label=f"{setting}: slope {s:.2f} (theory {th:g})")
+    idx = where[sweep]
+    xs = np.array([points[p][sweep] if sweep != "span" else span_of_point[p] for p in idx])
+    theory = lambda setting, sweep=sweep: (THEORY[sweep][setting] if sweep == "zeta"
+                                           else THEORY[sweep])
+    curves = [(setting, res["n_fit"][idx],
+               headline.get(("" if setting == "strict" else "relaxed_") + f"slope_{sweep}",
+                            float("nan")), theory(setting), "-")
+              for setting, res in results.items()]
+    if "strict" in results:
+      curves.append((f"strict smooth (P(fail)={cfg.strict_smooth_level:g})",
+                     results["strict"]["n_smooth"][idx],
+                     headline.get(f"strict_smooth_slope_{sweep}", float("nan")),
+                     theory("strict"), "-."))
+    for name, ys, s, th, ls in curves:
+      line, = ax.plot(xs, ys, "o" + ls, label=f"{name}: slope {s:.2f} (theory {th:g})")
       ok = np.isfinite(ys)
       if ok.any():
         x0, y0 = np.exp(np.log(xs[ok]).mean()), np.exp(np.log(ys[ok]).mean())
@@ -347,3 +404,18 @@ def _figures(cfg, ctx, plt, points, where, span_of_point, results, headline) -> 
     ax.legend(fontsize=8)
   fig.suptitle(f"S={cfg.n_states}, A={cfg.n_actions}, {cfg.n_seeds} seeds; dashed: theory slope")
   ctx.save_figure(fig, "n_star.png")
+
+  # The smooth strict estimator: pooled failure rates against N per sweep point, the fitted
+  # probit curves, the N they read off (o) and the verified N (x).
+  if "strict" not in results or "smooth_fits" not in results["strict"]:
+    return
+  res = results["strict"]
+  label = lambda sweep, p: (f"span={span_of_point[p]:g}" if sweep == "span"
+                            else f"{sweep}={points[p][sweep]:g}")
+  fig = failure_curves_figure(
+      plt, [(f"{sweep} sweep", [(p, label(sweep, p)) for p in where[sweep]])
+            for sweep in ("eps", "span", "zeta")],
+      res["smooth_evidence"], res["smooth_fits"], res["n_star"], cfg.strict_smooth_level,
+      "strict setting: pooled failures (selection and fresh seeds), probit fit in log N; "
+      "o: smooth N, x: verified N", xlabel="N (samples per (s, a))")
+  ctx.save_figure(fig, "strict_failure_curves.png")

@@ -1,13 +1,15 @@
 """Sample complexity of linear constrained discounted MDPs (arXiv 2507.02089), checked numerically.
 
 The paper has no experiments; here its bounds O~(d^2 / ((1-gamma)^4 eps^2))
-(relaxed feasibility) and O~(d^2 / ((1-gamma)^6 eps^2 zeta^2)) (strict) meet
-numbers. On the hard instances of :func:`cmdp.linear.hard_instance` (feature
+(relaxed feasibility) and O~(d^2 / ((1-gamma)^6 eps^2 zeta^2)) (strict), and its
+strict-setting lower bound Omega(d^2 / ((1-gamma)^5 eps^2 zeta^2)) (PMLR
+version, v313 liu26b), meet numbers. On the hard instances of :func:`cmdp.linear.hard_instance` (feature
 dimension d, H = 1/(1-gamma), Slater constant zeta; eps and zeta on the
 unnormalized value scale) the primal-dual algorithm of :mod:`cmdp.linear`
-(G-optimal design, LS-MDVI best responses, LS-PE, projected dual descent)
-runs for a geometric grid of N (total generative samples, ``ceil(rho_x N)``
-at core point x) x ``n_seeds`` seeds at every sweep point; all runs on one
+(G-optimal design, greedy LS-MDVI best responses as the authors' code, LS-PE,
+projected dual descent) runs for a geometric grid of N (total generative
+samples, ``ceil(N / u)`` at each of the u core points, = ``ceil(rho_x N)`` on
+these uniform designs) x ``n_seeds`` seeds at every sweep point; all runs on one
 instance go through jitted calls vmapped over runs and the dual grid. Each
 output mixture is evaluated exactly (float64 linear solves) against the
 discounted occupancy LP optimum.
@@ -41,11 +43,36 @@ rounds), ``strict_check_steps`` (grid steps past the success N),
 (fresh violations at the success N, the N this experiment used to report) and
 ``strict_violations_2x`` (a further fresh batch at twice the reported N).
 
+Smooth strict estimator (``strict_smooth_*``). The verified N steps up the grid
+by whole steps on the evidence of one batch of fresh seeds, so its slopes are
+noisy (a point that steps up twice moves by a factor 2^(2/n_per_octave)). The
+smooth estimator uses all the strict evidence of a sweep point: the per-seed
+strict failure indicator (violation, or not eps-optimal) of the selection seeds
+at every grid N and of every fresh seed (each check round, and the batch at
+2 N), pooled, with a probit model in log N, ``P(fail | N) = Phi(a - b log N)``
+fitted by maximum likelihood (:func:`experiments.stats.failure_probit_n`). Its N
+is where the fitted failure probability equals ``strict_smooth_level`` (0.05:
+half the delta of the success criterion, the rate that fresh batches of 64
+resolve). What it means: an estimate of the sample size at which one run of the
+algorithm fails the strict criterion with probability 0.05, a quantile of the
+per-point sample-complexity distribution, continuous in the data rather than
+quantized to the grid; it is not a certificate (at that N about 1 run in 20
+still fails, where the verified N has 0 violations in ``n_seeds +
+n_check_seeds`` runs), and it leans on the probit shape where the evidence is
+thin. The likelihood does not depend on the rule that chose where the fresh
+batches ran, so, unlike the verified N, it carries no stopping-rule bias. If
+the failure curves of a sweep are shifts of one another in log N, its slopes
+do not depend on the level. Slopes ``strict_smooth_slope_{d,horizon,eps,zeta}``
+(with ``_lo``/``_hi``), ``strict_smooth_n_base``, the tabular
+``tabular_strict_smooth_slope_horizon``; figure ``strict_failure_curves.png``
+(pooled rates, fitted curves, smooth N and verified N per point) and a dash-dot
+curve in ``n_star.png``. The strict setting's existing keys keep their meaning.
+
 Sweeps (one key varied around the base point): d over ``d_grid``, H over
 ``horizon_grid``, eps over ``eps_grid``, zeta over ``zeta_grid``. Slopes of
 log N* against log d, log H, log eps and log zeta with 95% t intervals, next
 to the paper's upper-bound exponents (relaxed 2, 4, -2, 0; strict 2, 6, -2,
--2) and to what the hard instance's own analysis predicts (1, 3, -2, 0 and
+-2), its strict lower-bound exponents (2, 5, -2, -2) and to what the hard instance's own analysis predicts (1, 3, -2, 0 and
 1, 5, -2, -2: its errors are those of Azar et al.'s tabular construction,
 with N spread over d design points and a winner's-curse bias per gadget; the
 d exponent 1 is asymptotic: at small d the seed-to-seed fluctuation, which
@@ -65,6 +92,7 @@ strict N* is settled as above (``tabular_strict_violations`` etc.).
 
 Headline: ``slope_d``, ``slope_horizon``, ``slope_eps``, ``slope_zeta`` (strict
 setting, each with ``_lo``/``_hi``), ``relaxed_slope_*`` likewise,
+``strict_smooth_slope_*`` likewise (the smooth estimator above),
 ``strict_violations`` (with ``strict_check_runs``, ``strict_max_violation``,
 ``strict_violations_at_success_n``, ``strict_check_steps``, ``strict_unsettled``,
 ``strict_violation_rate_ub95`` and the ``_2x`` check), ``success_slope_*``, the
@@ -81,7 +109,8 @@ import jax
 import numpy as np
 
 from experiments import io
-from experiments.stats import feasible_n, finite_loglog_slope, one_at_a_time
+from experiments.stats import (failure_curves_figure, feasible_n, finite_loglog_slope,
+                               grid_failure_evidence, one_at_a_time, smooth_strict_n)
 from experiments.camdp_sample_complexity import n_grid_values, smallest_n
 from experiments.schema import ConfigError, each, ge, gt, in_range, one_of, param
 
@@ -93,6 +122,8 @@ THEORY = {"relaxed": dict(d=2.0, horizon=4.0, eps=-2.0, zeta=0.0),
 INSTANCE = {"relaxed": dict(d=1.0, horizon=3.0, eps=-2.0, zeta=0.0),
             "strict": dict(d=1.0, horizon=5.0, eps=-2.0, zeta=-2.0)}
 TABULAR = {"relaxed": 3.0, "strict": 5.0}   # exponent of H in the tabular CMDP rates
+# The strict-setting lower bound Omega(d^2 / ((1-gamma)^5 eps^2 zeta^2)) (PMLR abstract).
+LOWER = dict(d=2.0, horizon=5.0, eps=-2.0, zeta=-2.0)
 
 
 def _valid_d(v, twins: int) -> bool:
@@ -135,6 +166,11 @@ class Config:
   n_grid: int = param(64, "dual grid points (LS-MDVI best responses per run)", check=ge(2))
   n_dual: int = param(2 ** 17, "dual subgradient steps T", check=ge(1))
   k_factor: float = param(6.0, "LS-MDVI and LS-PE steps K = ceil(k_factor H)", check=gt(0))
+  c_beta: float = param(float("inf"), "LS-MDVI inverse temperature beta = c_beta ln(A) / eps "
+                        "(inf: greedy, as the authors' code; 8: the earlier softmax)", check=gt(0))
+  strict_smooth_level: float = param(0.05, "strict failure probability at which the smooth "
+                                     "(pooled probit in log N) estimator reads N",
+                                     check=in_range(0, 1, lo_open=True, hi_open=True))
   batch_size: int = param(512, "runs per jitted call (the last chunk is padded)", check=ge(1))
 
   def check(self) -> None:
@@ -185,7 +221,8 @@ def _run_runs(m, inst, ns, eps, zeta, strict, key, cfg: Config, ctx, label: str)
     pad = np.concatenate([sl, np.full(bs - sl.size, sl[-1])])
     start = time.perf_counter()
     out = linear.run_batch(jax.random.fold_in(key, j), inst, ns[pad], eps[pad], zeta[pad],
-                           strict[pad], n_iters=n_iters, n_grid=cfg.n_grid, n_dual=cfg.n_dual)
+                           strict[pad], n_iters=n_iters, n_grid=cfg.n_grid, n_dual=cfg.n_dual,
+                           c_beta=cfg.c_beta)
     t_alg = time.perf_counter() - start
     out = jax.tree.map(lambda x: x[:sl.size], out)
     vr[sl], vc[sl] = linear.evaluate_outputs(m, out)
@@ -256,7 +293,8 @@ def _sample_complexity(cfg, ctx, truth: _Truth, points, setting, key, *, tabular
   # n_slope: what the slopes are fitted to (strict: the reported N, set by _settle_strict).
   return dict(ns=ns_grid, totals=totals, subopt=subopt, violation=violation, success=success,
               feasible=feasible, n_star=n_star, n_interp=n_interp, n_fit=n_fit, i_star=i_star,
-              runs=runs, n_slope=n_fit, n_success=n_star.copy(), check_runs=np.zeros(n_pts, int))
+              runs=runs, n_slope=n_fit, n_success=n_star.copy(), check_runs=np.zeros(n_pts, int),
+              n_smooth=np.full(n_pts, np.nan))
 
 
 def probit_crossing(ns, success, target: float) -> float:
@@ -296,40 +334,50 @@ def probit_crossing(ns, success, target: float) -> float:
 
 
 def _check_strict(cfg, ctx, truth, points, idx, ns, key, label: str, tabular: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray]:
-  """(violations, largest violation b - V_c) per point among ``n_check_seeds`` fresh seeds
-  re-run for strict points ``idx`` at grid values ``ns`` (one call per instance)."""
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(violations, largest violation b - V_c, strict failures: violation or not eps-optimal)
+  per point among ``n_check_seeds`` fresh seeds re-run for strict points ``idx`` at grid
+  values ``ns`` (one call per instance)."""
   groups: dict = {}
   for j, p in enumerate(idx):
     groups.setdefault((points[p]["d"], points[p]["horizon"], points[p]["zeta"]), []).append(j)
   r = cfg.n_check_seeds
-  bad, worst = np.zeros(len(idx), int), np.zeros(len(idx))
+  bad, worst, fail = np.zeros(len(idx), int), np.zeros(len(idx)), np.zeros(len(idx), int)
   for g, ((d, H, z), js) in enumerate(groups.items()):
-    m, inst, _, _ = truth.get(d, H, z, tabular)
+    m, inst, sol, _ = truth.get(d, H, z, tabular)
     n = np.repeat(np.asarray(ns, np.float64)[js], r)
     eps = np.repeat([points[idx[j]]["eps"] for j in js], r)
-    _, vc = _run_runs(m, inst, n, eps, np.full(n.size, z), np.ones(n.size, bool),
-                      jax.random.fold_in(key, g), cfg, ctx, label)
+    vr, vc = _run_runs(m, inst, n, eps, np.full(n.size, z), np.ones(n.size, bool),
+                       jax.random.fold_in(key, g), cfg, ctx, label)
     vio = (float(m.b) - vc).reshape(len(js), r)
+    sub = (sol.value - vr).reshape(len(js), r)
     bad[js], worst[js] = (vio > 1e-9).sum(1), vio.max(1)
-  return bad, worst
+    fail[js] = ((vio > 1e-9) | (sub > eps.reshape(len(js), r))).sum(1)
+  return bad, worst, fail
 
 
 def _settle_strict(cfg, ctx, truth, points, res, key, tabular: bool = False) -> dict:
   """The strict setting's reported N (:func:`experiments.stats.feasible_n`): updates ``res``
   (``n_star``, ``i_star``; the success N kept as ``n_success``, ``i_success``) and returns
   the headline numbers of its fresh checks (prefix ``strict_``)."""
+  from cmdp import linear  # pylint: disable=import-outside-toplevel
   n_pts = len(points)
   worst_first, worst_last = np.full(n_pts, np.nan), np.full(n_pts, np.nan)
+  # Evidence for the smooth estimator: (total N, strict failures, runs) per point, from the
+  # selection seeds at every grid N and from every fresh batch below.
+  evidence = grid_failure_evidence(res["totals"], res["success"])
 
   def check(ps, ii, rnd):
     k = jax.random.fold_in(key, 1001)     # round 0 draws the seeds of the former single check
-    bad, worst = _check_strict(cfg, ctx, truth, points, ps, res["ns"][ii],
-                               k if rnd == 0 else jax.random.fold_in(k, rnd),
-                               f"{'tabular ' if tabular else ''}strict check {rnd + 1}", tabular)
+    bad, worst, fail = _check_strict(cfg, ctx, truth, points, ps, res["ns"][ii],
+                                     k if rnd == 0 else jax.random.fold_in(k, rnd),
+                                     f"{'tabular ' if tabular else ''}strict check {rnd + 1}",
+                                     tabular)
     if rnd == 0:
       worst_first[ps] = worst
     worst_last[ps] = worst
+    for j, p in enumerate(ps):
+      evidence[p].append((res["totals"][p, ii[j]], int(fail[j]), cfg.n_check_seeds))
     return bad
 
   fn = feasible_n(res["success"].mean(2), (~res["feasible"]).sum(2), 1.0 - cfg.delta, check,
@@ -348,13 +396,22 @@ def _settle_strict(cfg, ctx, truth, points, res, key, tabular: bool = False) -> 
   if not tabular:
     settled = np.flatnonzero(fn.index >= 0)
     if cfg.n_check_seeds and settled.size:
-      bad, worst = _check_strict(cfg, ctx, truth, points, settled,
-                                 2 * res["ns"][fn.index[settled]], jax.random.fold_in(key, 1002),
-                                 "strict check (2 N*)")
+      n2 = 2 * res["ns"][fn.index[settled]]
+      bad, worst, fail = _check_strict(cfg, ctx, truth, points, settled, n2,
+                                       jax.random.fold_in(key, 1002), "strict check (2 N*)")
       head.update(strict_violations_2x=int(bad.sum()), strict_max_violation_2x=max(float(worst.max()), 0.0))
+      for j, p in enumerate(settled):
+        pt = points[p]
+        design = truth.get(pt["d"], pt["horizon"], pt["zeta"], tabular)[3]
+        total = float(linear.samples_per_core_point(design.weights, n2[j]).sum())
+        evidence[p].append((total, int(fail[j]), cfg.n_check_seeds))
     else:
       head.update(strict_violations_2x=0, strict_max_violation_2x=float("nan"))
     head["strict_check_runs_2x"] = int(settled.size * cfg.n_check_seeds)
+  # The smooth estimator: a probit fit in log N of the pooled strict failures per point.
+  res["n_smooth"], fits = smooth_strict_n(evidence, cfg.strict_smooth_level)
+  res["smooth_fits"], res["smooth_evidence"] = fits, evidence
+  head["strict_smooth_level"] = cfg.strict_smooth_level
   return head
 
 
@@ -370,7 +427,7 @@ def run(cfg: Config, ctx) -> dict:
                           "success_rate", "violation_rate", "mean_subopt", "q90_subopt",
                           "mean_violation", "q90_violation")}
   nstar_rows = {k: [] for k in ("setting", "sweep", "d", "horizon", "eps", "zeta", "n_star",
-                                "n_star_fit", "n_star_success", "check_runs")}
+                                "n_star_fit", "n_star_success", "check_runs", "n_star_smooth")}
   slope_rows = {k: [] for k in ("setting", "sweep", "slope", "lo", "hi", "paper_upper_bound",
                                 "instance_prediction")}
   results, runs = {}, 0
@@ -382,6 +439,7 @@ def run(cfg: Config, ctx) -> dict:
       check = _settle_strict(cfg, ctx, truth, points, res, key)
       headline.update(check)
       headline["n_star_success_base"] = float(res["n_success"][where["base"][0]])
+      headline["strict_smooth_n_base"] = float(res["n_smooth"][where["base"][0]])
       runs += check["strict_check_runs"] + check["strict_check_runs_2x"]
     for p, pt in enumerate(points):
       for k in range(len(res["ns"])):
@@ -399,7 +457,8 @@ def run(cfg: Config, ctx) -> dict:
         for col, val in zip(nstar_rows, (setting, sweep, *(points[p][k] for k in
                                                            ("d", "horizon", "eps", "zeta")),
                                          res["n_star"][p], res["n_fit"][p],
-                                         res["n_success"][p], res["check_runs"][p])):
+                                         res["n_success"][p], res["check_runs"][p],
+                                         res["n_smooth"][p])):
           nstar_rows[col].append(val)
       xs = [points[p][sweep] for p in idx]
       s, lo, hi = finite_loglog_slope(xs, res["n_slope"][idx])
@@ -410,6 +469,9 @@ def run(cfg: Config, ctx) -> dict:
         headline.update(zip((f"success_slope_{sweep}", f"success_slope_{sweep}_lo",
                              f"success_slope_{sweep}_hi"),
                             finite_loglog_slope(xs, res["n_fit"][idx])))
+        headline.update(zip((f"strict_smooth_slope_{sweep}", f"strict_smooth_slope_{sweep}_lo",
+                             f"strict_smooth_slope_{sweep}_hi"),
+                            finite_loglog_slope(xs, res["n_smooth"][idx])))
       for col, val in zip(slope_rows, (setting, sweep, s, lo, hi, THEORY[setting][sweep],
                                        INSTANCE[setting][sweep])):
         slope_rows[col].append(val)
@@ -442,11 +504,16 @@ def run(cfg: Config, ctx) -> dict:
       headline[f"{prefix}slope_horizon"] = s
       headline[f"{prefix}slope_horizon_lo"] = lo
       headline[f"{prefix}slope_horizon_hi"] = hi
+      if setting == "strict":
+        headline.update(zip(("tabular_strict_smooth_slope_horizon",
+                             "tabular_strict_smooth_slope_horizon_lo",
+                             "tabular_strict_smooth_slope_horizon_hi"),
+                            finite_loglog_slope(hs, res["n_smooth"])))
       for p, pt in enumerate(tab_points):
         for col, val in zip(nstar_rows, (f"tabular_{setting}", "horizon", SA, pt["horizon"],
                                          pt["eps"], pt["zeta"], res["n_star"][p],
                                          res["n_fit"][p], res["n_success"][p],
-                                         res["check_runs"][p])):
+                                         res["check_runs"][p], res["n_smooth"][p])):
           nstar_rows[col].append(val)
       for col, val in zip(slope_rows, (f"tabular_{setting}", "horizon", s, lo, hi,
                                        TABULAR[setting], TABULAR[setting])):
@@ -494,6 +561,11 @@ def _figures(cfg, ctx, plt, points, where, results, tab, headline) -> None:
     curves = [(s, res["n_slope"][idx], headline.get(("" if s == "strict" else "relaxed_")
                                                      + f"slope_{sweep}", np.nan),
                THEORY[s][sweep], "-") for s, res in results.items()]
+    if "strict" in results:
+      curves.append((f"strict smooth (P(fail)={cfg.strict_smooth_level:g})",
+                     results["strict"]["n_smooth"][idx],
+                     headline.get(f"strict_smooth_slope_{sweep}", np.nan),
+                     THEORY["strict"][sweep], "-."))
     if sweep == "horizon":
       for s, res in tab.items():
         hs = np.array([pt for pt in sorted(set(cfg.horizon_grid) | {cfg.horizon})], float)
@@ -502,7 +574,9 @@ def _figures(cfg, ctx, plt, points, where, results, tab, headline) -> None:
                        TABULAR[s], ":"))
     for name, ys, s, th, ls in curves:
       x = xs if not name.startswith("tabular") else hs
-      line, = ax.plot(x, ys, "o" + ls, label=f"{name}: slope {s:.2f} (bound {th:g})")
+      bound = f"bound {th:g}" + (f", lower bound {LOWER[sweep]:g}" if name.startswith("strict")
+                                 else "")
+      line, = ax.plot(x, ys, "o" + ls, label=f"{name}: slope {s:.2f} ({bound})")
       ok = np.isfinite(ys)
       if ok.any():
         x0, y0 = np.exp(np.log(x[ok]).mean()), np.exp(np.log(ys[ok]).mean())
@@ -512,5 +586,19 @@ def _figures(cfg, ctx, plt, points, where, results, tab, headline) -> None:
            ylabel=f"N: success >= {1 - cfg.delta:g} (strict: and no seed violates)")
     ax.legend(fontsize=7)
   fig.suptitle(f"hard linear CMDP (A={cfg.n_actions}), {cfg.n_seeds} seeds; dashed: the "
-               "bound's exponent through the data")
+               "upper bound's exponent through the data (strict lower bound "
+               "d^2/((1-gamma)^5 eps^2 zeta^2))")
   ctx.save_figure(fig, "n_star.png")
+
+  # The smooth strict estimator: pooled failure rates against N per sweep point, the fitted
+  # probit curves, the N they read off (o) and the verified N (x).
+  if "strict" not in results or "smooth_fits" not in results["strict"]:
+    return
+  res = results["strict"]
+  fig = failure_curves_figure(
+      plt, [(f"{sweep} sweep", [(p, f"{sweep}={points[p][sweep]:g}") for p in where[sweep]])
+            for sweep in SWEEPS],
+      res["smooth_evidence"], res["smooth_fits"], res["n_star"], cfg.strict_smooth_level,
+      "strict setting: pooled failures (selection and fresh seeds), probit fit in "
+      "log N; o: smooth N, x: verified N", xlabel="N (total samples)")
+  ctx.save_figure(fig, "strict_failure_curves.png")

@@ -1,5 +1,7 @@
-"""Small statistics shared by experiments: means with confidence intervals, slopes, and the
-strict setting's feasible sample size (:func:`feasible_n`)."""
+"""Small statistics shared by experiments: means with confidence intervals, slopes, the
+strict setting's feasible sample size (:func:`feasible_n`) and its smooth counterpart, a
+probit fit in log N of the pooled strict failures (:func:`failure_probit_n`, with the glue
+:func:`grid_failure_evidence`, :func:`smooth_strict_n` and :func:`failure_curves_figure`)."""
 
 from __future__ import annotations
 
@@ -174,3 +176,164 @@ def feasible_n(rate, selection_violations, target: float, check: Callable, n_see
     active = active[~over]
     rnd += 1
   return FeasibleN(index, start, violations, at_success, fresh_runs, runs_at, steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureCurve:
+  """A probit fit of a failure probability that falls with the sample size N.
+
+  Model: ``P(fail | N) = Phi(a - b log N)`` with ``b > 0``, fitted by maximum
+  likelihood to binomial counts (see :func:`failure_probit_n`).
+
+  Attributes:
+    a, b: intercept and slope (per unit of log N); nan when no fit.
+    level: the failure probability whose crossing is reported.
+    n_level: N at which the fitted ``P(fail | N)`` equals ``level``,
+      ``exp((a - Phi^-1(level)) / b)``; nan when there is no fit or the
+      crossing lies outside the range of N observed.
+    nll: the negative log-likelihood at the fit.
+  """
+  a: float
+  b: float
+  level: float
+  n_level: float
+  nll: float
+
+  def prob(self, n) -> np.ndarray:
+    """The fitted failure probability at ``n``."""
+    return stats.norm.cdf(self.a - self.b * np.log(np.asarray(n, np.float64)))
+
+
+def failure_probit_n(ns, failures, runs, level: float, max_steep: float = 200.0
+                     ) -> FailureCurve:
+  """Fits ``P(fail | N) = Phi(a - b log N)`` to pooled binomial evidence; N where it is ``level``.
+
+  Every observation (an N, its failures, its runs) enters the likelihood
+  ``sum_i k_i log Phi(eta_i) + (m_i - k_i) log Phi(-eta_i)``, ``eta_i = a - b
+  log N_i``; the same N may appear several times (batches of different seeds
+  pool). The likelihood does not depend on how the N were chosen (it is the
+  same for a fixed grid and for an adaptive rule that picks the next N from
+  the outcomes so far), so batches that a stopping rule placed may be pooled
+  without the selection bias of the stopping rule itself. Fitted in
+  standardized log N with ``b > 0``; ``max_steep`` caps the slope in those
+  units (with perfectly separated data the likelihood grows without bound as
+  the curve tends to a step; the cap puts the crossing at the separation).
+
+  Args:
+    ns: (n,) sample sizes (> 0).
+    failures: (n,) failures among ``runs``.
+    runs: (n,) runs per observation.
+    level: the failure probability whose crossing is returned, in (0, 1).
+
+  Returns:
+    :class:`FailureCurve`; nan fields when every run failed, none did, or the
+    N do not vary.
+  """
+  from scipy import optimize, special  # pylint: disable=import-outside-toplevel
+  x = np.log(np.asarray(ns, np.float64)).reshape(-1)
+  k = np.asarray(failures, np.float64).reshape(-1)
+  m = np.asarray(runs, np.float64).reshape(-1)
+  keep = m > 0
+  x, k, m = x[keep], k[keep], m[keep]
+  nan = FailureCurve(float("nan"), float("nan"), level, float("nan"), float("nan"))
+  if x.size == 0 or k.sum() == 0 or k.sum() == m.sum() or np.ptp(x) == 0:
+    return nan
+  mu, sd = np.average(x, weights=m), np.ptp(x) / 2
+  z = (x - mu) / sd
+
+  def nll(p):
+    eta = p[0] - np.exp(p[1]) * z
+    lp, lq = special.log_ndtr(eta), special.log_ndtr(-eta)
+    val = -np.sum(k * lp + (m - k) * lq)
+    # d/d eta of the log-likelihood: k phi/Phi(eta) - (m - k) phi/Phi(-eta)
+    logphi = -0.5 * eta ** 2 - 0.5 * np.log(2 * np.pi)
+    g_eta = k * np.exp(logphi - lp) - (m - k) * np.exp(logphi - lq)
+    grad = -np.array([g_eta.sum(), -(g_eta * z).sum() * np.exp(p[1])])
+    return val, grad
+
+  c0 = float(stats.norm.ppf(np.clip(k.sum() / m.sum(), 0.01, 0.99)))
+  bounds = [(-60.0, 60.0), (np.log(1e-3), np.log(max_steep))]
+  best = min((optimize.minimize(nll, np.array([c0, t0]), jac=True, method="L-BFGS-B",
+                                bounds=bounds, options=dict(maxiter=2000, ftol=1e-15,
+                                                            gtol=1e-10))
+              for t0 in (0.0, 1.5, 3.0)), key=lambda r: r.fun)
+  c, s = float(best.x[0]), float(np.exp(best.x[1]))
+  b = s / sd
+  a = c + s * mu / sd
+  log_n = (a - stats.norm.ppf(level)) / b
+  inside = x.min() <= log_n <= x.max()
+  return FailureCurve(a, b, level, float(np.exp(log_n)) if inside else float("nan"),
+                      float(best.fun))
+
+
+# Evidence for the smooth strict estimator: per sweep point, a list of observations
+# (N, failures, runs); several observations may share an N (batches of different seeds).
+Evidence = list[list[tuple[float, int, int]]]
+
+
+def grid_failure_evidence(ns, success) -> Evidence:
+  """Per point, one observation per grid N: the selection seeds that failed there.
+
+  Args:
+    ns: (P, n) or (n,) the N of each grid index (per point, or shared).
+    success: (P, n, seeds) bool.
+
+  Returns:
+    ``evidence[p] = [(N, failures, seeds) for each grid N]``; a list per point, to which
+    the fresh batches append their observations.
+  """
+  success = np.asarray(success, bool)
+  ns = np.broadcast_to(np.asarray(ns, np.float64), success.shape[:2])
+  return [[(ns[p, i], int((~success[p, i]).sum()), success.shape[2])
+           for i in range(success.shape[1])] for p in range(success.shape[0])]
+
+
+def smooth_strict_n(evidence: Evidence, level: float
+                    ) -> tuple[np.ndarray, list[FailureCurve]]:
+  """(N per point, fits): :func:`failure_probit_n` of each point's pooled evidence at ``level``."""
+  fits = [failure_probit_n(*np.array(ev, np.float64).T, level) for ev in evidence]
+  return np.array([f.n_level for f in fits]), fits
+
+
+def pooled_failures(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(N, failures, runs) of one point's evidence, pooled per distinct N (increasing N)."""
+  ev = np.array(rows, np.float64)
+  ns = np.unique(ev[:, 0])
+  k = np.array([ev[ev[:, 0] == n, 1].sum() for n in ns])
+  m = np.array([ev[ev[:, 0] == n, 2].sum() for n in ns])
+  return ns, k, m
+
+
+def failure_curves_figure(plt, panels, evidence: Evidence, fits: Sequence[FailureCurve],
+                          n_verified, level: float, suptitle: str, xlabel: str = "N"):
+  """One panel per sweep: pooled strict failure rates against N per point, the fitted probit
+  curves, the N they read off at ``level`` (o) and the verified N (x).
+
+  Args:
+    plt: ``matplotlib.pyplot``.
+    panels: (title, [(point index, label), ...]) per panel.
+    evidence, fits: per point, as from :func:`smooth_strict_n`.
+    n_verified: (P,) the verified N per point (nan: none), e.g. :func:`feasible_n`'s.
+
+  Returns:
+    The figure (for the caller to save).
+  """
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), squeeze=False)
+  for ax, (title, members) in zip(axes[0], panels):
+    for p, label in members:
+      ns, k, m = pooled_failures(evidence[p])
+      fit = fits[p]
+      line, = ax.plot(ns, np.clip(k / m, 3e-3, 1 - 3e-3), ".", label=label)
+      if np.isfinite(fit.a):
+        grid = np.geomspace(ns.min(), ns.max(), 200)
+        ax.plot(grid, fit.prob(grid), color=line.get_color(), lw=1)
+      if np.isfinite(fit.n_level):
+        ax.plot([fit.n_level], [level], "o", color=line.get_color())
+      if np.isfinite(n_verified[p]):
+        ax.plot([n_verified[p]], [level], "x", color=line.get_color())
+    ax.axhline(level, color="k", ls=":", lw=1)
+    ax.set(xscale="log", yscale="logit", ylim=(2e-3, 1 - 2e-3), xlabel=xlabel,
+           ylabel="strict failure rate (violation or not eps-optimal)", title=title)
+    ax.legend(fontsize=7)
+  fig.suptitle(suptitle)
+  return fig

@@ -161,9 +161,10 @@ def test_experiment_end_to_end(tmp_path):
   from experiments import camdp_sample_complexity as exp
   from experiments.harness import RunContext
   cfg = dataclasses.replace(
-      exp.Config(), n_states=6, n_actions=3, eps_grid=(0.2, 0.1), H_grid=(5.0, 10.0),
-      zeta_grid=(0.1, 0.2), relaxed_n_range=(16, 4096), strict_n_range=(2 ** 12, 2 ** 26),
-      n_per_octave=1, n_seeds=4, n_check_seeds=4, n_grid=64, n_iters=2 ** 12, batch_size=256)
+      exp.Config(), n_states=6, n_actions=3, eps_grid=(0.2, 0.1, 0.05), H_grid=(3.0, 5.0, 10.0),
+      zeta_grid=(0.1, 0.14, 0.2), relaxed_n_range=(16, 4096), strict_n_range=(2 ** 12, 2 ** 26),
+      n_per_octave=1, n_seeds=4, n_check_seeds=4, n_grid=64, n_iters=2 ** 12, batch_size=256,
+      strict_smooth_level=0.25)   # 3 points per sweep (slope intervals); a level 8 seeds resolve
   ctx = RunContext(tmp_path, seed=0)
   head = exp.run(cfg, ctx)
   for k in ("slope_eps", "slope_span", "slope_zeta", "slope_eps_lo", "slope_zeta_hi",
@@ -174,5 +175,12 @@ def test_experiment_end_to_end(tmp_path):
   assert head["strict_violations"] == 0 and head["strict_unsettled"] == 0
   assert head["strict_check_runs"] >= 4 * 5 and head["strict_violations_at_success_n"] >= 0
   assert head["n_star_base"] >= head["n_star_success_base"]
-  for f in ("metrics.csv", "n_star.csv", "error_vs_n.png", "n_star.png"):
+  # The smooth strict estimator: every key there and finite.
+  smooth = [f"strict_smooth_slope_{s}{e}" for s in ("eps", "span", "zeta")
+            for e in ("", "_lo", "_hi")] + ["strict_smooth_n_base", "strict_smooth_level"]
+  assert all(np.isfinite(head[k]) for k in smooth), {k: head.get(k) for k in smooth}
+  assert head["strict_smooth_level"] == 0.25
+  assert "n_star_smooth" in (tmp_path / "n_star.csv").read_text().splitlines()[0]
+  for f in ("metrics.csv", "n_star.csv", "error_vs_n.png", "n_star.png",
+            "strict_failure_curves.png"):
     assert (tmp_path / f).stat().st_size > 0

@@ -163,7 +163,12 @@ def test_collab_matches_numpy_float64_loop_on_the_same_noise(action_set, n_arms)
       carry, (drawn, keys))
   arms = None if action_set == env.BALL else inst.arms[0, 0]
   ref = numpy_ref.collab_loop(inst.theta[0, 0], noise, n1=n1, arms=arms)
-  np.testing.assert_allclose(np.asarray(cum[:, 0, 0]), ref, rtol=2e-4, atol=1e-3)
+  # On the ball float32 round-off eventually flips which of the two ascent starts wins
+  # (here at round 84, a discrete change of action), after which the runs drift apart; the
+  # first 80 rounds cover the refreshes at 6, 12, 24 and 48. The refresh itself is compared
+  # on identical inputs at every epoch in test_random_effects_refresh_matches_numpy.
+  upto = 80 if action_set == env.BALL else n
+  np.testing.assert_allclose(np.asarray(cum[:upto, 0, 0]), ref[:upto], rtol=2e-4, atol=1e-3)
   assert int(state.t) == n and float(state.sigma2_hat[0, 0]) > 0
   if action_set == env.BALL:
     np.testing.assert_allclose(numpy_ref.collab_vectorized(inst.theta[0, 0], noise, n1=n1), ref,
@@ -191,6 +196,64 @@ def test_run_per_device_matches_one_program_and_exports_agent_layout():
   # V_i is the sum of the agent's own x x^T: trace = rounds played, 0 for padded agents.
   tr = np.trace(np.asarray(st.gram), axis1=0, axis2=1)
   np.testing.assert_allclose(tr, np.where(inst.agent_mask.transpose(2, 0, 1), n, 0.0), rtol=1e-5)
+
+
+def _adaptive_data(rng, theta, n, explore):
+  """Gram matrices and b of agents that mostly play their own direction (as on the ball):
+  V_i = sum_s x x^T, b_i = sum_s (x^T theta_i + noise) x; theta (m, d)."""
+  m, d = theta.shape
+  gram, b = np.zeros((m, d, d)), np.zeros((m, d))
+  for i in range(m):
+    u = theta[i] / np.linalg.norm(theta[i])
+    x = u[None] + explore * rng.normal(size=(n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = x @ theta[i] + rng.normal(size=n)
+    gram[i], b[i] = x.T @ x, x.T @ y
+  return gram, b
+
+
+def _jax_refresh(gram, b, t, n1, sigma2_prev, **kw):
+  """collab's refresh at round t on given (m, d, d) Gram matrices and b (one run)."""
+  m, d = b.shape
+  spec = algorithms.LinSpec(agent_mask=jnp.ones((m, 1), bool), noise_std=jnp.ones(1),
+                            s_bound=jnp.ones(1), delta=jnp.full(1, 0.01),
+                            pop_mean=jnp.zeros((d, 1)), pop_sigma=jnp.zeros(1))
+  algo = algorithms.make("collab", n1=n1, **kw)
+
+  @jax.jit
+  def refresh(gram, b, t, s2):
+    st = algo.init(None, spec).replace(gram=gram, b=b, t=t, sigma2_hat=s2)
+    return algo.update(st, jnp.zeros((d, m)), env.Observation(reward=jnp.zeros(m)))  # x = 0
+
+  st = refresh(jnp.asarray(np.moveaxis(gram, 0, -1), jnp.float32), jnp.asarray(b.T, jnp.float32),
+               jnp.int32(t - 1), jnp.full(1, sigma2_prev, jnp.float32))
+  return float(st.sigma2_hat[0]), np.asarray(st.mu_hat[:, 0]), np.asarray(st.ridge.theta).T
+
+
+def test_random_effects_refresh_matches_numpy_and_recovers_population():
+  """On adaptive designs (each agent mostly plays its own direction) the JAX refresh equals
+  the float64 numpy one (explicit inverses), recovers sigma^2 and mu orthogonally to mu, and
+  there its GLS mean beats the pooled ridge mean of the first version (measured: 0.03 vs 0.09).
+  Along mu both are biased up by about sigma^2 (d - 1) / ||mu|| = 0.16 (measured 0.13, 0.17):
+  an agent's design follows theta_i, so what it measures well is ||theta_i|| along its own
+  direction, which the linear model reads as a larger mu; not checked here."""
+  d, m, sigma, n1 = 5, 300, 0.2, 10
+  rng = np.random.default_rng(0)
+  mu = np.array([1.0, 0.0, 0.0, 0.0, 0.0])
+  theta = mu[None] + sigma * rng.normal(size=(m, d))
+  gram, b = _adaptive_data(rng, theta, 400, 0.15)
+  emp_mu, emp_s2 = theta.mean(axis=0), theta.var(axis=0).mean()
+  for t, prev in ((n1, 0.0), (4 * n1, 0.01)):
+    s2, mu_hat, th = _jax_refresh(gram, b, t, n1, prev)
+    ref = numpy_ref.refresh(gram, b, t == n1, noise_std=1.0, lam0=1.0, sigma_min=1e-3,
+                            sigma2_prev=prev)
+    np.testing.assert_allclose(s2, ref[1], rtol=1e-3)
+    np.testing.assert_allclose(mu_hat, ref[0], atol=1e-4)
+    np.testing.assert_allclose(th, ref[4], atol=1e-3)
+    np.testing.assert_allclose(s2, emp_s2, rtol=0.25)
+    assert np.linalg.norm((mu_hat - emp_mu)[1:]) < 0.05
+  _, mu_old, _ = _jax_refresh(gram, b, n1, n1, 0.0, estimator="pooled_moments")
+  assert np.linalg.norm((mu_old - emp_mu)[1:]) > 2 * np.linalg.norm((mu_hat - emp_mu)[1:])
 
 
 def test_epoch_schedule():
@@ -231,7 +294,7 @@ def extremes():
 
 def test_collab_is_pooled_when_agents_are_identical(extremes):
   """sigma = 0: within a factor 3 of pooled OFUL and closer to it than to independent OFUL
-  (log ratio); measured (4 seeds): collab / pooled ~ 1.5, collab / independent ~ 0.56."""
+  (log ratio); measured (4 seeds): collab / pooled 1.46, collab / independent 0.54."""
   c, p, i = extremes["collab"][0], extremes["pooled_oful"][0], extremes["ind_oful"][0]
   assert p / 3 <= c <= 3 * p, (c, p)
   assert abs(math.log(c / p)) < abs(math.log(c / i)), (c, p, i)
@@ -239,7 +302,7 @@ def test_collab_is_pooled_when_agents_are_identical(extremes):
 
 def test_collab_is_independent_when_agents_differ_wildly(extremes):
   """sigma = 3: within a factor 2 of independent OFUL and closer to it than to pooled OFUL
-  (which is then far worse: linear regret); measured: collab / independent ~ 0.9."""
+  (which is then far worse: linear regret); measured: collab / independent 0.86."""
   c, p, i = extremes["collab"][1], extremes["pooled_oful"][1], extremes["ind_oful"][1]
   assert i / 2 <= c <= 2 * i, (c, i)
   assert abs(math.log(c / i)) < abs(math.log(c / p)), (c, p, i)

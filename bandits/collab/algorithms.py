@@ -11,7 +11,8 @@ Registry names (configs and results.json headline keys ``regret_<name>``):
 
 ===============  ==============================================================
 ``collab``       two-stage collaborative: pooled exploration, then personalized
-                 OFUL with an empirical-Bayes prior N(mu_hat, sigma_hat^2 + tau^2)
+                 OFUL with an empirical-Bayes (random-effects) prior
+                 N(mu_hat, sigma_hat^2 + tau^2), refreshed at doubling epochs
 ``ind_oful``     independent OFUL (LinUCB) per agent (Abbasi-Yadkori et al. 2011)
 ``ind_ts``       independent linear Thompson sampling per agent
 ``pooled_oful``  fully pooled OFUL: one shared parameter for all agents
@@ -35,7 +36,8 @@ per-run selects.
 
 Inverse Gram matrices are updated by Sherman-Morrison every round; a matrix is
 inverted only when the collaborative algorithm refreshes its prior (at rounds
-n1, 2 n1, 4 n1, ..., log2(n / n1) times per run).
+n1, 2 n1, 4 n1, ..., log2(n / n1) times per run; n_scoring + 2 inversions per
+agent each time).
 """
 
 from __future__ import annotations
@@ -343,34 +345,55 @@ def is_epoch_start(t, n1: int):
   return (t >= n1) & (t % n1 == 0) & ((k & (k - 1)) == 0)
 
 
-def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3,
-           n_iter: int = 4) -> LinearAlgorithm:
+def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3, n_iter: int = 4,
+           estimator: str = "random_effects", n_scoring: int = 4) -> LinearAlgorithm:
   """Two-stage collaborative personalized OFUL (our reconstruction of arXiv 2506.15943).
 
   Stage 1 (rounds t < n1, pooled exploration): agent i plays a fixed design,
   basis vector e_{(t + i) mod d} on the ball and arm (t + i) mod K of a finite
   or context set, so that every agent's Gram matrix V_i is well conditioned
-  and the population can be estimated. At t = n1, empirical Bayes:
-    mu_hat = pooled ridge estimate (P = lam0 I + sum_i V_i),
-    sigma_hat^2 = method of moments on the per-agent ridge estimates
-      theta_hat_i = G_i b_i, G_i = (V_i + lam0 I)^-1, W_i = G_i V_i:
-      sum_i (||theta_hat_i - W_i mu_hat||^2 - noise^2 tr(G_i V_i G_i))
-      / sum_i tr(W_i W_i^T), floored at sigma_min^2.
+  and the population can be estimated. At t = n1, 2 n1, 4 n1, ... empirical
+  Bayes on all agents' data (V_i = sum_s x x^T, b_i = sum_s r x), under the
+  random-effects model b_i ~ N(V_i mu, sigma^2 V_i^2 + noise^2 V_i) given
+  the designs (``estimator='random_effects'``, the default):
+    M_i = (noise^2 I + sigma_hat^2 V_i)^-1, W_i = M_i V_i,
+    mu_hat = F^-1 sum_i M_i b_i, F = sum_i W_i + (lam0 / noise^2) I
+      (generalized least squares: each agent's information about mu is
+      capped at 1 / sigma^2 per direction; sigma = 0 gives the pooled ridge
+      estimate), Cov(mu_hat) = F^-1, tau^2 = tr(F^-1) / d;
+    sigma_hat^2: ``n_scoring`` REML Fisher-scoring steps,
+      sigma^2 += (sum_i (||M_i r_i||^2 - tr W_i) + tr(F^-1 sum_i W_i^2))
+                 / sum_i tr(W_i^2),   r_i = b_i - V_i mu_hat,
+      floored at sigma_min^2, from sigma_min^2 at n1 and from the previous
+      estimate at later refreshes (so the iteration continues across epochs).
+  ``estimator='pooled_moments'`` is the first version, kept for comparison:
+  pooled ridge mu_hat (P = lam0 I + sum_i V_i), a method-of-moments
+  sigma_hat^2 computed once at n1 (from 2 observations per direction and
+  agent, mostly noise: at d=10, m=20, sigma=0.07 it came out 0.001 (the
+  floor) in 3 of 6 seeds and 0.26-0.33 in two) and kept, and
+  tau^2 = noise^2 tr(P^-1) / d + sigma_hat^2 / m. On adaptive designs (an
+  agent mostly plays along its own theta_i) the pooled mean is badly
+  conditioned orthogonally to mu: |mu_hat - mu| was still 0.1-0.4 at
+  n = 10^4. The random-effects refresh got sigma_hat within 0.055-0.09 of
+  0.07 and |mu_hat - mu| 0.09-0.15 there, and 27% less regret (ball,
+  d=10, m=20, sigma=0.07, n=10^4, 6 seeds: 17.3k vs 23.9k). Both read
+  ||theta_i|| along an agent's own direction as a larger mu (bias about
+  sigma^2 (d - 1) / ||mu|| along mu): the design follows theta_i, which the
+  linear model does not know.
   Stage 2 (t >= n1): each agent runs OFUL on ridge regression towards
-  mu_hat with precision lam = noise^2 / (sigma_hat^2 + tau^2), where
-  tau^2 = noise^2 tr(P^-1) / d + sigma_hat^2 / m is the per-coordinate
-  uncertainty of mu_hat, and radius
+  mu_hat with precision lam = noise^2 / (sigma_hat^2 + tau^2) and radius
     beta_i = noise (sqrt(2 log(1/delta) + log det(A_i / lam)) + chi2_radius(d, delta)),
   the second term bounding sqrt(lam) ||theta_i - mu_hat|| under the prior.
-  The prior (mu_hat, tau^2, lam) is refreshed from all agents' data at rounds
-  n1, 2 n1, 4 n1, ... (one inversion per agent each time); sigma_hat is kept.
+  Each refresh costs (n_scoring + 2) d x d inversions per agent.
 
   With sigma_hat -> 0 the prior dominates and every agent follows the pooled
   estimate (pooled behaviour, regret ~ d sqrt(m n)); with large sigma_hat,
   lam -> 0 and each agent is an independent OFUL (~ d m sqrt(n)).
   Reconstruction choices (not from the paper): the stage-1 design and length,
-  the moment estimator, the doubling refresh, the radius.
+  the estimators of mu and sigma, the doubling refresh, the radius.
   """
+  if estimator not in ("random_effects", "pooled_moments"):
+    raise ValueError(f"estimator must be 'random_effects' or 'pooled_moments'; got {estimator!r}")
 
   def unflat(x, n_lead: int, spec: LinSpec):
     """(*lead, P) -> (*lead, m, *b), the inverse of :func:`flat_batch`."""
@@ -427,20 +450,50 @@ def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3,
     noise2 = spec.noise_std ** 2
     m_eff = jnp.maximum(jnp.sum(mask, axis=0).astype(jnp.float32), 1.0)
     eye = eye_like(noise2, d)
-    pinv, _ = spd_inverse(lam0 * eye + jnp.sum(gram, axis=2))
-    mu_hat = mv(pinv, jnp.sum(b, axis=1))
-    # Method of moments, at the end of stage 1 only.
-    g, _ = spd_inverse(lam0 * eye[:, :, None] + gram)
-    mm = lambda a, c: jnp.sum(a[:, :, None] * c[None], axis=1)
-    w = mm(g, gram)
-    resid = mv(g, b) - mv(w, mu_hat[:, None])
-    noise_tr = jnp.trace(mm(w, g))                          # tr(G V G) = tr(W G), (m, *b)
-    signal_tr = jnp.sum(w * w, axis=(0, 1))
-    num = jnp.sum(jnp.where(mask, dot(resid, resid) - noise2[None] * noise_tr, 0.0), axis=0)
-    den = jnp.maximum(jnp.sum(jnp.where(mask, signal_tr, 0.0), axis=0), _TINY)
-    s2 = jnp.maximum(num / den, sigma_min ** 2)
-    sigma2 = jnp.where(state.t == n1, s2, state.sigma2_hat)
-    tau2 = noise2 * jnp.trace(pinv) / d + sigma2 / m_eff
+    mm = lambda a, c: sum_axis(a[:, :, None] * c[None], 1)
+    first = state.t == n1
+    if estimator == "pooled_moments":
+      # The first version: pooled ridge mean, moment estimator once at the end of stage 1.
+      pinv, _ = spd_inverse(lam0 * eye + jnp.sum(gram, axis=2))
+      mu_hat = mv(pinv, jnp.sum(b, axis=1))
+      g, _ = spd_inverse(lam0 * eye[:, :, None] + gram)
+      w = mm(g, gram)
+      resid = mv(g, b) - mv(w, mu_hat[:, None])
+      noise_tr = jnp.trace(mm(w, g))                        # tr(G V G) = tr(W G), (m, *b)
+      signal_tr = jnp.sum(w * w, axis=(0, 1))
+      num = jnp.sum(jnp.where(mask, dot(resid, resid) - noise2[None] * noise_tr, 0.0), axis=0)
+      den = jnp.maximum(jnp.sum(jnp.where(mask, signal_tr, 0.0), axis=0), _TINY)
+      s2 = jnp.maximum(num / den, sigma_min ** 2)
+      sigma2 = jnp.where(first, s2, state.sigma2_hat)
+      tau2 = noise2 * jnp.trace(pinv) / d + sigma2 / m_eff
+    else:
+      # Random effects: b_i ~ N(V_i mu, sigma^2 V_i^2 + noise^2 V_i) given the designs.
+      # M_i = (noise^2 I + sigma^2 V_i)^-1, W_i = M_i V_i (agent i's precision about mu),
+      # mu_hat = F^-1 sum_i M_i b_i with F = sum_i W_i + (lam0 / noise^2) I (generalized
+      # least squares; sigma = 0 gives the pooled ridge estimate), Cov(mu_hat) = F^-1, and
+      # REML Fisher scoring for sigma^2 (score: sum_i ||M_i r_i||^2 - tr W_i, plus
+      # tr(F^-1 sum_i W_i^2); information: sum_i tr(W_i^2)), r_i = b_i - V_i mu_hat.
+      def gls(s2):
+        mi, _ = spd_inverse(noise2[None, None, None] * eye[:, :, None] +
+                            s2[None, None, None] * gram)
+        wi = jnp.where(mask[None, None], mm(mi, gram), 0.0)
+        mb = jnp.where(mask[None], mv(mi, b), 0.0)
+        finv, _ = spd_inverse(jnp.sum(wi, axis=2) + (lam0 / noise2)[None, None] * eye)
+        return mi, wi, finv, mv(finv, jnp.sum(mb, axis=1))
+
+      def scoring_step(_, s2):
+        mi, wi, finv, mu = gls(s2)
+        mr = mv(mi, b - mv(gram, mu[:, None]))
+        w2 = mm(wi, wi)
+        score = (jnp.sum(jnp.where(mask, dot(mr, mr) - jnp.trace(wi), 0.0), axis=0) +
+                 jnp.trace(mm(finv, jnp.sum(w2, axis=2))))
+        info = jnp.maximum(jnp.sum(jnp.trace(w2), axis=0), _TINY)
+        return jnp.maximum(s2 + score / info, sigma_min ** 2)
+
+      s2 = jnp.where(first, sigma_min ** 2, state.sigma2_hat)
+      sigma2 = jax.lax.fori_loop(0, n_scoring, scoring_step, s2)
+      _, _, finv, mu_hat = gls(sigma2)
+      tau2 = jnp.trace(finv) / d
     lam = noise2 / (sigma2 + tau2)
     a = lam[None, None, None] * eye[:, :, None] + gram
     ainv, logdet_a = spd_inverse(a)

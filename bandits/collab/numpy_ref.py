@@ -66,27 +66,50 @@ def is_epoch_start(t, n1):
   return t >= n1 and t % n1 == 0 and (k & (k - 1)) == 0
 
 
-def refresh(gram, b, n_seen_first, *, noise_std, lam0, sigma_min, sigma2_prev):
+def refresh(gram, b, n_seen_first, *, noise_std, lam0, sigma_min, sigma2_prev,
+            estimator="random_effects", n_scoring=4):
   """The empirical-Bayes step: (mu_hat, sigma2, lam, A^-1 per agent, theta per agent, logdet).
 
-  gram (m, d, d), b (m, d); ``n_seen_first``: True at the end of stage 1
-  (sigma is estimated then and kept afterwards).
+  gram (m, d, d), b (m, d); ``n_seen_first``: True at the end of stage 1.
+  ``estimator='random_effects'`` (default): generalized least squares for mu
+  and ``n_scoring`` REML Fisher-scoring steps for sigma^2 at every refresh,
+  from sigma_min^2 at the end of stage 1 and from the previous estimate after;
+  ``'pooled_moments'``: the first version (pooled ridge mean; moment estimator
+  at the end of stage 1 only). Written with explicit inverses, as the math
+  reads; the JAX version uses Gauss-Jordan on stacked matrices.
   """
   m, d = b.shape
   noise2 = noise_std ** 2
   eye = np.eye(d)
-  pinv = np.linalg.inv(lam0 * eye + gram.sum(axis=0))
-  mu_hat = pinv @ b.sum(axis=0)
-  sigma2 = sigma2_prev
-  if n_seen_first:
-    g = np.linalg.inv(lam0 * eye + gram)
-    w = g @ gram
-    resid = np.einsum("mde,me->md", g, b) - w @ mu_hat
-    noise_tr = np.einsum("mde,med->m", w, g)
-    num = np.sum(np.sum(resid ** 2, axis=1) - noise2 * noise_tr)
-    den = max(np.sum(w * w), 1e-30)
-    sigma2 = max(num / den, sigma_min ** 2)
-  tau2 = noise2 * np.trace(pinv) / d + sigma2 / m
+  if estimator == "pooled_moments":
+    pinv = np.linalg.inv(lam0 * eye + gram.sum(axis=0))
+    mu_hat = pinv @ b.sum(axis=0)
+    sigma2 = sigma2_prev
+    if n_seen_first:
+      g = np.linalg.inv(lam0 * eye + gram)
+      w = g @ gram
+      resid = np.einsum("mde,me->md", g, b) - w @ mu_hat
+      noise_tr = np.einsum("mde,med->m", w, g)
+      num = np.sum(np.sum(resid ** 2, axis=1) - noise2 * noise_tr)
+      den = max(np.sum(w * w), 1e-30)
+      sigma2 = max(num / den, sigma_min ** 2)
+    tau2 = noise2 * np.trace(pinv) / d + sigma2 / m
+  else:
+    def gls(s2):
+      mi = np.linalg.inv(noise2 * eye + s2 * gram)          # (m, d, d)
+      wi = mi @ gram
+      finv = np.linalg.inv(wi.sum(axis=0) + lam0 / noise2 * eye)
+      return mi, wi, finv, finv @ np.einsum("mde,me->d", mi, b)
+    sigma2 = sigma_min ** 2 if n_seen_first else sigma2_prev
+    for _ in range(n_scoring):
+      mi, wi, finv, mu = gls(sigma2)
+      mr = np.einsum("mde,me->md", mi, b - gram @ mu)
+      w2 = wi @ wi
+      score = np.sum(mr ** 2) - np.trace(wi, axis1=1, axis2=2).sum() + np.trace(finv @ w2.sum(0))
+      info = max(np.trace(w2, axis1=1, axis2=2).sum(), 1e-30)
+      sigma2 = max(sigma2 + score / info, sigma_min ** 2)
+    _, _, finv, mu_hat = gls(sigma2)
+    tau2 = np.trace(finv) / d
   lam = noise2 / (sigma2 + tau2)
   a = lam * eye + gram
   ainv = np.linalg.inv(a)
