@@ -134,11 +134,9 @@ def phase_end(s: PhasedState, radius_scale: float = 2.0, follow: bool = True) ->
   zeros = jnp.zeros_like(s.cnt)
   m_next = jnp.where(s.m >= 1 << 28, 1 << 30, s.m * 4)  # 4 M_i without int32 overflow
   arm = first_true(active)
-  acc_arm = arm if follow else s.acc_arm
-  return s.replace(active=active, cnt=zeros, total=zeros, qhat=qhat, pulls=s.pulls + m,
-                   m=m_next, arm=arm, pos=jnp.zeros_like(s.pos), acc_arm=acc_arm,
-                   acc_base=jnp.where(take(active, acc_arm), 0.0, jnp.inf),
-                   arm_base=jnp.zeros_like(s.arm_base))
+  s = s.replace(active=active, cnt=zeros, total=zeros, qhat=qhat, pulls=s.pulls + m,
+                m=m_next, arm=arm, pos=jnp.zeros_like(s.pos))
+  return _point(s, arm if follow else s.acc_arm)
 
 
 def advance(s: PhasedState, radius_scale: float = 2.0, follow: bool = True) -> PhasedState:
