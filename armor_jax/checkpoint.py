@@ -76,15 +76,20 @@ def save(path: str | os.PathLike, cfg: LlamaConfig, params: Mapping,
   path = Path(path)
   path.mkdir(parents=True, exist_ok=True)
   flat = {k: jnp.asarray(v) for k, v in flatten(cast(params, dtype)).items()}
-  tmp = path / "model.safetensors.tmp"
-  save_file(flat, str(tmp))
-  os.replace(tmp, path / "model.safetensors")
   conf = cfg.to_hf()
   conf["armor_jax"] = {"format": FORMAT, "method": method, "dtype": dtype}
-  (path / "config.json").write_text(json.dumps(conf, indent=1))
+  # each file through a temporary name and an atomic rename: a kill leaves no torn file
+  _atomic(path / "model.safetensors", lambda t: save_file(flat, str(t)))
+  _atomic(path / "config.json", lambda t: t.write_text(json.dumps(conf, indent=1)))
   if tokenizer is not None:
-    tokenizer.save(path / "tokenizer.json")
+    _atomic(path / "tokenizer.json", tokenizer.save)
   return (path / "model.safetensors").stat().st_size
+
+
+def _atomic(path: Path, write) -> None:
+  tmp = path.with_name(f".{path.name}.tmp")
+  write(tmp)
+  os.replace(tmp, path)
 
 
 def dense_bytes(cfg: LlamaConfig, dtype: str = "bfloat16") -> int:

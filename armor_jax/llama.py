@@ -1,4 +1,4 @@
-"""A Llama-architecture decoder in Flax linen: Llama-2/3, Qwen2/2.5, SmolLM2.
+"""A Llama-architecture decoder in Flax linen: Llama-2/3/3.1, Qwen2/2.5, Mistral, SmolLM2.
 
 Pre-norm blocks of RMSNorm -> grouped-query attention with rotary embeddings
 -> residual, RMSNorm -> SwiGLU MLP -> residual; a final RMSNorm and a head
@@ -24,7 +24,9 @@ runs without ever forming the dense weights.
 
 Rotary embeddings use the half-split convention of Hugging Face (``rotate_half``)
 with the checkpoint's theta and, when present, its scaling (``linear`` or
-Llama-3's ``llama3``). Everything computes in float32 unless ``dtype`` says
+Llama-3's ``llama3``). Mistral and Qwen2 blocks may attend within a sliding
+window (:meth:`LlamaConfig.window`). :mod:`armor_jax.hf_config` reads every
+transformers layout of ``config.json``. Everything computes in float32 unless ``dtype`` says
 otherwise; softmax and norms always in float32.
 """
 
@@ -39,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from armor_jax import layer as layer_lib, sparsity
+from armor_jax import hf_config, layer as layer_lib, sparsity
 
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 _ATTN = ("q", "k", "v", "o")
@@ -72,8 +74,26 @@ class LlamaConfig:
   attention_bias: bool = False
   max_position: int = 4096
   name: str = "llama"
+  model_type: str | None = None        # llama | qwen2 | mistral; None: qwen2 iff attention_bias
+  sliding_window: int | None = None
+  layer_types: tuple[str, ...] | None = None   # per block: full_attention | sliding_attention
 
   def __post_init__(self):
+    if self.model_type is None:
+      object.__setattr__(self, "model_type", "qwen2" if self.attention_bias else "llama")
+    if self.model_type not in hf_config.ARCHITECTURES:
+      raise ValueError(f"model_type {self.model_type!r}; allowed: "
+                       f"{', '.join(hf_config.ARCHITECTURES)}")
+    if self.attention_bias != (self.model_type == "qwen2"):
+      raise ValueError("q/k/v biases (attention_bias) go with model_type qwen2, and only there")
+    if self.layer_types is not None:
+      object.__setattr__(self, "layer_types", tuple(self.layer_types))
+      if len(self.layer_types) != self.num_layers or self.sliding_window is None:
+        raise ValueError("layer_types needs one entry per layer and a sliding_window")
+    elif self.sliding_window is not None:
+      raise ValueError("sliding_window needs layer_types")
+    if self.sliding_window is not None and self.model_type == "llama":
+      raise ValueError("model_type llama has no sliding window (mistral, qwen2 do)")
     for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
               "num_kv_heads", "head_dim"):
       if int(getattr(self, f)) <= 0:
@@ -94,63 +114,25 @@ class LlamaConfig:
   def block_params(self) -> int:
     return sum(math.prod(self.linear_shape(n)) for n in LINEARS) * self.num_layers
 
-  # -- Hugging Face config.json --------------------------------------------------------------
+  def window(self, layer: int) -> int | None:
+    """The sliding attention window of block ``layer`` (None: full causal attention)."""
+    if self.layer_types is None or self.layer_types[layer] != "sliding_attention":
+      return None
+    return self.sliding_window
+
+  # -- Hugging Face config.json (armor_jax.hf_config) ----------------------------------------
   @classmethod
   def from_hf(cls, d: Mapping[str, Any]) -> "LlamaConfig":
-    """From a Hugging Face ``config.json`` dict (model_type llama, qwen2, mistral-like)."""
-    mt = d.get("model_type", "llama")
-    if mt not in ("llama", "qwen2", "mistral"):
-      raise ValueError(f"model_type {mt!r} is not a Llama-architecture model "
-                       "(supported: llama, qwen2, mistral)")
-    try:
-      heads = int(d["num_attention_heads"])
-      hidden = int(d["hidden_size"])
-      scaling = d.get("rope_scaling")
-      rs = None
-      if scaling:
-        kind = scaling.get("rope_type", scaling.get("type"))
-        if kind == "llama3":
-          rs = RopeScaling("llama3", float(scaling["factor"]),
-                           float(scaling.get("low_freq_factor", 1.0)),
-                           float(scaling.get("high_freq_factor", 4.0)),
-                           int(scaling.get("original_max_position_embeddings", 8192)))
-        elif kind == "linear":
-          rs = RopeScaling("linear", float(scaling["factor"]))
-        elif kind not in (None, "default"):
-          raise ValueError(f"rope_scaling type {kind!r} is not supported (linear, llama3)")
-      return cls(
-          vocab_size=int(d["vocab_size"]), hidden_size=hidden,
-          intermediate_size=int(d["intermediate_size"]),
-          num_layers=int(d["num_hidden_layers"]), num_heads=heads,
-          num_kv_heads=int(d.get("num_key_value_heads") or heads),
-          head_dim=int(d.get("head_dim") or hidden // heads),
-          rope_theta=float(d.get("rope_theta", 10000.0)), rope_scaling=rs,
-          rms_eps=float(d.get("rms_norm_eps", 1e-5)),
-          tie_embeddings=bool(d.get("tie_word_embeddings", False)),
-          attention_bias=bool(d.get("attention_bias", mt == "qwen2")),
-          max_position=int(d.get("max_position_embeddings", 4096)),
-          name=str(d.get("_name_or_path", mt)) or mt)
-    except KeyError as e:
-      raise ValueError(f"config.json lacks the key {e.args[0]!r}") from None
+    """From a Hugging Face ``config.json`` dict, any transformers layout (see
+    :mod:`armor_jax.hf_config`); a setting the decoder lacks raises ValueError naming it."""
+    kw = hf_config.parse(d)
+    if kw["rope_scaling"] is not None:
+      kw["rope_scaling"] = RopeScaling(**kw["rope_scaling"])
+    return cls(**kw)
 
   def to_hf(self) -> dict:
     """A Hugging Face ``config.json`` dict that :meth:`from_hf` maps back to this config."""
-    d = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-         "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-         "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
-         "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
-         "head_dim": self.head_dim, "rope_theta": self.rope_theta, "rms_norm_eps": self.rms_eps,
-         "tie_word_embeddings": self.tie_embeddings, "attention_bias": self.attention_bias,
-         "max_position_embeddings": self.max_position, "hidden_act": "silu",
-         "_name_or_path": self.name}
-    if self.rope_scaling is not None:
-      rs = self.rope_scaling
-      d["rope_scaling"] = {"rope_type": rs.kind, "factor": rs.factor}
-      if rs.kind == "llama3":
-        d["rope_scaling"].update(low_freq_factor=rs.low_freq_factor,
-                                 high_freq_factor=rs.high_freq_factor,
-                                 original_max_position_embeddings=rs.original_max_position)
-    return d
+    return hf_config.dump(self)
 
 
 def rope_frequencies(cfg: LlamaConfig) -> np.ndarray:
@@ -238,9 +220,12 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
+  """Grouped-query causal attention; with ``window``, each position sees itself and the
+  ``window - 1`` before it (transformers' sliding window)."""
   cfg: LlamaConfig
   dtype: Any = jnp.float32
   impl: str = "auto"
+  window: int | None = None
 
   @nn.compact
   def __call__(self, x, positions):
@@ -259,6 +244,8 @@ class Attention(nn.Module):
     s = jnp.einsum("...qkgd,...skd->...kgqs", q.astype(jnp.float32), k.astype(jnp.float32))
     s = s / np.sqrt(hd)
     causal = positions[:, None] >= positions[None, :]
+    if self.window is not None:
+      causal = causal & (positions[:, None] - positions[None, :] < self.window)
     s = jnp.where(causal, s, -jnp.inf)
     pr = jax.nn.softmax(s, axis=-1)
     o = jnp.einsum("...kgqs,...skd->...qkgd", pr, v.astype(jnp.float32)).astype(self.dtype)
@@ -286,12 +273,13 @@ class Block(nn.Module):
   cfg: LlamaConfig
   dtype: Any = jnp.float32
   impl: str = "auto"
+  window: int | None = None
 
   @nn.compact
   def __call__(self, x, positions):
     h = RMSNorm(self.cfg.rms_eps, name="input_norm")(x)
     self.sow("inputs", "qkv", h)
-    x = x + Attention(self.cfg, self.dtype, self.impl, name="attn")(h, positions)
+    x = x + Attention(self.cfg, self.dtype, self.impl, self.window, name="attn")(h, positions)
     h = RMSNorm(self.cfg.rms_eps, name="post_norm")(x)
     self.sow("inputs", "gate_up", h)
     return x + MLP(self.cfg, self.dtype, self.impl, name="mlp")(h)
@@ -316,7 +304,7 @@ class Llama(nn.Module):
   def setup(self):
     c = self.cfg
     self.embed = nn.Embed(c.vocab_size, c.hidden_size, name="embed")
-    self.layers = [Block(c, self.dtype, self.impl, name=f"layers_{i}")
+    self.layers = [Block(c, self.dtype, self.impl, c.window(i), name=f"layers_{i}")
                    for i in range(c.num_layers)]
     self.norm = RMSNorm(c.rms_eps, name="norm")
     if not c.tie_embeddings:
@@ -353,13 +341,15 @@ def embed(params: Mapping, tokens: jax.Array) -> jax.Array:
 
 
 def block_forward(block_params: Mapping, x: jax.Array, cfg: LlamaConfig,
-                  capture: bool = False):
-  """One block on hidden states x (..., seq, hidden); with ``capture`` also the
-  inputs of its linears ({"qkv", "o", "gate_up", "down"} -> arrays)."""
+                  capture: bool = False, window: int | None = None):
+  """One block on hidden states x (..., seq, hidden), attending within ``window``
+  (``cfg.window(i)`` for block i); with ``capture`` also the inputs of its linears
+  ({"qkv", "o", "gate_up", "down"} -> arrays)."""
   positions = jnp.arange(x.shape[-2])
+  blk = Block(cfg, window=window)
   if not capture:
-    return Block(cfg).apply({"params": block_params}, x, positions)
-  y, col = Block(cfg).apply({"params": block_params}, x, positions, mutable=["inputs"])
+    return blk.apply({"params": block_params}, x, positions)
+  y, col = blk.apply({"params": block_params}, x, positions, mutable=["inputs"])
   flat = {}
   for path, v in jax.tree_util.tree_flatten_with_path(col["inputs"])[0]:
     flat[path[-2].key.removesuffix("_input")] = v

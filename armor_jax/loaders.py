@@ -18,9 +18,15 @@
   safetensors, config.json, tokenizer.json), so a GGUF model can be used
   where a directory is expected.
 
+* :func:`inspect`: what can be checked before any weight is read: the config,
+  the shard index, every tensor's name, shape and dtype from the file headers
+  (safetensors headers are parsed directly, GGUF metadata through the mmap'ed
+  reader), and the tokenizer's vocabulary against the embedding's rows.
+
 Every problem with a file (missing, not the format, truncated, a tensor
-missing or of the wrong shape) raises :class:`CheckpointError` naming the
-file and the problem.
+missing, unused, of the wrong shape or dtype, holding NaN or Inf; a tokenizer
+larger than the embedding) raises :class:`CheckpointError` naming the file,
+the tensor and the problem.
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import struct
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
+from armor_jax.errors import InputError
 from armor_jax.llama import LINEARS, LlamaConfig, linear_path
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -43,7 +52,7 @@ HF_LINEAR = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v
              "down": "mlp.down_proj"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
   """A checkpoint file is missing, corrupt, truncated or does not match its config."""
 
 
@@ -96,23 +105,70 @@ def _hf_names(cfg: LlamaConfig) -> dict[str, tuple[tuple[str, ...], tuple[int, .
   return out
 
 
-def _build_tree(cfg: LlamaConfig, get, names: set[str], where: str) -> dict:
+# tensors a checkpoint may carry that the decoder does not use (older Llama files store their
+# rotary tables)
+_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+# safetensors dtypes the loader reads (as float32)
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+
+def check_tensors(cfg: LlamaConfig, tensors: Mapping[str, tuple[tuple[int, ...], str]],
+                  where: str, dtypes: tuple[str, ...] | None = FLOAT_DTYPES) -> None:
+  """Checks a checkpoint's tensor list (HF name -> (shape, dtype)) against ``cfg``: every
+  tensor the config implies is there with its shape (and, given ``dtypes``, a readable
+  dtype), and none is left over that the architecture would not use."""
   spec = _hf_names(cfg)
-  missing = [n for n in spec if n not in names]
+  missing = [n for n in spec if n not in tensors]
   if missing:
-    raise CheckpointError(f"{where}: {len(missing)} tensor(s) missing for this config, "
-                          f"first {missing[0]!r}")
+    raise CheckpointError(f"{where}: tensor {missing[0]!r} is missing ({len(missing)} "
+                          "missing for this config.json)")
+  for name, (_, shape) in spec.items():
+    got, dtype = tensors[name]
+    if tuple(got) != tuple(shape):
+      raise CheckpointError(f"{where}: tensor {name!r} has shape {tuple(got)}, "
+                            f"config.json implies {tuple(shape)}")
+    if dtypes is not None and dtype not in dtypes:
+      raise CheckpointError(f"{where}: tensor {name!r} has dtype {dtype}; readable: "
+                            f"{', '.join(dtypes)}")
+  extra = [n for n in tensors if n not in spec and not _IGNORED.fullmatch(n)
+           and not (n == "lm_head.weight" and cfg.tie_embeddings)]
+  if extra:
+    raise CheckpointError(f"{where}: tensor {extra[0]!r} is not part of the architecture "
+                          f"config.json describes ({len(extra)} such tensor(s))")
+
+
+def _finite(arr: np.ndarray, name: str, where: str) -> np.ndarray:
+  bad = ~np.isfinite(arr)
+  if bad.any():
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise CheckpointError(f"{where}: tensor {name!r} holds {int(bad.sum())} NaN/Inf value(s) "
+                          f"(first at {first})")
+  return arr
+
+
+def _build_tree(cfg: LlamaConfig, get, where: str) -> dict:
+  """The parameter tree, every tensor read with ``get(hf_name)``, checked finite, float32."""
   params: dict = {}
-  for name, (path, shape) in spec.items():
-    arr = get(name)
-    if tuple(arr.shape) != tuple(shape):
-      raise CheckpointError(f"{where}: tensor {name!r} has shape {tuple(arr.shape)}, "
-                            f"the config implies {tuple(shape)}")
+  for name, (path, _) in _hf_names(cfg).items():
+    arr = _finite(np.asarray(get(name), np.float32), name, where)
     node = params
     for k in path[:-1]:
       node = node.setdefault(k, {})
-    node[path[-1]] = jnp.asarray(arr, jnp.float32)
+    node[path[-1]] = jnp.asarray(arr)
   return params
+
+
+class Header(NamedTuple):
+  """What :func:`inspect` learns of a checkpoint without reading its weights."""
+  cfg: LlamaConfig
+  tokenizer: Tokenizer | None
+  source: str
+
+
+def _check_vocab(cfg: LlamaConfig, tok: Tokenizer | None, where: str) -> None:
+  if tok is not None and tok.vocab_size > cfg.vocab_size:
+    raise CheckpointError(f"{where}: the tokenizer has {tok.vocab_size} tokens, the embedding "
+                          f"(vocab_size) only {cfg.vocab_size} rows")
 
 
 # -- Hugging Face directories ------------------------------------------------------------------
@@ -137,62 +193,137 @@ def load_tokenizer_json(path) -> Tokenizer:
     raise CheckpointError(f"{path}: not a readable tokenizer.json ({e})") from None
 
 
-def load_hf(path_or_repo: str | os.PathLike, revision: str | None = None) -> Model:
-  """A Hugging Face checkpoint: a local directory, or a hub repo id (downloaded)."""
-  path = Path(path_or_repo)
-  if not path.exists():
-    name = str(path_or_repo)
-    if name.count("/") != 1 or name.startswith((".", "/")):
-      raise CheckpointError(f"{name}: no such checkpoint directory")
-    try:
-      from huggingface_hub import snapshot_download
-    except ImportError:
-      raise CheckpointError(f"{name}: not a local directory, and huggingface_hub is not "
-                            "installed to fetch it from the hub") from None
-    try:
-      path = Path(snapshot_download(name, revision=revision,
-                                    allow_patterns=["*.json", "*.safetensors"]))
-    except Exception as e:
-      raise CheckpointError(f"{name}: could not fetch from the Hugging Face hub ({e})") from None
-  if not path.is_dir():
-    raise CheckpointError(f"{path}: a Hugging Face checkpoint is a directory")
+def read_config(path: Path) -> LlamaConfig:
+  """The architecture in a config.json file; any problem is a CheckpointError naming it."""
   try:
-    cfg = LlamaConfig.from_hf(_read_json(path / "config.json"))
+    return LlamaConfig.from_hf(_read_json(path))
   except CheckpointError:
     raise
-  except ValueError as e:
-    raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+  except (ValueError, TypeError) as e:
+    raise CheckpointError(f"{path}: {e}") from None
+
+
+def safetensors_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+  """name -> (shape, dtype) from a safetensors file's header, no tensor read; a header that
+  does not parse, or data past the end of the file (truncation), is a CheckpointError."""
+  try:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+      (n,) = struct.unpack("<Q", f.read(8))
+      if n > size - 8:
+        raise ValueError(f"header of {n} bytes in a file of {size}")
+      header = json.loads(f.read(n))
+  except FileNotFoundError:
+    raise CheckpointError(f"{path}: file not found") from None
+  except (OSError, ValueError, struct.error) as e:
+    raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
+  out = {}
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    try:
+      shape, dtype, (_, stop) = tuple(info["shape"]), info["dtype"], info["data_offsets"]
+    except (KeyError, TypeError, ValueError):
+      raise CheckpointError(f"{path}: header entry {name!r} is malformed") from None
+    if 8 + n + stop > size:
+      raise CheckpointError(f"{path}: truncated: tensor {name!r} ends at byte {8 + n + stop}, "
+                            f"the file has {size}")
+    out[name] = (shape, dtype)
+  return out
+
+
+def _hf_files(path: Path) -> dict[str, tuple[Path, tuple[int, ...], str]]:
+  """tensor name -> (its shard, shape, dtype), from the index when there is one and the
+  shards' headers."""
   index = path / "model.safetensors.index.json"
   if index.exists():
-    wm = _read_json(index).get("weight_map", {})
+    wm = _read_json(index).get("weight_map")
+    if not isinstance(wm, Mapping) or not wm:
+      raise CheckpointError(f"{index}: no weight_map")
     files = sorted(set(wm.values()))
   else:
-    files = sorted(p.name for p in path.glob("*.safetensors"))
+    wm, files = None, sorted(p.name for p in path.glob("*.safetensors"))
   if not files:
     raise CheckpointError(f"{path}: no *.safetensors files")
-  from safetensors import safe_open
-  handles, where = {}, {}
+  where: dict[str, tuple[Path, tuple[int, ...], str]] = {}
   for f in files:
     fp = path / f
     if not fp.exists():
       raise CheckpointError(f"{fp}: listed in the index but not found")
-    try:
-      h = safe_open(str(fp), framework="flax")
-      for k in h.keys():
-        where[k] = h
-      handles[f] = h
-    except Exception as e:
-      raise CheckpointError(f"{fp}: not a readable safetensors file ({e})") from None
+    for name, (shape, dtype) in safetensors_header(fp).items():
+      if wm is not None and wm.get(name) != f:
+        raise CheckpointError(f"{fp}: holds tensor {name!r}, which the index puts in "
+                              f"{wm.get(name)!r}")
+      where[name] = (fp, shape, dtype)
+  if wm is not None:
+    lost = [k for k in wm if k not in where]
+    if lost:
+      raise CheckpointError(f"{path / wm[lost[0]]}: lacks tensor {lost[0]!r} that the index "
+                            "lists there")
+  return where
 
-  def get(name):
-    try:
-      return where[name].get_tensor(name)
-    except Exception as e:
-      raise CheckpointError(f"{path}: tensor {name!r} could not be read ({e})") from None
 
-  params = _build_tree(cfg, get, set(where), str(path))
+def _hub_snapshot(name: str, revision: str | None, patterns: list[str]) -> Path:
+  if name.count("/") != 1 or name.startswith((".", "/")):
+    raise CheckpointError(f"{name}: no such checkpoint directory")
+  try:
+    from huggingface_hub import snapshot_download
+  except ImportError:
+    raise CheckpointError(f"{name}: not a local directory, and huggingface_hub is not "
+                          "installed to fetch it from the hub") from None
+  try:
+    return Path(snapshot_download(name, revision=revision, allow_patterns=patterns))
+  except Exception as e:
+    raise CheckpointError(f"{name}: could not fetch from the Hugging Face hub ({e})") from None
+
+
+def _hf_dir(path_or_repo, revision, patterns) -> Path:
+  path = Path(path_or_repo)
+  if not path.exists():
+    path = _hub_snapshot(str(path_or_repo), revision, patterns)
+  if not path.is_dir():
+    raise CheckpointError(f"{path}: a Hugging Face checkpoint is a directory")
+  return path
+
+
+def inspect_hf(path_or_repo: str | os.PathLike, revision: str | None = None) -> Header:
+  """Checks a Hugging Face checkpoint without reading its weights (see :func:`inspect`).
+
+  For a hub repo id only its JSON files are fetched: config and tokenizer are checked here,
+  the shards' headers when :func:`load_hf` fetches them."""
+  local = Path(path_or_repo).exists()
+  path = _hf_dir(path_or_repo, revision, ["*.json"])
+  cfg = read_config(path / "config.json")
+  if local:
+    check_tensors(cfg, {k: v[1:] for k, v in _hf_files(path).items()}, str(path))
   tok_path = path / "tokenizer.json"
   tok = load_tokenizer_json(tok_path) if tok_path.exists() else None
+  _check_vocab(cfg, tok, str(tok_path))
+  return Header(cfg, tok, str(path))
+
+
+def load_hf(path_or_repo: str | os.PathLike, revision: str | None = None) -> Model:
+  """A Hugging Face checkpoint: a local directory, or a hub repo id (downloaded)."""
+  path = _hf_dir(path_or_repo, revision, ["*.json", "*.safetensors"])
+  cfg = read_config(path / "config.json")
+  where = _hf_files(path)
+  check_tensors(cfg, {k: v[1:] for k, v in where.items()}, str(path))
+  from safetensors import safe_open
+  handles = {}
+
+  def get(name):
+    f = where[name][0]
+    try:
+      if f not in handles:
+        handles[f] = safe_open(str(f), framework="flax")
+      return handles[f].get_tensor(name)
+    except Exception as e:
+      raise CheckpointError(f"{f}: tensor {name!r} could not be read ({e})") from None
+
+  params = _build_tree(cfg, get, str(path))
+  tok_path = path / "tokenizer.json"
+  tok = load_tokenizer_json(tok_path) if tok_path.exists() else None
+  _check_vocab(cfg, tok, str(tok_path))
   return Model(cfg, params, tok, str(path))
 
 
@@ -254,10 +385,13 @@ def _gguf_tokenizer(reader, where: str) -> Tokenizer:
   return Tokenizer(tok)
 
 
-def load_gguf(path: str | os.PathLike) -> Model:
-  """A Llama-architecture GGUF file, dequantized to float32."""
+_GG_LIN = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
+           "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
+
+
+def _gguf_open(path: Path):
+  """(reader, config, HF name -> GGUF tensor) of a GGUF file, every header checked."""
   import gguf
-  path = Path(path)
   if not path.exists():
     raise CheckpointError(f"{path}: file not found")
   with open(path, "rb") as f:
@@ -271,12 +405,12 @@ def load_gguf(path: str | os.PathLike) -> Model:
         from None
   arch = _field(reader, "general.architecture")
   if arch not in ("llama", "qwen2"):
-    raise CheckpointError(f"{path}: architecture {arch!r} is not Llama-family (llama, qwen2)")
+    raise CheckpointError(f"{path}: architecture {arch!r} is not supported (llama, qwen2)")
   g = lambda k, d=None: _field(reader, f"{arch}.{k}", d)
+  tensors = {t.name: t for t in reader.tensors}
   try:
     heads = int(g("attention.head_count"))
     hidden = int(g("embedding_length"))
-    names = {t.name for t in reader.tensors}
     vocab = len(_field(reader, "tokenizer.ggml.tokens") or []) or int(g("vocab_size"))
     cfg = LlamaConfig(
         vocab_size=vocab, hidden_size=hidden,
@@ -285,44 +419,72 @@ def load_gguf(path: str | os.PathLike) -> Model:
         head_dim=int(g("attention.key_length", hidden // heads)),
         rope_theta=float(g("rope.freq_base", 10000.0)),
         rms_eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)),
-        tie_embeddings="output.weight" not in names,
-        attention_bias="blk.0.attn_q.bias" in names,
+        tie_embeddings="output.weight" not in tensors,
+        attention_bias=arch == "qwen2", model_type=arch,
         max_position=int(g("context_length", 4096)),
         name=str(_field(reader, "general.name", path.stem)))
   except (TypeError, ValueError) as e:
     raise CheckpointError(f"{path}: incomplete model metadata ({e})") from None
   if g("rope.scaling.type") not in (None, "none"):
     raise CheckpointError(f"{path}: rope scaling {g('rope.scaling.type')!r} is not supported")
-
-  tensors = {t.name: t for t in reader.tensors}
-  gg_lin = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
-            "gate": "ffn_gate", "up": "ffn_up", "down": "ffn_down"}
+  if "rope_freqs.weight" in tensors:
+    raise CheckpointError(f"{path}: tensor 'rope_freqs.weight' (per-frequency rotary factors, "
+                          "llama.cpp's form of Llama-3 scaling) is not supported; load the "
+                          "Hugging Face checkpoint")
   to_gguf = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight":
              "output_norm.weight", "lm_head.weight": "output.weight"}
   for i in range(cfg.num_layers):
     to_gguf[f"model.layers.{i}.input_layernorm.weight"] = f"blk.{i}.attn_norm.weight"
     to_gguf[f"model.layers.{i}.post_attention_layernorm.weight"] = f"blk.{i}.ffn_norm.weight"
     for n in LINEARS:
-      to_gguf[f"model.layers.{i}.{HF_LINEAR[n]}.weight"] = f"blk.{i}.{gg_lin[n]}.weight"
+      to_gguf[f"model.layers.{i}.{HF_LINEAR[n]}.weight"] = f"blk.{i}.{_GG_LIN[n]}.weight"
       if n in ("q", "k", "v"):
-        to_gguf[f"model.layers.{i}.{HF_LINEAR[n]}.bias"] = f"blk.{i}.{gg_lin[n]}.bias"
+        to_gguf[f"model.layers.{i}.{HF_LINEAR[n]}.bias"] = f"blk.{i}.{_GG_LIN[n]}.bias"
+  mapped = {gn: hf for hf, gn in to_gguf.items()}
+  listed = {}
+  for gn, t in tensors.items():
+    if gn not in mapped:
+      raise CheckpointError(f"{path}: tensor {gn!r} is not part of the architecture the "
+                            "metadata describes")
+    listed[mapped[gn]] = (tuple(int(x) for x in reversed(t.shape)), t.tensor_type.name)
+  # GGUF names its tensors otherwise: report shape problems under the GGUF name
+  try:
+    check_tensors(cfg, listed, str(path), dtypes=None)
+  except CheckpointError as e:
+    msg = str(e)
+    for hf, gn in to_gguf.items():
+      msg = msg.replace(repr(hf), repr(gn))
+    raise CheckpointError(msg.replace("config.json", "the metadata")) from None
+  return reader, cfg, {hf: tensors[gn] for hf, gn in to_gguf.items() if gn in tensors}
+
+
+def inspect_gguf(path: str | os.PathLike) -> Header:
+  """Checks a GGUF file without dequantizing its tensors (see :func:`inspect`)."""
+  path = Path(path)
+  reader, cfg, _ = _gguf_open(path)
+  return Header(cfg, _gguf_tokenizer(reader, str(path)), str(path))
+
+
+def load_gguf(path: str | os.PathLike) -> Model:
+  """A Llama-architecture GGUF file, dequantized to float32."""
+  import gguf
+  path = Path(path)
+  reader, cfg, tensors = _gguf_open(path)
 
   def get(hf_name):
-    gname = to_gguf[hf_name]
-    t = tensors[gname]
+    t = tensors[hf_name]
     try:
       w = gguf.quants.dequantize(t.data, t.tensor_type)
     except Exception as e:
-      raise CheckpointError(f"{path}: tensor {gname!r} could not be dequantized ({e})") from None
+      raise CheckpointError(f"{path}: tensor {t.name!r} could not be dequantized ({e})") from None
     w = np.asarray(w, np.float32).reshape(tuple(int(s) for s in reversed(t.shape)))
-    if gname.endswith("attn_q.weight") or gname.endswith("attn_q.bias"):
+    if t.name.endswith("attn_q.weight") or t.name.endswith("attn_q.bias"):
       w = _unpermute(w, cfg.num_heads)
-    elif gname.endswith("attn_k.weight") or gname.endswith("attn_k.bias"):
+    elif t.name.endswith("attn_k.weight") or t.name.endswith("attn_k.bias"):
       w = _unpermute(w, cfg.num_kv_heads)
     return w
 
-  present = {hf for hf, gn in to_gguf.items() if gn in tensors}
-  params = _build_tree(cfg, get, present, str(path))
+  params = _build_tree(cfg, get, str(path))
   return Model(cfg, params, _gguf_tokenizer(reader, str(path)), str(path))
 
 
@@ -353,6 +515,17 @@ def load_model(spec: str) -> Model:
   if str(spec).endswith(".gguf"):
     return load_gguf(spec)
   return load_hf(spec)
+
+
+def inspect(spec: str) -> Header:
+  """Checks the model :func:`load_model` would load, reading headers only: its config, its
+  shard index, every tensor's name, shape and dtype, its tokenizer's vocabulary against the
+  embedding. Raises :class:`CheckpointError` naming the file, the tensor and the problem."""
+  if spec in ("smollm2", "default", ""):
+    return inspect_gguf(default_gguf_path())
+  if str(spec).endswith(".gguf"):
+    return inspect_gguf(spec)
+  return inspect_hf(spec)
 
 
 def text_config(model: Model) -> Mapping[str, Any]:

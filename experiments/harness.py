@@ -2,6 +2,9 @@
 
 An experiment is a module with a frozen ``Config`` schema and a function
 ``run(cfg, ctx) -> headline`` that returns a flat mapping of named numbers.
+It may define ``preflight(cfg)``, run by the entry point before any directory
+is made, to check the files its config names (raising ``ConfigError`` or
+``InputError``; both print one line and exit with code 2).
 It writes its curves and figures through ``ctx`` (atomically, into the run
 directory) and may put non-numeric facts in ``ctx.info`` (the instance it ran
 on, for example). :func:`execute` does the rest: validation, resume, timing,
@@ -54,21 +57,32 @@ class Experiment(NamedTuple):
   schema: type
   run: Callable[[Any, "RunContext"], Mapping[str, float]]
   doc: str
+  preflight: Callable[[Any], None] | None = None
+
+
+class RunError(RuntimeError):
+  """A run cannot give a result to trust (e.g. a NaN where a number is due): one line,
+  exit code 1, no results.json."""
 
 
 def get_experiment(name: str) -> Experiment:
   if name not in EXPERIMENTS:
     raise ConfigError("experiment", "unknown experiment; allowed: " + ", ".join(EXPERIMENTS))
   module = importlib.import_module(EXPERIMENTS[name])
-  return Experiment(name, module.Config, module.run, (module.__doc__ or "").strip())
+  return Experiment(name, module.Config, module.run, (module.__doc__ or "").strip(),
+                    getattr(module, "preflight", None))
 
 
-def split_and_validate(name: str, values: Mapping[str, Any]) -> tuple[RunConfig, Any]:
-  """Validates a resolved config (without its `hydra` node) for experiment ``name``."""
+def split_and_validate(name: str, values: Mapping[str, Any],
+                       preflight: bool = False) -> tuple[RunConfig, Any]:
+  """Validates a resolved config (without its `hydra` node) for experiment ``name``; with
+  ``preflight``, also runs the experiment's checks of the files its config names."""
   exp = get_experiment(name)
   common = {f.name for f in dataclasses.fields(RunConfig)}
   run_cfg = validate(RunConfig, {k: v for k, v in values.items() if k in common})
   exp_cfg = validate(exp.schema, {k: v for k, v in values.items() if k not in common})
+  if preflight and exp.preflight is not None:
+    exp.preflight(exp_cfg)
   return run_cfg, exp_cfg
 
 

@@ -3,7 +3,8 @@
 Kept short on purpose; the work lives in the experiment modules and in
 :mod:`experiments.harness`. Before Hydra creates any directory, every run the
 command line asks for (each value of a ``-m`` sweep) is composed and checked
-against its schema; a bad key or value prints one line and exits with code 2.
+against its schema and by its experiment's ``preflight`` (the files it
+names); a bad key, value or file prints one line and exits with code 2.
 
 Examples::
 
@@ -34,8 +35,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from experiments.harness import execute, split_and_validate
-from experiments.schema import ConfigError
+from experiments.harness import RunError, execute, split_and_validate
+from experiments.schema import ConfigError, InputError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("experiment", "logger", "launcher", "sweep")
@@ -145,7 +146,7 @@ def precheck(args: list[str]) -> int:
       except Exception as e:  # pylint: disable=broad-except
         raise ConfigError(str(getattr(e, "full_key", "command line")),
                           " ".join(str(e).split())) from e
-      split_and_validate(name, values)
+      split_and_validate(name, values, preflight=True)
   return len(runs)
 
 
@@ -158,9 +159,12 @@ def _hydra_main(cfg) -> None:
   resolved = OmegaConf.to_container(cfg, resolve=True)
   try:
     execute(name, resolved, out_dir)
-  except ConfigError as e:  # also checked before Hydra starts; this is a safety net
+  except (ConfigError, InputError) as e:  # checked before Hydra starts where they can be
     print(e, file=sys.stderr)
     sys.exit(2)
+  except RunError as e:
+    print(e, file=sys.stderr)
+    sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
   if not any(a in _INFO_FLAGS for a in args):
     try:
       precheck(args)
-    except ConfigError as e:
+    except (ConfigError, InputError) as e:
       print(e, file=sys.stderr)
       sys.exit(2)
   sys.argv = [sys.argv[0]] + args

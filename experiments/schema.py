@@ -26,7 +26,7 @@ import typing
 from typing import Any, Callable, Mapping
 
 __all__ = [
-    "ConfigError", "Check", "param", "validate", "describe", "gt", "ge", "in_range",
+    "ConfigError", "InputError", "Check", "param", "validate", "describe", "gt", "ge", "in_range",
     "one_of", "each", "nonempty",
 ]
 
@@ -38,6 +38,10 @@ class ConfigError(ValueError):
     self.key = key
     self.message = message
     super().__init__(f"config error: key '{key}': {message}")
+
+
+class InputError(ValueError):
+  """A model, tokenizer or data file named by the config cannot be used (one line, exit 2)."""
 
 
 @dataclasses.dataclass(frozen=True)

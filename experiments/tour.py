@@ -65,6 +65,14 @@ class Config:
       _SMALL_ARMOR, "2:4 pruning of SmolLM2-135M, first blocks only (small scale)")
 
 
+def preflight(cfg: Config) -> None:
+  """Each selected system's own checks of the files its config names."""
+  for system in cfg.systems:
+    check = getattr(MODULES[system], "preflight", None)
+    if check is not None:
+      check(getattr(cfg, system))
+
+
 def run(cfg: Config, ctx) -> dict:
   headline: dict[str, float] = {}
   for system in cfg.systems:

@@ -129,7 +129,7 @@ def _tiny_params(cfg, key=0):
 def test_decoder_matches_float64_numpy(variant):
   cfg = TINY
   if variant == "qwen2_bias_untied":
-    cfg = LlamaConfig(**{**TINY.__dict__, "attention_bias": True, "tie_embeddings": False})
+    cfg = LlamaConfig(**{**TINY.__dict__, "attention_bias": True, "model_type": "qwen2", "tie_embeddings": False})
   elif variant == "llama3_scaling":
     cfg = LlamaConfig(**{**TINY.__dict__, "rope_scaling": RopeScaling("llama3", 8.0, 1.0, 4.0, 16),
                          "tie_embeddings": True})
@@ -157,7 +157,7 @@ def test_rope_llama3_scaling_closed_form():
 
 
 def test_hf_directory_round_trip_and_errors(tmp_path):
-  cfg = LlamaConfig(**{**TINY.__dict__, "attention_bias": True, "tie_embeddings": False,
+  cfg = LlamaConfig(**{**TINY.__dict__, "attention_bias": True, "model_type": "qwen2", "tie_embeddings": False,
                        "rope_scaling": RopeScaling("linear", 2.0)})
   params = _tiny_params(cfg, 3)
   d = loaders.save_hf(loaders.Model(cfg, params, None, "mem"), tmp_path / "hf")
@@ -385,7 +385,7 @@ def test_resume_gives_identical_result(small_model, tmp_path):
   key = jax.random.PRNGKey(5)
   _, full, rec_full = pipeline.prune_model(params, SMALL, calib, pc, key)
   ck = tmp_path / "ck"
-  _, _, part = pipeline.prune_model(params, SMALL, calib, pc, key, checkpoint=ck, stop_after=1)
+  _, _, part = pipeline.prune_model(params, SMALL, calib, pc, key, checkpoint=ck, blocks=1)
   assert len(part) == 7 and json.loads((ck / "progress.json").read_text())["blocks_done"] == 1
   seen = []
   _, resumed, rec = pipeline.prune_model(params, SMALL, calib, pc, key, checkpoint=ck,
