@@ -245,11 +245,12 @@ def _hf_files(path: Path) -> dict[str, tuple[Path, tuple[int, ...], str]]:
     wm, files = None, sorted(p.name for p in path.glob("*.safetensors"))
   if not files:
     raise CheckpointError(f"{path}: no *.safetensors files")
+  absent = [f for f in files if not (path / f).exists()]
+  if absent:
+    raise CheckpointError(f"{path / absent[0]}: listed in the index but not found")
   where: dict[str, tuple[Path, tuple[int, ...], str]] = {}
   for f in files:
     fp = path / f
-    if not fp.exists():
-      raise CheckpointError(f"{fp}: listed in the index but not found")
     for name, (shape, dtype) in safetensors_header(fp).items():
       if wm is not None and wm.get(name) != f:
         raise CheckpointError(f"{fp}: holds tensor {name!r}, which the index puts in "

@@ -1,7 +1,7 @@
 """Writes the config.json files of this folder with transformers' own config classes.
 
 Each model is a published checkpoint's config.json with its dimensions shrunk (hidden 64,
-4 heads, 2 layers, vocabulary 96, sliding windows of a few tokens), everything else as
+4 heads, 2 layers, vocabulary 256 (a byte-level tokenizer), sliding windows of a few tokens), everything else as
 published: rope theta and scaling, biases, tied head, norm epsilon, dtype. Each is written
 three times with ``save_pretrained``: by transformers 4.46 (``rope_theta`` + ``rope_scaling``,
 ``torch_dtype``: the layout of most published checkpoints), 4.57 (``dtype``, Qwen2's
@@ -22,7 +22,7 @@ from pathlib import Path
 import transformers
 from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
-SHRUNK = dict(vocab_size=96, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+SHRUNK = dict(vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
               num_attention_heads=4)
 
 MODELS = {
