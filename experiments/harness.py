@@ -148,6 +148,7 @@ def execute(name: str, resolved: Mapping[str, Any], out_dir: Path) -> dict | Non
           "(resume=false to redo)", file=sys.stderr)
     return None
   out_dir.mkdir(parents=True, exist_ok=True)
+  io.clear_temporaries(out_dir)   # torn files of a killed run; the run writes each anew
   # A stale results.json (other config, or a redo) must not survive a crash of this run.
   (out_dir / io.RESULTS).unlink(missing_ok=True)
   logger = Logger(run_cfg.logger, out_dir, name, values)

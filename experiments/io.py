@@ -51,6 +51,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
       tmp.unlink()
 
 
+def clear_temporaries(run_dir: str | os.PathLike) -> int:
+  """Removes the temporaries :func:`atomic_path` leaves when a run is killed mid-write
+  (``.<name>.<random>.tmp`` anywhere under ``run_dir``); returns how many."""
+  stale = [p for p in Path(run_dir).rglob(".*.tmp") if p.is_file()]
+  for p in stale:
+    p.unlink()
+  return len(stale)
+
+
 def _jsonable(x):
   if isinstance(x, Mapping):
     return {str(k): _jsonable(v) for k, v in x.items()}

@@ -1,0 +1,77 @@
+"""Runs the entry point and SIGKILLs the process at a chosen point (resume tests).
+
+    python tests/kill_at.py POINT N [SUBSTR] -- experiment=armor_prune ...
+
+POINT, counted over the whole process:
+
+* ``layer``: inside a block, as the N-th linear is pruned (armor_jax.pipeline.prune_linear);
+* ``block``: between blocks, right after the N-th block checkpoint is saved;
+* ``eval``: during an evaluation, at the N-th batch of perplexity (armor_jax.text.nll_sums);
+* ``write``: while a file is written, at the N-th atomic rename whose target contains
+  SUBSTR: the temporary file is cut to half its size first, as a kill mid-write leaves it.
+
+SIGKILL runs no handler and no ``finally``: what is on disk is what a real kill leaves.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _kill() -> None:
+  sys.stderr.flush()
+  os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _counting(fn, n: int, before: bool = True):
+  calls = [0]
+
+  def wrapped(*args, **kwargs):
+    calls[0] += 1
+    if before and calls[0] == n:
+      _kill()
+    out = fn(*args, **kwargs)
+    if not before and calls[0] == n:
+      _kill()
+    return out
+
+  return wrapped
+
+
+def install(point: str, n: int, substr: str = "") -> None:
+  from armor_jax import pipeline, text
+  if point == "layer":
+    pipeline.prune_linear = _counting(pipeline.prune_linear, n)
+  elif point == "block":
+    pipeline.Checkpoint.save = _counting(pipeline.Checkpoint.save, n, before=False)
+  elif point == "eval":
+    text.nll_sums = _counting(text.nll_sums, n)
+  elif point == "write":
+    replace, calls = os.replace, [0]
+
+    def cut_then_kill(src, dst, *args, **kwargs):
+      if substr in str(dst):
+        calls[0] += 1
+        if calls[0] == n:
+          size = os.path.getsize(src)
+          with open(src, "r+b") as f:
+            f.truncate(size // 2)
+          _kill()
+      return replace(src, dst, *args, **kwargs)
+
+    os.replace = cut_then_kill
+  else:
+    raise SystemExit(f"unknown point {point!r}")
+
+
+if __name__ == "__main__":
+  sep = sys.argv.index("--")
+  point, n, *rest = sys.argv[1:sep]
+  from experiments import main   # first: it sets XLA_FLAGS before jax starts
+  install(point, int(n), *rest)
+  main.main(sys.argv[sep + 1:])
