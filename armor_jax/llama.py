@@ -220,15 +220,14 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-  """Grouped-query causal attention; with ``window``, each position sees itself and the
+  """Grouped-query causal attention; with a ``window``, each position sees itself and the
   ``window - 1`` before it (transformers' sliding window)."""
   cfg: LlamaConfig
   dtype: Any = jnp.float32
   impl: str = "auto"
-  window: int | None = None
 
   @nn.compact
-  def __call__(self, x, positions):
+  def __call__(self, x, positions, window: int | None = None):
     c = self.cfg
     hd, nh, nkv = c.head_dim, c.num_heads, c.num_kv_heads
     lin = lambda n, bias: Linear(*c.linear_shape(n), use_bias=bias, dtype=self.dtype,
@@ -244,8 +243,8 @@ class Attention(nn.Module):
     s = jnp.einsum("...qkgd,...skd->...kgqs", q.astype(jnp.float32), k.astype(jnp.float32))
     s = s / np.sqrt(hd)
     causal = positions[:, None] >= positions[None, :]
-    if self.window is not None:
-      causal = causal & (positions[:, None] - positions[None, :] < self.window)
+    if window is not None:
+      causal = causal & (positions[:, None] - positions[None, :] < window)
     s = jnp.where(causal, s, -jnp.inf)
     pr = jax.nn.softmax(s, axis=-1)
     o = jnp.einsum("...kgqs,...skd->...qkgd", pr, v.astype(jnp.float32)).astype(self.dtype)
@@ -279,7 +278,7 @@ class Block(nn.Module):
   def __call__(self, x, positions):
     h = RMSNorm(self.cfg.rms_eps, name="input_norm")(x)
     self.sow("inputs", "qkv", h)
-    x = x + Attention(self.cfg, self.dtype, self.impl, self.window, name="attn")(h, positions)
+    x = x + Attention(self.cfg, self.dtype, self.impl, name="attn")(h, positions, self.window)
     h = RMSNorm(self.cfg.rms_eps, name="post_norm")(x)
     self.sow("inputs", "gate_up", h)
     return x + MLP(self.cfg, self.dtype, self.impl, name="mlp")(h)

@@ -65,6 +65,11 @@ class Config:
     return armor_prune.Config(**keep, eval_windows=1, gen_tokens=0)
 
 
+def preflight(cfg: Config) -> None:
+  """armor_prune's checks of the model and texts, before any child process starts."""
+  armor_prune.preflight(cfg.prune_config())
+
+
 def _child(method: str, cfg_json: str, seed: int, out_json: str) -> None:
   """Runs in the child process: one method's pipeline, timed."""
   t0 = time.perf_counter()
