@@ -593,7 +593,7 @@ def samples_per_core_point(rho, n):
   LS-MDVI code (M samples per core point) and in Liu et al.'s DataCollection (N
   queries per core state-action pair; secondary source, see the module
   docstring). On a design uniform over its support, as every design of this
-  project's instances, this is the former ``ceil(rho_x n)``.
+  project's instances, this equals ``ceil(rho_x n)``.
   """
   xp = jnp if isinstance(n, jax.Array) or isinstance(rho, jax.Array) else np
   u = rho.shape[-1]

@@ -33,8 +33,8 @@ settle keeps its last count), so the information is in the number of clean runs
 at the reported N (``strict_violation_rate_ub95``, the 95% upper bound on a
 point's violation probability they give), in ``strict_check_runs`` (fresh runs,
 all rounds), ``strict_check_steps`` (grid steps past the success N) and in
-``strict_violations_at_success_n`` (fresh violations at the success N, the N
-this experiment used to report).
+``strict_violations_at_success_n`` (fresh violations at the success N, the
+smallest N that meets the success rate).
 
 Smooth strict estimator (``strict_smooth_*``), as in ``linear_cmdp_sample_complexity``.
 The verified N steps up the grid by whole steps on the evidence of one batch of

@@ -40,7 +40,7 @@ in ``strict_violation_rate_ub95`` (95% upper bound on a point's violation
 probability from its clean runs there), ``strict_check_runs`` (fresh runs, all
 rounds), ``strict_check_steps`` (grid steps past the success N),
 ``strict_violations_at_success_n`` / ``strict_max_violation_at_success_n``
-(fresh violations at the success N, the N this experiment used to report) and
+(fresh violations at the success N, the smallest N that meets the success rate) and
 ``strict_violations_2x`` (a further fresh batch at twice the reported N).
 
 Smooth strict estimator (``strict_smooth_*``). The verified N steps up the grid
@@ -368,7 +368,7 @@ def _settle_strict(cfg, ctx, truth, points, res, key, tabular: bool = False) -> 
   evidence = grid_failure_evidence(res["totals"], res["success"])
 
   def check(ps, ii, rnd):
-    k = jax.random.fold_in(key, 1001)     # round 0 draws the seeds of the former single check
+    k = jax.random.fold_in(key, 1001)     # round 0: the first fresh batch at the success N
     bad, worst, fail = _check_strict(cfg, ctx, truth, points, ps, res["ns"][ii],
                                      k if rnd == 0 else jax.random.fold_in(k, rnd),
                                      f"{'tabular ' if tabular else ''}strict check {rnd + 1}",
