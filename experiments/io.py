@@ -2,7 +2,9 @@
 
 Every file is written to a temporary name in the same directory and moved
 into place with ``os.replace``, which is atomic on POSIX: a killed run leaves
-either the previous file or the complete new one, never a truncated one.
+either the previous file or the complete new one, never a truncated one. The
+file gets the mode the user's umask gives any new file, so colleagues on a
+shared directory can read it.
 ``results.json`` is written last and carries ``"complete": true``; a run
 directory without it is unfinished and is redone on resume.
 """
@@ -44,11 +46,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
   try:
     yield tmp
     with open(tmp, "rb+") as f:
+      os.fchmod(f.fileno(), new_file_mode())   # mkstemp's 0600 would hide it from colleagues
       os.fsync(f.fileno())
     os.replace(tmp, path)
   finally:
     if tmp.exists():
       tmp.unlink()
+
+
+def new_file_mode() -> int:
+  """The mode the process's umask gives a new file (0644 under the usual umask 022)."""
+  mask = os.umask(0)
+  os.umask(mask)
+  return 0o666 & ~mask
 
 
 def clear_temporaries(run_dir: str | os.PathLike) -> int:

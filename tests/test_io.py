@@ -36,3 +36,22 @@ def test_write_csv_rejects_ragged_columns(tmp_path):
   assert (tmp_path / "m.csv").read_text().splitlines() == ["a,b", "1,3.0", "2,4.0"]
   with pytest.raises(ValueError):
     io.write_csv(tmp_path / "n.csv", {"a": [1, 2], "b": [3.0]})
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_umask_mode(tmp_path, umask):
+  import os
+  import stat
+  old = os.umask(umask)
+  try:
+    io.write_json(tmp_path / "r.json", {"a": 1})
+    io.write_csv(tmp_path / "m.csv", {"a": [1]})
+    plt = io.pyplot()
+    io.save_figure(plt.figure(), tmp_path / "f.png")
+    (tmp_path / "plain").write_text("x")          # what open() gives a new file
+  finally:
+    os.umask(old)
+  want = 0o666 & ~umask
+  assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == want
+  for name in ("r.json", "m.csv", "f.png"):
+    assert stat.S_IMODE((tmp_path / name).stat().st_mode) == want, name
