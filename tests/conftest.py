@@ -7,3 +7,21 @@ if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
 import experiments.main  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
+
+import pytest  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.fixture
+def precheck_cli(tmp_path, monkeypatch, capsys):
+  """The entry point in this process, for command lines that must stop before Hydra starts
+  (config and input errors): returns (exit code, stderr lines), run from an empty tmp_path."""
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+
+  def run(args):
+    with pytest.raises(SystemExit) as e:
+      experiments.main.main(list(args))
+      pytest.fail("the command line started a run; precheck_cli is for errors before one")
+    return e.value.code, capsys.readouterr().err.strip().splitlines()
+
+  return run

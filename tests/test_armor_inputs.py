@@ -212,28 +212,14 @@ def test_unsupported_model_type_is_named(tmp_path):
 # -- through the entry point -------------------------------------------------------------------
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)
-  monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-  return tmp_path
-
-
-def _main(args, capsys) -> tuple[int, str]:
-  from experiments import main as entry
-  with pytest.raises(SystemExit) as e:
-    entry.main(args)
-    raise SystemExit(0)
-  return e.value.code, capsys.readouterr().err.strip().splitlines()
-
-
 def _args(ck, cal, ev, *extra):
   return ["experiment=armor_prune", f"model={ck}", f"calib_text={cal}", f"eval_text={ev}",
           "n_calib=2", "calib_len=16", "eval_len=16", "eval_windows=2", "methods=[magnitude]",
           "gen_tokens=0", "progress=false", "hydra.run.dir=run", *extra]
 
 
-def test_cli_input_errors_before_any_work(in_tmp, capsys):
+def test_cli_input_errors_before_any_work(precheck_cli, tmp_path):
+  in_tmp = tmp_path
   inputs = in_tmp / "inputs"
   inputs.mkdir()
   good = hf.write_checkpoint(inputs / "good", hf.config_json("llama2", "tf5"))
@@ -256,7 +242,7 @@ def test_cli_input_errors_before_any_work(in_tmp, capsys):
   ]
   before = sorted(p.name for p in in_tmp.iterdir())
   for args, needles in cases:
-    code, err = _main(args, capsys)
+    code, err = precheck_cli(args)
     assert code == 2 and len(err) == 1 and all(n in err[0] for n in needles), err
     assert sorted(p.name for p in in_tmp.iterdir()) == before       # nothing written
 

@@ -453,9 +453,9 @@ def _cli(args, cwd):
     (["armor_scheme=adam"], "armor_scheme"),
     (["methods=[wanda,wanda]"], "methods"),
 ])
-def test_armor_prune_config_errors(tmp_path, args, key):
-  r = _cli(["experiment=armor_prune", *args], tmp_path)
-  assert r.returncode == 2 and f"key '{key}'" in r.stderr.strip().splitlines()[-1], r.stderr
+def test_armor_prune_config_errors(precheck_cli, tmp_path, args, key):
+  code, lines = precheck_cli(["experiment=armor_prune", *args])
+  assert code == 2 and len(lines) == 1 and f"key '{key}'" in lines[0], lines
   assert list(tmp_path.iterdir()) == []
 
 

@@ -31,12 +31,17 @@ def cli(args, cwd):
     (["logger=nope"], "logger"),
     (["-m", "experiment=erasure_bandit", "eps=0.5,1.5"], "eps"),
 ])
-def test_config_errors_exit_2_with_one_line_and_no_output(tmp_path, args, key):
-  r = cli(args, tmp_path)
-  assert r.returncode == 2, r.stderr
-  lines = r.stderr.strip().splitlines()
-  assert len(lines) == 1 and f"key '{key}'" in lines[0], r.stderr
+def test_config_errors_exit_2_with_one_line_and_no_output(precheck_cli, tmp_path, args, key):
+  code, lines = precheck_cli(args)
+  assert code == 2 and len(lines) == 1 and f"key '{key}'" in lines[0], lines
   assert list(tmp_path.iterdir()) == []  # no run directory, no partial output
+
+
+def test_a_config_error_in_a_real_process(tmp_path):
+  r = cli(["experiment=erasure_bandit", "eps=1.2"], tmp_path)
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "config error: key 'eps': must be a number in [0, 1); got 1.2"], r.stderr
+  assert list(tmp_path.iterdir()) == []
 
 
 def test_run_writes_results_and_resume_skips(tmp_path):
@@ -89,9 +94,9 @@ def test_slurm_launcher_composes():
     (["experiment=erasure_bandit", "initial_arm=4", "n_arms_grid=[2,5]"], "initial_arm"),
     (["erasure_bandit.initial_arm=9"], "erasure_bandit.initial_arm"),
 ])
-def test_cross_key_errors_are_caught_before_any_output(tmp_path, args, key):
-  r = cli(args, tmp_path)
-  assert r.returncode == 2 and f"key '{key}'" in r.stderr, r.stderr
+def test_cross_key_errors_are_caught_before_any_output(precheck_cli, tmp_path, args, key):
+  code, lines = precheck_cli(args)
+  assert code == 2 and len(lines) == 1 and f"key '{key}'" in lines[0], lines
   assert list(tmp_path.iterdir()) == []
 
 
