@@ -268,6 +268,7 @@ def test_cli_nan_weight_exit_2_without_results(tmp_path):
   assert not (tmp_path / "run" / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_pipeline_stops_at_a_nan_block_and_keeps_the_finished_ones(tmp_path):
   import jax
   from armor_jax import pipeline
@@ -293,6 +294,7 @@ def test_pipeline_stops_at_a_nan_block_and_keeps_the_finished_ones(tmp_path):
   assert checkpoint.trees_equal(fixed, ref)
 
 
+@pytest.mark.slow
 def test_changed_weights_are_not_resumed(tmp_path):
   import jax
   from armor_jax import checkpoint, pipeline

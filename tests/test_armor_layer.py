@@ -241,6 +241,7 @@ def test_exact_scheme_is_monotone_and_beats_nowag(small):
   assert out.overhead() == pytest.approx(16 * (48 + 64) / (48 * 64))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_returned_loss_never_above_nowag_even_when_adam_diverges(seed):
   w, x = synthetic.layer_and_inputs(jax.random.PRNGKey(10 + seed), 32, 32, 256)
@@ -263,6 +264,7 @@ def test_block_size_one_returns_nowag(small):
                                                                     .mask()))
 
 
+@pytest.mark.slow
 def test_armor_beats_every_baseline_on_held_out_inputs():
   w, x = synthetic.layer_and_inputs(jax.random.PRNGKey(7), 128, 256, 4096)
   stats = calibration.from_activations(x[:2048], full=True)
@@ -288,6 +290,7 @@ def test_block_sizes_for_model_dimensions():
   assert (prob.b_a, prob.b_b) == (96, 128)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["zero_columns", "dead_channels", "tiny", "huge", "bf16"])
 @pytest.mark.parametrize("scheme", ["exact", "official"])
 def test_robust_to_degenerate_layers(case, scheme):

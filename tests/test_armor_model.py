@@ -125,6 +125,7 @@ def _tiny_params(cfg, key=0):
   return jax.tree_util.tree_unflatten(tree, new)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["llama", "qwen2_bias_untied", "llama3_scaling"])
 def test_decoder_matches_float64_numpy(variant):
   cfg = TINY
@@ -205,6 +206,7 @@ def smol():
 
 
 @needs_assets
+@pytest.mark.slow
 def test_smollm2_config_and_tokenizer(smol):
   c = smol.cfg
   assert (c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads,
@@ -219,6 +221,7 @@ def test_smollm2_config_and_tokenizer(smol):
 
 
 @needs_assets
+@pytest.mark.slow
 def test_smollm2_logits_match_gguf_with_interleaved_rotary(smol):
   """Our loader (rows un-permuted, half-split rotary) against a float64 numpy decoder on the
   raw GGUF rows with llama.cpp's interleaved rotary: the same model two ways."""
@@ -243,6 +246,7 @@ def test_smollm2_logits_match_gguf_with_interleaved_rotary(smol):
 
 
 @needs_assets
+@pytest.mark.slow
 def test_smollm2_greedy_continuation_and_perplexity(smol):
   fwd = jax.jit(lambda p, x: llama.forward(p, x, smol.cfg))
   ids = list(smol.tokenizer.encode("The capital of France is"))
@@ -312,6 +316,7 @@ def small_model():
   return params, calib
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", pipeline.METHODS)
 def test_pipeline_prunes_every_linear_24(small_model, method):
   params, calib = small_model
@@ -337,6 +342,7 @@ def test_pipeline_prunes_every_linear_24(small_model, method):
                              np.asarray(llama.forward(dense_p, toks, SMALL)), rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_compressed_model_runs_through_the_pallas_kernels(small_model):
   """The pruned model end to end through the kernels (interpret mode on CPU) equals the
   plain-JAX path; 16-wide wrappers so A and B take the Pallas block-diagonal path."""
@@ -352,6 +358,7 @@ def test_compressed_model_runs_through_the_pallas_kernels(small_model):
   assert np.isfinite(np.asarray(got)).all()
 
 
+@pytest.mark.slow
 def test_armor_beats_nowag_on_output_error(small_model):
   params, calib = small_model
   out = {}
@@ -378,6 +385,7 @@ def test_sequential_and_dense_modes_differ_after_first_block(small_model):
   assert any(abs(a - b) > 1e-7 for a, b in later)
 
 
+@pytest.mark.slow
 def test_resume_gives_identical_result(small_model, tmp_path):
   params, calib = small_model
   pc = pipeline.PruneConfig(method="armor", armor=armor.ArmorConfig(
@@ -401,6 +409,7 @@ def test_resume_gives_identical_result(small_model, tmp_path):
   assert {r["block"] for r in seen} == {0, 1, 2}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_compressed_checkpoint_round_trip(small_model, tmp_path, dtype):
   params, calib = small_model

@@ -23,6 +23,7 @@ def _lead(a):
 
 # --- linear algebra -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_spd_inverse_and_cholesky_match_numpy():
   rng = np.random.default_rng(0)
   a = _spd(rng, 7, (3, 2))
@@ -175,6 +176,7 @@ def test_collab_matches_numpy_float64_loop_on_the_same_noise(action_set, n_arms)
                                rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_run_per_device_matches_one_program_and_exports_agent_layout():
   """sim.run (seeds split over the host devices, each simulating its share with agents and
   runs merged into one axis) gives the curves of one unsharded jitted simulate, and the
@@ -230,6 +232,7 @@ def _jax_refresh(gram, b, t, n1, sigma2_prev, **kw):
   return float(st.sigma2_hat[0]), np.asarray(st.mu_hat[:, 0]), np.asarray(st.ridge.theta).T
 
 
+@pytest.mark.slow
 def test_random_effects_refresh_matches_numpy_and_recovers_population():
   """On adaptive designs (each agent mostly plays its own direction) the JAX refresh equals
   the float64 numpy one (explicit inverses), recovers sigma^2 and mu orthogonally to mu, and
@@ -262,6 +265,7 @@ def test_epoch_schedule():
   assert [t for t in range(1, 200) if numpy_ref.is_epoch_start(t, 10)] == ts
 
 
+@pytest.mark.slow
 def test_stage_one_estimates_population_mean_and_spread():
   """At the end of stage 1 the method of moments recovers sigma^2 (many agents, exact design)."""
   d, m, sigma = 4, 400, 0.7

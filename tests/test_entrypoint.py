@@ -44,6 +44,7 @@ def test_a_config_error_in_a_real_process(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_run_writes_results_and_resume_skips(tmp_path):
   r = cli(TINY, tmp_path)
   assert r.returncode == 0, r.stderr
@@ -66,6 +67,7 @@ def test_run_writes_results_and_resume_skips(tmp_path):
   assert json.loads((run_dir / "results.json").read_text())["headline"] == res["headline"]
 
 
+@pytest.mark.slow
 def test_joblib_sweep_runs_each_point_once(tmp_path):
   args = ["-m", "launcher=joblib", *TINY, "eps=0.5,0.9"]
   r = cli(args, tmp_path)
@@ -100,7 +102,9 @@ def test_cross_key_errors_are_caught_before_any_output(precheck_cli, tmp_path, a
   assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("sweep", sorted(p.stem for p in (ROOT / "conf" / "sweep").glob("*.yaml")))
+@pytest.mark.parametrize("sweep", [  # the armor sweep's preflight tokenizes the default texts
+    pytest.param(p.stem, marks=pytest.mark.slow) if p.stem.startswith("armor") else p.stem
+    for p in sorted((ROOT / "conf" / "sweep").glob("*.yaml"))])
 def test_sweep_configs_validate_every_run(sweep):
   from experiments.main import precheck
   assert precheck(["-m", f"+sweep={sweep}"]) >= 4
@@ -120,6 +124,7 @@ TINY_WANDB = ["experiment=erasure_bandit", "algorithms=[ucb]", "horizon=300", "n
               "progress=false"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["offline", "online"])
 def test_wandb_never_waits_on_a_network(tmp_path, monkeypatch, mode):
   """offline writes a local run; online against an unreachable server (a closed loopback

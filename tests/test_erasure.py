@@ -182,7 +182,8 @@ def test_eps_zero_reduces_to_erasure_free_self(name):
   assert len(np.unique(np.asarray(a))) >= 2  # it explored
 
 
-@pytest.mark.parametrize("jit", [True, False], ids=["with_jit", "without_jit"])
+@pytest.mark.parametrize("jit", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["with_jit", "without_jit"])
 @pytest.mark.parametrize("name", ["rep_ucb", "lsae", "fb_sae"])
 def test_same_actions_with_and_without_jit(name, jit):
   params = env.make_params([0.3, 0.6, 0.5], 0.5, feedback=True, initial_arm=1)
@@ -211,6 +212,7 @@ def test_native_batch_equals_vmap_over_runs(name):
   np.testing.assert_array_equal(short[:, -1], short[:, np.searchsorted(a.rounds, 700)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lsae", "fb_sae"])
 def test_one_program_per_device_equals_one_program(name, monkeypatch):
   """Seeds split over the host devices (shard_map, a local lax.cond per device) give the same
@@ -283,6 +285,7 @@ def test_lsae_regret_grows_like_sqrt_t_on_a_fixed_instance():
   assert 0.35 < slope < 0.75, (slope, reg)
 
 
+@pytest.mark.slow
 def test_erasure_ignoring_ucb_suffers_linear_regret_at_high_eps():
   """At eps = 0.99 naive UCB's regret per round stays flat while L-SAE's and fb_sae's fall."""
   ts = [20_000, 80_000]
