@@ -108,54 +108,6 @@ def test_constants_follow_the_settings():
 
 # --- experiment helpers and end to end ---------------------------------------------------------
 
-def test_smallest_n_takes_the_first_n_from_which_on_the_rate_holds():
-  from experiments.camdp_sample_complexity import n_grid_values, smallest_n
-  ns = n_grid_values(16, 256, 1)
-  np.testing.assert_array_equal(ns, [16, 32, 64, 128, 256])
-  rate = np.array([0.0, 0.95, 0.5, 0.8, 1.0])
-  n, ni, i = smallest_n(ns, rate, np.ones(5, bool), 0.9)
-  assert (n, i) == (256, 4) and ni == pytest.approx(128 * 2 ** 0.5)  # 0.8 -> 1.0 crosses 0.9
-  n, ni, i = smallest_n(ns, rate, np.array([1, 1, 1, 1, 0], bool), 0.9)
-  assert np.isnan(n) and i == -1
-
-
-def test_feasible_n_steps_past_grid_points_where_fresh_seeds_violate():
-  from experiments.stats import feasible_n, from_which_on
-  # 4 points x 6 grid N; target 0.9; 8 selection seeds, 5 fresh seeds per round.
-  rate = np.array([[0.0, 0.5, 0.95, 0.8, 0.95, 1.0],     # success N: index 4 (0.8 at 3)
-                   [0.5, 0.9, 0.9, 0.95, 1.0, 1.0],      # index 3 (a selection seed violates at 2)
-                   [0.0, 0.1, 0.2, 0.5, 0.8, 0.85],      # never
-                   [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])      # index 0
-  sel_viol = np.array([[3, 2, 0, 0, 0, 0], [2, 0, 1, 0, 0, 0], [8, 5, 3, 1, 0, 0],
-                       [0, 0, 0, 0, 0, 0]])
-  np.testing.assert_array_equal(from_which_on((rate >= 0.9) & (sel_viol == 0)), [4, 3, -1, 0])
-  # Fresh violations per (point, grid index): point 0 is clean from index 5, point 1 never.
-  fresh = {(0, 4): 2, (0, 5): 0, (1, 3): 1, (1, 4): 1, (1, 5): 1, (3, 0): 0}
-  calls = []
-
-  def check(ps, ii, rnd):
-    calls.append((rnd, list(ps), list(ii)))
-    return np.array([fresh[(p, i)] for p, i in zip(ps, ii)])
-
-  fn = feasible_n(rate, sel_viol, 0.9, check, n_seeds=8, n_fresh=5)
-  assert calls == [(0, [0, 1, 3], [4, 3, 0]), (1, [0, 1], [5, 4]), (2, [1], [5])]
-  np.testing.assert_array_equal(fn.index, [5, -1, -1, 0])
-  np.testing.assert_array_equal(fn.success_index, [4, 3, -1, 0])
-  np.testing.assert_array_equal(fn.violations, [0, 1, 0, 0])     # unsettled: its last count
-  np.testing.assert_array_equal(fn.violations_at_success, [2, 1, 0, 0])
-  np.testing.assert_array_equal(fn.fresh_runs, [10, 15, 0, 5])
-  np.testing.assert_array_equal(fn.runs_at_index, [13, 0, 0, 13])
-  np.testing.assert_array_equal(fn.steps, [1, 2, 0, 0])
-  head = fn.headline("strict_")
-  assert head == pytest.approx(dict(
-      strict_violations=1, strict_check_runs=30, strict_violations_at_success_n=3,
-      strict_check_steps=3, strict_unsettled=1, strict_violation_rate_ub95=1 - 0.05 ** (1 / 13)))
-  # Without fresh seeds the selection N is reported as it is.
-  fn = feasible_n(rate, sel_viol, 0.9, None, n_seeds=8, n_fresh=0)
-  np.testing.assert_array_equal(fn.index, [4, 3, -1, 0])
-  assert fn.headline()["strict_violations"] == 0 and fn.headline()["strict_check_runs"] == 0
-
-
 @pytest.mark.slow
 def test_experiment_end_to_end(tmp_path):
   from experiments import camdp_sample_complexity as exp

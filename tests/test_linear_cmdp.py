@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from cmdp import linear, lp, tabular
 from cmdp.tabular import CMDPError
@@ -353,51 +352,6 @@ def test_constants_follow_the_settings():
 
 
 # --- experiment helpers and end to end ---------------------------------------------------------------
-
-def test_probit_crossing_recovers_the_target_sample_size():
-  from experiments.linear_cmdp_sample_complexity import probit_crossing
-  rng = np.random.default_rng(12)
-  ns = 1000 * 2.0 ** np.arange(0, 12, 0.5)
-  alpha, beta = 1.0, 0.02                        # P = Phi(beta sqrt(N) - alpha)
-  p = stats.norm.cdf(beta * np.sqrt(ns) - alpha)
-  success = rng.random((ns.size, 400)) < p[:, None]
-  truth = ((alpha + stats.norm.ppf(0.9)) / beta) ** 2
-  assert probit_crossing(ns, success, 0.9) == pytest.approx(truth, rel=0.1)
-  assert np.isnan(probit_crossing(ns, np.zeros_like(success), 0.9))
-
-
-def test_failure_probit_recovers_a_known_curve_and_maximizes_the_likelihood():
-  from experiments.stats import failure_probit_n
-  rng = np.random.default_rng(14)
-  a, b, q = 9.0, 1.1, 0.05                     # P(fail | N) = Phi(a - b log N)
-  ns = np.exp(np.linspace(4.0, 12.0, 25))
-  ns = np.concatenate([ns, ns[15:]])           # repeated N pool (fresh batches)
-  runs = rng.integers(20, 80, size=ns.size)
-  fails = rng.binomial(runs, stats.norm.cdf(a - b * np.log(ns)))
-  fit = failure_probit_n(ns, fails, runs, q)
-  truth = np.exp((a - stats.norm.ppf(q)) / b)
-  assert fit.n_level == pytest.approx(truth, rel=0.15)
-  assert fit.prob(fit.n_level) == pytest.approx(q, rel=1e-6)
-  # Independent reference: the binomial likelihood (scipy.stats.binom) on a dense grid of
-  # (a, b) around the fit; the fit is at least as likely as every grid point, and the
-  # grid's best point gives about the same crossing.
-  A_, B_ = np.meshgrid(np.linspace(a - 3, a + 3, 241), np.linspace(b - 0.4, b + 0.4, 161))
-  p = stats.norm.cdf(A_[..., None] - B_[..., None] * np.log(ns))
-  ll = stats.binom.logpmf(fails, runs, p).sum(-1)
-  i = np.unravel_index(np.argmax(ll), ll.shape)
-  ll_fit = stats.binom.logpmf(fails, runs, fit.prob(ns)).sum()
-  assert ll_fit >= ll[i] - 1e-9
-  grid_n = np.exp((A_[i] - stats.norm.ppf(q)) / B_[i])
-  assert fit.n_level == pytest.approx(grid_n, rel=0.03)
-  # Degenerate evidence: no fit.
-  assert np.isnan(failure_probit_n(ns, 0 * fails, runs, q).n_level)
-  assert np.isnan(failure_probit_n(ns, runs, runs, q).n_level)
-  # Perfectly separated evidence: the crossing lands between the last failing N and the
-  # first clean one.
-  sep = np.where(ns < 1000.0, runs, 0)
-  n_sep = failure_probit_n(ns, sep, runs, q).n_level
-  assert ns[ns < 1000].max() <= n_sep <= ns[ns >= 1000].min()
-
 
 @pytest.mark.slow
 def test_experiment_end_to_end(tmp_path):
