@@ -78,17 +78,20 @@ def save(path: str | os.PathLike, cfg: LlamaConfig, params: Mapping,
   flat = {k: jnp.asarray(v) for k, v in flatten(cast(params, dtype)).items()}
   conf = cfg.to_hf()
   conf["armor_jax"] = {"format": FORMAT, "method": method, "dtype": dtype}
-  # each file through a temporary name and an atomic rename: a kill leaves no torn file
-  _atomic(path / "model.safetensors", lambda t: save_file(flat, str(t)))
-  _atomic(path / "config.json", lambda t: t.write_text(json.dumps(conf, indent=1)))
+  atomic_write(path / "model.safetensors", lambda t: save_file(flat, str(t)))
+  atomic_write(path / "config.json", lambda t: t.write_text(json.dumps(conf, indent=1)))
   if tokenizer is not None:
-    _atomic(path / "tokenizer.json", tokenizer.save)
+    atomic_write(path / "tokenizer.json", tokenizer.save)
   return (path / "model.safetensors").stat().st_size
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+  """``write(tmp)``, fsync, then an atomic rename onto ``path``: a kill leaves the old file or
+  the new one, never a torn one (the temporary is ``.<name>.tmp`` beside it)."""
   tmp = path.with_name(f".{path.name}.tmp")
   write(tmp)
+  with open(tmp, "rb+") as f:
+    os.fsync(f.fileno())
   os.replace(tmp, path)
 
 

@@ -42,7 +42,7 @@ from typing import Any, Mapping, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from armor_jax.errors import InputError
+from armor_jax.errors import InputError, nonfinite
 from armor_jax.llama import LINEARS, LlamaConfig, linear_path
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -137,20 +137,14 @@ def check_tensors(cfg: LlamaConfig, tensors: Mapping[str, tuple[tuple[int, ...],
                           f"config.json describes ({len(extra)} such tensor(s))")
 
 
-def _finite(arr: np.ndarray, name: str, where: str) -> np.ndarray:
-  bad = ~np.isfinite(arr)
-  if bad.any():
-    first = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise CheckpointError(f"{where}: tensor {name!r} holds {int(bad.sum())} NaN/Inf value(s) "
-                          f"(first at {first})")
-  return arr
-
-
 def _build_tree(cfg: LlamaConfig, get, where: str) -> dict:
   """The parameter tree, every tensor read with ``get(hf_name)``, checked finite, float32."""
   params: dict = {}
   for name, (path, _) in _hf_names(cfg).items():
-    arr = _finite(np.asarray(get(name), np.float32), name, where)
+    arr = np.asarray(get(name), np.float32)
+    bad = nonfinite(arr)
+    if bad:
+      raise CheckpointError(f"{where}: tensor {name!r} {bad}")
     node = params
     for k in path[:-1]:
       node = node.setdefault(k, {})
@@ -169,6 +163,14 @@ def _check_vocab(cfg: LlamaConfig, tok: Tokenizer | None, where: str) -> None:
   if tok is not None and tok.vocab_size > cfg.vocab_size:
     raise CheckpointError(f"{where}: the tokenizer has {tok.vocab_size} tokens, the embedding "
                           f"(vocab_size) only {cfg.vocab_size} rows")
+
+
+def _hf_tokenizer(path: Path, cfg: LlamaConfig) -> Tokenizer | None:
+  """The directory's tokenizer.json (None without one), checked against the embedding."""
+  tok_path = path / "tokenizer.json"
+  tok = load_tokenizer_json(tok_path) if tok_path.exists() else None
+  _check_vocab(cfg, tok, str(tok_path))
+  return tok
 
 
 # -- Hugging Face directories ------------------------------------------------------------------
@@ -297,10 +299,7 @@ def inspect_hf(path_or_repo: str | os.PathLike, revision: str | None = None) -> 
   cfg = read_config(path / "config.json")
   if local:
     check_tensors(cfg, {k: v[1:] for k, v in _hf_files(path).items()}, str(path))
-  tok_path = path / "tokenizer.json"
-  tok = load_tokenizer_json(tok_path) if tok_path.exists() else None
-  _check_vocab(cfg, tok, str(tok_path))
-  return Header(cfg, tok, str(path))
+  return Header(cfg, _hf_tokenizer(path, cfg), str(path))
 
 
 def load_hf(path_or_repo: str | os.PathLike, revision: str | None = None) -> Model:
@@ -322,10 +321,7 @@ def load_hf(path_or_repo: str | os.PathLike, revision: str | None = None) -> Mod
       raise CheckpointError(f"{f}: tensor {name!r} could not be read ({e})") from None
 
   params = _build_tree(cfg, get, str(path))
-  tok_path = path / "tokenizer.json"
-  tok = load_tokenizer_json(tok_path) if tok_path.exists() else None
-  _check_vocab(cfg, tok, str(tok_path))
-  return Model(cfg, params, tok, str(path))
+  return Model(cfg, params, _hf_tokenizer(path, cfg), str(path))
 
 
 def save_hf(model: Model, path: str | os.PathLike) -> Path:

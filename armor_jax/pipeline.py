@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from armor_jax import armor as armor_lib, baselines, calibration, checkpoint, layer as layer_lib, llama
-from armor_jax.errors import InputError
+from armor_jax.errors import InputError, nonfinite
 from armor_jax.llama import INPUT_OF, LINEARS, LlamaConfig
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor")
@@ -149,26 +149,13 @@ def digest(tree: Mapping) -> str:
 def finite_or_raise(block_params: Mapping, block: int) -> None:
   """Raises :class:`InputError` naming the first tensor of a block that holds NaN or Inf."""
   for name, x in sorted(checkpoint.flatten(block_params).items()):
-    a = np.asarray(x)
-    if np.issubdtype(a.dtype, np.floating) or a.dtype == jnp.bfloat16:
-      bad = ~np.isfinite(a.astype(np.float32))
-      if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise InputError(f"block {block}: weight layers_{block}/{name} holds {int(bad.sum())} "
-                         f"NaN/Inf value(s) (first at {first}); blocks before it are kept for "
-                         "a resume once the checkpoint is fixed")
+    bad = nonfinite(x)
+    if bad:
+      raise InputError(f"block {block}: weight layers_{block}/{name} {bad}; blocks before it "
+                       "are kept for a resume once the checkpoint is fixed")
 
 
 # -- per-block files -------------------------------------------------------------------------------
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-  """``write(tmp)`` then an atomic rename onto ``path``: a kill leaves the old file or the new."""
-  tmp = path.with_name(f".{path.name}.tmp")
-  write(tmp)
-  with open(tmp, "rb+") as f:
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
 
 def _write_with(path: Path, save, *args, **kwargs) -> None:
   with open(path, "wb") as f:    # a file object: numpy would append a suffix to the name
@@ -193,26 +180,31 @@ class Checkpoint:
       tmp.unlink()
     self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
 
-  def done(self, digests: Callable[[int], str]) -> tuple[int, list[dict], str]:
-    """(finished blocks whose weights still have the recorded digests, their records,
-    why fewer than recorded are reused: "" when all are)."""
+  def done(self, digest_of: Callable[[int], str], blocks: int
+           ) -> tuple[int, list[dict], list[str], str]:
+    """(finished blocks to reuse, at most ``blocks``, whose weights still have the recorded
+    digests; their records; their digests; why none are reused: "" when nothing is there)."""
     p = self.path / "progress.json"
     if not p.exists():
-      return 0, [], ""
+      return 0, [], [], ""
     try:
       prog = json.loads(p.read_text())
     except json.JSONDecodeError:
-      return 0, [], f"{p} is not valid JSON"
+      return 0, [], [], f"{p} is not valid JSON"
     if prog.get("fingerprint") != self.fingerprint:
-      return 0, [], "it was written for other settings"
-    n = int(prog["blocks_done"])
+      return 0, [], [], "it was written for other settings"
+    done = int(prog["blocks_done"])
+    n = min(done, blocks)
     missing = [f"block_{i}.npz" for i in range(n) if not (self.path / f"block_{i}.npz").exists()]
+    if n < blocks and not (self.path / f"states_{n}.npy").exists():
+      missing.append(f"states_{n}.npy")
     if missing:
-      return 0, [], f"{missing[0]} is missing"
-    for i, d in enumerate(prog["digests"][:n]):
-      if digests(i) != d:
-        return 0, [], f"the weights of block {i} changed"
-    return n, list(prog["records"]), ""
+      return 0, [], [], f"{missing[0]} is missing"
+    digests = prog["digests"][:n]
+    for i, d in enumerate(digests):
+      if digest_of(i) != d:
+        return 0, [], [], f"the weights of block {i} changed"
+    return n, [r for r in prog["records"] if r["block"] < n], digests, ""
 
   def load_block(self, i: int) -> dict:
     with np.load(self.path / f"block_{i}.npz") as z:
@@ -221,17 +213,17 @@ class Checkpoint:
   def load_states(self, n: int) -> np.ndarray:
     return np.load(self.path / f"states_{n}.npy")
 
-  def has_states(self, n: int) -> bool:
-    return (self.path / f"states_{n}.npy").exists()
-
   def save(self, i: int, compressed: Mapping, states: np.ndarray, records: list[dict],
            digests: list[str]) -> None:
     flat = {k: np.asarray(v) for k, v in checkpoint.flatten(compressed).items()}
-    _atomic_write(self.path / f"block_{i}.npz", lambda t: _write_with(t, np.savez, **flat))
-    _atomic_write(self.path / f"states_{i + 1}.npy", lambda t: _write_with(t, np.save, states))
+    checkpoint.atomic_write(self.path / f"block_{i}.npz",
+                            lambda t: _write_with(t, np.savez, **flat))
+    checkpoint.atomic_write(self.path / f"states_{i + 1}.npy",
+                            lambda t: _write_with(t, np.save, states))
     prog = {"fingerprint": self.fingerprint, "blocks_done": i + 1, "records": records,
             "digests": digests}
-    _atomic_write(self.path / "progress.json", lambda t: t.write_text(json.dumps(prog, indent=1)))
+    checkpoint.atomic_write(self.path / "progress.json",
+                            lambda t: t.write_text(json.dumps(prog, indent=1)))
     old = self.path / f"states_{i}.npy"
     if old.exists():
       old.unlink()
@@ -272,18 +264,14 @@ def prune_model(params: Mapping, cfg: LlamaConfig, calib: np.ndarray, pcfg: Prun
   block_digest = lambda i: digest(params[f"layers_{i}"])
   ck = None
   if checkpoint is not None:
-    fp = {"pcfg": pcfg.as_dict(), "model": cfg.to_hf(), "calib_shape": list(calib.shape),
-          "calib_sum": int(np.asarray(calib, np.int64).sum()),
+    fp = {"pcfg": pcfg.as_dict(), "model": cfg.to_hf(),
           "calib_digest": digest({"calib": np.asarray(calib)}),
           "embed_digest": digest(params["embed"]),
           "key": np.asarray(jax.random.key_data(key)).tolist()}
     ck = Checkpoint(checkpoint, fp)
-  done, records, why = ck.done(block_digest) if ck else (0, [], "")
+  start, records, digests, why = ck.done(block_digest, end) if ck else (0, [], [], "")
   if why and say is not None:
     say(f"[pipeline] {ck.path}: not resumed, {why}; starting from block 0")
-  start = min(done, end)
-  records = [r for r in records if r["block"] < start]
-  digests = [block_digest(i) for i in range(start)] if ck else []
   dense_params = dict(params)
   compressed = dict(params)
   for i in range(start):

@@ -134,19 +134,21 @@ def _as_input_errors():
 
 
 def _stamp(spec: str) -> tuple:
-  """What changes when a model or text file named by ``spec`` changes (keys the caches below)."""
+  """What changes when a model or text file named by ``spec`` changes."""
   p = Path(spec)
   files = sorted(p.iterdir()) if p.is_dir() else [p] if p.is_file() else []
   return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
 
 
+def _cached_by_files(fn):
+  """``fn`` of model/text specs, cached on the specs and the size and mtime of their files."""
+  cached = functools.lru_cache(maxsize=4)(lambda specs, _stamps: fn(*specs))
+  return functools.wraps(fn)(lambda *specs: cached(specs, tuple(map(_stamp, specs))))
+
+
+@_cached_by_files
 def _texts(calib_text: str, eval_text: str) -> tuple[str, str, str, str]:
   """(calibration text, its name, evaluation text, its name)."""
-  return _texts_cached(calib_text, eval_text, _stamp(calib_text), _stamp(eval_text))
-
-
-@functools.lru_cache(maxsize=4)
-def _texts_cached(calib_text: str, eval_text: str, *_stamps) -> tuple[str, str, str, str]:
   from armor_jax import text  # pylint: disable=import-outside-toplevel
   if "shakespeare" in (calib_text, eval_text):
     cal_default, eval_default = text.shakespeare_split()
@@ -157,25 +159,16 @@ def _texts_cached(calib_text: str, eval_text: str, *_stamps) -> tuple[str, str, 
           ev, f"{tarball} (evaluation plays)" if eval_text == "shakespeare" else eval_text)
 
 
+@_cached_by_files
 def _header(model: str):
   """The model's config and tokenizer, from its headers (armor_jax.loaders.inspect)."""
-  return _header_cached(model, _stamp(model))
-
-
-@functools.lru_cache(maxsize=4)
-def _header_cached(model: str, _stamp_):
   from armor_jax import loaders  # pylint: disable=import-outside-toplevel
   return loaders.inspect(model)
 
 
+@_cached_by_files
 def _tokens(model: str, calib_text: str, eval_text: str):
   """(calibration tokens, evaluation tokens) of the texts under the model's tokenizer."""
-  return _tokens_cached(model, calib_text, eval_text, _stamp(model), _stamp(calib_text),
-                        _stamp(eval_text))
-
-
-@functools.lru_cache(maxsize=4)
-def _tokens_cached(model: str, calib_text: str, eval_text: str, *_stamps):
   cal, _, ev, _ = _texts(calib_text, eval_text)
   tok = _header(model).tokenizer
   return tok.encode(cal), tok.encode(ev)

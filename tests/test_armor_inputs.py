@@ -312,3 +312,26 @@ def test_changed_weights_are_not_resumed(tmp_path):
                                    on_layer=seen.append, say=said.append)
   assert {r["block"] for r in seen} == {0, 1} and "weights" in said[0]
   assert checkpoint.trees_equal(got, pipeline.prune_model(other, m.cfg, calib, pc, key)[1])
+
+
+@pytest.mark.slow
+def test_missing_states_file_starts_over_instead_of_failing(tmp_path):
+  import jax
+  from armor_jax import checkpoint, pipeline
+  conf = hf.config_json("llama2", "tf5")
+  m = loaders.load_hf(hf.write_checkpoint(tmp_path / "ck", conf))
+  calib = np.random.default_rng(0).integers(0, 96, (4, 16)).astype(np.int32)
+  pc = pipeline.PruneConfig(method="wanda", batch=2)
+  key = jax.random.PRNGKey(0)
+  pipeline.prune_model(m.params, m.cfg, calib, pc, key, checkpoint=tmp_path / "p", blocks=1)
+  (tmp_path / "p" / "states_1.npy").unlink()
+  said, seen = [], []
+  _, got, _ = pipeline.prune_model(m.params, m.cfg, calib, pc, key, checkpoint=tmp_path / "p",
+                                   on_layer=seen.append, say=said.append)
+  assert {r["block"] for r in seen} == {0, 1} and "states_1.npy is missing" in said[0]
+  assert checkpoint.trees_equal(got, pipeline.prune_model(m.params, m.cfg, calib, pc, key)[1])
+  # with blocks=1 the finished block needs no states: it is reused as it is
+  seen.clear()
+  pipeline.prune_model(m.params, m.cfg, calib, pc, key, checkpoint=tmp_path / "p", blocks=1,
+                       on_layer=seen.append)
+  assert seen == []
