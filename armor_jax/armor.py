@@ -56,33 +56,37 @@ import numpy as np
 import optax
 from flax import struct
 
-from armor_jax import baselines, blockdiag, calibration, layer, sparsity
+from armor_jax import baselines, blockdiag, calibration, errors, layer, sparsity
 
 _HI = jax.lax.Precision.HIGHEST
 
 
+SCHEMES = ("exact", "official")
+
+
 @dataclasses.dataclass(frozen=True)
 class ArmorConfig:
-  """ARMOR's settings (the defaults follow the authors' configs where they exist).
+  """ARMOR's settings, each with its one default (the authors' values where they exist).
 
   Attributes:
-    block_size: requested block size of A and B (authors: 32 in configs,
-      128 in their replication runs).
-    scheme: ``exact`` (monotone block minimization) or ``official`` (Adam).
-    iters: outer iterations.
-    core_steps: exact scheme: greedy group replacements per block pair per
-      iteration.
+    block_size: requested block size of A and B; each side uses the largest
+      divisor of its dimension not above it (the paper's runs: 128; the
+      authors' configs: 32).
+    scheme: exact (monotone block minimization) or official (Adam, the authors' code).
+    iters: outer iterations per layer.
+    core_steps: exact scheme: greedy group replacements per block pair per iteration.
     cg_steps: exact scheme: conjugate-gradient steps on all kept values per
       iteration (mask fixed).
     lr: official scheme: Adam learning rate (authors: 1e-4).
     sparse_steps: official scheme: sampled group updates per iteration (authors: 1).
     patience: official scheme: stop after this many iterations without
       improvement (authors: 100); 0 disables.
-    rtol, atol: what counts as improvement (authors: 1e-6, 1e-8).
+    rtol: official scheme: relative decrease that counts as improvement (authors: 1e-6).
+    atol: official scheme: absolute decrease that counts as improvement (authors: 1e-8).
   """
   block_size: int = 128
   scheme: str = "exact"
-  iters: int = 50
+  iters: int = 25
   core_steps: int = 16
   cg_steps: int = 8
   lr: float = 1e-4
@@ -90,6 +94,20 @@ class ArmorConfig:
   patience: int = 100
   rtol: float = 1e-6
   atol: float = 1e-8
+
+  def __post_init__(self):
+    errors.check_settings(self, (
+        ("block_size", lambda v: v >= 1, "an integer >= 1"),
+        ("scheme", lambda v: v in SCHEMES, "one of " + ", ".join(SCHEMES)),
+        ("iters", lambda v: v >= 0, "an integer >= 0"),
+        ("core_steps", lambda v: v >= 0, "an integer >= 0"),
+        ("cg_steps", lambda v: v >= 0, "an integer >= 0"),
+        ("lr", lambda v: v > 0, "a number > 0"),
+        ("sparse_steps", lambda v: v >= 1, "an integer >= 1"),
+        ("patience", lambda v: v >= 0, "an integer >= 0"),
+        ("rtol", lambda v: v >= 0, "a number >= 0"),
+        ("atol", lambda v: v >= 0, "a number >= 0"),
+    ))
 
 
 class Problem(struct.PyTreeNode):

@@ -1,9 +1,12 @@
-"""The error a run reports as an input problem: a model, tokenizer or text it cannot use.
+"""The library's two user errors: an input it cannot use and a setting out of range.
 
-Raised by the loaders (file missing, not the format, truncated, a tensor of the wrong
-shape or dtype, a NaN weight), by the text readers (too short for one window) and by
-the pruning pipeline (a block whose weights are not finite). The experiment harness
-prints its message as one line and exits with code 2, as for a config error.
+:class:`InputError` is raised by the loaders (file missing, not the format, truncated,
+a tensor of the wrong shape or dtype, a NaN weight), by the text readers (too short for
+one window) and by the pruning pipeline (a block whose weights are not finite).
+:class:`SettingError` is raised by a settings dataclass (``ArmorConfig``,
+``PruneConfig``) built with a value it does not allow; it names the setting, so a
+config system can point at the key. The experiment harness prints either as one line
+and exits with code 2.
 """
 
 
@@ -12,6 +15,23 @@ import numpy as np
 
 class InputError(ValueError):
   """A model, tokenizer or text file cannot be used; the message names the file and why."""
+
+
+class SettingError(ValueError):
+  """A setting is out of range: ``key`` names it, ``message`` says what it allows."""
+
+  def __init__(self, key: str, allowed: str, value):
+    self.key = key
+    self.message = f"must be {allowed}; got {value!r}"
+    super().__init__(f"{key}: {self.message}")
+
+
+def check_settings(obj, rules) -> None:
+  """Raises SettingError for the first ``(name, predicate, allowed)`` rule ``obj`` breaks."""
+  for name, ok, allowed in rules:
+    value = getattr(obj, name)
+    if not ok(value):
+      raise SettingError(name, allowed, value)
 
 
 def nonfinite(a) -> str:

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from armor_jax import armor as armor_lib, baselines, calibration, checkpoint, layer as layer_lib, llama
-from armor_jax.errors import InputError, nonfinite
+from armor_jax.errors import InputError, check_settings, nonfinite
 from armor_jax.llama import INPUT_OF, LINEARS, LlamaConfig
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor")
@@ -65,16 +65,19 @@ class PruneConfig:
   """
   method: str = "armor"
   mode: str = "sequential"
-  armor: armor_lib.ArmorConfig = armor_lib.ArmorConfig(block_size=32, iters=20)
+  armor: armor_lib.ArmorConfig = armor_lib.ArmorConfig()
   sparsegpt_damp: float = 0.01
   sparsegpt_block: int = 128
   batch: int = 8
 
   def __post_init__(self):
-    if self.method not in METHODS:
-      raise ValueError(f"method {self.method!r}; allowed: {', '.join(METHODS)}")
-    if self.mode not in MODES:
-      raise ValueError(f"mode {self.mode!r}; allowed: {', '.join(MODES)}")
+    check_settings(self, (
+        ("method", lambda v: v in METHODS, "one of " + ", ".join(METHODS)),
+        ("mode", lambda v: v in MODES, "one of " + ", ".join(MODES)),
+        ("sparsegpt_damp", lambda v: v > 0, "a number > 0"),
+        ("sparsegpt_block", lambda v: v >= 4, "an integer >= 4"),
+        ("batch", lambda v: v >= 1, "an integer >= 1"),
+    ))
 
   def as_dict(self) -> dict:
     d = dataclasses.asdict(self)

@@ -59,6 +59,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from armor_jax.armor import ArmorConfig
+from armor_jax.pipeline import PruneConfig
 from experiments import io
 from experiments.harness import RunError
 from experiments.schema import Check, ConfigError, InputError, each, ge, gt, one_of, param
@@ -92,26 +94,14 @@ class Config:
                             check=ge(0))
   methods: tuple[str, ...] = param(METHODS, "methods to run, in order",
                                    check=each(one_of(*METHODS)))
-  mode: str = param("sequential", "sequential (inputs through pruned blocks) or dense "
+  mode: str = param(PruneConfig.mode, "sequential (inputs through pruned blocks) or dense "
                     "(statistics of the dense model only, ARMOR's official code)",
                     check=one_of("sequential", "dense"))
   blocks: int = param(0, "prune only the first N blocks (0 = all)", check=ge(0))
-  armor_block_size: int = param(128, "ARMOR: requested block size of A and B (the paper's runs: "
-                                "128; each side uses the largest divisor of its dimension not "
-                                "above it)", check=ge(1))
-  armor_scheme: str = param("exact", "ARMOR: exact (block minimization) or official (Adam)",
-                            check=one_of("exact", "official"))
-  armor_iters: int = param(25, "ARMOR: iterations per layer", check=ge(0))
-  armor_core_steps: int = param(16, "ARMOR exact: group replacements per block pair per "
-                                "iteration", check=ge(0))
-  armor_cg_steps: int = param(8, "ARMOR exact: CG steps on the kept values per iteration",
-                              check=ge(0))
-  armor_lr: float = param(1e-4, "ARMOR official: Adam learning rate", check=gt(0))
-  armor_patience: int = param(100, "ARMOR official: early stop after this many flat iterations",
-                              check=ge(0))
-  sparsegpt_damp: float = param(0.01, "SparseGPT: dampening, fraction of mean diag(H)",
-                                check=gt(0))
-  batch: int = param(8, "sequences per forward call", check=ge(1))
+  armor: ArmorConfig = param(ArmorConfig(), "ARMOR's settings (armor_jax.armor.ArmorConfig)")
+  sparsegpt_damp: float = param(PruneConfig.sparsegpt_damp,
+                                "SparseGPT: dampening, fraction of mean diag(H)", check=gt(0))
+  batch: int = param(PruneConfig.batch, "sequences per forward call", check=ge(1))
   save_dtype: str = param("bfloat16", "dtype of the compressed ARMOR checkpoint",
                           check=one_of("bfloat16", "float16", "float32"))
   prompt: str = param("Once upon a time, there was a", "prompt for the greedy continuations "
@@ -201,14 +191,9 @@ def preflight(cfg: Config) -> None:
                          f"{mcfg.vocab_size} rows")
 
 
-def prune_config(cfg: Config, method: str):
-  from armor_jax import armor, pipeline  # pylint: disable=import-outside-toplevel
-  acfg = armor.ArmorConfig(block_size=cfg.armor_block_size, scheme=cfg.armor_scheme,
-                           iters=cfg.armor_iters, core_steps=cfg.armor_core_steps,
-                           cg_steps=cfg.armor_cg_steps, lr=cfg.armor_lr,
-                           patience=cfg.armor_patience)
-  return pipeline.PruneConfig(method=method, mode=cfg.mode, armor=acfg,
-                              sparsegpt_damp=cfg.sparsegpt_damp, batch=cfg.batch)
+def prune_config(cfg: Config, method: str) -> PruneConfig:
+  return PruneConfig(method=method, mode=cfg.mode, armor=cfg.armor,
+                     sparsegpt_damp=cfg.sparsegpt_damp, batch=cfg.batch)
 
 
 class Workload:
@@ -280,12 +265,12 @@ def _fingerprint(cfg: Config, seed: int, method: str) -> dict:
   """The settings a finished method's result depends on (ARMOR's keys only for ARMOR, ...)."""
   d = dataclasses.asdict(cfg)
   d.pop("methods")
-  for k in list(d):
-    if (k.startswith("armor_") or k == "save_dtype") and method != "armor":
-      d.pop(k)
-    elif k.startswith("sparsegpt_") and method != "sparsegpt":
-      d.pop(k)
-    elif method == "dense" and k in ("mode", "blocks", "n_calib", "calib_len", "calib_text"):
+  if method != "armor":
+    d.pop("armor"), d.pop("save_dtype")
+  if method != "sparsegpt":
+    d.pop("sparsegpt_damp")
+  if method == "dense":
+    for k in ("mode", "blocks", "n_calib", "calib_len", "calib_text"):
       d.pop(k)
   return json.loads(json.dumps({**d, "seed": seed, "method": method}))
 

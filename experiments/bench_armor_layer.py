@@ -4,12 +4,17 @@ For each layer shape: a layer and calibration inputs with the statistics of
 trained LLM layers (:mod:`armor_jax.synthetic`; a real checkpoint is not
 needed for a timing), NoWag-P's loss, then
 
-* ``official``: the authors' scheme (joint Adam at lr ``official_lr``, one
+* ``official``: the authors' scheme (joint Adam at lr ``official.lr``, one
   sampled 6-way group update per block pair per iteration, early stop after
-  ``patience`` flat iterations) for ``official_iters`` iterations (authors'
-  config: 3000 at block size 32), timed in chunks of ``chunk`` iterations;
-* ``exact``: our monotone block minimization for ``exact_iters`` iterations,
+  ``official.patience`` flat iterations) for ``official.iters`` iterations
+  (authors' config: 3000 at block size 32), timed in chunks of ``chunk``
+  iterations;
+* ``exact``: our monotone block minimization for ``exact.iters`` iterations,
   timed per iteration.
+
+Each scheme's settings are a node with the keys of
+:class:`armor_jax.armor.ArmorConfig` (``official.block_size``,
+``exact.core_steps``, ...).
 
 Every call is compiled before the clock starts. The target is the official
 scheme's best loss after its whole budget; ``speedup_to_target_<shape>`` is
@@ -23,7 +28,7 @@ budget), ``seconds_official_<shape>``, ``seconds_exact_to_target_<shape>``;
 and ``speedup_to_target_min`` over the shapes.
 
     python -m experiments.main experiment=bench_armor_layer            # ~15 min on 2 cores
-    python -m experiments.main experiment=bench_armor_layer shapes=[576x1536] official_iters=500
+    python -m experiments.main experiment=bench_armor_layer shapes=[576x1536] official.iters=500
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ import time
 import jax
 import numpy as np
 
+from armor_jax.armor import ArmorConfig
 from experiments import io
-from experiments.schema import Check, ge, gt, param
+from experiments.schema import Check, ConfigError, ge, param
 
+_AUTHORS_BLOCK = 32   # the block size of the authors' configs
 _SHAPE = re.compile(r"^(\d+)x(\d+)$")
 
 
@@ -54,19 +61,21 @@ class Config:
           isinstance(s, str) and _SHAPE.match(s) and int(s.split("x")[1]) % 4 == 0 and
           min(_shape(s)) >= 4 for s in v),
                   "a non-empty list of 'DOUTxDIN' strings with d_in a multiple of 4"))
-  block_size: int = param(32, "requested block size of A and B (authors' config: 32)", check=ge(1))
   n_tokens: int = param(4096, "calibration tokens (synthetic inputs)", check=ge(16))
-  official_iters: int = param(3000, "official scheme's iteration budget (authors' config: 3000)",
-                              check=ge(1))
-  official_lr: float = param(1e-4, "official scheme's Adam learning rate (authors: 1e-4)",
-                             check=gt(0))
-  patience: int = param(100, "official scheme's early stop (authors: 100); 0 disables", check=ge(0))
+  official: ArmorConfig = param(
+      ArmorConfig(block_size=_AUTHORS_BLOCK, scheme="official", iters=3000),
+      "the authors' scheme and budget (their config: block 32, 3000 iterations, Adam lr 1e-4, "
+      "patience 100)")
+  exact: ArmorConfig = param(ArmorConfig(block_size=_AUTHORS_BLOCK, iters=60),
+                             "our exact scheme and its budget")
   chunk: int = param(100, "official iterations per timed call (time resolution)", check=ge(1))
-  exact_iters: int = param(60, "exact scheme's iteration budget", check=ge(1))
-  core_steps: int = param(16, "exact scheme's group replacements per block pair per iteration",
-                          check=ge(0))
-  cg_steps: int = param(8, "exact scheme's conjugate-gradient steps on the kept values per "
-                        "iteration", check=ge(0))
+
+  def check(self):
+    for name in ("official", "exact"):
+      if getattr(self, name).scheme != name:
+        raise ConfigError(f"{name}.scheme", f"must be {name} (the node is that scheme's run)")
+      if getattr(self, name).iters < 1:
+        raise ConfigError(f"{name}.iters", "must be an integer >= 1")
 
 
 def _timed_run(prob, cfg, state, n_total, chunk, say):
@@ -108,17 +117,12 @@ def run(cfg: Config, ctx) -> dict:
     key, k_layer, k_run = jax.random.split(key, 3)
     w, x = synthetic.layer_and_inputs(k_layer, d_out, d_in, cfg.n_tokens)
     stats = calibration.from_activations(x)
-    prob = armor.make_problem(w, stats.h, cfg.block_size)
-    ctx.say(f"[bench_armor_layer] {shape}: blocks A {prob.b_a}, B {prob.b_b}")
     curves = {}
     for scheme in ("official", "exact"):
-      acfg = (armor.ArmorConfig(block_size=cfg.block_size, scheme="official", lr=cfg.official_lr,
-                                patience=cfg.patience)
-              if scheme == "official" else
-              armor.ArmorConfig(block_size=cfg.block_size, scheme="exact",
-                                core_steps=cfg.core_steps, cg_steps=cfg.cg_steps))
-      n_total, chunk = ((cfg.official_iters, cfg.chunk) if scheme == "official"
-                        else (cfg.exact_iters, 1))
+      acfg = getattr(cfg, scheme)
+      prob = armor.make_problem(w, stats.h, acfg.block_size)
+      ctx.say(f"[bench_armor_layer] {shape} {scheme}: blocks A {prob.b_a}, B {prob.b_b}")
+      n_total, chunk = acfg.iters, (cfg.chunk if scheme == "official" else 1)
       state = armor.init_state(prob, acfg, k_run)
 
       def say(done, elapsed, best, scheme=scheme, n_total=n_total):
@@ -138,7 +142,7 @@ def run(cfg: Config, ctx) -> dict:
     t_exact = _time_to(*curves["exact"], target)
     if np.isnan(t_exact):
       ctx.say(f"  {shape}: the exact scheme did not reach the official loss {target:.6f} "
-              f"within {cfg.exact_iters} iterations")
+              f"within {cfg.exact.iters} iterations")
     headline.update({
         f"speedup_to_target_{shape}": 0.0 if np.isnan(t_exact) else t_off / max(t_exact, 1e-9),
         f"loss_nowag_p_{shape}": nowag,
@@ -156,7 +160,8 @@ def run(cfg: Config, ctx) -> dict:
     ax.set_yscale("log")
     ax.set_xlabel("wall time (s, 2 CPU cores)")
     ax.set_ylabel("normalized proxy loss (best so far)")
-    ax.set_title(f"{shape}, block {cfg.block_size}")
+    blocks = sorted({cfg.official.block_size, cfg.exact.block_size})
+    ax.set_title(f"{shape}, block {' / '.join(map(str, blocks))}")
     ax.legend()
   headline["speedup_to_target_min"] = min(v for k, v in headline.items()
                                           if k.startswith("speedup_to_target_"))

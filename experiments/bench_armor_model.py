@@ -27,17 +27,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from armor_jax.armor import ArmorConfig
 from experiments import armor_prune, io
-from experiments.schema import gt, param
+from experiments.schema import gt, param, validate
 
 _A = {f.name: f for f in dataclasses.fields(armor_prune.Config)}
 
 
-def _same(name: str, default=None):
-  """The field ``name`` of armor_prune's schema (same doc and check), maybe another default."""
+def _same(name: str):
+  """The field ``name`` of armor_prune's schema: same default, doc and check."""
   f = _A[name]
-  return param(f.default if default is None else default, f.metadata["doc"],
-               check=f.metadata["check"])
+  default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+  return param(default, f.metadata["doc"], check=f.metadata["check"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +50,7 @@ class Config:
   methods: tuple[str, ...] = _same("methods")
   mode: str = _same("mode")
   blocks: int = _same("blocks")
-  armor_block_size: int = _same("armor_block_size")
-  armor_scheme: str = _same("armor_scheme")
-  armor_iters: int = _same("armor_iters")
-  armor_core_steps: int = _same("armor_core_steps")
-  armor_cg_steps: int = _same("armor_cg_steps")
-  armor_lr: float = _same("armor_lr")
-  armor_patience: int = _same("armor_patience")
+  armor: ArmorConfig = _same("armor")
   sparsegpt_damp: float = _same("sparsegpt_damp")
   batch: int = _same("batch")
   timeout_min: float = param(60.0, "give up on a method after this many minutes", check=gt(0))
@@ -73,9 +68,7 @@ def preflight(cfg: Config) -> None:
 def _child(method: str, cfg_json: str, seed: int, out_json: str) -> None:
   """Runs in the child process: one method's pipeline, timed."""
   t0 = time.perf_counter()
-  values = json.loads(cfg_json)
-  values["methods"] = tuple(values["methods"])
-  cfg = armor_prune.Config(**values)
+  cfg = validate(armor_prune.Config, json.loads(cfg_json))
   work = armor_prune.Workload(cfg, seed, say=lambda m: print(m, file=sys.stderr, flush=True))
   with tempfile.TemporaryDirectory() as tmp:
     *_, seconds = armor_prune.prune_method(cfg, method, work, seed, Path(tmp), progress=False,

@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from armor_jax.armor import ArmorConfig
 from experiments.schema import Check, each, ge, one_of, param
 
 _SHAPE = re.compile(r"^(\d+)x(\d+)$")
@@ -75,7 +76,8 @@ class Config:
                                    check=each(ge(1)))
   dtype: str = param("bfloat16", "weight and activation dtype",
                      check=one_of("bfloat16", "float16"))
-  block_size: int = param(128, "ARMOR's A and B block size (a divisor of both dims)",
+  block_size: int = param(ArmorConfig.block_size, "ARMOR's A and B block size (a divisor of "
+                          "both dims; the default is ArmorConfig's)",
                           check=ge(1))
   impl: str = param("auto", "auto (Pallas on GPU, reference elsewhere), pallas, reference, or "
                     "interpret (the kernels in Pallas's interpreter: a CPU check, tiny shapes)",

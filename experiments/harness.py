@@ -9,12 +9,18 @@ It writes its curves and figures through ``ctx`` (atomically, into the run
 directory) and may put non-numeric facts in ``ctx.info`` (the instance it ran
 on, for example). :func:`execute` does the rest: validation, resume, timing,
 wandb, and the final ``results.json``.
+
+The schemas are the configs: :func:`register_configs` stores each schema's
+defaults in Hydra's ConfigStore (group ``experiment``, one entry per
+experiment; group ``logger``; the common keys as ``run_keys``), so that
+``conf/`` holds only Hydra's own settings, launchers and ready-made sweeps.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +28,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 from experiments import io
 from experiments.logger import Logger, LoggerConfig
-from experiments.schema import ConfigError, ge, param, validate
+from experiments.schema import ConfigError, as_container, ge, param, validate
 
 # name -> module; each module defines `Config`, `run` and a docstring.
 EXPERIMENTS: dict[str, str] = {
@@ -73,16 +79,46 @@ def get_experiment(name: str) -> Experiment:
                     getattr(module, "preflight", None))
 
 
+LOGGER_MODES = ("disabled", "offline", "online")
+
+
+def register_configs() -> None:
+  """Stores every schema's defaults in Hydra's ConfigStore: each experiment in group
+  ``experiment`` (keys at the top level), the wandb presets in group ``logger``, and
+  ``run_keys`` (seed, resume, progress), which the root config's defaults list names."""
+  from hydra.core.config_store import ConfigStore  # pylint: disable=import-outside-toplevel
+  store = ConfigStore.instance()
+  run_keys = as_container(RunConfig())
+  logger = run_keys.pop("logger")
+  store.store(name="run_keys", node=run_keys)
+  for mode in LOGGER_MODES:
+    store.store(group="logger", name=mode, node={**logger, "mode": mode})
+  for name in EXPERIMENTS:
+    store.store(group="experiment", name=name, package="_global_",
+                node=as_container(get_experiment(name).schema()))
+
+
+_validated: dict[tuple[str, str], tuple[RunConfig, Any, bool]] = {}
+
+
 def split_and_validate(name: str, values: Mapping[str, Any],
                        preflight: bool = False) -> tuple[RunConfig, Any]:
   """Validates a resolved config (without its `hydra` node) for experiment ``name``; with
-  ``preflight``, also runs the experiment's checks of the files its config names."""
+  ``preflight``, also runs the experiment's checks of the files its config names.
+
+  A config is validated (and preflighted) once per process: the entry point checks every
+  run of a command line before Hydra starts, and the run itself reuses that result.
+  """
+  memo = (name, json.dumps(values, sort_keys=True, default=repr))
+  if memo in _validated and (_validated[memo][2] or not preflight):
+    return _validated[memo][:2]
   exp = get_experiment(name)
   common = {f.name for f in dataclasses.fields(RunConfig)}
   run_cfg = validate(RunConfig, {k: v for k, v in values.items() if k in common})
   exp_cfg = validate(exp.schema, {k: v for k, v in values.items() if k not in common})
   if preflight and exp.preflight is not None:
     exp.preflight(exp_cfg)
+  _validated[memo] = (run_cfg, exp_cfg, preflight)
   return run_cfg, exp_cfg
 
 

@@ -1,14 +1,18 @@
 """The one entry point: ``python -m experiments.main experiment=NAME key=value ...``.
 
 Kept short on purpose; the work lives in the experiment modules and in
-:mod:`experiments.harness`. Before Hydra creates any directory, every run the
-command line asks for (each value of a ``-m`` sweep) is composed and checked
-against its schema and by its experiment's ``preflight`` (the files it
-names); a bad key, value or file prints one line and exits with code 2.
+:mod:`experiments.harness`. The configs are the experiments' schemas,
+registered with Hydra's ConfigStore (:func:`experiments.harness.register_configs`);
+``--help`` lists an experiment's keys with their values and what they allow.
+Before Hydra creates any directory, every run the command line asks for (each
+value of a ``-m`` sweep) is composed and checked against its schema and by its
+experiment's ``preflight`` (the files it names); a bad key, value or file
+prints one line and exits with code 2.
 
 Examples::
 
     python -m experiments.main                                  # the tour
+    python -m experiments.main experiment=armor_prune --help    # its keys, values, docs
     python -m experiments.main experiment=erasure_bandit eps=0.95 horizon=20000
     python -m experiments.main -m experiment=erasure_bandit eps=0.5,0.9,0.99
     python -m experiments.main -m +sweep=erasure_eps launcher=joblib
@@ -35,12 +39,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from experiments.harness import RunError, execute, split_and_validate
-from experiments.schema import ConfigError, InputError
+from experiments.harness import (RunError, execute, get_experiment, register_configs,
+                                 split_and_validate)
+from experiments.schema import ConfigError, InputError, describe
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("experiment", "logger", "launcher", "sweep")
-_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc",
+_HELP_FLAGS = ("--help", "-h")
+_INFO_FLAGS = ("--hydra-help", "--info", "-i", "--shell-completion", "-sc",
                "--cfg", "-c", "--resolve", "-p", "--package")
 _MAX_PRODUCT = 64  # sweeps with more runs are checked one varied key at a time
 
@@ -54,10 +60,18 @@ def _run_name(override_dirname: str) -> str:
 
 
 OmegaConf.register_new_resolver("run_name", _run_name, replace=True)
+register_configs()
 
 
 def _group_options(group: str) -> list[str]:
-  return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+  """The choices of a config group: conf/GROUP/*.yaml and the ConfigStore's entries."""
+  from hydra.core.config_store import ConfigStore  # pylint: disable=g-import-not-at-top
+  try:
+    stored = ConfigStore.instance().list(group)
+  except OSError:
+    stored = []
+  return sorted({p.stem for p in (CONF_DIR / group).glob("*.yaml")} |
+                {n.removesuffix(".yaml") for n in stored})
 
 
 def _expand(args: list[str]) -> list[list[str]]:
@@ -97,8 +111,8 @@ def _explain(e: Exception, overrides: list[str]) -> ConfigError:
   m = re.search(r"Could not override '([^']+)'", text) or re.search(
       r"Key '([^']+)' is not in struct", text)
   if m:
-    return ConfigError(m.group(1), "unknown key for this experiment (see its config in "
-                       "conf/experiment/; prefix with + only to add a key on purpose)")
+    return ConfigError(m.group(1), "unknown key for this experiment (its keys: "
+                       "experiment=NAME --help; prefix with + only to add a key on purpose)")
   m = re.search(r"Could not find '([^/']+)/([^']+)'", text) or re.search(
       r"In '[^']*': Could not find '([^/']+)/([^']+)'", text)
   if m and m.group(1) in GROUPS:
@@ -150,6 +164,47 @@ def precheck(args: list[str]) -> int:
   return len(runs)
 
 
+def _cli_value(v) -> str:
+  """A value as it is written on the command line."""
+  if isinstance(v, bool):
+    return str(v).lower()
+  if v is None:
+    return "null"
+  if isinstance(v, (tuple, list)):
+    return "[" + ",".join(map(_cli_value, v)) + "]"
+  if isinstance(v, str) and (not v or re.search(r"[\s,=\[\]'\"]", v)):
+    return repr(v)
+  return str(v)
+
+
+def help_text(args: list[str]) -> str:
+  """What ``--help`` prints: the experiment's docstring and every key with the value this
+  command line gives it (the first run of a sweep), its type and what it allows."""
+  from hydra import initialize_config_dir  # pylint: disable=g-import-not-at-top
+  with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+    cfg = _compose(_expand(args)[0])
+  name = cfg.hydra.runtime.choices["experiment"]
+  with open_dict(cfg):
+    del cfg["hydra"]
+  run_cfg, exp_cfg = split_and_validate(name, OmegaConf.to_container(cfg, resolve=True))
+
+  def table(rows, width=34):
+    lines = []
+    for key, _, value, doc in rows:
+      entry = f"  {key}={_cli_value(value)}"
+      lines.append(entry.ljust(width) + f"  {doc}" if len(entry) < width else
+                   f"{entry}\n{'':{width}}  {doc}")
+    return "\n".join(lines)
+
+  choices = "; ".join(f"{g}: " + ", ".join(_group_options(g)) for g in GROUPS)
+  return (f"experiment={name}: {get_experiment(name).doc}\n\n"
+          f"Keys of {name} (override with key=value; -m key=a,b sweeps):\n"
+          f"{table(describe(exp_cfg))}\n\n"
+          f"Keys of every run:\n{table(describe(run_cfg))}\n\n"
+          f"Config groups ({choices.replace('sweep:', '+sweep:')}).\n"
+          "Hydra's own options: --hydra-help.")
+
+
 @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg) -> None:
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -169,6 +224,13 @@ def _hydra_main(cfg) -> None:
 
 def main(argv: list[str] | None = None) -> None:
   args = list(sys.argv[1:] if argv is None else argv)
+  if any(a in _HELP_FLAGS for a in args):
+    try:
+      print(help_text([a for a in args if a not in _HELP_FLAGS]))
+    except (ConfigError, InputError) as e:
+      print(e, file=sys.stderr)
+      sys.exit(2)
+    sys.exit(0)
   if not any(a in _INFO_FLAGS for a in args):
     try:
       precheck(args)

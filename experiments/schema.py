@@ -10,6 +10,17 @@ exits with code 2 before any work is done.
 Checks that involve several keys go in a ``check(self)`` method of the schema
 that raises :class:`ConfigError`; :func:`validate` calls it.
 
+A library's own settings dataclass (``armor_jax.armor.ArmorConfig``) can be a
+field of a schema as it is, so that its settings are one nested config node
+with the library's defaults: its fields' docs come from the ``Attributes:``
+section of its docstring, and a ``ValueError`` with ``key`` and ``message``
+attributes raised when it is built (``armor_jax.errors.SettingError``) is
+reported as a config error on that key.
+
+The schemas are the only home of the default values: :func:`as_container`
+turns a schema's default instance into the plain mapping that the entry point
+registers with Hydra's ConfigStore as the experiment's config.
+
 Example::
 
     @dataclasses.dataclass(frozen=True)
@@ -21,13 +32,14 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Callable, Mapping
 
 __all__ = [
-    "ConfigError", "InputError", "Check", "param", "validate", "describe", "gt", "ge", "in_range",
-    "one_of", "each", "nonempty",
+    "ConfigError", "InputError", "Check", "param", "validate", "describe", "as_container",
+    "field_docs", "gt", "ge", "in_range", "one_of", "each", "nonempty",
 ]
 
 
@@ -190,7 +202,12 @@ def validate(schema: type, values: Mapping[str, Any], *, prefix: str = ""):
     if check is not None and value is not None and not check(value):
       raise ConfigError(key, f"must be {check.allowed}; got {values[name]!r}")
     kwargs[name] = value
-  instance = schema(**kwargs)
+  try:
+    instance = schema(**kwargs)
+  except ValueError as e:   # a library settings class refusing a value (SettingError)
+    if not (hasattr(e, "key") and hasattr(e, "message")):
+      raise
+    raise ConfigError(prefix + e.key, e.message) from None
   # Checks across several keys: a schema may define check(self), raising ConfigError.
   if hasattr(instance, "check"):
     try:
@@ -200,19 +217,63 @@ def validate(schema: type, values: Mapping[str, Any], *, prefix: str = ""):
   return instance
 
 
-def describe(schema: type, *, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-  """Rows (key, type, default, doc) for documentation and `--help`-like output."""
-  rows = []
-  hints = typing.get_type_hints(schema)
-  for f in dataclasses.fields(schema):
-    tp = hints[f.name]
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    if dataclasses.is_dataclass(tp):
-      rows += describe(tp, prefix=prefix + f.name + ".")
+def field_docs(schema: type) -> dict[str, str]:
+  """One line of documentation per field: the ``param`` doc, else the docstring's
+  ``Attributes:`` entry (Google style, as a library dataclass has it)."""
+  docs: dict[str, str] = {}
+  lines = (schema.__doc__ or "").splitlines()
+  try:
+    start = next(i for i, l in enumerate(lines) if l.strip() == "Attributes:")
+  except StopIteration:
+    start = len(lines)
+  name = None
+  for line in lines[start + 1:]:
+    m = re.match(r"^\s{2,}(\w+(?:, \w+)*):\s*(.*)$", line)
+    if m and (name is None or len(line) - len(line.lstrip()) <= indent):
+      indent = len(line) - len(line.lstrip())
+      names, name = m.group(1).split(", "), m.group(1)
+      for n in names:
+        docs[n] = m.group(2).strip()
+    elif name is not None and line.strip() and len(line) - len(line.lstrip()) > indent:
+      for n in names:
+        docs[n] += " " + line.strip()
+    elif not line.strip():
       continue
-    doc = f.metadata.get("doc", "")
+    else:
+      break
+  for f in dataclasses.fields(schema):
+    if f.metadata.get("doc"):
+      docs[f.name] = f.metadata["doc"]
+  return docs
+
+
+def describe(schema, *, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+  """Rows (key, type, value, doc) of a schema (values: its defaults) or of an instance."""
+  rows = []
+  cls = schema if isinstance(schema, type) else type(schema)
+  hints = typing.get_type_hints(cls)
+  docs = field_docs(cls)
+  for f in dataclasses.fields(cls):
+    tp = hints[f.name]
+    if not isinstance(schema, type):
+      value = getattr(schema, f.name)
+    else:
+      value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if dataclasses.is_dataclass(tp):
+      rows += describe(value if not isinstance(schema, type) else tp, prefix=prefix + f.name + ".")
+      continue
+    doc = docs.get(f.name, "")
     check = f.metadata.get("check")
     if check is not None:
       doc = f"{doc} ({check.allowed})"
-    rows.append((prefix + f.name, _type_name(tp), default, doc))
+    rows.append((prefix + f.name, _type_name(tp), value, doc))
   return rows
+
+
+def as_container(value) -> Any:
+  """A schema instance (or any value in one) as plain dicts, lists and scalars."""
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return {f.name: as_container(getattr(value, f.name)) for f in dataclasses.fields(value)}
+  if isinstance(value, (tuple, list)):
+    return [as_container(v) for v in value]
+  return value

@@ -1,4 +1,4 @@
-"""The tour: a small run of every system that has landed, each with its figure.
+"""The tour: a small run of every system, each with its figures.
 
 What ``python -m experiments.main`` runs with no arguments (under 5 minutes
 on 2 CPU cores). Each system runs its own experiment at a small scale into a
@@ -8,13 +8,17 @@ into the tour's headline as ``<system>/<key>``.
     python -m experiments.main                       # all systems
     python -m experiments.main systems=[erasure_bandit] erasure_bandit.n_seeds=4
     python -m experiments.main systems=[camdp_sample_complexity]
-    python -m experiments.main systems=[armor_prune] armor_prune.blocks=4
+    python -m experiments.main systems=[armor_prune] armor_prune.blocks=4 armor_prune.armor.iters=4
+
+Its config is the other experiments' configs, each with the overrides that make it small
+(below); ``python -m experiments.main --help`` lists every key with its value.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from armor_jax.armor import ArmorConfig
 from experiments import (armor_prune, camdp_sample_complexity, collab_bandit, erasure_bandit,
                          linear_cmdp_sample_complexity)
 from experiments.schema import each, one_of, param
@@ -25,6 +29,8 @@ MODULES = {"erasure_bandit": erasure_bandit, "collab_bandit": collab_bandit,
            "armor_prune": armor_prune}
 SYSTEMS = tuple(MODULES)
 
+# Each system's own config, with the overrides that make it small; every other value is the
+# system's default.
 _SMALL_ERASURE = erasure_bandit.Config(
     n_arms=5, horizon=5_000, eps=0.9, eps_grid=(0.0, 0.5, 0.9, 0.99), n_arms_grid=(2, 5, 10),
     horizon_grid=(1_000, 2_000, 5_000), n_seeds=16, n_points=100)
@@ -34,20 +40,22 @@ _SMALL_COLLAB = collab_bandit.Config(
     horizon=2000, m_grid=(2, 5, 10), sigma_grid=(0.0, 0.1, 0.5), sweep_horizon=400, n_seeds=4,
     regime_points=5)
 
+# Few seeds: the smooth fit of the strict setting is read at 10% failure.
 _SMALL_CAMDP = camdp_sample_complexity.Config(
     n_states=10, n_actions=3, eps=0.07, eps_grid=(0.1, 0.07, 0.05), H_grid=(5.0, 10.0, 20.0),
     zeta=0.1, zeta_grid=(0.07, 0.1, 0.14), relaxed_n_range=(64, 65536),
     strict_n_range=(16384, 2**25), n_per_octave=1, n_seeds=8, n_check_seeds=16, n_grid=64,
-    n_iters=2**16, batch_size=512)
+    n_iters=2**16, batch_size=512, strict_smooth_level=0.1)
 
 _SMALL_LINEAR = linear_cmdp_sample_complexity.Config(
     d=5, d_grid=(5, 9), horizon=5.0, horizon_grid=(4.0, 5.0, 7.0), eps_grid=(1.0, 0.5),
     zeta_grid=(0.5, 1.0), relaxed_n_range=(64, 65536), strict_n_range=(16384, 268435456),
     n_per_octave=2, n_seeds=8, n_check_seeds=8, n_grid=32, n_dual=32768, batch_size=256,
-    tabular=False)
+    tabular=False, strict_smooth_level=0.1)
 
 _SMALL_ARMOR = armor_prune.Config(
-    n_calib=8, calib_len=256, eval_len=256, eval_windows=6, blocks=2, armor_iters=8, gen_tokens=8)
+    n_calib=8, calib_len=256, eval_len=256, eval_windows=6, blocks=2, gen_tokens=8,
+    armor=ArmorConfig(iters=8))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -459,7 +459,9 @@ def _cli(args, cwd):
     (["methods=[wanda,foo]"], "methods"),
     (["model=/nonexistent/model.gguf"], "model"),
     (["calib_text=/nonexistent.txt"], "calib_text"),
-    (["armor_scheme=adam"], "armor_scheme"),
+    (["armor.scheme=adam"], "armor.scheme"),
+    (["armor.block_size=0"], "armor.block_size"),
+    (["armor.foo=1"], "armor.foo"),
     (["methods=[wanda,wanda]"], "methods"),
 ])
 def test_armor_prune_config_errors(precheck_cli, tmp_path, args, key):
@@ -472,7 +474,7 @@ def test_armor_prune_config_errors(precheck_cli, tmp_path, args, key):
 @pytest.mark.slow
 def test_armor_prune_end_to_end_and_method_resume(tmp_path):
   base = ["experiment=armor_prune", "blocks=1", "n_calib=4", "calib_len=64", "eval_len=64",
-          "eval_windows=3", "armor_iters=2", "gen_tokens=2", "progress=false",
+          "eval_windows=3", "armor.iters=2", "gen_tokens=2", "progress=false",
           "save_dtype=float32", "hydra.run.dir=run"]
   r = _cli(base + ["methods=[nowag_p,armor]"], tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -496,3 +498,14 @@ def test_armor_prune_end_to_end_and_method_resume(tmp_path):
   assert r2.stderr.count("done before") == 2
   h2 = json.loads((run / "results.json").read_text())["headline"]
   assert h2["ppl_armor"] == h["ppl_armor"] and "ppl_wanda" in h2
+
+
+@pytest.mark.parametrize("kw, key", [({"method": "foo"}, "method"), ({"mode": "x"}, "mode"),
+                                     ({"batch": 0}, "batch"), ({"sparsegpt_block": 2},
+                                                               "sparsegpt_block"),
+                                     ({"sparsegpt_damp": 0.0}, "sparsegpt_damp")])
+def test_prune_config_names_the_setting_it_refuses(kw, key):
+  from armor_jax.errors import SettingError
+  with pytest.raises(SettingError) as e:
+    pipeline.PruneConfig(**kw)
+  assert e.value.key == key and str(e.value).startswith(f"{key}: must be ")

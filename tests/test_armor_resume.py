@@ -39,8 +39,8 @@ def setup(tmp_path_factory):
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   args = ["experiment=armor_prune", f"model={d / 'ck'}", f"calib_text={d / 'cal.txt'}",
           f"eval_text={d / 'ev.txt'}", "n_calib=4", "calib_len=32", "eval_len=32",
-          "eval_windows=4", "batch=2", "methods=[wanda,armor]", "armor_iters=3",
-          "armor_block_size=16", "gen_tokens=3", "save_dtype=float32", "progress=false"]
+          "eval_windows=4", "batch=2", "methods=[wanda,armor]", "armor.iters=3",
+          "armor.block_size=16", "gen_tokens=3", "save_dtype=float32", "progress=false"]
   return d, env, args
 
 

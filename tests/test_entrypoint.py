@@ -37,6 +37,32 @@ def test_config_errors_exit_2_with_one_line_and_no_output(precheck_cli, tmp_path
   assert list(tmp_path.iterdir()) == []  # no run directory, no partial output
 
 
+def test_help_lists_every_key_with_the_value_this_command_line_gives(tmp_path, monkeypatch,
+                                                                    capsys):
+  import experiments.main
+  from experiments import armor_prune
+  from experiments.schema import describe
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(SystemExit) as e:
+    experiments.main.main(["experiment=armor_prune", "armor.iters=3", "blocks=2", "--help"])
+  out = capsys.readouterr().out
+  assert e.value.code == 0 and out.startswith("experiment=armor_prune: 2:4 pruning")
+  table = out.split("Keys of armor_prune")[1]
+  keys = [line.split("=")[0].strip() for line in table.splitlines() if line.startswith("  ")
+          and "=" in line.split()[0]]
+  assert keys[:len(describe(armor_prune.Config))] == [k for k, *_ in describe(armor_prune.Config)]
+  assert {"seed", "resume", "logger.mode"} <= set(keys)
+  for line in ("  armor.iters=3 ", "  blocks=2 ", "  armor.block_size=128 ", "  seed=0 ",
+               "  methods=[magnitude,wanda,sparsegpt,nowag_p,armor]"):
+    assert line in out, line
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_help_with_a_bad_key_is_a_config_error(precheck_cli):
+  code, lines = precheck_cli(["experiment=erasure_bandit", "eps=2", "--help"])
+  assert code == 2 and len(lines) == 1 and "key 'eps'" in lines[0], lines
+
+
 def test_a_config_error_in_a_real_process(tmp_path):
   r = cli(["experiment=erasure_bandit", "eps=1.2"], tmp_path)
   assert r.returncode == 2 and r.stderr.strip().splitlines() == [
@@ -95,6 +121,9 @@ def test_slurm_launcher_composes():
     (["experiment=erasure_bandit", "means=given", "given_means=[0.1,0.2]"], "given_means"),
     (["experiment=erasure_bandit", "initial_arm=4", "n_arms_grid=[2,5]"], "initial_arm"),
     (["erasure_bandit.initial_arm=9"], "erasure_bandit.initial_arm"),
+    (["experiment=bench_armor_layer", "official.scheme=exact"], "official.scheme"),
+    (["experiment=bench_armor_layer", "exact.iters=0"], "exact.iters"),
+    (["armor_prune.armor.cg_steps=-1"], "armor_prune.armor.cg_steps"),
 ])
 def test_cross_key_errors_are_caught_before_any_output(precheck_cli, tmp_path, args, key):
   code, lines = precheck_cli(args)

@@ -1,13 +1,14 @@
-"""Config schemas: validation messages, coercion, and the YAML configs against their schemas."""
+"""Config schemas: validation messages, coercion, and the schemas as the registered configs."""
 import dataclasses
-import typing
 from pathlib import Path
 
 import pytest
-import yaml
 
-from experiments import harness
-from experiments.schema import ConfigError, each, ge, in_range, one_of, param, validate
+import experiments.main  # noqa: F401  (registers the configs)
+from armor_jax.armor import ArmorConfig
+from experiments import armor_prune, harness, tour
+from experiments.schema import (ConfigError, as_container, describe, each, field_docs, ge,
+                                in_range, one_of, param, validate)
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -53,32 +54,87 @@ def test_errors_name_the_key(values, key, fragment):
   assert "\n" not in str(e.value)
 
 
-def _schema_keys(schema, prefix=""):
-  keys = set()
-  hints = typing.get_type_hints(schema)
-  for f in dataclasses.fields(schema):
-    if dataclasses.is_dataclass(hints[f.name]):
-      keys |= _schema_keys(hints[f.name], prefix + f.name + ".")
-    else:
-      keys.add(prefix + f.name)
-  return keys
-
-
-def _yaml_keys(d, prefix=""):
-  keys = set()
-  for k, v in d.items():
-    if isinstance(v, dict):
-      keys |= _yaml_keys(v, prefix + k + ".")
-    else:
-      keys.add(prefix + k)
-  return keys
+def _compose(overrides):
+  from hydra import compose, initialize_config_dir
+  from omegaconf import OmegaConf, open_dict
+  with initialize_config_dir(config_dir=str(CONF), version_base=None):
+    cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+  name = cfg.hydra.runtime.choices["experiment"]
+  with open_dict(cfg):
+    del cfg["hydra"]
+  return name, harness.split_and_validate(name, OmegaConf.to_container(cfg, resolve=True))
 
 
 @pytest.mark.parametrize("name", sorted(harness.EXPERIMENTS))
-def test_experiment_yaml_lists_every_key_and_validates(name):
-  """Every schema key is in the YAML (so `key=value` works) and the YAML is valid."""
-  data = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
-  data = {k: v for k, v in data.items() if k not in ("defaults", "hydra")}
-  exp = harness.get_experiment(name)
-  assert _yaml_keys(data) == _schema_keys(exp.schema)
-  validate(exp.schema, data)
+def test_the_registered_config_is_the_schema(name):
+  """`experiment=NAME` composes to exactly the schema's defaults, through Hydra and back."""
+  schema = harness.get_experiment(name).schema
+  assert _compose([f"experiment={name}"]) == (name, (harness.RunConfig(), schema()))
+  assert validate(schema, as_container(schema())) == schema()
+
+
+def test_tour_overrides_reach_the_nested_configs():
+  _, (_, cfg) = _compose(["armor_prune.armor.iters=3", "erasure_bandit.n_seeds=4"])
+  assert cfg.armor_prune.armor == dataclasses.replace(tour.Config().armor_prune.armor, iters=3)
+  assert cfg.erasure_bandit == dataclasses.replace(tour.Config().erasure_bandit, n_seeds=4)
+  assert cfg.collab_bandit == tour.Config().collab_bandit
+
+
+def test_a_library_settings_class_is_a_config_node():
+  cfg = validate(armor_prune.Config, {"armor": {"iters": 3.0, "scheme": "official"}})
+  assert cfg.armor == ArmorConfig(iters=3, scheme="official")
+  for values, key, fragment in [({"block_size": 0}, "armor.block_size", "an integer >= 1"),
+                                ({"scheme": "adam"}, "armor.scheme", "one of exact, official"),
+                                ({"lr": -1.0}, "armor.lr", "a number > 0"),
+                                ({"foo": 1}, "armor.foo", "unknown key"),
+                                ({"iters": "many"}, "armor.iters", "an integer")]:
+    with pytest.raises(ConfigError) as e:
+      validate(armor_prune.Config, {"armor": values})
+    assert e.value.key == key and fragment in str(e.value), str(e.value)
+
+
+def test_every_setting_of_a_library_class_is_documented():
+  docs = field_docs(ArmorConfig)
+  assert set(docs) == {f.name for f in dataclasses.fields(ArmorConfig)}
+  assert all(len(d) > 10 and "\n" not in d for d in docs.values()), docs
+  assert "largest divisor" in docs["block_size"]     # a continuation line is joined
+
+
+# Values an experiment sets on purpose in its ARMOR node; every other setting has one
+# default, ArmorConfig's.
+_ARMOR_OVERRIDES = {("tour", "armor_prune.armor"): {"iters"},
+                    ("bench_armor_layer", "official"): {"block_size", "scheme", "iters"},
+                    ("bench_armor_layer", "exact"): {"block_size", "iters"}}
+
+
+def _armor_nodes(cfg, prefix=""):
+  for f in dataclasses.fields(cfg):
+    value = getattr(cfg, f.name)
+    if isinstance(value, ArmorConfig):
+      yield prefix + f.name, value
+    elif dataclasses.is_dataclass(value):
+      yield from _armor_nodes(value, prefix + f.name + ".")
+
+
+@pytest.mark.parametrize("name", sorted(harness.EXPERIMENTS))
+def test_armor_settings_have_one_default(name):
+  cfg = harness.get_experiment(name).schema()
+  flat = {k for k, *_ in describe(cfg)}
+  assert not any(k.split(".")[-1].startswith("armor_") for k in flat), flat
+  for node, value in _armor_nodes(cfg):
+    changed = {f.name for f in dataclasses.fields(ArmorConfig)
+               if getattr(value, f.name) != getattr(ArmorConfig(), f.name)}
+    assert changed == _ARMOR_OVERRIDES.get((name, node), set()), (node, changed)
+
+
+def test_a_config_is_validated_and_preflighted_once(monkeypatch):
+  calls = []
+  exp = harness.Experiment("x", Outer, lambda cfg, ctx: {}, "", preflight=calls.append)
+  monkeypatch.setattr(harness, "get_experiment", lambda name: exp)
+  monkeypatch.setattr(harness, "_validated", {})
+  first = harness.split_and_validate("x", {"n": 4, "seed": 1}, preflight=True)
+  assert harness.split_and_validate("x", {"n": 4, "seed": 1}) == first   # the run, after precheck
+  assert harness.split_and_validate("x", {"n": 4, "seed": 1}, preflight=True) == first
+  assert calls == [Outer(n=4)]
+  harness.split_and_validate("x", {"n": 5, "seed": 1}, preflight=True)
+  assert calls == [Outer(n=4), Outer(n=5)]
