@@ -8,10 +8,13 @@ Shared by every CMDP system (average-reward and linear/discounted):
   optimal constrained gain, an optimal policy, lambda*, the Slater constant.
 * :mod:`cmdp.generative`: N next-state samples per (s, a) and the empirical model.
 * :mod:`cmdp.instances`: hard instances (tunable S, A, H, B, zeta) and random ones.
+* :mod:`cmdp.primal_dual`: the dual loop both learners share (a grid of Lagrangian best
+  responses, projected dual subgradient steps, the output mixture) and a batch's per-run
+  settings (:class:`cmdp.primal_dual.Runs`).
 
 Average-reward specifics: :mod:`cmdp.average_reward` (arXiv 2509.16586, reconstructed).
 Linear (discounted) CMDPs: :mod:`cmdp.linear` (arXiv 2507.02089, reconstructed): instances
-``P = phi psi``, the G-optimal design, LS-MDVI and LS-PE at the core set, the primal-dual loop;
+``P = phi psi``, the G-optimal design, LS-MDVI and LS-PE at the core set;
 the discounted occupancy LP and exact discounted evaluation live in :mod:`cmdp.lp` and
 :mod:`cmdp.tabular`.
 """

@@ -27,13 +27,11 @@ Algorithm (one run; ``acc = eps`` relaxed, ``acc = eps * zeta`` strict):
    ``r_p + lambda_t c`` on ``P_hat``), ``lambda_{t+1} = proj_[0,U](lambda_t -
    eta (rho_hat_c(pi_t) - b'))``. Output: the uniform mixture of pi_0..pi_{T-1}.
 
-Dual grid. As in Vaswani et al. the best responses are only needed on a finite
-grid of lambda (there for a union bound; here for speed): the best responses
-on ``n_grid`` equally spaced points of [0, U] are planned once, vmapped over the
-grid, by discounted policy iteration (exact linear solves, float64), and the T
-dual steps are a cheap ``lax.scan`` that looks up the best response of the
-nearest grid point (lambda itself is kept continuous). The output mixture is
-then a weight vector over the grid's deterministic policies.
+Dual grid (:mod:`cmdp.primal_dual`, shared with :mod:`cmdp.linear`): the best
+responses are planned once on ``n_grid`` equally spaced points of [0, U], vmapped
+over the grid, by discounted policy iteration (exact linear solves, float64); the T
+dual steps look up the nearest grid point, so the output mixture is a weight vector
+over the grid's deterministic policies.
 
 Everything in :func:`run_batch` is one jitted, vmapped call over runs (seeds x
 N x instances) under a scoped ``jax.enable_x64`` (never global). The exact
@@ -50,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cmdp import generative, lp, tabular
+from cmdp import generative, lp, primal_dual, tabular
 
 # Reconstruction constants (see module docstring).
 C_GAMMA = 32.0     # 1 - gamma = acc / (C_GAMMA (B + H))
@@ -148,104 +146,81 @@ def best_responses(P_hat, r_p, c, mu0, gamma, lam_grid, max_iter: int = 100):
   return jax.vmap(one)(lam_grid)
 
 
-def dual_descent(vc: jax.Array, b_prime, U, n_iters: int):
-  """Projected dual subgradient steps with grid lookups; the mixture weights.
-
-  Args:
-    vc: (M,) surrogate constraint gains of the grid's best responses.
-    b_prime: target threshold.
-    U: dual box bound; the grid is linspace(0, U, M).
-    n_iters: T (static).
-
-  Returns:
-    (weights (M,): visit frequencies of the grid points, lambda_T).
-  """
-  M = vc.shape[0]
-  delta = U / (M - 1)
-  eta = U / jnp.sqrt(jnp.asarray(n_iters, vc.dtype))
-
-  def step(carry, _):
-    lam, counts = carry
-    k = jnp.clip(jnp.round(lam / delta), 0, M - 1).astype(jnp.int32)
-    lam = jnp.clip(lam - eta * (vc[k] - b_prime), 0.0, U)
-    return (lam, counts.at[k].add(1)), None
-
-  init = (jnp.zeros((), vc.dtype), jnp.zeros(M, jnp.int32))
-  (lam, counts), _ = jax.lax.scan(step, init, None, length=n_iters)
-  return counts.astype(vc.dtype) / n_iters, lam
-
-
-class Output(NamedTuple):
-  """One run's output mixture (a batch adds leading axes).
+class Instance(NamedTuple):
+  """What a run needs of a true instance (a batch adds a leading run axis).
 
   Attributes:
-    policies: (M, S) int32 deterministic best responses on the dual grid.
-    weights: (M,) mixture weights (sum 1).
-    vc: (M,) surrogate constraint gains on the empirical model.
-    lam_final: () the last dual iterate.
+    P: (S, A, S) transition law (only sampled from); r, c: (S, A); mu0: (S,); b: ().
+    span: B + H (known to the algorithm, as in the theory; B = 0 for weakly
+      communicating instances).
   """
-  policies: jax.Array
-  weights: jax.Array
-  vc: jax.Array
-  lam_final: jax.Array
+  P: jax.Array
+  r: jax.Array
+  c: jax.Array
+  mu0: jax.Array
+  b: jax.Array
+  span: jax.Array
 
 
-def run_one(key, P, r, c, mu0, b, n, eps, zeta, span, strict, *, n_grid: int, n_iters: int,
-            max_pi_iter: int = 100) -> Output:
+def instance(m: tabular.TabularCMDP, span: float) -> Instance:
+  """The :class:`Instance` of ``m`` (numpy float64) with the span the algorithm is given."""
+  f64 = lambda x: np.asarray(x, np.float64)
+  return Instance(f64(m.P), f64(m.r), f64(m.c), f64(m.mu0), f64(m.b), f64(span))
+
+
+def run_one(key, inst: Instance, run: primal_dual.Runs, *, n_grid: int, n_iters: int,
+            max_pi_iter: int = 100) -> primal_dual.Mixture:
   """The algorithm on one instance for one (N, seed); see the module docstring.
 
   Args:
     key: PRNG key of the run.
-    P, r, c, mu0, b: the true instance (P is only sampled from).
-    n: samples per (s, a).
-    eps, zeta, span: target accuracy, Slater constant and B + H (known to the
-      algorithm, as in the theory).
-    strict: bool, strict (True) or relaxed feasibility.
+    inst: the true instance (P is only sampled from) and its B + H.
+    run: N (samples per (s, a)), eps, zeta and the setting, as scalars.
     n_grid, n_iters: dual grid size M and dual steps T (static).
   """
   k_model, k_perturb = jax.random.split(key)
   dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-  P, r, c, mu0 = (jnp.asarray(x, dtype) for x in (P, r, c, mu0))
-  P_hat = generative.empirical_model(k_model, P, n)
-  k = constants(*(jnp.asarray(v, dtype) for v in (eps, zeta, span, b)), jnp.asarray(strict))
+  P, r, c, mu0 = (jnp.asarray(x, dtype) for x in (inst.P, inst.r, inst.c, inst.mu0))
+  P_hat = generative.empirical_model(k_model, P, run.n)
+  k = constants(*(jnp.asarray(v, dtype) for v in (run.eps, run.zeta, inst.span, inst.b)),
+                jnp.asarray(run.strict))
   r_p = r + k.omega * jax.random.uniform(k_perturb, r.shape, dtype)
-  lam_grid = jnp.linspace(0.0, 1.0, n_grid, dtype=dtype) * k.U
-  pols, _, vc = best_responses(P_hat, r_p, c, mu0, k.gamma, lam_grid, max_pi_iter)
-  weights, lam = dual_descent(vc, k.b_prime, k.U, n_iters)
-  return Output(pols, weights, vc, lam)
+  pols, _, vc = best_responses(P_hat, r_p, c, mu0, k.gamma,
+                               primal_dual.dual_grid(k.U, n_grid, dtype), max_pi_iter)
+  weights, lam = primal_dual.dual_descent(vc, k.b_prime, k.U, n_iters)
+  return primal_dual.Mixture(pols, weights, vc, lam)
 
 
 @functools.partial(jax.jit, static_argnames=("n_grid", "n_iters", "max_pi_iter"))
-def _run_batch(keys, P, r, c, mu0, b, n, eps, zeta, span, strict, *, n_grid, n_iters,
-               max_pi_iter):
+def _run_batch(keys, inst, runs, *, n_grid, n_iters, max_pi_iter):
   fn = functools.partial(run_one, n_grid=n_grid, n_iters=n_iters, max_pi_iter=max_pi_iter)
-  return jax.vmap(fn)(keys, P, r, c, mu0, b, n, eps, zeta, span, strict)
+  return jax.vmap(fn)(keys, inst, runs)
 
 
-def run_batch(key: jax.Array, P, r, c, mu0, b, n, eps, zeta, span, strict, *,
-              n_grid: int = 128, n_iters: int = 2 ** 17, max_pi_iter: int = 100) -> Output:
+def run_batch(key: jax.Array, inst: Instance, runs: primal_dual.Runs, *, n_grid: int = 128,
+              n_iters: int = 2 ** 17, max_pi_iter: int = 100) -> primal_dual.Mixture:
   """Runs the algorithm for a flat batch of R runs in one jitted, vmapped call (float64).
 
-  Every argument after ``key`` has a leading run axis R: P (R, S, A, S), r and c
-  (R, S, A), mu0 (R, S), and b, n, eps, zeta, span, strict (R,). Run i uses key
-  ``fold_in(key, i)``. x64 is enabled only for this call.
+  Every field of ``inst`` and ``runs`` has a leading run axis R (run i on instance
+  ``inst[i]`` with settings ``runs[i]``), so one call can mix instances of one shape.
+  Run i uses key ``fold_in(key, i)``. x64 is enabled only for this call.
 
   Returns:
-    :class:`Output` with numpy arrays and a leading axis R.
+    :class:`cmdp.primal_dual.Mixture` with numpy arrays and a leading axis R; its
+    policies are deterministic, (R, M, S).
   """
   with jax.enable_x64(True):
-    R_ = np.shape(n)[0]
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(R_))
-    f64 = lambda x: jnp.asarray(np.asarray(x, np.float64))
-    out = _run_batch(keys, f64(P), f64(r), f64(c), f64(mu0), f64(b), f64(n), f64(eps),
-                     f64(zeta), f64(span), jnp.asarray(np.asarray(strict, bool)),
-                     n_grid=n_grid, n_iters=n_iters, max_pi_iter=max_pi_iter)
+    keys = primal_dual.run_keys(key, np.shape(runs.n)[0])
+    inst = jax.tree.map(lambda x: jnp.asarray(np.asarray(x, np.float64)), inst)
+    out = _run_batch(keys, inst, runs.as_jax(), n_grid=n_grid, n_iters=n_iters,
+                     max_pi_iter=max_pi_iter)
     return jax.tree.map(np.asarray, out)
 
 
 # --- exact evaluation of outputs (numpy float64) -----------------------------------------------
 
-def evaluate_outputs(models: list, instance_of_run, out: Output, min_weight: float = 0.0
+def evaluate_outputs(models: list, instance_of_run, out: primal_dual.Mixture,
+                     min_weight: float = 0.0
                      ) -> tuple[np.ndarray, np.ndarray]:
   """Exact gains (rho_r, rho_c) from mu0 of every run's output mixture.
 
@@ -255,7 +230,7 @@ def evaluate_outputs(models: list, instance_of_run, out: Output, min_weight: flo
   Args:
     models: the true instances (list of TabularCMDP).
     instance_of_run: (R,) index into ``models`` of each run.
-    out: :class:`Output` with leading run axis R (numpy).
+    out: :class:`cmdp.primal_dual.Mixture` with leading run axis R (numpy).
     min_weight: grid points with weight <= this are skipped.
 
   Returns:

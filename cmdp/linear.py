@@ -36,7 +36,7 @@ Sources checked, and what they fixed here:
   reconstructions (marked "(recon)"), following the primal-dual template of
   Vaswani, Yang & Szepesvari 2022 (arXiv 2206.06270) that
   :mod:`cmdp.average_reward` reconstructs too, with which this module shares
-  the dual loop (:func:`cmdp.average_reward.dual_descent`), the tabular model
+  the dual loop (:mod:`cmdp.primal_dual`), the tabular model
   and its exact evaluation (:mod:`cmdp.tabular`) and the LP ground truth
   (:func:`cmdp.lp.solve_discounted_cmdp`).
 
@@ -107,7 +107,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from cmdp import average_reward, lp, tabular
+from cmdp import lp, primal_dual, tabular
 from cmdp.tabular import CMDPError
 
 # Reconstruction constants (see module docstring).
@@ -600,21 +600,6 @@ def samples_per_core_point(rho, n):
   return xp.ceil(n / u - 1e-9) * xp.ones_like(rho)
 
 
-class Output(NamedTuple):
-  """One run's output mixture (a batch adds leading axes).
-
-  Attributes:
-    policies: (M, S, A) LS-MDVI softmax policies on the dual grid.
-    weights: (M,) mixture weights (sum 1).
-    vc: (M,) LS-PE estimates of V_c(mu0) of the grid policies.
-    lam_final: () the last dual iterate.
-  """
-  policies: jax.Array
-  weights: jax.Array
-  vc: jax.Array
-  lam_final: jax.Array
-
-
 def best_responses(phi, M, theta_rp, theta_c, mu0, gamma, beta, lam_grid, n_iters):
   """LS-MDVI policies (G, S, A) on the dual grid and their LS-PE constraint values (G,)."""
   def one(lam):
@@ -624,61 +609,58 @@ def best_responses(phi, M, theta_rp, theta_c, mu0, gamma, beta, lam_grid, n_iter
   return jax.vmap(one)(lam_grid)
 
 
-def run_one(key, inst: Instance, n, eps, zeta, strict, n_iters, *, n_grid: int,
-            n_dual: int, c_beta: float = C_BETA) -> Output:
+def run_one(key, inst: Instance, run: primal_dual.Runs, n_iters, *, n_grid: int,
+            n_dual: int, c_beta: float = C_BETA) -> primal_dual.Mixture:
   """The primal-dual algorithm on one instance for one (N, seed); see the module docstring.
 
   Args:
     key: PRNG key of the run.
     inst: the instance (its P_core is only sampled from).
-    n: sample budget N (``ceil(rho_x N)`` at core point x).
-    eps, zeta: target accuracy and Slater constant (known, as in the theory).
-    strict: bool, strict (True) or relaxed feasibility.
+    run: the sample budget N (``ceil(rho_x N)`` at core point x), eps and zeta (known, as in
+      the theory) and the setting, as scalars.
     n_iters: LS-MDVI / LS-PE steps K (may be traced).
     n_grid, n_dual: dual grid size and dual steps T (static).
     c_beta: LS-MDVI's ``beta = c_beta ln(A) / eps`` (static; inf: greedy).
   """
   k_data, k_perturb = jax.random.split(key)
   dtype = inst.phi.dtype
-  counts = core_counts(k_data, inst.P_core, samples_per_core_point(inst.rho, n))
+  counts = core_counts(k_data, inst.P_core, samples_per_core_point(inst.rho, run.n))
   M = fit_next_state_measure(inst.phi_core, counts, inst.rho)
-  k = constants(eps, zeta, inst.gamma, inst.b, strict, inst.phi.shape[1], c_beta)
+  k = constants(run.eps, run.zeta, inst.gamma, inst.b, run.strict, inst.phi.shape[1], c_beta)
   theta_rp = inst.theta_r + k.omega * jax.random.uniform(k_perturb, inst.theta_r.shape, dtype)
-  lam_grid = jnp.linspace(0.0, 1.0, n_grid, dtype=dtype) * k.U
   pols, vc = best_responses(inst.phi, M, theta_rp, inst.theta_c, inst.mu0, inst.gamma, k.beta,
-                            lam_grid, n_iters)
-  weights, lam = average_reward.dual_descent(vc, k.b_prime, k.U, n_dual)
-  return Output(pols, weights, vc, lam)
+                            primal_dual.dual_grid(k.U, n_grid, dtype), n_iters)
+  weights, lam = primal_dual.dual_descent(vc, k.b_prime, k.U, n_dual)
+  return primal_dual.Mixture(pols, weights, vc, lam)
 
 
 @functools.partial(jax.jit, static_argnames=("n_grid", "n_dual", "c_beta"))
-def _run_batch(keys, inst, n, eps, zeta, strict, n_iters, *, n_grid, n_dual, c_beta):
+def _run_batch(keys, inst, runs, n_iters, *, n_grid, n_dual, c_beta):
   fn = functools.partial(run_one, n_grid=n_grid, n_dual=n_dual, c_beta=c_beta)
-  return jax.vmap(fn, in_axes=(0, None, 0, 0, 0, 0, None))(keys, inst, n, eps, zeta, strict,
-                                                           n_iters)
+  return jax.vmap(fn, in_axes=(0, None, 0, None))(keys, inst, runs, n_iters)
 
 
-def run_batch(key: jax.Array, inst: Instance, n, eps, zeta, strict, *, n_grid: int = 64,
-              n_dual: int = 2 ** 17, n_iters: int = 200, c_beta: float = C_BETA) -> Output:
+def run_batch(key: jax.Array, inst: Instance, runs: primal_dual.Runs, *, n_grid: int = 64,
+              n_dual: int = 2 ** 17, n_iters: int = 200,
+              c_beta: float = C_BETA) -> primal_dual.Mixture:
   """R runs on one instance in one jitted call, vmapped over runs and the dual grid (float64).
 
-  ``n``, ``eps``, ``zeta``, ``strict`` have shape (R,); run i uses key
-  ``fold_in(key, i)``. ``n_iters`` (K) is traced, so calls that differ only
-  in K (or in the instance's numbers) share one compilation per shape. x64 is
-  enabled only for this call. (The runs are not sharded over the host's
-  devices: on CPU, a sharded call deadlocked in XLA once, so one device runs
-  the batch.)
+  Every field of ``runs`` has shape (R,); run i uses key ``fold_in(key, i)``.
+  ``n_iters`` (K) is traced, so calls that differ only in K (or in the instance's
+  numbers) share one compilation per shape. x64 is enabled only for this call. (The
+  runs are not sharded over the host's devices: on CPU, a sharded call deadlocked in
+  XLA once, so one device runs the batch.)
 
   Returns:
-    :class:`Output` with numpy arrays and a leading axis R.
+    :class:`cmdp.primal_dual.Mixture` with numpy arrays and a leading axis R; its
+    policies are the LS-MDVI softmax policies, (R, M, S, A).
   """
   with jax.enable_x64(True):
-    R = np.shape(n)[0]
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(R))
+    keys = primal_dual.run_keys(key, np.shape(runs.n)[0])
     f64 = lambda x: jnp.asarray(np.asarray(x, np.float64))
-    out = _run_batch(keys, jax.tree.map(f64, inst), f64(n), f64(eps), f64(zeta),
-                     jnp.asarray(np.asarray(strict, bool)), jnp.asarray(n_iters, jnp.int32),
-                     n_grid=n_grid, n_dual=n_dual, c_beta=float(c_beta))
+    out = _run_batch(keys, jax.tree.map(f64, inst), runs.as_jax(),
+                     jnp.asarray(n_iters, jnp.int32), n_grid=n_grid, n_dual=n_dual,
+                     c_beta=float(c_beta))
     return jax.tree.map(np.asarray, out)
 
 
@@ -689,7 +671,7 @@ def default_iters(gamma: float, k_factor: float = 12.0) -> int:
 
 # --- exact evaluation of outputs (numpy float64) --------------------------------------------------
 
-def evaluate_outputs(m: LinearCMDP, out: Output) -> tuple[np.ndarray, np.ndarray]:
+def evaluate_outputs(m: LinearCMDP, out: primal_dual.Mixture) -> tuple[np.ndarray, np.ndarray]:
   """Exact (V_r(mu0), V_c(mu0)) of every run's output mixture (runs on the instance ``m``).
 
   Every grid policy is evaluated by a linear solve in float64

@@ -48,7 +48,7 @@ class Config:
 
 def run(cfg: Config, ctx) -> dict:
   plt = io.pyplot()
-  from cmdp import average_reward, instances, lp  # pylint: disable=import-outside-toplevel
+  from cmdp import average_reward, instances, lp, primal_dual  # pylint: disable=import-outside-toplevel
 
   headline: dict[str, float] = {"lp_S": cfg.lp_states, "lp_A": cfg.lp_actions,
                                 "S": cfg.n_states, "A": cfg.n_actions, "n_seeds": cfg.n_seeds,
@@ -80,10 +80,10 @@ def run(cfg: Config, ctx) -> dict:
   span = params.H + params.B
   strict = cfg.setting == "strict"
   R = cfg.n_seeds
-  bcast = lambda x: np.broadcast_to(x, (R,) + np.shape(x))
-  args = (bcast(m.P), bcast(m.r), bcast(m.c), bcast(m.mu0), np.full(R, float(m.b)),
-          np.full(R, float(cfg.n_samples)), np.full(R, cfg.eps), np.full(R, cfg.zeta),
-          np.full(R, span), np.full(R, strict))
+  args = (jax.tree.map(lambda x: np.broadcast_to(x, (R,) + np.shape(x)),
+                      average_reward.instance(m, span)),
+          primal_dual.Runs(np.full(R, float(cfg.n_samples)), np.full(R, cfg.eps),
+                           np.full(R, cfg.zeta), np.full(R, strict)))
   opts = dict(n_grid=cfg.n_grid, n_iters=cfg.n_iters)
   ctx.say(f"[bench_camdp] jax: {R} runs (compile + run)")
   start = time.perf_counter()
@@ -112,8 +112,8 @@ def run(cfg: Config, ctx) -> dict:
   n_cmp = min(R, 64)
   rr, rc = average_reward.evaluate_outputs([m], np.zeros(n_cmp, int),
                                            jax.tree.map(lambda x: x[:n_cmp], out))
-  np_out = average_reward.Output(np.stack([o[0] for o in np_outs]),
-                                 np.stack([o[1] for o in np_outs]), None, None)
+  np_out = primal_dual.Mixture(np.stack([o[0] for o in np_outs]),
+                               np.stack([o[1] for o in np_outs]), None, None)
   nr, nc = average_reward.evaluate_outputs([m], np.zeros(cfg.numpy_seeds, int), np_out)
   headline["jax_mean_subopt"] = float(params.rho_star - rr.mean())
   headline["numpy_mean_subopt"] = float(params.rho_star - nr.mean())

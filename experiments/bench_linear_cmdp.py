@@ -52,7 +52,7 @@ class Config:
 
 def run(cfg: Config, ctx) -> dict:
   plt = io.pyplot()
-  from cmdp import linear  # pylint: disable=import-outside-toplevel
+  from cmdp import linear, primal_dual  # pylint: disable=import-outside-toplevel
 
   gamma = 1.0 - 1.0 / cfg.horizon
   rng = np.random.default_rng(ctx.seed)
@@ -84,8 +84,8 @@ def run(cfg: Config, ctx) -> dict:
   inst = linear.make_instance(m, design)
   strict = cfg.setting == "strict"
   R = cfg.n_seeds
-  args = (np.full(R, cfg.n_samples), np.full(R, cfg.eps), np.full(R, sol.zeta),
-          np.full(R, strict))
+  args = (primal_dual.Runs(np.full(R, cfg.n_samples), np.full(R, cfg.eps), np.full(R, sol.zeta),
+                           np.full(R, strict)),)
   opts = dict(n_grid=cfg.n_grid, n_dual=cfg.n_dual,
               n_iters=linear.default_iters(gamma, cfg.k_factor))
   ctx.say(f"[bench_linear_cmdp] jax: {R} runs (compile + run)")
@@ -114,8 +114,8 @@ def run(cfg: Config, ctx) -> dict:
 
   # Same algorithm, same law: compare the exact outcomes of both paths.
   jr, jc = linear.evaluate_outputs(m, out)
-  np_out = linear.Output(np.stack([o[0] for o in np_outs]), np.stack([o[1] for o in np_outs]),
-                         None, None)
+  np_out = primal_dual.Mixture(np.stack([o[0] for o in np_outs]),
+                               np.stack([o[1] for o in np_outs]), None, None)
   nr, nc = linear.evaluate_outputs(m, np_out)
   b = float(m.b)
   headline["jax_mean_subopt"] = float(sol.value - jr.mean())

@@ -1,7 +1,10 @@
-"""Small statistics shared by experiments: means with confidence intervals, slopes, the
-strict setting's feasible sample size (:func:`feasible_n`) and its smooth counterpart, a
-probit fit in log N of the pooled strict failures (:func:`failure_probit_n`, with the glue
-:func:`grid_failure_evidence`, :func:`smooth_strict_n` and :func:`failure_curves_figure`)."""
+"""Small statistics shared by experiments: means with confidence intervals, slopes, and the
+sample-size estimators of :mod:`experiments.sample_complexity`: the N grid
+(:func:`n_grid_values`), the smallest N meeting a success rate (:func:`smallest_n`,
+interpolated, or :func:`probit_crossing`), the strict setting's feasible N
+(:func:`feasible_n`) and its smooth counterpart, a probit fit in log N of the pooled strict
+failures (:func:`failure_probit_n`, with the glue :func:`grid_failure_evidence`,
+:func:`smooth_strict_n` and :func:`failure_curves_figure`)."""
 
 from __future__ import annotations
 
@@ -67,6 +70,73 @@ def one_at_a_time(base: dict, sweeps: dict[str, tuple[str, Sequence]]
   for name, (key, grid) in sweeps.items():
     where[name] = [add(dict(base, **{key: v})) for v in grid]
   return points, where
+
+
+def n_grid_values(lo: int, hi: int, per_octave: int) -> np.ndarray:
+  """Geometric grid of integers from lo to hi with ``per_octave`` points per doubling."""
+  k = np.arange(int(np.floor(np.log2(hi / lo) * per_octave)) + 1)
+  return np.unique(np.round(lo * 2.0 ** (k / per_octave)).astype(np.int64))
+
+
+def smallest_n(ns: np.ndarray, rate: np.ndarray, ok_extra: np.ndarray, target: float
+               ) -> tuple[float, float, int]:
+  """(N*, interpolated N*, index) of the first grid N from which on rate >= target.
+
+  ``ok_extra`` (bool per N) must also hold from there on. The interpolated N* is where
+  the rate crosses ``target``, linear in log N between the last failing grid N and N*
+  (half-way where the rate does not rise there; N* itself where ``ok_extra`` failed
+  there). nan if none.
+  """
+  good = (rate >= target) & ok_extra
+  tail = np.flip(np.cumprod(np.flip(good)).astype(bool))  # good at i and all after
+  if not tail.any():
+    return float("nan"), float("nan"), -1
+  i = int(np.argmax(tail))
+  if i == 0:
+    return float(ns[0]), float(ns[0]), 0
+  r0, r1 = rate[i - 1], rate[i]
+  if not ok_extra[i - 1] or r1 <= r0:
+    frac = 1.0 if not ok_extra[i - 1] else 0.5
+  else:
+    frac = float(np.clip((target - r0) / (r1 - r0), 0, 1))
+  lo, hi = np.log(ns[i - 1]), np.log(ns[i])
+  return float(ns[i]), float(np.exp(lo + frac * (hi - lo))), i
+
+
+def probit_crossing(ns, success, target: float) -> float:
+  """N at which a probit fit of the success rate in sqrt(N) crosses ``target``.
+
+  Model (the asymptotic law of an estimate with bias and spread ~ 1/sqrt(N)
+  compared with a fixed margin): ``P(success | N) = Phi(beta sqrt(N) - alpha)``,
+  fitted by maximum likelihood to every run from the last grid N whose success
+  rate is <= 1/2 on (below it small-sample effects dominate). Returns nan when
+  the rate never reaches ``target``.
+
+  Args:
+    ns: (n,) sample sizes (increasing).
+    success: (n, seeds) bool.
+  """
+  from scipy import optimize  # pylint: disable=import-outside-toplevel
+  ns = np.asarray(ns, np.float64)
+  k, m = success.sum(1).astype(np.float64), np.full(len(ns), float(success.shape[1]))
+  rate = k / m
+  if not (rate >= target).any():
+    return float("nan")
+  below = np.flatnonzero(rate <= 0.5)
+  lo = int(below.max()) if below.size else 0
+  ns, k, m = ns[lo:], k[lo:], m[lo:]
+  scale = np.sqrt(ns[0] * ns[-1])
+  x = np.sqrt(ns / scale)
+
+  def nll(p):
+    z = np.exp(p[1]) * x - p[0]
+    return -np.sum(k * stats.norm.logcdf(z) + (m - k) * stats.norm.logsf(z))
+
+  best = min((optimize.minimize(nll, x0, method="Nelder-Mead",
+                                options=dict(xatol=1e-9, fatol=1e-12, maxiter=5000))
+              for x0 in ([0.0, 0.0], [2.0, 1.0], [5.0, 2.0])), key=lambda r: r.fun)
+  alpha, beta = best.x[0], np.exp(best.x[1])
+  return float(scale * max((alpha + stats.norm.ppf(target)) / beta, 0.0) ** 2)
 
 
 def from_which_on(good) -> np.ndarray:

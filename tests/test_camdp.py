@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cmdp import average_reward as ar
-from cmdp import instances, lp, tabular
+from cmdp import instances, lp, primal_dual, tabular
 
 OPTS = dict(n_grid=64, n_iters=2 ** 15)   # one compiled shape for the algorithm tests
 R = 8
@@ -37,7 +37,7 @@ def test_dual_descent_balances_the_constraint_on_average():
   # Best responses: constraint gain 0.8 for lambda >= 2, else 0.2; target 0.5 -> mix 1/2-1/2.
   lam_grid = np.linspace(0, 10, 101)
   vc = jnp.asarray(np.where(lam_grid >= 2.0, 0.8, 0.2))
-  w, lam = ar.dual_descent(vc, 0.5, 10.0, 2 ** 14)
+  w, lam = primal_dual.dual_descent(vc, 0.5, 10.0, 2 ** 14)
   w = np.asarray(w)
   assert w.sum() == pytest.approx(1.0)
   assert float(w @ np.asarray(vc)) == pytest.approx(0.5, abs=10.0 / 2 ** 7 / 10)
@@ -46,10 +46,11 @@ def test_dual_descent_balances_the_constraint_on_average():
 
 def _run(m, n, eps, zeta, strict, key=0):
   p = ar.instance_parameters(m)
-  b = lambda x: np.broadcast_to(x, (R,) + np.shape(x))
-  out = ar.run_batch(jax.random.key(key), b(m.P), b(m.r), b(m.c), b(m.mu0),
-                     np.full(R, float(m.b)), np.full(R, float(n)), np.full(R, eps),
-                     np.full(R, zeta), np.full(R, p.H + p.B), np.full(R, strict), **OPTS)
+  inst = jax.tree.map(lambda x: np.broadcast_to(x, (R,) + np.shape(x)),
+                      ar.instance(m, p.H + p.B))
+  runs = primal_dual.Runs(np.full(R, float(n)), np.full(R, eps), np.full(R, zeta),
+                          np.full(R, strict))
+  out = ar.run_batch(jax.random.key(key), inst, runs, **OPTS)
   rr, rc = ar.evaluate_outputs([m], np.zeros(R, int), out)
   return p, out, rr, rc
 
@@ -90,7 +91,8 @@ def test_numpy_reference_runs_the_same_algorithm():
   rng = np.random.default_rng(0)
   outs = [ar.run_one_numpy(rng, m, 10 ** 9, 0.1, 0.1, p.H + p.B, True, **OPTS)
           for _ in range(2)]
-  out = ar.Output(np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), None, None)
+  out = primal_dual.Mixture(np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]),
+                            None, None)
   nr, nc = ar.evaluate_outputs([m], np.zeros(2, int), out)
   _, _, jr, jc = _run(m, 1e9, 0.1, 0.1, strict=True)
   # Same law: with P_hat ~ P both land on the same mixture up to the perturbation and T.

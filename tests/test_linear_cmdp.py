@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cmdp import linear, lp, tabular
+from cmdp import linear, lp, primal_dual, tabular
 from cmdp.tabular import CMDPError
 
 OPTS = dict(n_grid=32, n_dual=2 ** 14)   # one compiled shape per instance in these tests
@@ -288,9 +288,9 @@ def test_ls_pe_on_the_exact_model_is_exact_evaluation():
 
 def _run(m, n, eps, zeta, strict, key=0, k_factor=6.0, inst=None):
   inst = linear.make_instance(m) if inst is None else inst
-  out = linear.run_batch(jax.random.key(key), inst, np.full(R, float(n)), np.full(R, eps),
-                         np.full(R, zeta), np.full(R, strict),
-                         n_iters=linear.default_iters(float(m.gamma), k_factor), **OPTS)
+  runs = primal_dual.Runs(np.full(R, float(n)), np.full(R, eps), np.full(R, zeta),
+                          np.full(R, strict))
+  out = linear.run_batch(jax.random.key(key), inst, runs, n_iters=linear.default_iters(float(m.gamma), k_factor), **OPTS)
   return out, *linear.evaluate_outputs(m, out)
 
 
@@ -335,8 +335,9 @@ def test_numpy_reference_runs_the_same_algorithm():
   rng = np.random.default_rng(0)
   outs = [linear.run_one_numpy(rng, m, design, 1e9, 0.5, 0.5, True, n_iters=K, **OPTS)
           for _ in range(2)]
-  nr, nc = linear.evaluate_outputs(m, linear.Output(np.stack([o[0] for o in outs]),
-                                                    np.stack([o[1] for o in outs]), None, None))
+  nr, nc = linear.evaluate_outputs(m, primal_dual.Mixture(np.stack([o[0] for o in outs]),
+                                                          np.stack([o[1] for o in outs]),
+                                                          None, None))
   _, jr, jc = _run(m, 1e9, 0.5, 0.5, True)
   # Same law: with M ~ psi both land on the same mixture up to the perturbation.
   assert abs(nr.mean() - jr.mean()) < 0.02 and abs(nc.mean() - jc.mean()) < 0.01

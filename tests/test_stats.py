@@ -7,7 +7,7 @@ from scipy import stats
 
 
 def test_smallest_n_takes_the_first_n_from_which_on_the_rate_holds():
-  from experiments.camdp_sample_complexity import n_grid_values, smallest_n
+  from experiments.stats import n_grid_values, smallest_n
   ns = n_grid_values(16, 256, 1)
   np.testing.assert_array_equal(ns, [16, 32, 64, 128, 256])
   rate = np.array([0.0, 0.95, 0.5, 0.8, 1.0])
@@ -55,7 +55,7 @@ def test_feasible_n_steps_past_grid_points_where_fresh_seeds_violate():
 
 
 def test_probit_crossing_recovers_the_target_sample_size():
-  from experiments.linear_cmdp_sample_complexity import probit_crossing
+  from experiments.stats import probit_crossing
   rng = np.random.default_rng(12)
   ns = 1000 * 2.0 ** np.arange(0, 12, 0.5)
   alpha, beta = 1.0, 0.02                        # P = Phi(beta sqrt(N) - alpha)
