@@ -1,1 +1,4 @@
-"""Bandit systems: shared core (bandits.core, bandits.policies) and bandits over erasure channels."""
+"""Bandit systems: the shared core (bandits.core: interfaces, the batched run loop, layout
+helpers), bandits over erasure channels (bandits.erasure) and collaborative personalized
+linear bandits (bandits.collab); each system holds its environment, algorithms, simulator,
+numpy reference and theory curves."""

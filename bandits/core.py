@@ -1,22 +1,26 @@
-"""What every bandit system here shares: the algorithm interface and the run loop.
+"""What every bandit system here shares: the algorithm and environment interfaces and the run loop.
 
 An algorithm is a triple of pure functions, in the shape of an optax
 transformation::
 
-    state = algo.init(key, spec)            # spec: what the learner may know
-    action = algo.act(key, state)           # the arm it requests this round
+    state = algo.init(key, spec)             # spec: what the learner may know
+    action = algo.act(key, state)            # the arm(s) it requests this round
+    action = algo.act(key, state, context)   # ... when the environment shows a context first
     state = algo.update(state, action, obs)  # obs: what it observed
 
 An environment follows gymnax: ``reset(key, params) -> state`` and
-``step(key, state, action, params) -> (state, obs, played)``, where ``played``
-is the arm the environment actually pulled (hidden from the learner) and
-regret is charged on it.
+``step(key, state, action, params) -> (state, obs, outcome)``, where ``outcome``
+is what the round cost, hidden from the learner: the arm the environment actually
+pulled (erasure bandits; the run's ``regret_of`` turns it into pseudo-regret through
+the gaps) or each agent's pseudo-regret itself (linear bandits). An environment may
+show the learner a ``context`` before it acts (a linear bandit's action set).
 
-:func:`simulate` runs a batch of (grid point, seed) pairs in one jitted call:
-an outer ``lax.scan`` over at most ``n_points`` chunks (the regret curve's
-resolution; progress is reported once per chunk; each chunk's randomness is
-drawn in one vectorized call) and inside each chunk a ``lax.scan`` over rounds.
-Memory is O(grid x seeds x arms) plus the curve.
+:func:`simulate` runs a batch of (grid point, seed) pairs in one jitted call: an
+outer ``lax.scan`` over chunks of rounds (progress is reported once per chunk; each
+chunk's randomness is drawn in one vectorized call) and inside each chunk a
+``lax.scan`` over rounds; the regret curve has a point per chunk or per round.
+:func:`run` is that call, jitted, with each local device simulating its share of the
+runs (:func:`on_each_device`). Memory is O(grid x seeds x arms) plus the curve.
 
 Layout convention: per-arm arrays are (K, *batch) and per-run scalars
 (*batch), batch axes trailing. Algorithms written with the helpers below
@@ -30,11 +34,13 @@ one. Algorithms not written that way run through the ``vmap`` path.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 PRNGKey = jax.Array
@@ -61,20 +67,31 @@ class BanditSpec(struct.PyTreeNode):
     return jnp.sum(self.arm_mask.astype(jnp.int32), axis=0)
 
 
+def _unchanged(state):
+  return state
+
+
 class Algorithm(NamedTuple):
-  """A bandit algorithm as pure functions (see module docstring)."""
-  init: Callable[[PRNGKey, BanditSpec], Any]
-  act: Callable[[PRNGKey, Any], jax.Array]
+  """A bandit algorithm as pure functions (see module docstring).
+
+  ``export`` maps the final state to the layout callers read (the simulator applies
+  it to the state it returns).
+  """
+  init: Callable[[PRNGKey, Any], Any]
+  act: Callable[..., jax.Array]
   update: Callable[[Any, jax.Array, Any], Any]
+  export: Callable[[Any], Any] = _unchanged
 
 
 class Environment(NamedTuple):
   """A bandit environment as pure functions (gymnax shape).
 
-  ``step(key, state, action, params)`` is ``step_drawn(draw(key, (), shape),
+  ``step(key, state, action, params)`` is ``step_drawn(draw(key, (), params),
   state, action, params)``: the randomness of a round is drawn by ``draw`` and
   consumed by ``step_drawn``, so a simulator can draw many rounds at once
-  (``draw(key, (n,), shape)``, one vectorized call) and scan over them.
+  (``draw(key, (n,), params)`` for one run's params, one vectorized call) and scan
+  over them. ``context(state, params)``, if given, is what the learner sees before it
+  acts (passed to ``act`` as its third argument).
 
   An environment whose randomness is ``n_uniforms`` uniforms on [0, 1) per
   round (and agent) also gives ``from_uniforms`` (array (n_uniforms, *rounds,
@@ -84,25 +101,29 @@ class Environment(NamedTuple):
   """
   reset: Callable[[PRNGKey, Any], Any]
   step: Callable[[PRNGKey, Any, jax.Array, Any], tuple[Any, Any, jax.Array]]
-  draw: Callable[[PRNGKey, tuple, tuple], Any]
+  draw: Callable[[PRNGKey, tuple, Any], Any]
   step_drawn: Callable[[Any, Any, jax.Array, Any], tuple[Any, Any, jax.Array]]
   n_uniforms: int = 0
   from_uniforms: Callable[[jax.Array], Any] | None = None
+  context: Callable[[Any, Any], Any] | None = None
 
 
 class SimResult(NamedTuple):
   """Output of :func:`simulate`; leading axes are the batch axes of the inputs.
 
   Attributes:
-    rounds: (n_points,) int32, the round count at each checkpoint (the last
-      one equals the largest horizon).
-    regret: (..., n_points) float32, cumulative pseudo-regret at each
-      checkpoint (constant after a run's own horizon).
+    rounds: (n,) int32, the round count at each point of the curve (the end of
+      each chunk, or every round; the last one equals the largest horizon).
+    regret: (..., n) float32, cumulative pseudo-regret (summed over agents) at
+      each point (constant after a run's own horizon).
     final_regret: (...,) float32, cumulative pseudo-regret at the run's horizon.
+    state: the algorithm's final state (``algo.export``-ed; batch axes
+      trailing), when asked for.
   """
   rounds: jax.Array
   regret: jax.Array
   final_regret: jax.Array
+  state: Any = None
 
 
 UNROLL_ARMS = 16  # up to this many arms, per-arm lookups are select chains (see take)
@@ -229,7 +250,6 @@ def shard_runs(tree):
   if len(devices) < 2:
     return tree
   from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
   mesh = Mesh(np.array(devices), ("runs",))
 
   def put(x):
@@ -258,7 +278,6 @@ def on_each_device(fn: Callable, n_runs: int, out_run_axes) -> Callable:
   if len(devices) < 2 or n_runs % len(devices):
     return fn
   from jax.sharding import Mesh, PartitionSpec  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
   mesh = Mesh(np.array(devices), ("runs",))
 
   def spec_at(ndim: int, axis: int | None) -> PartitionSpec:
@@ -278,15 +297,36 @@ def on_each_device(fn: Callable, n_runs: int, out_run_axes) -> Callable:
   return mapped
 
 
-def chunking(horizon: int, n_points: int) -> tuple[int, int]:
-  """(number of chunks, rounds per chunk) covering ``horizon`` rounds."""
-  n_chunks = max(1, min(n_points, horizon))
-  return n_chunks, math.ceil(horizon / n_chunks)
+def chunking(horizon: int, n_points: int, *, divisor: bool = False, per_round_floats: int = 0,
+             max_floats: int = 8_000_000) -> tuple[int, int]:
+  """(number of chunks, rounds per chunk) covering ``horizon`` rounds in about ``n_points``.
+
+  By default ``min(n_points, horizon)`` chunks of ``ceil(horizon / n_chunks)`` rounds
+  (the last may overhang; :func:`simulate` masks the rounds past the horizon). With
+  ``divisor``, the chunk length is the largest divisor of ``horizon`` not above that,
+  and small enough that a chunk's draws (``per_round_floats`` per round) stay within
+  ``max_floats``.
+  """
+  if not divisor:
+    n_chunks = max(1, min(n_points, horizon))
+    return n_chunks, math.ceil(horizon / n_chunks)
+  target = max(1, min(math.ceil(horizon / max(n_points, 1)),
+                      max_floats // max(per_round_floats, 1)))
+  chunk_len = max(c for c in range(1, target + 1) if horizon % c == 0)
+  return horizon // chunk_len, chunk_len
 
 
-def simulate(env: Environment, algo: Algorithm, env_params, spec: BanditSpec, gaps: jax.Array,
-             keys: jax.Array, *, horizon: int, n_points: int = 1000, ragged: bool = False,
-             native_batch: bool = False,
+def per_run(fn: Callable, n_batch: int) -> Callable:
+  """Maps ``fn`` of one run over the ``n_batch`` trailing batch axes of every argument."""
+  for _ in range(n_batch):
+    fn = jax.vmap(fn, in_axes=-1, out_axes=-1)
+  return fn
+
+
+def simulate(env: Environment, algo: Algorithm, env_params, spec, keys: jax.Array, *,
+             horizon: int, chunks: tuple[int, int], regret_of: Callable | None = None,
+             ragged: bool = False, native_batch: bool = False, every_round: bool = False,
+             keep_state: bool = False,
              progress: Callable[[int], None] | None = None) -> SimResult:
   """Runs ``algo`` on ``env`` for a batch of runs; jit-compatible.
 
@@ -297,18 +337,23 @@ def simulate(env: Environment, algo: Algorithm, env_params, spec: BanditSpec, ga
     env: the environment.
     algo: the algorithm.
     env_params: environment parameters, batch axes trailing.
-    spec: the learner's spec, batch axes trailing.
-    gaps: (K, *batch) gap of each arm to the best (padded arms: 0).
+    spec: the learner's spec, batch axes trailing (``spec.horizon`` per run when
+      ``ragged``).
     keys: (*batch) PRNG keys, one per run.
-    horizon: static, the largest horizon in the batch (scan length).
-    n_points: static, the regret curve's resolution (at most this many points).
+    horizon: static, the largest horizon in the batch.
+    chunks: static, (number of chunks, rounds per chunk), e.g. from :func:`chunking`.
+    regret_of: maps a round's outcome (what ``step`` returns third) to the
+      pseudo-regret it cost, (*agents, *batch); None when the outcome is it.
     ragged: static; True when horizons differ across the batch, so rounds past
       a run's own horizon must be masked out.
-    native_batch: static; True when ``algo`` and ``env`` are batch-polymorphic
-      (written for (K, *batch) arrays, reducing over axis 0 only, and ignoring
-      or accepting a batch of keys in ``act``): they are then called once on
-      the whole batch. Otherwise each run is ``vmap``-ped. Both give the same
-      numbers; the native form is several times faster on CPU.
+    native_batch: static; True when ``algo`` and ``env.step_drawn`` are
+      batch-polymorphic (written for (K, *batch) arrays, reducing over axis 0
+      only, and ignoring or accepting a batch of keys in ``act``): they are then
+      called once on the whole batch. Otherwise each run is ``vmap``-ped. Both give
+      the same numbers; the native form is several times faster on CPU.
+      ``env.reset`` and ``env.draw`` are always called per run.
+    every_round: static; a curve point per round rather than per chunk.
+    keep_state: static; return the algorithm's final state.
     progress: optional host callback called with the number of finished chunks.
 
   Returns:
@@ -316,67 +361,125 @@ def simulate(env: Environment, algo: Algorithm, env_params, spec: BanditSpec, ga
   """
   batch_shape = keys.shape
   nb = len(batch_shape)
-  n_chunks, chunk_len = chunking(horizon, n_points)
+  n_chunks, chunk_len = chunks
   # Rounds past a run's horizon are masked: when horizons differ, or when the
   # last chunk overhangs the horizon.
   masked = ragged or n_chunks * chunk_len != horizon
+  batched = (lambda fn: fn) if native_batch else (lambda fn: per_run(fn, nb))
+  regret_of = regret_of or (lambda outcome: outcome)
 
-  def per_run(fn):
-    """Maps ``fn`` of one run over the trailing batch axes of every argument."""
-    for _ in batch_shape:
-      fn = jax.vmap(fn, in_axes=-1, out_axes=-1)
-    return fn
+  def act(key, algo_s, env_s):
+    if env.context is None:
+      return batched(algo.act)(key, algo_s)
+    return batched(algo.act)(key, algo_s, batched(env.context)(env_s, env_params))
 
-  batched = (lambda fn: fn) if native_batch else per_run
-  first_run = lambda tree: jax.tree.map(lambda x: x[(..., *(0,) * nb)], tree)
-  # The shape of one run's action (() for one agent, (M,) for M agents).
-  action_shape = jax.eval_shape(lambda k, sp: algo.act(k, algo.init(k, sp)), jax.random.key(0),
-                                first_run(spec)).shape
-  n_lead = len(action_shape)
-
-  key_env, key_algo = per_run(lambda k: tuple(jax.random.split(k)))(keys)
-  env_state = batched(env.reset)(key_env, env_params)
+  key_env, key_algo = per_run(lambda k: tuple(jax.random.split(k)), nb)(keys)
+  env_state = per_run(env.reset, nb)(key_env, env_params)
   algo_state = batched(algo.init)(key_algo, spec)
 
   def round_fn(inner, xs):
     env_s, algo_s, regret, t = inner
     drawn, key_act = xs
-    action = batched(algo.act)(key_act, algo_s)
-    new_env_s, obs, played = batched(env.step_drawn)(drawn, env_s, action, env_params)
+    action = act(key_act, algo_s, env_s)
+    new_env_s, obs, outcome = batched(env.step_drawn)(drawn, env_s, action, env_params)
     new_algo_s = batched(algo.update)(algo_s, action, obs)
-    inst = jnp.sum(take(gaps, played), axis=tuple(range(n_lead)))
+    inst = regret_of(outcome)
+    inst = jnp.sum(inst, axis=tuple(range(inst.ndim - nb)))
     if masked:
       live = t < (spec.horizon if ragged else horizon)
       new_env_s = tree_select(live, new_env_s, env_s)
       new_algo_s = tree_select(live, new_algo_s, algo_s)
       inst = jnp.where(live, inst, 0.0)
-    return (new_env_s, new_algo_s, regret + inst, t + 1), None
+    regret = regret + inst
+    return (new_env_s, new_algo_s, regret, t + 1), (regret if every_round else None)
 
   # Environments drawing only uniforms get one counter-based stream per run.
   fast_draws = (env.from_uniforms is not None
                 and str(jax.random.key_impl(keys)) == "threefry2x32")
-  key_stream = per_run(lambda k: jax.random.fold_in(k, 1 << 30))(keys) if fast_draws else None
+  if fast_draws:
+    first = lambda tree: jax.tree.map(lambda x: x[(..., *(0,) * nb)], tree)
+    # The shape of one run's action (() for one agent, (M,) for M agents).
+    action_shape = jax.eval_shape(lambda k, sp: algo.act(k, algo.init(k, sp)),
+                                  jax.random.key(0), first(spec)).shape
+    key_stream = per_run(lambda k: jax.random.fold_in(k, 1 << 30), nb)(keys)
 
-  def chunk_keys(key, chunk):
+  def chunk_keys(key, params, chunk):
     key_act, key_env = jax.random.split(jax.random.fold_in(key, chunk))
     # One act key per round and run (deterministic algorithms ignore them).
-    drawn = None if fast_draws else env.draw(key_env, (chunk_len,), action_shape)
+    drawn = None if fast_draws else env.draw(key_env, (chunk_len,), params)
     return drawn, jax.random.split(key_act, chunk_len)
 
   def outer(carry, chunk):
     # (chunk_len, *action_shape, *batch) draws: rounds lead, runs trail.
-    drawn, act_keys = per_run(chunk_keys)(keys, jnp.broadcast_to(chunk, batch_shape))
+    drawn, act_keys = per_run(chunk_keys, nb)(keys, env_params,
+                                              jnp.broadcast_to(chunk, batch_shape))
     if fast_draws:
       drawn = env.from_uniforms(counter_uniforms(key_stream, chunk * chunk_len, chunk_len,
                                                  env.n_uniforms, action_shape))
-    xs = (drawn, act_keys)
-    carry, _ = jax.lax.scan(round_fn, carry, xs)
+    carry, curve = jax.lax.scan(round_fn, carry, (drawn, act_keys))
     if progress is not None:
       jax.debug.callback(progress, chunk + 1)
-    return carry, carry[2]
+    return carry, (curve if every_round else carry[2])
 
   init = (env_state, algo_state, jnp.zeros(batch_shape, jnp.float32),
           jnp.zeros(batch_shape, jnp.int32))
-  (_, _, final, _), curve = jax.lax.scan(outer, init, jnp.arange(n_chunks))
-  rounds = jnp.minimum((jnp.arange(n_chunks) + 1) * chunk_len, horizon).astype(jnp.int32)
-  return SimResult(rounds=rounds, regret=jnp.moveaxis(curve, 0, -1), final_regret=final)
+  (_, algo_state, final, _), curve = jax.lax.scan(outer, init, jnp.arange(n_chunks))
+  if every_round:
+    curve = curve.reshape((n_chunks * chunk_len,) + batch_shape)[:horizon]
+    rounds = jnp.arange(1, horizon + 1, dtype=jnp.int32)
+  else:
+    rounds = jnp.minimum((jnp.arange(n_chunks) + 1) * chunk_len, horizon).astype(jnp.int32)
+  return SimResult(rounds=rounds, regret=jnp.moveaxis(curve, 0, -1), final_regret=final,
+                   state=algo.export(algo_state) if keep_state else None)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "system", "how", "batch_shape", "horizon", "chunks", "ragged", "native_batch",
+    "every_round", "keep_state", "progress"))
+def _run(key, data, *, system, how, batch_shape, horizon, chunks, ragged, native_batch,
+         every_round, keep_state, progress):
+  keys = jax.random.split(key, math.prod(batch_shape)).reshape(batch_shape)
+
+  def local(keys, data):
+    env, algo, params, spec, regret_of = system(data, how)
+    res = simulate(env, algo, params, spec, keys, horizon=horizon, chunks=chunks,
+                   regret_of=regret_of, ragged=ragged, native_batch=native_batch,
+                   every_round=every_round, keep_state=keep_state, progress=progress)
+    return res if keep_state else res._replace(state=())   # () has no leaves to map
+
+  run_axis = len(batch_shape) - 1
+  shapes = jax.eval_shape(local, keys, data)
+  out_run_axes = SimResult(rounds=None, regret=run_axis, final_regret=run_axis,
+                           state=jax.tree.map(lambda x: -1 if x.ndim else None, shapes.state))
+  res = on_each_device(local, batch_shape[-1], out_run_axes)(keys, data)
+  return res if keep_state else res._replace(state=None)
+
+
+def run(system: Callable, how, data, key: jax.Array, *, batch_shape: tuple[int, ...],
+        horizon: int, chunks: tuple[int, int], ragged: bool = False,
+        native_batch: bool = True, every_round: bool = False, keep_state: bool = False,
+        progress: Callable[[int], None] | None = None) -> SimResult:
+  """Simulates a batch of runs in one jitted call, each local device on its share.
+
+  Run b of the batch uses key ``split(key, n_runs)[b]`` (flat index). Each device
+  simulates its share of the last batch axis as its own program
+  (:func:`on_each_device`), so that an algorithm's reductions over runs stay local.
+
+  Args:
+    system: ``system(data, how) -> (env, algo, env_params, spec, regret_of)``, a
+      module-level function (it is a static argument: the same function and ``how``
+      reuse the compiled call) building the run's pieces from ``data``.
+    how: hashable static settings for ``system`` (algorithm name, hyperparameters).
+    data: pytree of arrays with the runs on their trailing axes (scalars are shared).
+    key: the root PRNG key.
+    batch_shape, horizon, chunks, ragged, native_batch, every_round, keep_state,
+      progress: as for :func:`simulate` (``batch_shape`` is the keys' shape).
+
+  Returns:
+    :class:`SimResult` of numpy arrays (``state`` as jax arrays, when kept).
+  """
+  res = _run(key, shard_runs(data), system=system, how=how, batch_shape=tuple(batch_shape),
+             horizon=horizon, chunks=tuple(chunks), ragged=ragged, native_batch=native_batch,
+             every_round=every_round, keep_state=keep_state, progress=progress)
+  return SimResult(rounds=np.asarray(res.rounds), regret=np.asarray(res.regret),
+                   final_regret=np.asarray(res.final_regret), state=res.state)

@@ -25,7 +25,7 @@ sigma=0.07, n=10^4, 6 seeds; reproduce with ``experiment=collab_bandit`` and
 * The rate is a minimax rate up to log factors; a fixed instance shows it only
   through local slopes, which near a boundary are mixtures of the two sides.
   ``theory_slope_regime{k}`` is the slope of R(n) over the same n points as the
-  fit, ``theory_slope_regime{k}_log`` that of :func:`rate_log` (R(n) ln n,
+  fit, ``theory_slope_regime{k}_log`` that of :func:`bandits.collab.theory.rate_log` (R(n) ln n,
   OFUL's log factor: d sqrt(n) log n has local slope 1/2 + 1/ln n, 0.62 at n = 4000).
   Independent OFUL, the non-collaborative baseline, measures 0.58 in regime 3
   (``slope_regime3_ind_oful``), not 0.5.
@@ -68,7 +68,7 @@ collaborative algorithm's log-log slope of regret vs n within each regime:
 per-seed least-squares slopes, mean and 95% t-interval over seeds),
 ``slope_regime{k}_<algorithm>`` (with ``_lo/_hi``) the same for every other
 algorithm, ``theory_slope_regime{k}`` (the slope of R(n) over the same n),
-``theory_slope_regime{k}_log`` (of :func:`rate_log`), ``regime{k}_points``,
+``theory_slope_regime{k}_log`` (of :func:`bandits.collab.theory.rate_log`), ``regime{k}_points``,
 the boundaries ``n_boundary_1``, ``n_boundary_2``, ``regret_collab_stage1``
 (collab's regret after its stage 1) and ``rate_constant``.
 """
@@ -80,10 +80,12 @@ import dataclasses
 import jax
 import numpy as np
 
+from bandits.collab import algorithms, env
+from bandits.collab.theory import boundaries, rate, rate_log
 from experiments import io
 from experiments.schema import ConfigError, each, ge, gt, in_range, one_of, param
 
-ALGORITHM_NAMES = ("collab", "ind_oful", "ind_ts", "pooled_oful", "oracle")
+ALGORITHM_NAMES = tuple(algorithms.ALGORITHMS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,10 +105,10 @@ class Config:
   n_seeds: int = param(6, "runs per grid point (run s of every point shares mu, z_i, arms)",
                        check=ge(2))
   action_set: str = param("ball", "ball | finite (K fixed unit vectors) | contexts (K fresh "
-                          "per agent and round)", check=one_of("ball", "finite", "contexts"))
+                          "per agent and round)", check=one_of(*env.ACTION_SETS))
   n_arms: int = param(20, "K of finite and context action sets", check=ge(2))
   population: str = param("gaussian", "z_i ~ N(0, I) (gaussian) or U[-sqrt3, sqrt3]^d (bounded)",
-                          check=one_of("gaussian", "bounded"))
+                          check=one_of(*env.POPULATIONS))
   mean_norm: float = param(1.0, "||mu||; mu's direction is uniform per seed", check=ge(0))
   noise_std: float = param(1.0, "Gaussian reward noise", check=gt(0))
   delta: float = param(0.01, "confidence level of the OFUL ellipsoids",
@@ -117,33 +119,11 @@ class Config:
 
   def check(self) -> None:
     """Checks that involve several keys."""
-    from bandits.collab.algorithms import explore_rounds  # pylint: disable=import-outside-toplevel
-    n1 = explore_rounds(self.d, self.action_set, self.n_arms, self.explore_per_dim)
+    n1 = algorithms.explore_rounds(self.d, self.action_set, self.n_arms, self.explore_per_dim)
     if self.horizon <= 2 * n1:
       raise ConfigError("horizon", f"must exceed twice collab's stage 1 ({n1} rounds)")
     if self.sweep_horizon <= n1:
       raise ConfigError("sweep_horizon", f"must exceed collab's stage 1 ({n1} rounds)")
-
-
-def rate(n, m, sigma, d):
-  """min{d m sqrt(n), d sqrt(mn) + sigma sqrt(d) m n}: the three regimes in one formula."""
-  n, m, sigma = np.asarray(n, float), np.asarray(m, float), np.asarray(sigma, float)
-  return np.minimum(d * m * np.sqrt(n), d * np.sqrt(m * n) + sigma * np.sqrt(d) * m * n)
-
-
-def rate_log(n, m, sigma, d):
-  """:func:`rate` times ln n: OFUL's log factor (its regret is d sqrt(n) log n, local log-log
-  slope 1/2 + 1/ln n, 0.62 at n = 4000). It adds about 1/ln n to every local slope; putting
-  the log on the sqrt terms only would move the crossings by log^2 factors instead."""
-  return rate(n, m, sigma, d) * np.log(np.asarray(n, float))
-
-
-def boundaries(d, m, sigma, noise_std=1.0):
-  """(d/(m sigma^2), d/sigma^2) in units of the noise variance; inf when sigma = 0."""
-  if sigma == 0:
-    return float("inf"), float("inf")
-  s2 = (sigma / noise_std) ** 2
-  return d / (m * s2), d / s2
 
 
 def regime_grid(lo: float, hi: float, n_lo: float, n_hi: float, k: int) -> np.ndarray:
@@ -198,7 +178,6 @@ def simulate_all(cfg: Config, seed: int, progress: bool = False):
 
 def run(cfg: Config, ctx) -> dict:
   plt = io.pyplot()
-  from bandits.collab import algorithms  # pylint: disable=import-outside-toplevel
   from experiments.stats import mean_ci  # pylint: disable=import-outside-toplevel
 
   _, res, sweep_grid, sweep = simulate_all(cfg, ctx.seed, ctx.progress)

@@ -28,10 +28,12 @@ import dataclasses
 import jax
 import numpy as np
 
+from bandits.erasure import algorithms, env, sim
+from bandits.erasure.theory import lower_bound
 from experiments import io
 from experiments.schema import Check, ConfigError, each, ge, gt, in_range, one_of, param
 
-ALGORITHM_NAMES = ("ucb", "se", "rep_ucb", "rep_se", "lsae", "fb_sae")
+ALGORITHM_NAMES = algorithms.SINGLE_AGENT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +54,9 @@ class Config:
   n_seeds: int = param(100, "runs per grid point (run s of every point with the same K shares "
                        "its instance)", check=ge(1))
   means: str = param("random_gap", "instance means: random_gap | two_level | given",
-                     check=one_of("random_gap", "two_level", "given"))
+                     check=one_of(*sim.MEANS_KINDS))
   given_means: tuple[float, ...] = param((), "arm means when means=given (at least max K)")
-  reward: str = param("gaussian", "reward distribution", check=one_of("gaussian", "bernoulli"))
+  reward: str = param(env.GAUSSIAN, "reward distribution", check=one_of(*env.REWARD_KINDS))
   noise_std: float = param(1.0, "Gaussian reward noise std", check=ge(0))
   initial_arm: int = param(0, "arm played before any delivery; -1 for a random arm",
                            check=ge(-1))
@@ -75,11 +77,6 @@ class Config:
     if self.initial_arm >= k_min:
       raise ConfigError("initial_arm", f"must be -1 or < the smallest K ({k_min})")
 
-
-
-def lower_bound(n_arms, horizon, eps):
-  """The order of the lower bound, sqrt(K T) + K / (1 - eps) (constants 1)."""
-  return np.sqrt(np.asarray(n_arms) * horizon) + np.asarray(n_arms) / (1.0 - np.asarray(eps))
 
 
 def _grid(cfg: Config) -> tuple[list[dict], dict[str, slice]]:
@@ -106,7 +103,6 @@ def _instance_options(cfg: Config) -> dict:
 
 def simulate_all(cfg: Config, seed: int, progress: bool = False):
   """Runs every algorithm on every grid point; returns per-algorithm results."""
-  from bandits.erasure import algorithms, sim  # pylint: disable=import-outside-toplevel
   from experiments.progress import chunk_bar  # pylint: disable=import-outside-toplevel
   grid, where = _grid(cfg)
   inst = sim.make_instances(grid, cfg.n_seeds, seed, **_instance_options(cfg))
@@ -126,7 +122,6 @@ def simulate_all(cfg: Config, seed: int, progress: bool = False):
 
 def run(cfg: Config, ctx) -> dict:
   plt = io.pyplot()
-  from bandits.erasure import algorithms  # pylint: disable=import-outside-toplevel
   from experiments.stats import loglog_slope, mean_ci  # pylint: disable=import-outside-toplevel
 
   grid, where, inst, res = simulate_all(cfg, ctx.seed, ctx.progress)
@@ -206,7 +201,6 @@ def run(cfg: Config, ctx) -> dict:
 
 def multi_agent(cfg: Config, ctx, plt) -> dict[str, float]:
   """Multi-agent L-SAE vs independent single-agent L-SAE per channel (same instances)."""
-  from bandits.erasure import sim  # pylint: disable=import-outside-toplevel
   kind = _instance_options(cfg)
   joint = sim.make_instances([dict(n_arms=cfg.n_arms, eps=list(cfg.agent_eps), horizon=cfg.horizon)],
                              cfg.n_seeds, ctx.seed, **kind)

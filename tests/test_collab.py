@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from bandits import core
 from bandits.collab import algorithms, env, numpy_ref, ridge, sim
 
 
@@ -148,6 +149,19 @@ def test_instances_share_draws_across_the_grid_and_mask_padding():
 
 # --- algorithms vs the float64 reference ---------------------------------------------------------
 
+def _scan_rounds(algo, params, carry, xs):
+  """Rounds of given draws (leading axis): act on the action set, step, update; the
+  cumulative regret after each round."""
+  def round_fn(c, x):
+    env_s, algo_s, cum = c
+    drawn, key_act = x
+    action = algo.act(key_act, algo_s, env.action_set(env_s, params))
+    env_s, obs, regret = env.step_drawn(drawn, env_s, action, params)
+    cum = cum + jnp.sum(regret, axis=0)
+    return (env_s, algo.update(algo_s, action, obs), cum), cum
+  return jax.lax.scan(round_fn, carry, xs)
+
+
 @pytest.mark.parametrize("action_set, n_arms", [(env.BALL, 0), (env.FINITE, 8)])
 def test_collab_matches_numpy_float64_loop_on_the_same_noise(action_set, n_arms):
   d, m, n = 3, 4, 150
@@ -160,7 +174,7 @@ def test_collab_matches_numpy_float64_loop_on_the_same_noise(action_set, n_arms)
   drawn = env.Draws(noise=jnp.asarray(noise[:, :, None, None], jnp.float32), contexts=None)
   keys = jax.random.split(jax.random.key(0), n).reshape(n, 1, 1)
   carry = (env.reset(None, params), algo.init(None, spec), jnp.zeros((1, 1)))
-  (_, state, _), cum = jax.jit(lambda c, xs: sim.scan_rounds(env.ENV, algo, params, c, xs))(
+  (_, state, _), cum = jax.jit(lambda c, xs: _scan_rounds(algo, params, c, xs))(
       carry, (drawn, keys))
   arms = None if action_set == env.BALL else inst.arms[0, 0]
   ref = numpy_ref.collab_loop(inst.theta[0, 0], noise, n1=n1, arms=arms)
@@ -188,8 +202,9 @@ def test_run_per_device_matches_one_program_and_exports_agent_layout():
   params, spec = sim.build(inst)
   algo = algorithms.make("collab", n1=algorithms.explore_rounds(d, env.BALL, 0))
   keys = jax.random.split(key, 2 * seeds).reshape(2, seeds)
-  one = jax.jit(lambda p, s: sim.simulate(env.ENV, algo, p, s, keys, horizon=n, chunk_len=20))(
-      params, spec)
+  one = jax.jit(lambda p, s: core.simulate(env.ENV, algo, p, s, keys, horizon=n, chunks=(3, 20),
+                                           native_batch=True, every_round=True,
+                                           keep_state=True))(params, spec)
   np.testing.assert_allclose(res.regret, np.asarray(one.regret), rtol=1e-4, atol=1e-3)
   st, ref = res.state, one.state
   assert st.ridge.ainv.shape == (d, d, m, 2, seeds) and st.gram.shape == (d, d, m, 2, seeds)

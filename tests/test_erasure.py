@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bandits import core
 from bandits.core import BanditSpec, counter_uniforms
 from bandits.erasure import algorithms, env, numpy_ref, sim
 from experiments.stats import loglog_slope
@@ -94,7 +95,7 @@ def test_reward_draws_are_finite_at_the_extremes():
   hi = np.nextafter(np.float32(1), np.float32(0))
   z = np.asarray(env.gaussian_noise(jnp.asarray([lo, hi, 0.0], jnp.float32)))
   assert np.all(np.isfinite(z)) and z[0] < -5 and z[1] > 5 and z[2] == 0
-  d = env.draw(jax.random.key(0), (200_000,), ())
+  d = env.draw(jax.random.key(0), (200_000,), env.make_params([0.5, 0.2], 0.5))
   v = np.asarray(d.reward_v)
   assert v.min() > -1 and v.max() < 1
   z = np.asarray(env.gaussian_noise(d.reward_v))
@@ -222,8 +223,8 @@ def test_one_program_per_device_equals_one_program(name, monkeypatch):
   inst = sim.make_instances([dict(n_arms=5, eps=0.7, horizon=3000)], 8, 2, means_kind="random_gap")
   a = sim.run(name, inst, jax.random.key(4), feedback=True, n_points=30)
   jax.clear_caches()
-  monkeypatch.setattr(sim, "on_each_device", lambda fn, n_runs, out_run_axes: fn)
-  monkeypatch.setattr(sim, "shard_runs", lambda tree: tree)
+  monkeypatch.setattr(core, "on_each_device", lambda fn, n_runs, out_run_axes: fn)
+  monkeypatch.setattr(core, "shard_runs", lambda tree: tree)
   b = sim.run(name, inst, jax.random.key(4), feedback=True, n_points=30)
   jax.clear_caches()
   np.testing.assert_array_equal(np.asarray(a.regret), np.asarray(b.regret))

@@ -20,7 +20,7 @@ Registry names (configs and results.json headline keys ``regret_<name>``):
                  true prior N(mu, sigma^2 I): knows mu and sigma (reference line)
 ===============  ==============================================================
 
-Interface (the contextual variant of :class:`bandits.core.Algorithm`)::
+Interface (:class:`bandits.core.Algorithm` with the environment's context)::
 
     state = algo.init(key, spec)                # spec: LinSpec, what the learner may know
     action = algo.act(keys, state, arms)        # (d, m, *batch); arms None on the ball
@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from bandits.core import Algorithm
 from bandits.collab.ridge import (cholesky, dot, eye_like, flat_batch, mv, once, outer,
                                   safe_normalize, sherman_morrison, spd_inverse, sum_axis)
 
@@ -72,22 +73,6 @@ class LinSpec(struct.PyTreeNode):
   delta: jax.Array
   pop_mean: jax.Array
   pop_sigma: jax.Array
-
-
-def _unchanged(state):
-  return state
-
-
-class LinearAlgorithm(NamedTuple):
-  """An algorithm as pure functions (see module docstring).
-
-  ``export`` maps the final state to the layout callers read (the simulator
-  applies it to the state it returns); only ``collab`` changes anything.
-  """
-  init: Callable[[jax.Array, LinSpec], Any]
-  act: Callable[[jax.Array, Any, jax.Array | None], jax.Array]
-  update: Callable[[Any, jax.Array, Any], Any]
-  export: Callable[[Any], Any] = _unchanged
 
 
 class Ridge(struct.PyTreeNode):
@@ -236,7 +221,7 @@ class IndState(struct.PyTreeNode):
 
 
 def independent(*, thompson: bool = False, lam0: float = 1.0, n_iter: int = 4,
-                oracle: bool = False) -> LinearAlgorithm:
+                oracle: bool = False) -> Algorithm:
   """Each agent learns alone: OFUL (``thompson=False``) or linear Thompson sampling.
 
   OFUL: ridge lam0, beta = noise sqrt(2 log(1/delta) + log det(A/lam0)) +
@@ -278,7 +263,7 @@ def independent(*, thompson: bool = False, lam0: float = 1.0, n_iter: int = 4,
   def update(state: IndState, action, obs) -> IndState:
     return state.replace(ridge=ridge_update(state.ridge, action, obs.reward), t=state.t + 1)
 
-  return LinearAlgorithm(init, act, update)
+  return Algorithm(init, act, update)
 
 
 # --- fully pooled OFUL ------------------------------------------------------------------------
@@ -289,7 +274,7 @@ class PooledState(struct.PyTreeNode):
   t: jax.Array
 
 
-def pooled(*, lam0: float = 1.0, n_iter: int = 4) -> LinearAlgorithm:
+def pooled(*, lam0: float = 1.0, n_iter: int = 4) -> Algorithm:
   """One shared OFUL estimate for all agents (as if theta_i = theta for all i).
 
   Each round every agent acts optimistically w.r.t. the shared ellipsoid (on the
@@ -318,7 +303,7 @@ def pooled(*, lam0: float = 1.0, n_iter: int = 4) -> LinearAlgorithm:
     ridge = jax.lax.fori_loop(0, action.shape[1], one, state.ridge)
     return state.replace(ridge=ridge, t=state.t + 1)
 
-  return LinearAlgorithm(init, act, update)
+  return Algorithm(init, act, update)
 
 
 # --- the two-stage collaborative algorithm (reconstruction) -----------------------------------
@@ -346,7 +331,7 @@ def is_epoch_start(t, n1: int):
 
 
 def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3, n_iter: int = 4,
-           estimator: str = "random_effects", n_scoring: int = 4) -> LinearAlgorithm:
+           estimator: str = "random_effects", n_scoring: int = 4) -> Algorithm:
   """Two-stage collaborative personalized OFUL (our reconstruction of arXiv 2506.15943).
 
   Stage 1 (rounds t < n1, pooled exploration): agent i plays a fixed design,
@@ -517,7 +502,7 @@ def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3, n_iter: int =
     return state.replace(ridge=ridge, gram=unflat(state.gram, 2, spec),
                          b=unflat(state.b, 1, spec))
 
-  return LinearAlgorithm(init, act, update, export)
+  return Algorithm(init, act, update, export)
 
 
 # --- registry -----------------------------------------------------------------------------------
@@ -543,7 +528,7 @@ def explore_rounds(d: int, action_set: str, n_arms: int, per_dim: int = 2) -> in
   return int(math.ceil(n1 / cycle) * cycle) if action_set != "contexts" else int(n1)
 
 
-def make(name: str, *, n1: int | None = None, **kwargs) -> LinearAlgorithm:
+def make(name: str, *, n1: int | None = None, **kwargs) -> Algorithm:
   """The algorithm registered as ``name`` (``n1`` is collab's stage-1 length)."""
   if name == "collab":
     if n1 is None:

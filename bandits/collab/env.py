@@ -19,10 +19,11 @@ vectors per agent and round ('contexts', changing contexts).
 Gymnax shape: ``reset(key, params) -> state`` and ``step(key, state, action,
 params) -> (state, obs, regret)`` where ``regret`` (m,) is each agent's
 pseudo-regret for the round, max_{x in X} <x, theta_i> - <x_i, theta_i> (0 for
-padded agents), the linear analogue of the ``played`` arm that the K-armed
-simulator of :mod:`bandits.core` turns into regret through the gaps. As there,
+padded agents), the linear analogue of the ``played`` arm that the erasure
+bandits turn into regret through the gaps. As there (:class:`bandits.core.Environment`),
 ``step`` is :func:`step_drawn` of :func:`draw`, so a simulator can draw a
-chunk of rounds at once and scan over them.
+chunk of rounds at once and scan over them, and the learner sees the round's
+action set (:func:`action_set`, the environment's ``context``) before it acts.
 
 Layout (see :mod:`bandits.collab.ridge`): feature axes lead, agents follow,
 runs trail: theta (d, m, *batch), actions (d, m, *batch), rewards (m, *batch),
@@ -33,14 +34,13 @@ simulator maps them over runs, one key per run).
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from bandits.collab.ridge import dot, sum_axis
+from bandits.core import Environment
 
 BALL = "ball"
 FINITE = "finite"
@@ -84,14 +84,6 @@ class Draws(struct.PyTreeNode):
   """The randomness of rounds, leading axes = rounds: noise (..., m); contexts (..., K, d, m)."""
   noise: jax.Array
   contexts: jax.Array | None
-
-
-class LinearEnvironment(NamedTuple):
-  """The environment as pure functions (gymnax shape; see module docstring)."""
-  reset: Callable[[jax.Array, EnvParams], EnvState]
-  step: Callable[[jax.Array, EnvState, jax.Array, EnvParams], tuple[EnvState, Observation, Any]]
-  draw: Callable[[jax.Array, tuple, EnvParams], Draws]
-  step_drawn: Callable[[Draws, EnvState, jax.Array, EnvParams], tuple[EnvState, Observation, Any]]
 
 
 def unit_vectors(key: jax.Array, shape: tuple, axis: int) -> jax.Array:
@@ -190,7 +182,8 @@ def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
   return step_drawn(draw(key, (), params), state, action, params)
 
 
-ENV = LinearEnvironment(reset=reset, step=step, draw=draw, step_drawn=step_drawn)
+# The learner sees the round's action set before it acts (``context``).
+ENV = Environment(reset=reset, step=step, draw=draw, step_drawn=step_drawn, context=action_set)
 
 
 def make_params(theta, *, action_set: str = BALL, arms=None, n_arms: int = 0,

@@ -30,7 +30,7 @@ from flax import struct
 
 from bandits.core import (Algorithm, BanditSpec, add_at, first_index, first_true,
                           tree_select)
-from bandits.policies import (PhasedState, advance, credit, merge, phase_end, phased_init,
+from bandits.erasure.policies import (PhasedState, advance, credit, merge, phase_end, phased_init,
                               sae_constants, successive_elimination, ucb)
 
 
@@ -264,3 +264,7 @@ def make(name: str) -> Algorithm:
   if name not in ALGORITHMS:
     raise ValueError(f"unknown algorithm {name!r}; allowed: {', '.join(ALGORITHMS)}")
   return ALGORITHMS[name].make()
+
+
+# The single-agent algorithms (those a grid of K-armed instances runs), in registry order.
+SINGLE_AGENT = tuple(name for name, info in ALGORITHMS.items() if not info.multi_agent)

@@ -99,9 +99,13 @@ def from_uniforms(u: jax.Array) -> Draws:
   return Draws(erase_u=u[0], reward_v=jnp.maximum(2.0 * u[1] - 1.0, lo))
 
 
-def draw(key: jax.Array, rounds: tuple = (), shape: tuple = ()) -> Draws:
-  """Draws the randomness of ``rounds`` rounds (one vectorized call)."""
-  return from_uniforms(jax.random.uniform(key, (N_UNIFORMS,) + tuple(rounds) + tuple(shape)))
+def draw(key: jax.Array, rounds: tuple, params: EnvParams, agents: tuple | None = None
+         ) -> Draws:
+  """Draws the randomness of ``rounds`` rounds of one run (one vectorized call): an
+  erasure and a reward uniform per round and agent; ``agents`` is the shape of a
+  round's action (default: that of ``params.eps``, () or (M,))."""
+  agents = jnp.shape(params.eps) if agents is None else tuple(agents)
+  return from_uniforms(jax.random.uniform(key, (N_UNIFORMS,) + tuple(rounds) + agents))
 
 
 def gaussian_noise(v: jax.Array) -> jax.Array:
@@ -140,7 +144,7 @@ def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
   Returns:
     (next state, Observation, played arm(s)).
   """
-  return step_drawn(draw(key, (), jnp.shape(action)), state, action, params)
+  return step_drawn(draw(key, (), params, jnp.shape(action)), state, action, params)
 
 
 ENV = Environment(reset=reset, step=step, draw=draw, step_drawn=step_drawn,

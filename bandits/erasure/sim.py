@@ -2,21 +2,25 @@
 
 :func:`run` takes instances as numpy arrays with a grid axis G and a seed axis
 S (arms padded to the largest K and masked), builds the environment params and
-the learner's spec, and calls :func:`bandits.core.simulate` under one
-``jax.jit``. Horizons may differ across the grid (masked rounds).
+the learner's spec, and runs them through the shared loop
+(:func:`bandits.core.run`, one jitted call; a regret point per chunk of about
+``horizon / n_points`` rounds). Horizons may differ across the grid (masked rounds).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bandits.core import BanditSpec, SimResult, on_each_device, shard_runs, simulate
+from bandits import core
+from bandits.core import BanditSpec, SimResult, take
 from bandits.erasure import algorithms, env
+
+
+MEANS_KINDS = ("random_gap", "two_level", "given")
 
 
 class Instances(NamedTuple):
@@ -111,29 +115,18 @@ def make_instances(grid: list[dict], n_seeds: int, seed: int, *, means_kind: str
   return Instances(means, mask, eps, horizon, init)
 
 
-@functools.partial(jax.jit, static_argnames=("name", "reward_kind", "feedback", "horizon",
-                                             "n_points", "ragged", "native_batch", "progress"))
-def _run(key, means, mask, eps, horizon_arr, initial_arm, noise_std, *, name, reward_kind,
-         feedback, horizon, n_points, ragged, native_batch, progress):
-  """Inputs with batch axes trailing: means, mask (K, G, S); eps (G, S) or (M, G, S)."""
-  algo = algorithms.make(name)
-  keys = jax.random.split(key, horizon_arr.size).reshape(horizon_arr.shape)
-
-  def simulate_runs(keys, means, mask, eps, horizon_arr, initial_arm):
-    params = env.EnvParams(means=means, eps=eps,
-                           noise_std=jnp.broadcast_to(noise_std, horizon_arr.shape),
-                           initial_arm=initial_arm, reward_kind=reward_kind, feedback=feedback)
-    spec = BanditSpec(arm_mask=mask, horizon=horizon_arr, eps=eps)
-    best = jnp.max(jnp.where(mask, means, -jnp.inf), axis=0)
-    gaps = jnp.where(mask, best - means, 0.0)
-    return simulate(env.ENV, algo, params, spec, gaps, keys, horizon=horizon, n_points=n_points,
-                    ragged=ragged, native_batch=native_batch, progress=progress)
-
-  # Each device simulates its share of the seeds (the last axis) as its own program.
-  nb = horizon_arr.ndim
-  out_run_axes = SimResult(rounds=None, regret=nb - 1, final_regret=nb - 1)
-  return on_each_device(simulate_runs, horizon_arr.shape[-1], out_run_axes)(
-      keys, means, mask, eps, horizon_arr, initial_arm)
+def _system(data, how):
+  """The run's pieces for :func:`bandits.core.run`: batch axes trailing, means and mask
+  (K, G, S), eps (G, S) or (M, G, S); regret is the gap of the arm played."""
+  name, reward_kind, feedback = how
+  means, mask, eps, horizon_arr, initial_arm, noise_std = data
+  params = env.EnvParams(means=means, eps=eps,
+                         noise_std=jnp.broadcast_to(noise_std, horizon_arr.shape),
+                         initial_arm=initial_arm, reward_kind=reward_kind, feedback=feedback)
+  spec = BanditSpec(arm_mask=mask, horizon=horizon_arr, eps=eps)
+  best = jnp.max(jnp.where(mask, means, -jnp.inf), axis=0)
+  gaps = jnp.where(mask, best - means, 0.0)
+  return env.ENV, algorithms.make(name), params, spec, lambda played: take(gaps, played)
 
 
 def run(name: str, inst: Instances, key: jax.Array, *, reward_kind: str = env.GAUSSIAN,
@@ -142,7 +135,7 @@ def run(name: str, inst: Instances, key: jax.Array, *, reward_kind: str = env.GA
         progress: Callable[[int], None] | None = None) -> SimResult:
   """Simulates algorithm ``name`` on every instance of ``inst`` (axes G, S).
 
-  Returns a :class:`SimResult` with ``regret`` (G, S, n_points) and
+  Returns a :class:`bandits.core.SimResult` with ``regret`` (G, S, n_points) and
   ``final_regret`` (G, S). ``native_batch=False`` runs each (G, S) instance
   through ``vmap`` instead (same numbers, slower; kept as a cross-check).
   """
@@ -152,13 +145,14 @@ def run(name: str, inst: Instances, key: jax.Array, *, reward_kind: str = env.GA
   if np.any(inst.eps < 0) or np.any(inst.eps >= 1):
     raise ValueError("eps must lie in [0, 1)")
   horizon = int(inst.horizon.max())
-  ragged = bool(np.any(inst.horizon != horizon))
   # Batch axes trailing: (G, S, K) -> (K, G, S); (G, S, M) -> (M, G, S).
   lead = lambda x: np.moveaxis(np.asarray(x), -1, 0) if np.ndim(x) == 3 else np.asarray(x)
   f32 = lambda x: jnp.asarray(lead(x), jnp.float32)
   i32 = lambda x: jnp.asarray(lead(x), jnp.int32)
-  arrays = shard_runs((f32(inst.means), jnp.asarray(lead(inst.arm_mask)), f32(inst.eps),
-                       i32(inst.horizon), i32(inst.initial_arm)))
-  return _run(key, *arrays, f32(noise_std), name=name,
-              reward_kind=reward_kind, feedback=bool(feedback), horizon=horizon,
-              n_points=n_points, ragged=ragged, native_batch=native_batch, progress=progress)
+  data = (f32(inst.means), jnp.asarray(lead(inst.arm_mask)), f32(inst.eps), i32(inst.horizon),
+          i32(inst.initial_arm), f32(noise_std))
+  return core.run(_system, (name, reward_kind, bool(feedback)), data, key,
+                  batch_shape=inst.horizon.shape, horizon=horizon,
+                  chunks=core.chunking(horizon, n_points),
+                  ragged=bool(np.any(inst.horizon != horizon)), native_batch=native_batch,
+                  progress=progress)
