@@ -117,11 +117,11 @@ deprecates the Triton backend of Pallas (Mosaic GPU is its successor); the
 kernels pass ``pltriton.CompilerParams`` explicitly so they keep selecting it
 while it exists.
 
-On a GPU machine: ``python -m pytest --noconftest tests/test_kernels.py`` runs the
-compiled kernels (``impl="pallas"``) against the references (``--noconftest``
-because the suite's conftest imports Hydra, which GPU images may lack), and
-``python -m experiments.bench_kernels key=value ...`` runs the benchmark
-without Hydra; it checks each kernel against the XLA path before timing it.
+On a GPU machine: ``python -m pytest tests/test_kernels.py`` runs the compiled
+kernels (``impl="pallas"``) against the references, and ``python -m
+experiments.main experiment=bench_kernels key=value ...`` runs the benchmark (with or
+without Hydra installed; without it, as a single run through the same harness); it
+checks each kernel against the XLA path before timing it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,8 @@ from pathlib import Path
 
 from armor_jax.armor import ArmorConfig
 from experiments import armor_prune, io
-from experiments.schema import gt, param, validate
+from experiments.harness import in_child
+from experiments.schema import as_container, gt, param, validate
 
 _A = {f.name: f for f in dataclasses.fields(armor_prune.Config)}
 
@@ -65,32 +65,30 @@ def preflight(cfg: Config) -> None:
   armor_prune.preflight(cfg.prune_config())
 
 
-def _child(method: str, cfg_json: str, seed: int, out_json: str) -> None:
-  """Runs in the child process: one method's pipeline, timed."""
+def measure(method: str, config: dict, seed: int) -> dict:
+  """One method's pipeline on armor_prune's ``config``, timed; meant for a fresh process
+  (:func:`experiments.harness.in_child`), whose peak resident memory is the method's own."""
   t0 = time.perf_counter()
-  cfg = validate(armor_prune.Config, json.loads(cfg_json))
-  work = armor_prune.Workload(cfg, seed, say=lambda m: print(m, file=sys.stderr, flush=True))
+  cfg = validate(armor_prune.Config, config)
+  say = lambda m: print(m, file=sys.stderr, flush=True)
+  work = armor_prune.Workload(cfg, seed, say=say)
   with tempfile.TemporaryDirectory() as tmp:
     *_, seconds = armor_prune.prune_method(cfg, method, work, seed, Path(tmp), progress=False,
-                                           say=lambda m: print(m, file=sys.stderr, flush=True))
-  Path(out_json).write_text(json.dumps({"seconds": seconds, "peak_rss_gb": armor_prune.peak_rss_gb(),
-                                        "process_seconds": time.perf_counter() - t0}))
+                                           say=say)
+  return {"seconds": seconds, "peak_rss_gb": armor_prune.peak_rss_gb(),
+          "process_seconds": time.perf_counter() - t0}
 
 
 def run(cfg: Config, ctx) -> dict:
-  pcfg = cfg.prune_config()
-  cfg_json = json.dumps(dataclasses.asdict(pcfg))
+  config = as_container(cfg.prune_config())
   headline: dict[str, float] = {}
   rows = {k: [] for k in ("method", "seconds", "process_seconds", "peak_rss_gb")}
   for method in cfg.methods:
     out = ctx.out_dir / f"bench_{method}.json"
     if not out.exists():
       ctx.say(f"[bench_armor_model] {method}: running in a fresh process")
-      tmp = out.with_name(out.name + ".tmp")
-      subprocess.run([sys.executable, "-m", "experiments.bench_armor_model", "--child", method,
-                      cfg_json, str(ctx.seed), str(tmp)], check=True,
-                     timeout=cfg.timeout_min * 60)
-      tmp.replace(out)
+      io.write_json(out, in_child(measure, dict(method=method, config=config, seed=ctx.seed),
+                                  timeout_s=cfg.timeout_min * 60))
     res = json.loads(out.read_text())
     ctx.say(f"[bench_armor_model] {method}: pipeline {res['seconds']:.1f} s, process "
             f"{res['process_seconds']:.1f} s, peak RSS {res['peak_rss_gb']:.2f} GB")
@@ -114,7 +112,3 @@ def run(cfg: Config, ctx) -> dict:
   ctx.info["devices"] = [str(d) for d in jax.devices()]
   ctx.info["blocks"] = cfg.blocks or "all"
   return headline
-
-
-if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--child":
-  _child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])

@@ -243,37 +243,3 @@ def run(cfg: Config, ctx) -> dict:
     headline[f"max_rel_error_{kind}"] = err
   ctx.write_csv("kernels.csv", rows)
   return headline
-
-
-def main(argv: list[str]) -> dict:
-  """Runs the benchmark without Hydra (e.g. on a GPU image that lacks it).
-
-  ``python -m experiments.bench_kernels key=value ... [out=DIR] [seed=N]``: values
-  are YAML (``batches=[1,16]``), checked by the same schema; writes
-  ``DIR/results.json`` (headline, info, config) and ``DIR/kernels.csv``.
-  """
-  import json  # pylint: disable=import-outside-toplevel
-  from pathlib import Path  # pylint: disable=import-outside-toplevel
-
-  import yaml  # pylint: disable=import-outside-toplevel
-
-  from experiments import io  # pylint: disable=import-outside-toplevel
-  from experiments.harness import RunContext  # pylint: disable=import-outside-toplevel
-  from experiments.schema import validate  # pylint: disable=import-outside-toplevel
-  values = dict(arg.split("=", 1) for arg in argv)
-  out = Path(values.pop("out", "outputs/bench_kernels/standalone"))
-  seed = int(values.pop("seed", 0))
-  cfg = validate(Config, {k: yaml.safe_load(v) for k, v in values.items()})
-  out.mkdir(parents=True, exist_ok=True)
-  ctx = RunContext(out, seed)
-  headline = run(cfg, ctx)
-  io.write_json(out / io.RESULTS, {"experiment": "bench_kernels", "headline": headline,
-                                   "info": ctx.info, "config": dataclasses.asdict(cfg),
-                                   "seed": seed, "complete": True})
-  print(json.dumps(headline, indent=1))
-  return headline
-
-
-if __name__ == "__main__":
-  import sys  # pylint: disable=import-outside-toplevel
-  main(sys.argv[1:])

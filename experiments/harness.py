@@ -5,8 +5,9 @@ An experiment is a module with a frozen ``Config`` schema and a function
 It may define ``preflight(cfg)``, run by the entry point before any directory
 is made, to check the files its config names (raising ``ConfigError`` or
 ``InputError``; both print one line and exit with code 2).
-It writes its curves and figures through ``ctx`` (atomically, into the run
-directory) and may put non-numeric facts in ``ctx.info`` (the instance it ran
+A piece of a run that must have a process of its own (a peak-memory measurement)
+runs through :func:`in_child`. It writes its curves and figures through ``ctx``
+(atomically, into the run directory) and may put non-numeric facts in ``ctx.info`` (the instance it ran
 on, for example). :func:`execute` does the rest: validation, resume, timing,
 wandb, and the final ``results.json``.
 
@@ -21,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
@@ -215,3 +218,37 @@ def execute(name: str, resolved: Mapping[str, Any], out_dir: Path) -> dict | Non
   print(f"[{name}] done in {wall:.1f}s -> {out_dir / io.RESULTS}\n" + "\n".join(lines),
         file=sys.stderr)
   return results
+
+
+def in_child(fn: Callable[..., Mapping[str, Any]], kwargs: Mapping[str, Any], *,
+             timeout_s: float | None = None) -> dict:
+  """``fn(**kwargs)`` run in a fresh Python process; its result.
+
+  The one supported way to run a piece of an experiment in a process of its own (for
+  measurements that must be the process's: peak resident memory, a cold start). ``fn``
+  is a module-level function of an importable module; ``kwargs`` and its result are
+  JSON. The child inherits the environment (XLA flags included); its stderr (progress)
+  passes through. A child that fails or runs past ``timeout_s`` raises :class:`RunError`.
+  """
+  target = f"{fn.__module__}:{fn.__qualname__}"
+  with tempfile.TemporaryDirectory() as tmp:
+    args, out = Path(tmp) / "args.json", Path(tmp) / "result.json"
+    args.write_text(json.dumps(dict(kwargs)))
+    try:
+      proc = subprocess.run([sys.executable, "-m", "experiments.harness", "--child", target,
+                             str(args), str(out)], timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+      raise RunError(f"{target} in a child process ran past {timeout_s:g} s") from None
+    if proc.returncode != 0 or not out.exists():
+      raise RunError(f"{target} in a child process exited with code {proc.returncode}")
+    return json.loads(out.read_text())
+
+
+def _child_main(target: str, args: str, out: str) -> None:
+  module, name = target.split(":")
+  result = getattr(importlib.import_module(module), name)(**json.loads(Path(args).read_text()))
+  io.write_json(Path(out), dict(result))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--child"] and len(sys.argv) == 5:
+  _child_main(*sys.argv[2:])

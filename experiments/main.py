@@ -9,6 +9,10 @@ value of a ``-m`` sweep) is composed and checked against its schema and by its
 experiment's ``preflight`` (the files it names); a bad key, value or file
 prints one line and exits with code 2.
 
+Without Hydra installed (a bare GPU image), the same command runs a single run
+(``key=value`` overrides, no sweeps or launchers) through the same harness
+(:func:`plain_compose`), into the run directory Hydra would have used.
+
 Examples::
 
     python -m experiments.main                                  # the tour
@@ -35,13 +39,17 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={os.cpu_count() or 1}")
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+try:
+  import hydra
+  from hydra.core.hydra_config import HydraConfig
+  from omegaconf import OmegaConf, open_dict
+except ImportError:  # an image without Hydra (a bare GPU machine): single runs, no sweeps
+  hydra = None
 
-from experiments.harness import (RunError, execute, get_experiment, register_configs,
-                                 split_and_validate)
-from experiments.schema import ConfigError, InputError, describe
+from experiments.harness import (EXPERIMENTS, RunConfig, RunError, execute, get_experiment,
+                                 register_configs, split_and_validate)
+from experiments.logger import LoggerConfig
+from experiments.schema import ConfigError, InputError, as_container, describe
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("experiment", "logger", "launcher", "sweep")
@@ -59,8 +67,9 @@ def _run_name(override_dirname: str) -> str:
   return name
 
 
-OmegaConf.register_new_resolver("run_name", _run_name, replace=True)
-register_configs()
+if hydra is not None:
+  OmegaConf.register_new_resolver("run_name", _run_name, replace=True)
+  register_configs()
 
 
 def _group_options(group: str) -> list[str]:
@@ -180,13 +189,17 @@ def _cli_value(v) -> str:
 def help_text(args: list[str]) -> str:
   """What ``--help`` prints: the experiment's docstring and every key with the value this
   command line gives it (the first run of a sweep), its type and what it allows."""
-  from hydra import initialize_config_dir  # pylint: disable=g-import-not-at-top
-  with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-    cfg = _compose(_expand(args)[0])
-  name = cfg.hydra.runtime.choices["experiment"]
-  with open_dict(cfg):
-    del cfg["hydra"]
-  run_cfg, exp_cfg = split_and_validate(name, OmegaConf.to_container(cfg, resolve=True))
+  if hydra is None:
+    name, values, _ = plain_compose(args)
+  else:
+    from hydra import initialize_config_dir  # pylint: disable=g-import-not-at-top
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+      cfg = _compose(_expand(args)[0])
+    name = cfg.hydra.runtime.choices["experiment"]
+    with open_dict(cfg):
+      del cfg["hydra"]
+    values = OmegaConf.to_container(cfg, resolve=True)
+  run_cfg, exp_cfg = split_and_validate(name, values)
 
   def table(rows, width=34):
     lines = []
@@ -196,7 +209,10 @@ def help_text(args: list[str]) -> str:
                    f"{entry}\n{'':{width}}  {doc}")
     return "\n".join(lines)
 
-  choices = "; ".join(f"{g}: " + ", ".join(_group_options(g)) for g in GROUPS)
+  if hydra is None:
+    choices = "experiment: " + ", ".join(EXPERIMENTS) + "; logger: disabled, offline, online"
+  else:
+    choices = "; ".join(f"{g}: " + ", ".join(_group_options(g)) for g in GROUPS)
   return (f"experiment={name}: {get_experiment(name).doc}\n\n"
           f"Keys of {name} (override with key=value; -m key=a,b sweeps):\n"
           f"{table(describe(exp_cfg))}\n\n"
@@ -205,21 +221,100 @@ def help_text(args: list[str]) -> str:
           "Hydra's own options: --hydra-help.")
 
 
-@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
-def _hydra_main(cfg) -> None:
-  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-  hc = HydraConfig.get()
-  name = hc.runtime.choices["experiment"]
-  out_dir = Path(hc.runtime.output_dir)
-  resolved = OmegaConf.to_container(cfg, resolve=True)
+# Keys that do not change results stay out of a run directory's name (as in conf/config.yaml).
+_UNNAMED = ("experiment", "resume", "progress", "logger", "launcher", "hydra.run.dir")
+
+
+def _parse_value(text: str):
+  """A command-line value without Hydra: a number, true/false, null, a string or a flat list."""
+  text = text.strip()
+  if text.startswith("[") and text.endswith("]"):
+    inner = text[1:-1].strip()
+    return [_parse_value(v) for v in inner.split(",")] if inner else []
+  lowered = text.lower()
+  if lowered in ("true", "false"):
+    return lowered == "true"
+  if lowered in ("null", "~"):
+    return None
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  if lowered in (".inf", "+.inf", "-.inf"):
+    return float(lowered.replace(".", ""))
+  if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+    return text[1:-1]
+  return text
+
+
+def plain_compose(args: list[str]) -> tuple[str, dict, Path]:
+  """(experiment, resolved config, run directory) of a single run's command line, without
+  Hydra: the schemas' defaults (as registered with Hydra) with ``key=value`` overrides
+  (dotted keys into nested nodes; ``logger=offline|online``; ``hydra.run.dir=DIR``)."""
+  overrides: dict[str, str] = {}
+  for arg in args:
+    if arg.startswith("-") or "=" not in arg or arg.startswith(("+", "~")):
+      raise ConfigError("command line", f"{arg!r}: without Hydra only key=value overrides of "
+                        "a single run are understood (pip install hydra-core for sweeps, "
+                        "launchers and +sweep=)")
+    key, value = arg.split("=", 1)
+    overrides[key] = value
+  name = overrides.get("experiment", "tour")
+  values = {**as_container(RunConfig()), **as_container(get_experiment(name).schema())}
+  logger = overrides.get("logger", "disabled")
+  if logger not in ("disabled", "offline", "online"):
+    raise ConfigError("logger", f"unknown choice '{logger}'; allowed: disabled, offline, online")
+  values["logger"] = as_container(LoggerConfig(mode=logger))
+  for key, text in overrides.items():
+    if key in ("experiment", "logger", "hydra.run.dir"):
+      continue
+    *path, leaf = key.split(".")
+    node = values
+    for part in path:
+      if not isinstance(node.get(part), dict):
+        raise ConfigError(key, "unknown key for this experiment (its keys: "
+                          "experiment=NAME --help)")
+      node = node[part]
+    if leaf not in node:
+      raise ConfigError(key, "unknown key for this experiment (its keys: experiment=NAME --help)")
+    node[leaf] = _parse_value(text)
+  named = ",".join(sorted(f"{k}={v}" for k, v in overrides.items()
+                          if k not in _UNNAMED and not k.startswith("logger.")))
+  out_dir = Path(overrides.get("hydra.run.dir") or Path("outputs") / name / _run_name(named))
+  return name, values, out_dir
+
+
+def _plain_main(args: list[str]) -> None:
+  """One run without Hydra: checked, then executed by the same harness."""
   try:
-    execute(name, resolved, out_dir)
-  except (ConfigError, InputError) as e:  # checked before Hydra starts where they can be
+    name, values, out_dir = plain_compose(args)
+    split_and_validate(name, values, preflight=True)
+    execute(name, values, out_dir)
+  except (ConfigError, InputError) as e:
     print(e, file=sys.stderr)
     sys.exit(2)
   except RunError as e:
     print(e, file=sys.stderr)
     sys.exit(1)
+
+
+if hydra is not None:
+  @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+  def _hydra_main(cfg) -> None:
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    hc = HydraConfig.get()
+    name = hc.runtime.choices["experiment"]
+    out_dir = Path(hc.runtime.output_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    try:
+      execute(name, resolved, out_dir)
+    except (ConfigError, InputError) as e:  # checked before Hydra starts where they can be
+      print(e, file=sys.stderr)
+      sys.exit(2)
+    except RunError as e:
+      print(e, file=sys.stderr)
+      sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,6 +326,9 @@ def main(argv: list[str] | None = None) -> None:
       print(e, file=sys.stderr)
       sys.exit(2)
     sys.exit(0)
+  if hydra is None:
+    _plain_main(args)
+    return
   if not any(a in _INFO_FLAGS for a in args):
     try:
       precheck(args)

@@ -165,3 +165,50 @@ def test_wandb_never_waits_on_a_network(tmp_path, monkeypatch, mode):
   (run_dir,) = (tmp_path / "outputs" / "erasure_bandit").iterdir()
   assert json.loads((run_dir / "results.json").read_text())["complete"] is True
   assert list((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_without_hydra_one_run_composes_as_hydra_does_and_uses_the_same_harness(
+    tmp_path, monkeypatch, capsys):
+  """A machine without Hydra (a bare GPU image) runs one run with the same command: the
+  config it composes is the one Hydra composes, and the harness writes the same results."""
+  import experiments.main as m
+  from hydra import compose, initialize_config_dir
+  from omegaconf import OmegaConf, open_dict
+  args = TINY + ["eps=0.5", "logger=offline", "seed=3"]
+  with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+    cfg = compose(config_name="config", overrides=args)
+  with open_dict(cfg):
+    cfg.pop("hydra", None)
+  name, values, out = m.plain_compose(args)
+  assert name == "erasure_bandit" and values == OmegaConf.to_container(cfg, resolve=True)
+  assert out == Path("outputs/erasure_bandit") / m._run_name(",".join(sorted(
+      a for a in args if not a.startswith(("experiment=", "progress=", "logger=")))))
+  assert m.plain_compose(["experiment=tour", "armor_prune.armor.iters=3"])[1][
+      "armor_prune"]["armor"]["iters"] == 3
+  monkeypatch.setattr(m, "hydra", None)
+  monkeypatch.chdir(tmp_path)
+  for bad, key in ((["experiment=erasure_bandit", "foo=1"], "foo"),
+                   (["-m", "experiment=erasure_bandit"], "command line"),
+                   (["experiment=erasure_bandit", "eps=1.5"], "eps")):
+    with pytest.raises(SystemExit) as e:
+      m.main(bad)
+    assert e.value.code == 2 and f"key '{key}'" in capsys.readouterr().err
+  assert list(tmp_path.iterdir()) == []
+  m.main(TINY + ["logger=disabled", "hydra.run.dir=plain"])
+  res = json.loads((tmp_path / "plain" / "results.json").read_text())
+  assert res["complete"] and res["config"]["horizon"] == 400 and len(res["config_hash"]) == 16
+  assert res["headline"]["regret_lsae"] > 0
+
+
+def child_probe(x: int) -> dict:
+  """Run by the next test in a child process."""
+  return {"pid": os.getpid(), "twice": 2 * x}
+
+
+def test_in_child_runs_a_piece_of_an_experiment_in_a_fresh_process(monkeypatch):
+  from experiments.harness import RunError, in_child
+  monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests'}{os.pathsep}{ROOT}")
+  res = in_child(child_probe, {"x": 21})
+  assert res["twice"] == 42 and res["pid"] != os.getpid()
+  with pytest.raises(RunError, match="test_entrypoint:child_probe in a child process exited"):
+    in_child(child_probe, {"y": 1})           # a TypeError in the child
