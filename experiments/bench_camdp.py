@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from experiments import io
+from experiments import bench, io
 from experiments.schema import ge, in_range, one_of, param
 
 
@@ -53,13 +53,9 @@ def run(cfg: Config, ctx) -> dict:
   headline: dict[str, float] = {"lp_S": cfg.lp_states, "lp_A": cfg.lp_actions,
                                 "S": cfg.n_states, "A": cfg.n_actions, "n_seeds": cfg.n_seeds,
                                 "devices": len(jax.local_devices())}
-  rows = {k: [] for k in ("what", "seconds", "runs", "seconds_per_run")}
-
-  def record(what, seconds, runs=1):
-    rows["what"].append(what)
-    rows["seconds"].append(seconds)
-    rows["runs"].append(runs)
-    rows["seconds_per_run"].append(seconds / runs)
+  table = bench.Table("what", "seconds", "runs", "seconds_per_run")
+  record = lambda what, seconds, runs=1: table.add(what=what, seconds=seconds, runs=runs,
+                                                   seconds_per_run=seconds / runs)
 
   # (a) LP ground truth at scale.
   rng = np.random.default_rng(ctx.seed)
@@ -86,14 +82,9 @@ def run(cfg: Config, ctx) -> dict:
                            np.full(R, cfg.zeta), np.full(R, strict)))
   opts = dict(n_grid=cfg.n_grid, n_iters=cfg.n_iters)
   ctx.say(f"[bench_camdp] jax: {R} runs (compile + run)")
-  start = time.perf_counter()
-  out = average_reward.run_batch(jax.random.key(ctx.seed), *args, **opts)
-  first = time.perf_counter() - start
-  best = float("inf")
-  for rep in range(cfg.repeats):
-    start = time.perf_counter()
-    out = average_reward.run_batch(jax.random.key(ctx.seed + 1 + rep), *args, **opts)
-    best = min(best, time.perf_counter() - start)
+  first, best, out = bench.timed(
+      lambda i: average_reward.run_batch(jax.random.key(ctx.seed + i), *args, **opts),
+      cfg.repeats)
   record("jax_vmapped", best, R)
   headline["jax_compile_s"] = first - best
   headline["jax_s_per_run"] = best / R
@@ -119,7 +110,7 @@ def run(cfg: Config, ctx) -> dict:
   headline["numpy_mean_subopt"] = float(params.rho_star - nr.mean())
   headline["jax_mean_violation"] = float(float(m.b) - rc.mean())
   headline["numpy_mean_violation"] = float(float(m.b) - nc.mean())
-  ctx.write_csv("metrics.csv", rows)
+  ctx.write_csv("metrics.csv", table.columns)
 
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
   ax.bar(["numpy loop", "jax jit+vmap"], [headline["numpy_s_per_run"], headline["jax_s_per_run"]])

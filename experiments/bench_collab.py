@@ -39,7 +39,7 @@ import time
 import jax
 import numpy as np
 
-from experiments import io
+from experiments import bench, io
 from experiments.schema import ge, gt, param
 
 
@@ -65,27 +65,21 @@ def run(cfg: Config, ctx) -> dict:
                             d=cfg.d)
   n1 = algorithms.explore_rounds(cfg.d, "ball", 0)
   agent_rounds = cfg.n_seeds * cfg.n_agents * cfg.horizon
-  rows = {k: [] for k in ("method", "seeds", "agents", "rounds", "seconds", "agent_rounds_per_s",
-                          "regret_per_agent_round")}
+  table = bench.Table("method", "seeds", "agents", "rounds", "seconds", "agent_rounds_per_s",
+                      "regret_per_agent_round")
 
   def record(method, seeds, rounds, seconds, regret):
     rate = seeds * cfg.n_agents * rounds / seconds
-    for k, v in zip(rows, (method, seeds, cfg.n_agents, rounds, seconds, rate,
-                           float(np.mean(regret)) / (cfg.n_agents * rounds))):
-      rows[k].append(v)
+    table.add(method=method, seeds=seeds, agents=cfg.n_agents, rounds=rounds, seconds=seconds,
+              agent_rounds_per_s=rate,
+              regret_per_agent_round=float(np.mean(regret)) / (cfg.n_agents * rounds))
     return rate
 
   ctx.say(f"[bench_collab] jax: {cfg.n_seeds} seeds x {cfg.n_agents} agents x {cfg.horizon} "
           f"rounds x d={cfg.d}")
-  start = time.perf_counter()
-  res = sim.run("collab", inst, jax.random.key(ctx.seed), horizon=cfg.horizon, n_points=100)
-  first = time.perf_counter() - start
-  best = float("inf")
-  for r in range(cfg.repeats):
-    start = time.perf_counter()
-    res = sim.run("collab", inst, jax.random.key(ctx.seed + 1 + r), horizon=cfg.horizon,
-                  n_points=100)
-    best = min(best, time.perf_counter() - start)
+  first, best, res = bench.timed(lambda i: sim.run("collab", inst, jax.random.key(ctx.seed + i),
+                                                   horizon=cfg.horizon, n_points=100),
+                                 cfg.repeats)
   jax_rate = record("jax", cfg.n_seeds, cfg.horizon, best, res.final_regret)
 
   theta0 = inst.theta[0, 0]
@@ -102,10 +96,10 @@ def run(cfg: Config, ctx) -> dict:
   curve = numpy_ref.collab_vectorized(theta0, noise, n1=n1)
   vec_rate = record("numpy_vectorized", 1, cfg.vectorized_rounds, time.perf_counter() - start,
                     curve[-1])
-  ctx.write_csv("metrics.csv", rows)
+  ctx.write_csv("metrics.csv", table.columns)
 
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
-  ax.bar(rows["method"], rows["agent_rounds_per_s"])
+  ax.bar(table.column("method"), table.column("agent_rounds_per_s"))
   ax.set(yscale="log", ylabel="agent-rounds per second",
          title=f"collab, m={cfg.n_agents}, d={cfg.d}, {cfg.n_seeds} seeds x n={cfg.horizon}, "
                f"{len(jax.local_devices())} CPU device(s)")

@@ -23,12 +23,11 @@ round); every timing, the jitted call's and each baseline's, is the best of seve
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax
 import numpy as np
 
-from experiments import io
+from experiments import bench, io
 from experiments.schema import each, ge, gt, one_of, param, in_range
 
 
@@ -58,48 +57,28 @@ def run(cfg: Config, ctx) -> dict:
   inst = sim.make_instances([dict(n_arms=cfg.n_arms, eps=cfg.eps, horizon=cfg.horizon)],
                             cfg.n_seeds, ctx.seed, means_kind="random_gap")
   means = inst.means[0]
-  rows = {k: [] for k in ("algorithm", "method", "runs", "rounds", "seconds", "rounds_per_s",
-                          "mean_regret_per_round")}
+  table = bench.Table("algorithm", "method", "runs", "rounds", "seconds", "rounds_per_s",
+                      "mean_regret_per_round")
   headline: dict[str, float] = {"n_seeds": cfg.n_seeds, "T": cfg.horizon, "K": cfg.n_arms,
                                 "eps": cfg.eps, "devices": len(jax.local_devices())}
 
   def record(name, method, runs, rounds, seconds, regret):
-    rows["algorithm"].append(name)
-    rows["method"].append(method)
-    rows["runs"].append(runs)
-    rows["rounds"].append(rounds)
-    rows["seconds"].append(seconds)
-    rows["rounds_per_s"].append(runs * rounds / seconds)
-    rows["mean_regret_per_round"].append(float(np.mean(regret)) / rounds)
+    table.add(algorithm=name, method=method, runs=runs, rounds=rounds, seconds=seconds,
+              rounds_per_s=runs * rounds / seconds,
+              mean_regret_per_round=float(np.mean(regret)) / rounds)
     return runs * rounds / seconds
 
   ratios_loop, ratios_vec = [], []
   for name in cfg.algorithms:
     feedback = name == "fb_sae"
     ctx.say(f"[bench_erasure] {name}: jax, {cfg.n_seeds} runs x {cfg.horizon} rounds")
-    start = time.perf_counter()
-    res = sim.run(name, inst, jax.random.key(ctx.seed), feedback=feedback, n_points=cfg.n_points)
-    jax.block_until_ready(res)
-    compile_and_run = time.perf_counter() - start
-    best = float("inf")
-    for r in range(cfg.repeats):
-      start = time.perf_counter()
-      res = sim.run(name, inst, jax.random.key(ctx.seed + 1 + r), feedback=feedback,
-                    n_points=cfg.n_points)
-      jax.block_until_ready(res)
-      best = min(best, time.perf_counter() - start)
+    compile_and_run, best, res = bench.timed(
+        lambda i, name=name, feedback=feedback: sim.run(
+            name, inst, jax.random.key(ctx.seed + i), feedback=feedback, n_points=cfg.n_points),
+        cfg.repeats)
     jax_rate = record(name, "jax", cfg.n_seeds, cfg.horizon, best, np.asarray(res.final_regret))
     headline[f"{name}_jax_compile_s"] = compile_and_run - best
-
-    def best_of(fn):
-      """(best seconds, result) over ``baseline_repeats`` calls: baselines get the same
-      best-of treatment as the jitted call, so a noisy neighbour cannot flatter the ratio."""
-      best_s, out = float("inf"), None
-      for _ in range(cfg.baseline_repeats):
-        start = time.perf_counter()
-        out = fn()
-        best_s = min(best_s, time.perf_counter() - start)
-      return best_s, out
+    best_of = lambda fn: bench.best_of(fn, cfg.baseline_repeats)
 
     ctx.say(f"[bench_erasure] {name}: numpy per-round loop, {cfg.loop_seeds} x {cfg.loop_horizon}")
     rng = np.random.default_rng(ctx.seed)
@@ -133,7 +112,8 @@ def run(cfg: Config, ctx) -> dict:
 
   headline["speedup_vs_loop"] = min(ratios_loop)
   headline["speedup_vs_numpy_vectorized"] = min(ratios_vec)
-  ctx.write_csv("metrics.csv", rows)
+  ctx.write_csv("metrics.csv", table.columns)
+  rows = table.columns
 
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
   methods = ("loop", "python_list_loop", "numpy_vectorized", "jax")

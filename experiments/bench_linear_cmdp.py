@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 
-from experiments import io
+from experiments import bench, io
 from experiments.schema import ge, gt, in_range, one_of, param
 
 
@@ -60,13 +60,9 @@ def run(cfg: Config, ctx) -> dict:
   headline: dict[str, float] = {"S": cfg.n_states, "A": cfg.n_actions, "d": cfg.dim,
                                 "horizon": cfg.horizon, "n_seeds": cfg.n_seeds,
                                 "devices": len(jax.local_devices())}
-  rows = {k: [] for k in ("what", "seconds", "runs", "seconds_per_run")}
-
-  def record(what, seconds, runs=1):
-    rows["what"].append(what)
-    rows["seconds"].append(seconds)
-    rows["runs"].append(runs)
-    rows["seconds_per_run"].append(seconds / runs)
+  table = bench.Table("what", "seconds", "runs", "seconds_per_run")
+  record = lambda what, seconds, runs=1: table.add(what=what, seconds=seconds, runs=runs,
+                                                   seconds_per_run=seconds / runs)
 
   # (a) Ground truth and design.
   start = time.perf_counter()
@@ -89,14 +85,8 @@ def run(cfg: Config, ctx) -> dict:
   opts = dict(n_grid=cfg.n_grid, n_dual=cfg.n_dual,
               n_iters=linear.default_iters(gamma, cfg.k_factor))
   ctx.say(f"[bench_linear_cmdp] jax: {R} runs (compile + run)")
-  start = time.perf_counter()
-  out = linear.run_batch(jax.random.key(ctx.seed), inst, *args, **opts)
-  first = time.perf_counter() - start
-  best = float("inf")
-  for rep in range(cfg.repeats):
-    start = time.perf_counter()
-    out = linear.run_batch(jax.random.key(ctx.seed + 1 + rep), inst, *args, **opts)
-    best = min(best, time.perf_counter() - start)
+  first, best, out = bench.timed(
+      lambda i: linear.run_batch(jax.random.key(ctx.seed + i), inst, *args, **opts), cfg.repeats)
   record("jax_vmapped", best, R)
   headline["jax_compile_s"] = first - best
   headline["jax_s_per_run"] = best / R
@@ -122,7 +112,7 @@ def run(cfg: Config, ctx) -> dict:
   headline["numpy_mean_subopt"] = float(sol.value - nr.mean())
   headline["jax_mean_violation"] = float(b - jc.mean())
   headline["numpy_mean_violation"] = float(b - nc.mean())
-  ctx.write_csv("metrics.csv", rows)
+  ctx.write_csv("metrics.csv", table.columns)
 
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
   ax.bar(["numpy loop", "jax jit+vmap"], [headline["numpy_s_per_run"], headline["jax_s_per_run"]])

@@ -226,20 +226,18 @@ def field_docs(schema: type) -> dict[str, str]:
     start = next(i for i, l in enumerate(lines) if l.strip() == "Attributes:")
   except StopIteration:
     start = len(lines)
-  name = None
+  indent, names = None, []
   for line in lines[start + 1:]:
+    depth = len(line) - len(line.lstrip())
     m = re.match(r"^\s{2,}(\w+(?:, \w+)*):\s*(.*)$", line)
-    if m and (name is None or len(line) - len(line.lstrip()) <= indent):
-      indent = len(line) - len(line.lstrip())
-      names, name = m.group(1).split(", "), m.group(1)
+    if m and (indent is None or depth <= indent):        # an entry: "name: text"
+      indent, names = depth, m.group(1).split(", ")
       for n in names:
         docs[n] = m.group(2).strip()
-    elif name is not None and line.strip() and len(line) - len(line.lstrip()) > indent:
+    elif indent is not None and line.strip() and depth > indent:   # its continuation
       for n in names:
         docs[n] += " " + line.strip()
-    elif not line.strip():
-      continue
-    else:
+    elif line.strip():                                    # the section has ended
       break
   for f in dataclasses.fields(schema):
     if f.metadata.get("doc"):

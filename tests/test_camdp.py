@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cmdp import average_reward as ar
-from cmdp import instances, lp, primal_dual, tabular
+from cmdp import instances, lp, primal_dual
 
 OPTS = dict(n_grid=64, n_iters=2 ** 15)   # one compiled shape for the algorithm tests
 R = 8
