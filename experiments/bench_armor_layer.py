@@ -1,7 +1,7 @@
 """ARMOR's two schemes on one layer: proxy loss versus wall time, in one process.
 
 For each layer shape: a layer and calibration inputs with the statistics of
-trained LLM layers (:mod:`armor_jax.synthetic`; a real checkpoint is not
+trained LLM layers (:mod:`armor_jax.solver.synthetic`; a real checkpoint is not
 needed for a timing), NoWag-P's loss, then
 
 * ``official``: the authors' scheme (joint Adam at lr ``official.lr``, one
@@ -13,7 +13,7 @@ needed for a timing), NoWag-P's loss, then
   timed per iteration.
 
 Each scheme's settings are a node with the keys of
-:class:`armor_jax.armor.ArmorConfig` (``official.block_size``,
+:class:`armor_jax.solver.armor.ArmorConfig` (``official.block_size``,
 ``exact.core_steps``, ...).
 
 Every call is compiled before the clock starts. The target is the official
@@ -40,7 +40,7 @@ import time
 import jax
 import numpy as np
 
-from armor_jax.armor import ArmorConfig
+from armor_jax.solver.armor import ArmorConfig
 from experiments import io
 from experiments.schema import Check, ConfigError, ge, param
 
@@ -80,7 +80,7 @@ class Config:
 
 def _timed_run(prob, cfg, state, n_total, chunk, say):
   """Runs ``n_total`` iterations in calls of ``chunk``; returns (seconds, best_loss) per call."""
-  from armor_jax import armor  # pylint: disable=import-outside-toplevel
+  from armor_jax.solver import armor  # pylint: disable=import-outside-toplevel
   # compile every call shape first (the clock measures the work, not XLA)
   for n in {min(chunk, n_total), n_total % chunk or chunk}:
     jax.block_until_ready(armor.run_iterations(prob, cfg, state, n))
@@ -106,7 +106,7 @@ def _time_to(times, best, target):
 
 
 def run(cfg: Config, ctx) -> dict:
-  from armor_jax import armor, calibration, synthetic  # pylint: disable=import-outside-toplevel
+  from armor_jax.solver import armor, calibration, synthetic  # pylint: disable=import-outside-toplevel
   plt = io.pyplot()
   key = jax.random.PRNGKey(ctx.seed)
   headline: dict[str, float] = {}

@@ -2,7 +2,7 @@
 
 Each method runs in a fresh Python process (so its peak resident memory is
 its own): load the model (default SmolLM2-135M), tokenize the texts, then
-:func:`armor_jax.pipeline.prune_model` over every block at the settings of
+:func:`armor_jax.model.pipeline.prune_model` over every block at the settings of
 ``armor_prune`` (calibration statistics block by block, the solver,
 propagation through the pruned block). Perplexity is not measured here
 (``armor_prune`` does).
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from armor_jax.armor import ArmorConfig
+from armor_jax.solver.armor import ArmorConfig
 from experiments import armor_prune, io
 from experiments.harness import in_child
 from experiments.schema import as_container, gt, param, validate

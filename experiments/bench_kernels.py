@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from armor_jax.armor import ArmorConfig
+from armor_jax.solver.armor import ArmorConfig
 from experiments.schema import Check, each, ge, one_of, param
 
 _SHAPE = re.compile(r"^(\d+)x(\d+)$")
@@ -136,8 +136,9 @@ def copy_bandwidth(mb: int, repeats: int, key) -> float:
 
 def _layer(key, d_out, d_in, block, dtype):
   """Random dense weight, its 2:4 core and a random ARMOR layer (prepared), all in dtype."""
-  from armor_jax import blockdiag, kernels, sparsity  # pylint: disable=import-outside-toplevel
-  from armor_jax.layer import PrunedLayer  # pylint: disable=import-outside-toplevel
+  from armor_jax.solver import blockdiag, sparsity  # pylint: disable=import-outside-toplevel
+  from armor_jax import kernels  # pylint: disable=import-outside-toplevel
+  from armor_jax.solver.layer import PrunedLayer  # pylint: disable=import-outside-toplevel
   k_w, k_s, k_a, k_b, k_r, k_c = jax.random.split(key, 6)
   w = jax.random.normal(k_w, (d_out, d_in), jnp.float32)
   mask = sparsity.mask_from_scores(jax.random.uniform(k_s, (d_out, d_in)))

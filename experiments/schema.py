@@ -10,7 +10,7 @@ exits with code 2 before any work is done.
 Checks that involve several keys go in a ``check(self)`` method of the schema
 that raises :class:`ConfigError`; :func:`validate` calls it.
 
-A library's own settings dataclass (``armor_jax.armor.ArmorConfig``) can be a
+A library's own settings dataclass (``armor_jax.solver.armor.ArmorConfig``) can be a
 field of a schema as it is, so that its settings are one nested config node
 with the library's defaults: its fields' docs come from the ``Attributes:``
 section of its docstring, and a ``ValueError`` with ``key`` and ``message``

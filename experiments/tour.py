@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from armor_jax.armor import ArmorConfig
+from armor_jax.solver.armor import ArmorConfig
 from experiments import (armor_prune, camdp_sample_complexity, collab_bandit, erasure_bandit,
                          linear_cmdp_sample_complexity)
 from experiments.schema import each, one_of, param

@@ -4,9 +4,9 @@
 
 POINT, counted over the whole process:
 
-* ``layer``: inside a block, as the N-th linear is pruned (armor_jax.pipeline.prune_linear);
+* ``layer``: inside a block, as the N-th linear is pruned (armor_jax.model.pipeline.prune_linear);
 * ``block``: between blocks, right after the N-th block checkpoint is saved;
-* ``eval``: during an evaluation, at the N-th batch of perplexity (armor_jax.text.nll_sums);
+* ``eval``: during an evaluation, at the N-th batch of perplexity (armor_jax.model.text.nll_sums);
 * ``write``: while a file is written, at the N-th atomic rename whose target contains
   SUBSTR: the temporary file is cut to half its size first, as a kill mid-write leaves it.
 
@@ -44,7 +44,7 @@ def _counting(fn, n: int, before: bool = True):
 
 
 def install(point: str, n: int, substr: str = "") -> None:
-  from armor_jax import pipeline, text
+  from armor_jax.model import pipeline, text
   if point == "layer":
     pipeline.prune_linear = _counting(pipeline.prune_linear, n)
   elif point == "block":

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import hf_fixtures as hf
-from armor_jax import hf_config, llama, loaders
-from armor_jax.llama import LlamaConfig
+from armor_jax.model import hf_config, llama, loaders
+from armor_jax.model.llama import LlamaConfig
 
 # -- config.json layouts ---------------------------------------------------------------------------
 
@@ -271,7 +271,7 @@ def test_cli_nan_weight_exit_2_without_results(tmp_path):
 @pytest.mark.slow
 def test_pipeline_stops_at_a_nan_block_and_keeps_the_finished_ones(tmp_path):
   import jax
-  from armor_jax import pipeline
+  from armor_jax.model import pipeline
   conf = hf.config_json("llama2", "tf446")
   m = loaders.load_hf(hf.write_checkpoint(tmp_path / "ck", conf))
   params = dict(m.params)
@@ -290,14 +290,14 @@ def test_pipeline_stops_at_a_nan_block_and_keeps_the_finished_ones(tmp_path):
                                      on_layer=seen.append)
   assert {r["block"] for r in seen} == {1}                          # resumed after the fix
   _, ref, _ = pipeline.prune_model(params, m.cfg, calib, pc, key)
-  from armor_jax import checkpoint
+  from armor_jax.model import checkpoint
   assert checkpoint.trees_equal(fixed, ref)
 
 
 @pytest.mark.slow
 def test_changed_weights_are_not_resumed(tmp_path):
   import jax
-  from armor_jax import checkpoint, pipeline
+  from armor_jax.model import checkpoint, pipeline
   conf = hf.config_json("qwen2_swa", "tf5")
   m = loaders.load_hf(hf.write_checkpoint(tmp_path / "ck", conf))
   calib = np.random.default_rng(0).integers(0, 96, (4, 16)).astype(np.int32)
@@ -317,7 +317,7 @@ def test_changed_weights_are_not_resumed(tmp_path):
 @pytest.mark.slow
 def test_missing_states_file_starts_over_instead_of_failing(tmp_path):
   import jax
-  from armor_jax import checkpoint, pipeline
+  from armor_jax.model import checkpoint, pipeline
   conf = hf.config_json("llama2", "tf5")
   m = loaders.load_hf(hf.write_checkpoint(tmp_path / "ck", conf))
   calib = np.random.default_rng(0).integers(0, 96, (4, 16)).astype(np.int32)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from armor_jax import armor, baselines, blockdiag, calibration, layer, sparsity, synthetic
+from armor_jax.solver import armor, baselines, blockdiag, calibration, layer, sparsity, synthetic
 
 # ---------------------------------------------------------------------------------------------
 # numpy float64 references (written independently of the JAX code)

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from armor_jax import armor, checkpoint, llama, loaders, pipeline, sparsity, text
-from armor_jax.llama import LINEARS, LlamaConfig, RopeScaling
+from armor_jax.model import checkpoint, llama, loaders, pipeline, text
+from armor_jax.model.llama import LINEARS, LlamaConfig, RopeScaling
+from armor_jax.solver import armor, sparsity
 
 
 def _have_assets() -> bool:

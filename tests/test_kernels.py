@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from armor_jax import kernels, sparsity
-from armor_jax.layer import PrunedLayer
+from armor_jax import kernels
+from armor_jax.solver import sparsity
+from armor_jax.solver.layer import PrunedLayer
 
 F64 = np.float64
 #: Kernel modes under test: the interpreter everywhere, the compiled kernels too on a GPU.

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import experiments.main  # noqa: F401  (registers the configs)
-from armor_jax.armor import ArmorConfig
+from armor_jax.solver.armor import ArmorConfig
 from experiments import armor_prune, harness, tour
 from experiments.schema import (ConfigError, as_container, describe, each, field_docs, ge,
                                 in_range, one_of, param, validate)

@@ -25,7 +25,7 @@ runs without ever forming the dense weights.
 Rotary embeddings use the half-split convention of Hugging Face (``rotate_half``)
 with the checkpoint's theta and, when present, its scaling (``linear`` or
 Llama-3's ``llama3``). Mistral and Qwen2 blocks may attend within a sliding
-window (:meth:`LlamaConfig.window`). :mod:`armor_jax.hf_config` reads every
+window (:meth:`LlamaConfig.window`). :mod:`armor_jax.model.hf_config` reads every
 transformers layout of ``config.json``. Everything computes in float32 unless ``dtype`` says
 otherwise; softmax and norms always in float32.
 """
@@ -41,7 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from armor_jax import hf_config, layer as layer_lib, sparsity
+from armor_jax.model import hf_config
+from armor_jax.solver import layer as layer_lib, sparsity
 
 LINEARS = ("q", "k", "v", "o", "gate", "up", "down")
 _ATTN = ("q", "k", "v", "o")
@@ -120,11 +121,11 @@ class LlamaConfig:
       return None
     return self.sliding_window
 
-  # -- Hugging Face config.json (armor_jax.hf_config) ----------------------------------------
+  # -- Hugging Face config.json (armor_jax.model.hf_config) ----------------------------------------
   @classmethod
   def from_hf(cls, d: Mapping[str, Any]) -> "LlamaConfig":
     """From a Hugging Face ``config.json`` dict, any transformers layout (see
-    :mod:`armor_jax.hf_config`); a setting the decoder lacks raises ValueError naming it."""
+    :mod:`armor_jax.model.hf_config`); a setting the decoder lacks raises ValueError naming it."""
     kw = hf_config.parse(d)
     if kw["rope_scaling"] is not None:
       kw["rope_scaling"] = RopeScaling(**kw["rope_scaling"])

@@ -108,7 +108,7 @@ def _layer_types(d: Mapping[str, Any], mt: str, n_layers: int) -> tuple[tuple[st
 
 
 def parse(d: Mapping[str, Any]) -> dict[str, Any]:
-  """The keyword arguments of :class:`armor_jax.llama.LlamaConfig` for a config.json dict."""
+  """The keyword arguments of :class:`armor_jax.model.llama.LlamaConfig` for a config.json dict."""
   mt = d.get("model_type")
   if mt not in ARCHITECTURES:
     raise ValueError(f"model_type {mt!r} is not supported ({', '.join(ARCHITECTURES)})")

@@ -2,7 +2,7 @@
 
 Each is a pure function ``(w, stats, **config) -> PrunedLayer`` of a
 (d_out, d_in) weight and the layer's calibration statistics
-(:class:`~armor_jax.calibration.Stats`). 2:4 groups run along the input
+(:class:`~armor_jax.solver.calibration.Stats`). 2:4 groups run along the input
 dimension; ties keep the lower column (see :func:`sparsity.mask_from_scores`).
 
 * magnitude: keep the 2 largest |W_ij| of each group.
@@ -28,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from armor_jax import blockdiag, calibration, layer, sparsity
+from armor_jax.solver import blockdiag, calibration, layer, sparsity
 
 _HI = jax.lax.Precision.HIGHEST
 

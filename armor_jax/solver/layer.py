@@ -4,7 +4,7 @@ A pruned (d_out, d_in) layer is stored as
 
     W_hat = diag(row_scale) . A . S . B . diag(col_scale)
 
-with S a 2:4-sparse core (compressed, :class:`~armor_jax.sparsity.Packed24`)
+with S a 2:4-sparse core (compressed, :class:`~armor_jax.solver.sparsity.Packed24`)
 and A, B block-diagonal wrappers (None for the baselines, which have none).
 It reconstructs the dense weight (:meth:`PrunedLayer.dense`) and applies to
 activations without forming W_hat (:meth:`PrunedLayer.apply`: scale, B, the
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from armor_jax import blockdiag, sparsity
+from armor_jax.solver import blockdiag, sparsity
 
 _HI = jax.lax.Precision.HIGHEST
 

@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from armor_jax import llama
-from armor_jax.llama import LINEARS, LlamaConfig
-from armor_jax.loaders import CheckpointError, Model, Tokenizer, load_tokenizer_json
+from armor_jax.model import llama
+from armor_jax.model.llama import LINEARS, LlamaConfig
+from armor_jax.model.loaders import CheckpointError, Model, Tokenizer, load_tokenizer_json
 
 FORMAT = "armor_jax.compressed24/1"
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}

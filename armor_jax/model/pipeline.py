@@ -43,9 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from armor_jax import armor as armor_lib, baselines, calibration, checkpoint, layer as layer_lib, llama
 from armor_jax.errors import InputError, check_settings, nonfinite
-from armor_jax.llama import INPUT_OF, LINEARS, LlamaConfig
+from armor_jax.model import checkpoint, llama
+from armor_jax.model.llama import INPUT_OF, LINEARS, LlamaConfig
+from armor_jax.solver import armor as armor_lib, baselines, calibration, layer as layer_lib
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor")
 MODES = ("sequential", "dense")

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from armor_jax.errors import InputError, nonfinite
-from armor_jax.llama import LINEARS, LlamaConfig, linear_path
+from armor_jax.model.llama import LINEARS, LlamaConfig, linear_path
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # our linear name -> its module in a Hugging Face Llama block

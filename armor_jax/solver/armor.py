@@ -2,7 +2,7 @@
 
     W_bar ~ A S B,   S 2:4-sparse,   A = blockdiag(A_1..A_na),  B = blockdiag(B_1..B_nb)
 
-fitted to the normalized weight W_bar (see :mod:`armor_jax.layer`) under the
+fitted to the normalized weight W_bar (see :mod:`armor_jax.solver.layer`) under the
 proxy loss ``L = sum_ij (W_bar - A S B)_ij^2 h_j`` (reported divided by its
 value at S = 0), starting from NoWag-P (A = B = I, S = W_bar on NoWag-P's
 mask, the exact optimum at A = B = I). Two block-coordinate-descent schemes:
@@ -38,7 +38,7 @@ are diagonal: they only rescale the entries of S, and NoWag-P is already the
 optimum over 2:4 cores with free values, so ARMOR returns NoWag-P.
 
 Block sizes: ``block_size`` is a request; each side uses the largest divisor
-of its dimension not above it (:func:`armor_jax.blockdiag.block_size_for`;
+of its dimension not above it (:func:`armor_jax.solver.blockdiag.block_size_for`;
 576 at 128 gives 96). The group steps work on input windows of width
 lcm(b_B, 4), so a group never straddles two blocks of B.
 """
@@ -56,7 +56,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from armor_jax import baselines, blockdiag, calibration, errors, layer, sparsity
+from armor_jax import errors
+from armor_jax.solver import baselines, blockdiag, calibration, layer, sparsity
 
 _HI = jax.lax.Precision.HIGHEST
 
