@@ -13,8 +13,9 @@ Shared by every CMDP system (average-reward and linear/discounted):
   settings (:class:`cmdp.primal_dual.Runs`).
 
 Average-reward specifics: :mod:`cmdp.average_reward` (arXiv 2509.16586, reconstructed).
-Linear (discounted) CMDPs: :mod:`cmdp.linear` (arXiv 2507.02089, reconstructed): instances
-``P = phi psi``, the G-optimal design, LS-MDVI and LS-PE at the core set;
+Linear (discounted) CMDPs: :mod:`cmdp.linear` (arXiv 2507.02089, reconstructed), a package
+with the same rooms: model (``P = phi psi``), instances, design (the G-optimal design and its
+core-set samples), learner (LS-MDVI and LS-PE at the core set), exact, numpy_ref;
 the discounted occupancy LP and exact discounted evaluation live in :mod:`cmdp.lp` and
 :mod:`cmdp.tabular`.
 """
