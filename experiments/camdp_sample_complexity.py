@@ -150,12 +150,9 @@ def run(cfg: Config, ctx) -> dict:
   points, where = sweep_points(cfg)
   problems = _Problems(cfg, points, ctx)
   ctx.info["instances"] = problems.info
-  root = jax.random.key(ctx.seed)
-  keys = sc.Keys(grid=lambda si: jax.random.fold_in(root, si),
-                 check=lambda rnd: jax.random.fold_in(root, 1000 + rnd),
-                 check_2x=lambda: jax.random.fold_in(root, 1002))
   family = sc.Family(points, problems.run, lambda p, n: n, "camdp")
-  result = sc.measure(family, cfg, keys, say=ctx.say, progress=ctx.progress)
+  result = sc.measure(family, cfg, jax.random.key(ctx.seed), say=ctx.say,
+                      progress=ctx.progress)
 
   span = problems.span_of_point
   xs = {"eps": [points[p]["eps"] for p in where["eps"]], "span": span[where["span"]],

@@ -101,12 +101,12 @@ def _instance_options(cfg: Config) -> dict:
               initial_arm="random" if cfg.initial_arm < 0 else cfg.initial_arm)
 
 
-def simulate_all(cfg: Config, seed: int, progress: bool = False):
-  """Runs every algorithm on every grid point; returns per-algorithm results."""
+def simulate_all(cfg: Config, seed: int, key: jax.Array, progress: bool = False):
+  """Runs every algorithm on every grid point (instances drawn from ``seed``, runs keyed
+  by ``key``); returns per-algorithm results."""
   from experiments.progress import chunk_bar  # pylint: disable=import-outside-toplevel
   grid, where = _grid(cfg)
   inst = sim.make_instances(grid, cfg.n_seeds, seed, **_instance_options(cfg))
-  key = jax.random.key(seed)
   out = {}
   for i, name in enumerate(cfg.algorithms):
     feedback = algorithms.ALGORITHMS[name].needs_feedback
@@ -124,7 +124,8 @@ def run(cfg: Config, ctx) -> dict:
   plt = io.pyplot()
   from experiments.stats import loglog_slope, mean_ci  # pylint: disable=import-outside-toplevel
 
-  grid, where, inst, res = simulate_all(cfg, ctx.seed, ctx.progress)
+  k_grid, k_agents = jax.random.split(jax.random.key(ctx.seed))
+  grid, where, inst, res = simulate_all(cfg, ctx.seed, k_grid, ctx.progress)
   headline: dict[str, float] = {"K": cfg.n_arms, "T": cfg.horizon, "eps": cfg.eps,
                                 "n_seeds": cfg.n_seeds,
                                 "lower_bound": float(lower_bound(cfg.n_arms, cfg.horizon, cfg.eps))}
@@ -195,18 +196,18 @@ def run(cfg: Config, ctx) -> dict:
     sweep_figure("horizon", "horizon", f"horizon T (K={cfg.n_arms}, eps={cfg.eps})",
                  "regret_vs_T.png", logx=True)
   if cfg.agent_eps:
-    headline.update(multi_agent(cfg, ctx, plt))
+    headline.update(multi_agent(cfg, ctx, plt, k_agents))
   return headline
 
 
-def multi_agent(cfg: Config, ctx, plt) -> dict[str, float]:
-  """Multi-agent L-SAE vs independent single-agent L-SAE per channel (same instances)."""
+def multi_agent(cfg: Config, ctx, plt, key: jax.Array) -> dict[str, float]:
+  """Multi-agent L-SAE vs independent single-agent L-SAE per channel (same instances, and the
+  same ``key`` for both)."""
   kind = _instance_options(cfg)
   joint = sim.make_instances([dict(n_arms=cfg.n_arms, eps=list(cfg.agent_eps), horizon=cfg.horizon)],
                              cfg.n_seeds, ctx.seed, **kind)
   alone = sim.make_instances([dict(n_arms=cfg.n_arms, eps=e, horizon=cfg.horizon)
                               for e in cfg.agent_eps], cfg.n_seeds, ctx.seed, **kind)
-  key = jax.random.key(ctx.seed + 1)
   opts = dict(reward_kind=cfg.reward, noise_std=cfg.noise_std, n_points=cfg.n_points)
   r_joint = jax.tree.map(np.asarray, sim.run("ma_lsae", joint, key, **opts))
   r_alone = jax.tree.map(np.asarray, sim.run("lsae", alone, key, **opts))

@@ -216,23 +216,13 @@ def _run_chunks(m, inst, runs, key, cfg: Config, ctx, label: str):
   return vr, vc
 
 
-def _keys(root, grid_offset: int, check_base) -> sc.Keys:
-  """Grid runs of setting si: ``fold_in(root, grid_offset + si)``; check round 0:
-  ``fold_in(check_base, 1001)``, round r: ``fold_in(that, r)``; the 2 N batch:
-  ``fold_in(check_base, 1002)``."""
-  first = jax.random.fold_in(check_base, 1001)
-  return sc.Keys(grid=lambda si: jax.random.fold_in(root, grid_offset + si),
-                 check=lambda rnd: first if rnd == 0 else jax.random.fold_in(first, rnd),
-                 check_2x=lambda: jax.random.fold_in(check_base, 1002))
-
-
 def run(cfg: Config, ctx) -> dict:
   points, where = sweep_points(cfg)
   truth = _Truth(cfg)
-  root = jax.random.key(ctx.seed)
+  k_main, k_tabular = jax.random.split(jax.random.key(ctx.seed))
   opts = dict(success_fit="probit", say=ctx.say, progress=ctx.progress)
-  result = sc.measure(_family(cfg, ctx, truth, points, False), cfg, _keys(root, 0, root),
-                      check_2x=True, **opts)
+  result = sc.measure(_family(cfg, ctx, truth, points, False), cfg, k_main, check_2x=True,
+                      **opts)
   xs = {k: [points[p][k] for p in where[k]] for k in SWEEPS}
   headline: dict[str, float] = {"d": cfg.d, "horizon": cfg.horizon, "eps": cfg.eps,
                                 "zeta": cfg.zeta, "A": cfg.n_actions, "n_seeds": cfg.n_seeds,
@@ -252,8 +242,7 @@ def run(cfg: Config, ctx) -> dict:
   if cfg.tabular:
     # The same instances with one-hot features (d = S A), at the base point over the H grid.
     tab_points = [dict(d=cfg.d, horizon=H, eps=cfg.eps, zeta=cfg.zeta) for H in h_grid]
-    tab = sc.measure(_family(cfg, ctx, truth, tab_points, True), cfg,
-                     _keys(root, 2000, jax.random.fold_in(root, 3000)), **opts)
+    tab = sc.measure(_family(cfg, ctx, truth, tab_points, True), cfg, k_tabular, **opts)
     base = int(np.flatnonzero(hs == cfg.horizon)[0])
     tab_head = sc.headline(tab, {"horizon": hs}, {"horizon": range(len(hs))}, base,
                            prefix="tabular_")

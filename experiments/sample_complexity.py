@@ -92,16 +92,20 @@ def override(name: str, default):
 
 
 class Keys(NamedTuple):
-  """Where each batch's randomness comes from.
+  """Where each batch's randomness comes from, split from one key by purpose.
 
   Attributes:
-    grid: setting index -> the key of that setting's grid runs.
-    check: check round -> the key of that round's fresh runs.
-    check_2x: the key of the fresh runs at twice the settled N.
+    grid: the grid runs; setting i uses ``fold_in(grid, i)``.
+    check: the fresh strict checks; round r uses ``fold_in(check, r)``.
+    check_2x: the fresh runs at twice the settled N.
   """
-  grid: Callable[[int], jax.Array]
-  check: Callable[[int], jax.Array]
-  check_2x: Callable[[], jax.Array]
+  grid: jax.Array
+  check: jax.Array
+  check_2x: jax.Array
+
+  @classmethod
+  def of(cls, key: jax.Array) -> "Keys":
+    return cls(*jax.random.split(key, 3))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,14 +189,14 @@ class _Options(NamedTuple):
   progress: bool
 
 
-def measure(family: Family, proto: Protocol, keys: Keys, *, success_fit: str = "interp",
+def measure(family: Family, proto: Protocol, key: jax.Array, *, success_fit: str = "interp",
             check_2x: bool = False, say=print, progress: bool = True) -> Result:
   """Runs the protocol for every setting of ``proto`` (an experiment's config).
 
   Args:
     family: the problem family.
     proto: the protocol's settings (any :class:`Protocol`, e.g. an experiment's Config).
-    keys: where each batch's randomness comes from.
+    key: the PRNG key of all the runs (split by purpose, :class:`Keys`).
     success_fit: ``interp`` or ``probit``: the continuous estimate of the success N.
     check_2x: check every settled strict point once more at twice its N.
     say, progress: where and whether to report progress.
@@ -201,6 +205,7 @@ def measure(family: Family, proto: Protocol, keys: Keys, *, success_fit: str = "
     {setting: SettingResult}, read-only, as are the results' arrays.
   """
   opts = _Options(success_fit, check_2x, say, progress)
+  keys = Keys.of(key)
   return types.MappingProxyType({setting: _setting(family, proto, keys, si, setting, opts)
                                  for si, setting in enumerate(proto.settings)})
 
@@ -221,7 +226,8 @@ def _setting(family: Family, proto: Protocol, keys: Keys, si: int, setting: str,
   point, ni, _ = np.meshgrid(np.arange(n_pts), np.arange(n_n), np.arange(n_s), indexing="ij")
   if opts.progress:
     opts.say(f"[{family.name}] {setting}: {point.size} runs ({n_pts} points x {n_n} N x {n_s} seeds)")
-  subopt, violation = family.run(strict, point.ravel(), ns[ni.ravel()], keys.grid(si), setting)
+  subopt, violation = family.run(strict, point.ravel(), ns[ni.ravel()],
+                                 jax.random.fold_in(keys.grid, si), setting)
   subopt, violation = subopt.reshape(shape), violation.reshape(shape)
   feasible, success = _outcome(family, strict, subopt, violation, point)
   axis = np.stack([np.asarray(family.n_axis(p, ns), np.float64) for p in range(n_pts)])
@@ -269,7 +275,7 @@ def _settle(family, proto, keys, axis, ns, success, feasible, opts: _Options) ->
   def check(ps, ii, rnd):
     if opts.progress:
       opts.say(f"[{family.name}] strict check {rnd + 1}: {len(ps)} points x {r} fresh seeds")
-    bad, worst, fail = _fresh(family, proto, ps, ns[ii], keys.check(rnd),
+    bad, worst, fail = _fresh(family, proto, ps, ns[ii], jax.random.fold_in(keys.check, rnd),
                               f"strict check {rnd + 1}")
     if rnd == 0:
       worst_first[ps] = worst
@@ -291,7 +297,7 @@ def _settle(family, proto, keys, axis, ns, success, feasible, opts: _Options) ->
     settled = np.flatnonzero(fn.index >= 0)
     if r and settled.size:
       n2 = 2 * ns[fn.index[settled]]
-      bad, worst, fail = _fresh(family, proto, settled, n2, keys.check_2x(),
+      bad, worst, fail = _fresh(family, proto, settled, n2, keys.check_2x,
                                 "strict check (2 N*)")
       checks.update(strict_violations_2x=int(bad.sum()),
                     strict_max_violation_2x=max(float(worst.max()), 0.0))

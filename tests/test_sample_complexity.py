@@ -15,10 +15,18 @@ POINTS = [dict(eps=e) for e in EPS]
 WHERE = {"base": [1], "eps": [0, 1, 2, 3]}
 
 
-def _keys(log):
-  return sc.Keys(grid=lambda si: log.append(("grid", si)) or jax.random.key(si),
-                 check=lambda rnd: log.append(("check", rnd)) or jax.random.key(100 + rnd),
-                 check_2x=lambda: log.append(("2x",)) or jax.random.key(200))
+KEY = jax.random.key(7)
+
+
+def _which(key, n_rounds=8):
+  """The purpose of a batch key the protocol derived from KEY: ("grid", setting),
+  ("check", round) or ("2x",)."""
+  k = sc.Keys.of(KEY)
+  data = lambda x: tuple(np.asarray(jax.random.key_data(x)).ravel())
+  table = {data(jax.random.fold_in(k.grid, i)): ("grid", i) for i in range(2)}
+  table.update({data(jax.random.fold_in(k.check, r)): ("check", r) for r in range(n_rounds)})
+  table[data(k.check_2x)] = ("2x",)
+  return table[data(key)]
 
 
 def _deterministic(c=2.0, a=300.0):
@@ -27,7 +35,7 @@ def _deterministic(c=2.0, a=300.0):
   calls = []
 
   def run(strict, point, n, key, label):
-    calls.append((strict, np.asarray(point).copy(), np.asarray(n).copy(), label))
+    calls.append((strict, np.asarray(point).copy(), np.asarray(n).copy(), _which(key)))
     return c / np.sqrt(n), np.maximum(a - n, 0.0) / n
 
   return sc.Family(POINTS, run, lambda p, n: np.asarray(n, np.float64), "test"), calls
@@ -35,8 +43,7 @@ def _deterministic(c=2.0, a=300.0):
 
 def test_smallest_n_and_the_strict_settle_match_the_closed_form():
   family, calls = _deterministic()
-  log = []
-  result = sc.measure(family, PROTO, _keys(log), progress=False)
+  result = sc.measure(family, PROTO, KEY, progress=False)
   grid = n_grid_values(16, 2 ** 16, 2).astype(float)
   # the first grid N with c / sqrt(N) <= eps and (a - N) / N <= eps (relaxed) or <= 0
   first = lambda ok: grid[np.argmax(ok)]
@@ -51,8 +58,8 @@ def test_smallest_n_and_the_strict_settle_match_the_closed_form():
   assert strict.checks["strict_check_runs"] == len(EPS) * PROTO.n_check_seeds
   assert strict.checks["strict_max_violation"] == 0
   assert relaxed.runs == strict.runs == len(EPS) * len(grid) * PROTO.n_seeds
-  # Grid runs: (point, N, seed) in that order; one fresh round, keyed by round.
-  assert log == [("grid", 0), ("grid", 1), ("check", 0)]
+  # Grid runs: (point, N, seed) in that order; one fresh round; keys split by purpose.
+  assert [c[3] for c in calls] == [("grid", 0), ("grid", 1), ("check", 0)]
   strict_grid = calls[1]
   np.testing.assert_array_equal(strict_grid[1], np.repeat(np.arange(4), len(grid) * 4))
   np.testing.assert_array_equal(strict_grid[2], np.tile(np.repeat(grid, 4), 4))
@@ -61,7 +68,7 @@ def test_smallest_n_and_the_strict_settle_match_the_closed_form():
 
 def test_relaxed_interpolation_and_slopes_against_numpy():
   family, _ = _deterministic(a=0.0)     # always feasible: N* ~ (2 / eps)^2
-  result = sc.measure(family, dataclasses.replace(PROTO, settings=("relaxed",)), _keys([]),
+  result = sc.measure(family, dataclasses.replace(PROTO, settings=("relaxed",)), KEY,
                       progress=False)
   res = result["relaxed"]
   # A 0 -> 1 jump in the success rate: the crossing of 0.9 is 90% of the way in log N.
@@ -84,15 +91,17 @@ def test_relaxed_interpolation_and_slopes_against_numpy():
 def test_fresh_violations_step_up_and_all_evidence_is_pooled():
   """Fresh seeds (and only they) violate below N = 2000: points step up the grid until a
   batch is clean; the evidence holds every run, the 2x batch included."""
+  log = []
+
   def run(strict, point, n, key, label):
+    log.append(_which(key, 64))
     fresh = label.startswith("strict check")
     violation = np.where(fresh & (n < 2000), 1.0, 0.0)
     return np.zeros_like(n), violation
 
   family = sc.Family(POINTS, run, lambda p, n: 3.0 * np.asarray(n, np.float64), "test")
   proto = dataclasses.replace(PROTO, settings=("strict",))
-  log = []
-  res = sc.measure(family, proto, _keys(log), check_2x=True, progress=False)["strict"]
+  res = sc.measure(family, proto, KEY, check_2x=True, progress=False)["strict"]
   first_clean = 3.0 * n_grid_values(16, 2 ** 16, 2)[np.argmax(n_grid_values(16, 2 ** 16, 2)
                                                               >= 2000)]
   np.testing.assert_array_equal(res.n_star, first_clean)      # on the family's axis (x3)
