@@ -18,42 +18,11 @@ figures are our version of "regret vs n, vs m and vs sigma":
 3. ``regret_vs_m.png``: final regret at ``sweep_horizon`` vs m (sigma fixed);
 4. ``regret_vs_sigma.png``: final regret at ``sweep_horizon`` vs sigma (m fixed).
 
-What the slopes can and cannot show (measured at the defaults: ball, d=10, m=20,
-sigma=0.07, n=10^4, 6 seeds; reproduce with ``experiment=collab_bandit`` and
-``regime_slopes.csv``, which has every algorithm's slopes):
-
-* The rate is a minimax rate up to log factors; a fixed instance shows it only
-  through local slopes, which near a boundary are mixtures of the two sides.
-  ``theory_slope_regime{k}`` is the slope of R(n) over the same n points as the
-  fit, ``theory_slope_regime{k}_log`` that of :func:`bandits.collab.theory.rate_log` (R(n) ln n,
-  OFUL's log factor: d sqrt(n) log n has local slope 1/2 + 1/ln n, 0.62 at n = 4000).
-  Independent OFUL, the non-collaborative baseline, measures 0.58 in regime 3
-  (``slope_regime3_ind_oful``), not 0.5.
-* Regime 1 (n < d/(m sigma^2) = 102) has room for only [2 n1, 102] = [40, 102]
-  (8 points over a factor 2.5), and stage 1 (n1 = 2d = 20 rounds of a fixed
-  design, about 1 regret per agent-round: ``regret_collab_stage1`` = 442) is
-  most of collab's regret there (442 of 533 at n=40, of 761 at n=102), so
-  the fitted slope is flattened by a constant and noisy. Regime 1 would need
-  d/(m sigma^2) >> 2d, i.e. m sigma^2 << 1/2.
-* On the unit ball the regret of a biased estimate is quadratic in the bias
-  (||theta_i|| - <x, theta_i> ~ |bias_perp|^2 / 2), so following the
-  population costs about sigma^2 d per agent-round, not sigma sqrt(d): the
-  oracle (exact posterior under the true prior) has slope 0.96-1.0 in all
-  three regimes, and its regret is 0.8 sigma^2 d m n. On the ball the
-  crossings move to n ~ 1/(m sigma^4) = 2082 and 1/sigma^4 = 41649 (noise 1,
-  ||mu|| = 1): information orthogonal to theta_i grows like sqrt(n), not n/d
-  (at n = 10^4 collab's Gram matrices have eigenvalues 36-140 in most
-  directions orthogonal to theta_i, below the prior precision ~150), so the
-  prior still helps past d/sigma^2. collab's regime-3 slope (0.65 here, 0.67
-  over [2041, 40000] with n = 4e4) is this crossover, not a loss: its
-  per-round regret at n = 10^4 is below independent OFUL's (1.35 vs 1.76).
-* Finite action sets (K = 20 fixed unit vectors) do not fix this: with
-  smooth gaps the loss is again quadratic for small errors, and with fixed
-  gaps regret turns logarithmic (ind_ts slope 0.29 in regime 3); collab
-  measured 0.51 / 0.80 / 0.75. Changing contexts (K = 10 fresh per round)
-  explore for free and are log-like (ind_oful 0.69 / 0.41 / 0.22). The ball
-  stays the default: it is the setting where independent learning has the
-  d sqrt(n) rate on a fixed instance.
+The rate is a minimax rate up to log factors; a fixed instance shows it only through
+local slopes, which near a boundary mix the two sides: ``theory_slope_regime{k}`` is the
+slope of R(n) over the same n points as the fit, ``theory_slope_regime{k}_log`` that of
+:func:`bandits.collab.theory.rate_log` (R(n) ln n, OFUL's log factor). What the measured
+slopes show, and why they differ from R(n) on the unit ball, is in docs/bandits.md.
 
 The algorithms are anytime (no horizon-dependent tuning), so regret at n is
 read off one run's cumulative curve. All grid points of one algorithm run in

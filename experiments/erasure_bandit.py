@@ -1,4 +1,4 @@
-"""Regret of bandit algorithms over an arm-erasure channel, with and without feedback.
+"""Regret over an arm-erasure channel, with and without feedback (arXiv 2406.18072, 2504.20894).
 
 Reproduces the kind of figures of arXiv 2406.18072 / 2504.20894: cumulative
 regret vs rounds, final regret vs horizon T, vs erasure probability eps and vs

@@ -113,7 +113,7 @@ class Config(sc.Protocol):
   n_dual: int = param(2 ** 17, "dual subgradient steps T", check=ge(1))
   k_factor: float = param(6.0, "LS-MDVI and LS-PE steps K = ceil(k_factor H)", check=gt(0))
   c_beta: float = param(float("inf"), "LS-MDVI inverse temperature beta = c_beta ln(A) / eps "
-                        "(inf: greedy, as the authors' code; 8: the earlier softmax)", check=gt(0))
+                        "(inf: greedy, as the authors' code; 8: a softmax close to greedy)", check=gt(0))
   batch_size: int = param(512, "runs per jitted call (the last chunk is padded)", check=ge(1))
 
   def check(self) -> None:

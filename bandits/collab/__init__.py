@@ -1,1 +1,2 @@
-"""Collaborative personalized linear bandits: environment, algorithms, batched simulation, numpy references."""
+"""Collaborative personalized linear bandits (arXiv 2506.15943): environment, algorithms,
+batched simulation, numpy references, theory curves."""

@@ -1,4 +1,4 @@
-"""m agents, each a linear bandit with its own parameter drawn from a population.
+"""m agents, each a linear bandit with its own parameter drawn from a population (arXiv 2506.15943).
 
 Setting of Huang, Zhou, Yang & Diggavi, "On the optimal regret of
 collaborative personalized linear bandits" (arXiv 2506.15943): every round

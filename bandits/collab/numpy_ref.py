@@ -1,4 +1,4 @@
-"""Plain numpy (float64) versions of the collaborative algorithm, for checks and speed baselines.
+"""Plain numpy (float64) collaborative algorithm (arXiv 2506.15943), for checks and speed baselines.
 
 The same algorithm as :func:`bandits.collab.algorithms.collab` (stage-1
 design, empirical-Bayes refresh at n1, 2 n1, 4 n1, ..., Sherman-Morrison

@@ -1,4 +1,4 @@
-"""Algorithms for bandits over arm-erasure channels.
+"""Algorithms for bandits over arm-erasure channels (arXiv 2406.18072, 2504.20894).
 
 Papers: Hanna, Yang & Fragouli, arXiv 2406.18072 (no feedback: the repetition
 wrapper and Lingering SAE) and arXiv 2504.20894 (with feedback). Their full

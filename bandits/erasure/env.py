@@ -1,4 +1,4 @@
-"""Multi-armed bandit whose arm requests pass through an erasure channel.
+"""Multi-armed bandit whose arm requests pass through an erasure channel (arXiv 2406.18072).
 
 Setting of Hanna, Yang & Fragouli, "Learning for Bandits under Action
 Erasures" (arXiv 2406.18072) and its feedback sequel (arXiv 2504.20894): each

@@ -1,4 +1,4 @@
-"""Plain numpy implementations of L-SAE and the feedback SAE, for checks and speed baselines.
+"""Plain numpy L-SAE and feedback SAE (arXiv 2406.18072, 2504.20894), for checks and speed baselines.
 
 Two forms of the same algorithms as :mod:`bandits.erasure.algorithms`:
 

@@ -1,4 +1,4 @@
-"""Erasure-free bandit algorithms, shared by every bandit system here.
+"""Erasure-free bandit algorithms (UCB, successive elimination) that the erasure algorithms wrap.
 
 Each is an :class:`~bandits.core.Algorithm` factory. They credit each reward
 to the arm they requested, so on an erasure channel they are the naive

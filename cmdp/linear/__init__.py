@@ -90,7 +90,7 @@ max_a s_{k+1}(s, a)``; output the greedy policy ``argmax_a s_K`` (they score the
 greedy policy of ``s_k``); ``alpha = gamma``. The general MDVI with a finite
 ``beta`` (``w = (1/beta) logsumexp(beta s)``, ``pi_K = softmax(beta s_K)``, within
 ``ln(A)/beta`` of greedy at the fixed point) is kept behind ``c_beta``: ``beta =
-c_beta ln(A) / eps`` (the earlier reconstruction used ``c_beta = 8``; the
+c_beta ln(A) / eps`` (``c_beta = 8`` is a softmax close to greedy; the
 default ``C_BETA = inf`` is the authors' greedy limit). K = ``k_factor * H``
 (recon; their experiments fix K = 100 or 1000 at H = 10).
 
