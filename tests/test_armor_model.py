@@ -158,6 +158,7 @@ def test_rope_llama3_scaling_closed_form():
   assert np.all((inv[mid] <= base[mid] + 1e-15) & (inv[mid] >= base[mid] / 8 - 1e-15))
 
 
+@pytest.mark.slow
 def test_hf_directory_round_trip_and_errors(tmp_path):
   cfg = LlamaConfig(**{**TINY.__dict__, "attention_bias": True, "model_type": "qwen2", "tie_embeddings": False,
                        "rope_scaling": RopeScaling("linear", 2.0)})
@@ -373,6 +374,7 @@ def test_armor_beats_nowag_on_output_error(small_model):
       [r["proxy_loss"] for r in out["nowag_p"]])
 
 
+@pytest.mark.slow
 def test_sequential_and_dense_modes_differ_after_first_block(small_model):
   params, calib = small_model
   res = {}

@@ -55,7 +55,8 @@ def _run(m, n, eps, zeta, strict, key=0):
   return p, out, rr, rc
 
 
-@pytest.mark.parametrize("name", ["hard_wc", "hard_multichain", "random_multichain"])
+@pytest.mark.parametrize("name", ["hard_wc", pytest.param("hard_multichain", marks=pytest.mark.slow),
+                                  pytest.param("random_multichain", marks=pytest.mark.slow)])
 def test_with_large_n_the_output_converges_to_the_lp_optimum(name):
   m = {"hard_wc": lambda: instances.hard_instance(6, 3, 8, 0.1),
        "hard_multichain": lambda: instances.hard_instance(6, 3, 8, 0.1, B=5),

@@ -162,7 +162,8 @@ def _scan_rounds(algo, params, carry, xs):
   return jax.lax.scan(round_fn, carry, xs)
 
 
-@pytest.mark.parametrize("action_set, n_arms", [(env.BALL, 0), (env.FINITE, 8)])
+@pytest.mark.parametrize("action_set, n_arms", [
+    (env.BALL, 0), pytest.param(env.FINITE, 8, marks=pytest.mark.slow)])
 def test_collab_matches_numpy_float64_loop_on_the_same_noise(action_set, n_arms):
   d, m, n = 3, 4, 150
   inst = sim.make_instances([dict(m=m, sigma=0.3)], 1, 3, d=d, action_set=action_set,

@@ -194,7 +194,7 @@ def test_without_hydra_one_run_composes_as_hydra_does_and_uses_the_same_harness(
       m.main(bad)
     assert e.value.code == 2 and f"key '{key}'" in capsys.readouterr().err
   assert list(tmp_path.iterdir()) == []
-  m.main(TINY + ["logger=disabled", "hydra.run.dir=plain"])
+  m.main(TINY + ["algorithms=[lsae]", "n_points=5", "agent_eps=[]", "hydra.run.dir=plain"])
   res = json.loads((tmp_path / "plain" / "results.json").read_text())
   assert res["complete"] and res["config"]["horizon"] == 400 and len(res["config_hash"]) == 16
   assert res["headline"]["regret_lsae"] > 0

@@ -199,7 +199,8 @@ def test_same_actions_with_and_without_jit(name, jit):
   np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(ref[0]))
 
 
-@pytest.mark.parametrize("name", ["ucb", "rep_se", "lsae", "fb_sae"])
+@pytest.mark.parametrize("name", ["ucb", pytest.param("rep_se", marks=pytest.mark.slow), "lsae",
+                                  pytest.param("fb_sae", marks=pytest.mark.slow)])
 def test_native_batch_equals_vmap_over_runs(name):
   """The batch-polymorphic path and vmap over runs give identical numbers (ragged grid)."""
   grid = [dict(n_arms=k, eps=e, horizon=h) for k, e, h in
@@ -237,6 +238,7 @@ def test_feedback_algorithm_needs_feedback():
     sim.run("fb_sae", inst, jax.random.key(0), feedback=False)
 
 
+@pytest.mark.slow
 def test_vectorized_numpy_agrees_with_jax_in_distribution():
   """The hand-vectorized baseline implements the same algorithm (mean regret within CIs)."""
   inst = sim.make_instances([dict(n_arms=5, eps=0.8, horizon=4000)], 200, 0,

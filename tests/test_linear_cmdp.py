@@ -294,7 +294,7 @@ def _run(m, n, eps, zeta, strict, key=0, k_factor=6.0, inst=None):
   return out, *linear.evaluate_outputs(m, out)
 
 
-@pytest.mark.parametrize("name", ["hard", "random"])
+@pytest.mark.parametrize("name", ["hard", pytest.param("random", marks=pytest.mark.slow)])
 def test_with_many_samples_the_output_converges_to_the_lp_optimum(name):
   m = linear.hard_instance(5, 0.8, 0.5) if name == "hard" else _random(11, S=6, A=3, d=4)
   sol, b = linear.solve(m), float(m.b)
