@@ -56,6 +56,9 @@ GROUPS = ("experiment", "logger", "launcher", "sweep")
 _HELP_FLAGS = ("--help", "-h")
 _INFO_FLAGS = ("--hydra-help", "--info", "-i", "--shell-completion", "-sc",
                "--cfg", "-c", "--resolve", "-p", "--package")
+_LAUNCHER_PLUGINS = {"joblib": "hydra-joblib-launcher",
+                     "submitit_slurm": "hydra-submitit-launcher",
+                     "submitit_local": "hydra-submitit-launcher"}
 _MAX_PRODUCT = 64  # sweeps with more runs are checked one varied key at a time
 
 
@@ -122,6 +125,13 @@ def _explain(e: Exception, overrides: list[str]) -> ConfigError:
   if m:
     return ConfigError(m.group(1), "unknown key for this experiment (its keys: "
                        "experiment=NAME --help; prefix with + only to add a key on purpose)")
+  m = re.search(r"Could not find 'hydra/launcher/([^']+)'", text)
+  if m:   # a launcher config whose Hydra plugin is not installed
+    chosen = next((o.split("=", 1)[1] for o in overrides
+                   if o.split("=")[0].lstrip("+~") == "launcher"), m.group(1))
+    plugin = _LAUNCHER_PLUGINS.get(m.group(1), f"the Hydra launcher plugin '{m.group(1)}'")
+    return ConfigError("launcher", f"'{chosen}' needs {plugin}, which is not installed: "
+                       "pip install -e '.[cluster]'")
   m = re.search(r"Could not find '([^/']+)/([^']+)'", text) or re.search(
       r"In '[^']*': Could not find '([^/']+)/([^']+)'", text)
   if m and m.group(1) in GROUPS:

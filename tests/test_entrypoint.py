@@ -212,3 +212,23 @@ def test_in_child_runs_a_piece_of_an_experiment_in_a_fresh_process(monkeypatch):
   assert res["twice"] == 42 and res["pid"] != os.getpid()
   with pytest.raises(RunError, match="test_entrypoint:child_probe in a child process exited"):
     in_child(child_probe, {"y": 1})           # a TypeError in the child
+
+
+def test_a_launcher_without_its_plugin_is_named_with_the_extra_to_install(tmp_path, monkeypatch):
+  """A launcher config whose Hydra plugin is missing (here: a plugin that does not exist) is a
+  config error on `launcher`, naming what to install, not on another key."""
+  import shutil
+  import experiments.main as m
+  from experiments.schema import ConfigError
+  conf = tmp_path / "conf"
+  shutil.copytree(ROOT / "conf", conf)
+  (conf / "launcher" / "nowhere.yaml").write_text(
+      "# @package _global_\ndefaults:\n  - override /hydra/launcher: joblib_missing\n")
+  monkeypatch.setattr(m, "CONF_DIR", conf)
+  with pytest.raises(ConfigError) as e:
+    m.precheck(["-m", "launcher=nowhere", "experiment=erasure_bandit", "seed=0,1"])
+  assert e.value.key == "launcher" and "'nowhere' needs" in str(e.value)
+  assert "pip install -e '.[cluster]'" in str(e.value) and "\n" not in str(e.value)
+  assert "hydra-joblib-launcher" in m._explain(
+      Exception("In 'hydra/config': Could not find 'hydra/launcher/joblib'"),
+      ["-m", "launcher=joblib"]).message
