@@ -332,10 +332,4 @@ def run_one_numpy(rng: np.random.Generator, m: tabular.TabularCMDP, n: int, eps:
     pols[g] = pi
     Vc = np.linalg.solve(eye - k.gamma * P_hat[rows, pi], m.c[rows, pi])
     vc[g] = (1 - k.gamma) * m.mu0 @ Vc
-  delta, eta = k.U / (n_grid - 1), k.U / np.sqrt(n_iters)
-  lam, counts = 0.0, np.zeros(n_grid)
-  for _ in range(n_iters):
-    g = min(max(int(np.round(lam / delta)), 0), n_grid - 1)
-    counts[g] += 1
-    lam = min(max(lam - eta * (vc[g] - k.b_prime), 0.0), k.U)
-  return pols, counts / n_iters
+  return pols, primal_dual.dual_descent_numpy(vc, k.b_prime, k.U, n_iters)

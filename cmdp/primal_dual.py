@@ -96,6 +96,22 @@ def dual_descent(vc: jax.Array, b_prime, U, n_iters: int):
   return counts.astype(vc.dtype) / n_iters, lam
 
 
+def dual_descent_numpy(vc: np.ndarray, b_prime: float, U: float, n_iters: int) -> np.ndarray:
+  """:func:`dual_descent` as a plain Python loop (float64): the numpy references' dual loop.
+
+  Returns:
+    (M,) weights: visit frequencies of the grid points.
+  """
+  n_grid = len(vc)
+  delta, eta = U / (n_grid - 1), U / np.sqrt(n_iters)
+  lam, counts = 0.0, np.zeros(n_grid)
+  for _ in range(n_iters):
+    g = min(max(int(np.round(lam / delta)), 0), n_grid - 1)
+    counts[g] += 1
+    lam = min(max(lam - eta * (vc[g] - b_prime), 0.0), U)
+  return counts / n_iters
+
+
 def run_keys(key: jax.Array, n_runs: int) -> jax.Array:
   """The keys of a batch's runs: run i uses ``fold_in(key, i)``."""
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_runs))

@@ -20,6 +20,7 @@ SparseGPT's) and ``armor_within_30min`` (1 if ARMOR's pipeline took at most
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import tempfile
@@ -29,16 +30,10 @@ from pathlib import Path
 from armor_jax.solver.armor import ArmorConfig
 from experiments import armor_prune, io
 from experiments.harness import in_child
-from experiments.schema import as_container, gt, param, validate
+from experiments.schema import as_container, field_of, gt, param, validate
 
-_A = {f.name: f for f in dataclasses.fields(armor_prune.Config)}
-
-
-def _same(name: str):
-  """The field ``name`` of armor_prune's schema: same default, doc and check."""
-  f = _A[name]
-  default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-  return param(default, f.metadata["doc"], check=f.metadata["check"])
+_A = {f.name for f in dataclasses.fields(armor_prune.Config)}
+_same = functools.partial(field_of, armor_prune.Config)   # armor_prune's key: doc, check, default
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,7 +66,7 @@ import numpy as np
 
 from experiments import io
 from experiments import sample_complexity as sc
-from experiments.schema import ConfigError, each, ge, gt, param
+from experiments.schema import ConfigError, each, field_of, ge, gt, param
 from experiments.stats import one_at_a_time
 
 SWEEPS = ("d", "horizon", "eps", "zeta")
@@ -86,10 +86,10 @@ def _valid_d(v, twins: int) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Config(sc.Protocol):
-  relaxed_n_range: tuple[int, ...] = sc.override("relaxed_n_range", (64, 2 ** 20))
-  strict_n_range: tuple[int, ...] = sc.override("strict_n_range", (2 ** 14, 2 ** 32))
-  n_per_octave: int = sc.override("n_per_octave", 3)
-  n_seeds: int = sc.override("n_seeds", 32)
+  relaxed_n_range: tuple[int, ...] = field_of(sc.Protocol, "relaxed_n_range", (64, 2 ** 20))
+  strict_n_range: tuple[int, ...] = field_of(sc.Protocol, "strict_n_range", (2 ** 14, 2 ** 32))
+  n_per_octave: int = field_of(sc.Protocol, "n_per_octave", 3)
+  n_seeds: int = field_of(sc.Protocol, "n_seeds", 32)
   d: int = param(9, "feature dimension at the base point (d = 2 twins k + 1, k gadgets)",
                  check=ge(3))
   horizon: float = param(10.0, "H = 1/(1-gamma) at the base point", check=gt(4 / 3))

@@ -46,7 +46,7 @@ try:
 except ImportError:  # an image without Hydra (a bare GPU machine): single runs, no sweeps
   hydra = None
 
-from experiments.harness import (EXPERIMENTS, RunConfig, RunError, execute, get_experiment,
+from experiments.harness import (EXPERIMENTS, LOGGER_MODES, RunConfig, RunError, execute, get_experiment,
                                  register_configs, split_and_validate)
 from experiments.logger import LoggerConfig
 from experiments.schema import ConfigError, InputError, as_container, describe
@@ -220,7 +220,7 @@ def help_text(args: list[str]) -> str:
     return "\n".join(lines)
 
   if hydra is None:
-    choices = "experiment: " + ", ".join(EXPERIMENTS) + "; logger: disabled, offline, online"
+    choices = "experiment: " + ", ".join(EXPERIMENTS) + "; logger: " + ", ".join(LOGGER_MODES)
   else:
     choices = "; ".join(f"{g}: " + ", ".join(_group_options(g)) for g in GROUPS)
   return (f"experiment={name}: {get_experiment(name).doc}\n\n"
@@ -273,8 +273,8 @@ def plain_compose(args: list[str]) -> tuple[str, dict, Path]:
   name = overrides.get("experiment", "tour")
   values = {**as_container(RunConfig()), **as_container(get_experiment(name).schema())}
   logger = overrides.get("logger", "disabled")
-  if logger not in ("disabled", "offline", "online"):
-    raise ConfigError("logger", f"unknown choice '{logger}'; allowed: disabled, offline, online")
+  if logger not in LOGGER_MODES:
+    raise ConfigError("logger", f"unknown choice '{logger}'; allowed: " + ", ".join(LOGGER_MODES))
   values["logger"] = as_container(LoggerConfig(mode=logger))
   for key, text in overrides.items():
     if key in ("experiment", "logger", "hydra.run.dir"):

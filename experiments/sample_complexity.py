@@ -55,7 +55,7 @@ STRICT_TOL = 1e-9      # strict feasibility: violation <= STRICT_TOL
 @dataclasses.dataclass(frozen=True)
 class Protocol:
   """The protocol's config keys: a sample-complexity experiment's ``Config`` inherits them
-  (and may give some another default with :func:`override`)."""
+  (and may give some another default with :func:`experiments.schema.field_of`)."""
   settings: tuple[str, ...] = param(SETTINGS, "feasibility settings to run",
                                     check=each(one_of(*SETTINGS)))
   relaxed_n_range: tuple[int, ...] = param((16, 2 ** 18), "[min, max] of the relaxed N grid",
@@ -83,12 +83,6 @@ class Protocol:
     """The setting's grid of sample budgets (float64)."""
     lo, hi = self.strict_n_range if setting == "strict" else self.relaxed_n_range
     return n_grid_values(int(lo), int(hi), self.n_per_octave).astype(np.float64)
-
-
-def override(name: str, default):
-  """The :class:`Protocol` field ``name`` (same doc and check) with another default."""
-  f = next(f for f in dataclasses.fields(Protocol) if f.name == name)
-  return param(default, f.metadata["doc"], check=f.metadata["check"])
 
 
 class Keys(NamedTuple):

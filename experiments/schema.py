@@ -38,8 +38,8 @@ import typing
 from typing import Any, Callable, Mapping
 
 __all__ = [
-    "ConfigError", "InputError", "Check", "param", "validate", "describe", "as_container",
-    "field_docs", "gt", "ge", "in_range", "one_of", "each", "nonempty",
+    "ConfigError", "InputError", "Check", "param", "field_of", "validate", "describe",
+    "as_container", "field_docs", "gt", "ge", "in_range", "one_of", "each", "nonempty",
 ]
 
 
@@ -109,6 +109,15 @@ def param(default, doc: str, *, check: Check | None = None):
   else:
     kwargs["default"] = default
   return dataclasses.field(**kwargs)
+
+
+def field_of(schema: type, name: str, default=dataclasses.MISSING):
+  """Another schema's field ``name`` (its doc and check), with its default or ``default``:
+  a schema that shares a key with another (or gives it another default) declares it once."""
+  f = next(f for f in dataclasses.fields(schema) if f.name == name)
+  if default is dataclasses.MISSING:
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+  return param(default, f.metadata["doc"], check=f.metadata["check"])
 
 
 def _type_name(tp) -> str:

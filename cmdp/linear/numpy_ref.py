@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cmdp import primal_dual
 from cmdp.linear.design import Design, samples_per_core_point
 from cmdp.linear.learner import C_BETA, constants, make_instance
 from cmdp.linear.model import LinearCMDP
@@ -57,10 +58,4 @@ def run_one_numpy(rng: np.random.Generator, m: LinearCMDP, design: Design, n: fl
     for _ in range(n_iters):
       th = m.theta_c + gamma * M @ np.clip(phi_pi @ th, 0.0, vc_max)
     pols[g], vcs[g] = pi, m.mu0 @ np.clip(phi_pi @ th, 0.0, vc_max)
-  delta, eta = k.U / (n_grid - 1), k.U / np.sqrt(n_dual)
-  lam, counts_g = 0.0, np.zeros(n_grid)
-  for _ in range(n_dual):
-    g = min(max(int(np.round(lam / delta)), 0), n_grid - 1)
-    counts_g[g] += 1
-    lam = min(max(lam - eta * (vcs[g] - k.b_prime), 0.0), k.U)
-  return pols, counts_g / n_dual
+  return pols, primal_dual.dual_descent_numpy(vcs, k.b_prime, k.U, n_dual)
