@@ -98,6 +98,18 @@ class Config:
                     "(statistics of the dense model only, ARMOR's official code)",
                     check=one_of("sequential", "dense"))
   blocks: int = param(0, "prune only the first N blocks (0 = all)", check=ge(0))
+  block_range: tuple[int, ...] = param((), "[start, stop]: prune blocks start..stop-1 into "
+                                       "prune_dir, no evaluation (one host's share of a model; "
+                                       "experiment=armor_assemble evaluates); [] = all",
+                                       check=Check(lambda v: len(v) == 0 or (
+                                           len(v) == 2 and 0 <= v[0] < v[1]),
+                                           "[] or [start, stop] with 0 <= start < stop"))
+  prune_dir: str = param("", "directory of the pruned blocks, shared by the processes of "
+                         "block ranges ('' = prune_<method> in the run directory)")
+  devices: int = param(0, "local JAX devices the linears of a block are spread over (0 = "
+                       "every accelerator, or one CPU device)", check=ge(0))
+  compute_dtype: str = param("float32", "dtype of the forward passes (statistics and solvers "
+                             "stay float32)", check=one_of("float32", "bfloat16"))
   armor: ArmorConfig = param(ArmorConfig(), "ARMOR's settings (armor_jax.solver.armor.ArmorConfig)")
   sparsegpt_damp: float = param(PruneConfig.sparsegpt_damp,
                                 "SparseGPT: dampening, fraction of mean diag(H)", check=gt(0))
@@ -111,6 +123,12 @@ class Config:
   def check(self):
     if len(set(self.methods)) != len(self.methods):
       raise ConfigError("methods", "each method at most once")
+    if self.prune_dir and len(self.methods) != 1:
+      raise ConfigError("methods", "exactly one method when prune_dir is given")
+    if self.block_range and not self.prune_dir:
+      raise ConfigError("prune_dir", "a directory shared by the block ranges, with block_range")
+    if self.block_range and self.blocks:
+      raise ConfigError("blocks", "0 with block_range")
 
 
 @contextlib.contextmanager
@@ -174,6 +192,10 @@ def preflight(cfg: Config) -> None:
     mcfg = header.cfg
     if cfg.blocks > mcfg.num_layers:
       raise ConfigError("blocks", f"must be <= the model's {mcfg.num_layers} blocks")
+    if cfg.devices > len(jax.local_devices()):
+      raise ConfigError("devices", f"must be <= the {len(jax.local_devices())} local devices")
+    if cfg.block_range and cfg.block_range[1] > mcfg.num_layers:
+      raise ConfigError("block_range", f"stop must be <= the model's {mcfg.num_layers} blocks")
     for key in ("calib_len", "eval_len"):
       if getattr(cfg, key) > mcfg.max_position:
         raise ConfigError(key, f"must be <= the model's context, {mcfg.max_position} tokens")
@@ -193,78 +215,104 @@ def preflight(cfg: Config) -> None:
 
 def prune_config(cfg: Config, method: str) -> PruneConfig:
   return PruneConfig(method=method, mode=cfg.mode, armor=cfg.armor,
-                     sparsegpt_damp=cfg.sparsegpt_damp, batch=cfg.batch)
+                     sparsegpt_damp=cfg.sparsegpt_damp, batch=cfg.batch,
+                     compute_dtype=cfg.compute_dtype)
 
 
 class Workload:
-  """The model and token windows every method shares."""
+  """The model's weight source and the token windows every method shares; no weight is held
+  (blocks are read when a pass needs them)."""
 
   def __init__(self, cfg: Config, seed: int, say=print):
-    from armor_jax.model import llama, loaders, text  # pylint: disable=import-outside-toplevel
+    from armor_jax.model import loaders, text  # pylint: disable=import-outside-toplevel
     preflight(cfg)    # done by the entry point already; cached, and needed by library callers
-    t0 = time.perf_counter()
     with _as_input_errors():
-      self.model = loaders.load_model(cfg.model)
-    say(f"[armor_prune] loaded {self.model.source} ({time.perf_counter() - t0:.1f} s)")
+      self.source = loaders.open_model(cfg.model)
+    self.cfg = cfg
     cal_tok, ev_tok = _tokens(cfg.model, cfg.calib_text, cfg.eval_text)
     self.calib = text.calibration_windows(cal_tok, cfg.n_calib, cfg.calib_len,
                                           jax.random.PRNGKey(seed))
     self.windows = text.eval_windows(ev_tok, cfg.eval_len, cfg.eval_windows or None)
-    say(f"[armor_prune] calibration {self.calib.shape}, evaluation {self.windows.shape} tokens")
-    mcfg = self.model.cfg
-    self._fwd = jax.jit(lambda p, x: llama.forward(p, x, mcfg))
+    say(f"[armor_prune] {self.source.source}: calibration {self.calib.shape}, evaluation "
+        f"{self.windows.shape} tokens")
 
-  def perplexity(self, params, batch: int, desc: str, progress: bool) -> float:
-    from armor_jax.model import text  # pylint: disable=import-outside-toplevel
+  def perplexity(self, block, desc: str, progress: bool, outer=None) -> float:
+    """Perplexity of the model whose block i is ``block(i)`` (embedding and head: ``outer()``,
+    default the source's), streamed block by block."""
+    from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-    bar = tqdm(total=len(self.windows), desc=desc, unit="win", file=sys.stderr, leave=False,
-               disable=not progress)
+    bar = tqdm(total=self.source.cfg.num_layers, desc=desc, unit="block", file=sys.stderr,
+               leave=False, disable=not progress)
     try:
-      ppl = text.perplexity(lambda x: self._fwd(params, x), self.windows, batch,
-                            progress=lambda k: bar.update(k - bar.n))
+      with _as_input_errors():
+        ppl = pipeline.perplexity(block, outer or self.source.outer, self.source.cfg, self.windows,
+                                  self.cfg.batch, self.cfg.compute_dtype,
+                                  progress=lambda k: bar.update(k - bar.n))
     finally:
       bar.close()
     if not np.isfinite(ppl):
       raise RunError(f"[armor_prune] {desc}: perplexity is {ppl}; not recorded")
     return ppl
 
-  def generate(self, params, prompt: str, n: int) -> str:
-    ids = list(self.model.tokenizer.encode(prompt))
-    for _ in range(n):
-      logits = self._fwd(params, jnp.asarray(ids, jnp.int32)[None])
-      ids.append(int(jnp.argmax(logits[0, -1])))
-    return self.model.tokenizer.decode(ids)
+  def generate(self, block) -> str:
+    from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
+    if not self.cfg.gen_tokens:
+      return ""
+    tok = self.source.tokenizer
+    ids = pipeline.generate(block, self.source.outer, self.source.cfg, tok.encode(self.cfg.prompt),
+                            self.cfg.gen_tokens, self.cfg.compute_dtype)
+    return tok.decode(ids)
+
+
+def store_for(cfg: Config, method: str, work: Workload, seed: int, out_dir: Path):
+  """The directory store of ``method``'s pruned blocks: ``prune_dir`` when given (shared by
+  block ranges), else ``<run dir>/prune_<method>``."""
+  from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
+  path = Path(cfg.prune_dir) if cfg.prune_dir else out_dir / f"prune_{method}"
+  fp = pipeline.fingerprint(work.source, work.calib, prune_config(cfg, method),
+                            jax.random.PRNGKey(seed))
+  return pipeline.Checkpoint(path, fp)
+
+
+def block_span(cfg: Config, n_layers: int) -> tuple[int, int]:
+  """The blocks this run prunes: ``block_range``, else the first ``blocks``, else all."""
+  if cfg.block_range:
+    return tuple(cfg.block_range)
+  return 0, (cfg.blocks or n_layers)
 
 
 def prune_method(cfg: Config, method: str, work: Workload, seed: int, out_dir: Path,
                  progress: bool, say=print):
-  """Prunes with ``method`` (resuming from ``out_dir/prune_<method>``); returns
-  (dense-kernel params, compressed params, records, seconds)."""
+  """Prunes with ``method`` into its store, resuming from what the store holds; returns
+  (store, records, seconds)."""
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
-  mcfg = work.model.cfg
-  n_blocks = cfg.blocks or mcfg.num_layers
-  params = work.model.params   # with blocks=N only the first N are pruned, the rest stay dense
-  bar = tqdm(total=n_blocks * 7, desc=f"{method}: layers", unit="layer", file=sys.stderr,
-             leave=False, disable=not progress)
+  start, stop = block_span(cfg, work.source.cfg.num_layers)
+  store = store_for(cfg, method, work, seed, out_dir)
+  bar = tqdm(total=(stop - start) * 7, desc=f"{method}: layers", unit="layer",
+             file=sys.stderr, leave=False, disable=not progress)
   t0 = time.perf_counter()
   with _as_input_errors():
-    dense_p, comp_p, records = pipeline.prune_model(
-        params, mcfg, work.calib, prune_config(cfg, method), jax.random.PRNGKey(seed),
-        checkpoint=out_dir / f"prune_{method}", on_layer=lambda r: bar.update(1),
-        blocks=cfg.blocks or None, say=say)
+    devices = (jax.local_devices()[:cfg.devices] if cfg.devices
+               else pipeline.default_devices())
+    records = pipeline.prune(work.source, work.calib, prune_config(cfg, method),
+                             jax.random.PRNGKey(seed), store, (start, stop),
+                             on_layer=lambda r: bar.update(1), devices=devices, say=say)
   bar.close()
   blocks = {r["block"]: r["block_seconds"] for r in records}
   seconds = float(sum(blocks.values()))
-  say(f"[armor_prune] {method}: {len(records)} layers pruned, {seconds:.1f} s "
+  say(f"[armor_prune] {method}: blocks {start}..{stop - 1} pruned, {seconds:.1f} s "
       f"(this call {time.perf_counter() - t0:.1f} s)")
-  return dense_p, comp_p, records, seconds
+  return store, records, seconds
 
 
 def _fingerprint(cfg: Config, seed: int, method: str) -> dict:
   """The settings a finished method's result depends on (ARMOR's keys only for ARMOR, ...)."""
   d = dataclasses.asdict(cfg)
-  d.pop("methods")
+  for k in ("methods", "prune_dir", "block_range", "devices"):
+    d.pop(k)
+  if cfg.compute_dtype == "float32":
+    d.pop("compute_dtype")
   if method != "armor":
     d.pop("armor"), d.pop("save_dtype")
   if method != "sparsegpt":
@@ -290,26 +338,40 @@ def peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
 
 
+def evaluate_method(cfg: Config, method: str, work: Workload, store, ctx) -> dict:
+  """Perplexity and continuation of the model pruned into ``store`` (blocks it lacks stay
+  dense); for ARMOR also the compressed checkpoint, written, reloaded and evaluated."""
+  from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
+  block = lambda i: pipeline.pruned_block(store, work.source, i)
+  res = {"ppl": work.perplexity(block, f"{method}: ppl", ctx.progress),
+         "text": work.generate(block)}
+  if method == "armor":
+    res.update(_save_and_reload(cfg, work, block, ctx.out_dir / "armor_checkpoint", ctx))
+  return res
+
+
 def run(cfg: Config, ctx) -> dict:
   from armor_jax.model import loaders  # pylint: disable=import-outside-toplevel
   work = Workload(cfg, ctx.seed, ctx.say)
+  mcfg = work.source.cfg
   out = ctx.out_dir
   headline: dict[str, float] = {}
-  info: dict = {"model": loaders.text_config(work.model),
+  info: dict = {"model": loaders.text_config(work.source),
                 "calib_tokens": int(work.calib.size), "eval_tokens": int(work.windows.size),
                 "continuations": {}}
+  partial = bool(cfg.block_range) and tuple(cfg.block_range) != (0, mcfg.num_layers)
 
-  fp = _fingerprint(cfg, ctx.seed, "dense")
-  dense_file = out / "method_dense.json"
-  dense = _load_done(dense_file, fp)
-  if dense is None:
-    dense = {"ppl": work.perplexity(work.model.params, cfg.batch, "dense: ppl", ctx.progress),
-             "text": work.generate(work.model.params, cfg.prompt, cfg.gen_tokens)
-             if cfg.gen_tokens else "", "fingerprint": fp}
-    io.write_json(dense_file, dense)
-  headline["ppl_dense"] = dense["ppl"]
-  info["continuations"]["dense"] = dense["text"]
-  ctx.say(f"[armor_prune] dense perplexity {dense['ppl']:.3f}")
+  if not partial:
+    fp = _fingerprint(cfg, ctx.seed, "dense")
+    dense_file = out / "method_dense.json"
+    dense = _load_done(dense_file, fp)
+    if dense is None:
+      dense = {"ppl": work.perplexity(work.source.block, "dense: ppl", ctx.progress),
+               "text": work.generate(work.source.block), "fingerprint": fp}
+      io.write_json(dense_file, dense)
+    headline["ppl_dense"] = dense["ppl"]
+    info["continuations"]["dense"] = dense["text"]
+    ctx.say(f"[armor_prune] dense perplexity {dense['ppl']:.3f}")
 
   rows: dict[str, list] = {}
   for method in cfg.methods:
@@ -317,20 +379,19 @@ def run(cfg: Config, ctx) -> dict:
     fp = _fingerprint(cfg, ctx.seed, method)
     res = _load_done(mfile, fp)
     if res is not None:
-      ctx.say(f"[armor_prune] {method}: done before (ppl {res['ppl']:.3f}); not redone")
+      ctx.say(f"[armor_prune] {method}: done before; not redone")
     else:
-      dense_p, comp_p, records, seconds = prune_method(cfg, method, work, ctx.seed, out,
-                                                      ctx.progress, ctx.say)
-      res = {"ppl": work.perplexity(dense_p, cfg.batch, f"{method}: ppl", ctx.progress),
-             "seconds": seconds, "records": records, "fingerprint": fp,
-             "text": work.generate(dense_p, cfg.prompt, cfg.gen_tokens) if cfg.gen_tokens else ""}
-      if method == "armor":
-        res.update(_save_and_reload(cfg, work, comp_p, out / "armor_checkpoint", ctx))
+      store, records, seconds = prune_method(cfg, method, work, ctx.seed, out, ctx.progress,
+                                             ctx.say)
+      res = {"seconds": seconds, "records": records, "fingerprint": fp}
+      if not partial:
+        res.update(evaluate_method(cfg, method, work, store, ctx))
+        ctx.say(f"[armor_prune] {method}: perplexity {res['ppl']:.3f}")
       io.write_json(mfile, res)
-      ctx.say(f"[armor_prune] {method}: perplexity {res['ppl']:.3f}")
-    headline[f"ppl_{method}"] = res["ppl"]
+    if "ppl" in res:
+      headline[f"ppl_{method}"] = res["ppl"]
+      info["continuations"][method] = res["text"]
     headline[f"seconds_{method}"] = res["seconds"]
-    info["continuations"][method] = res["text"]
     for k in ("ppl_checkpoint", "size_ratio", "checkpoint_bytes", "dense_bytes",
               "reload_exact"):
       if k in res:
@@ -341,32 +402,35 @@ def run(cfg: Config, ctx) -> dict:
       for k, v in r.items():
         rows.setdefault(k, []).append(v)
 
-  baselines = [headline[f"ppl_{m}"] for m in cfg.methods if m not in ("armor", "magnitude")]
-  if "armor" in cfg.methods and baselines:
+  baselines = [headline[f"ppl_{m}"] for m in cfg.methods
+               if m not in ("armor", "magnitude") and f"ppl_{m}" in headline]
+  if "ppl_armor" in headline and baselines:
     best = min(baselines)
     gap = best - headline["ppl_dense"]
     headline["gap_closed_armor"] = (best - headline["ppl_armor"]) / gap if gap > 0 else 0.0
   headline["peak_rss_gb"] = peak_rss_gb()
   if rows:
     ctx.write_csv("layers.csv", rows)
-  _figures(cfg, ctx, headline, rows)
+  if not partial:
+    _figures(cfg, ctx, headline, rows)
   info["devices"] = [str(d) for d in jax.devices()]
   ctx.info.update(info)
   return headline
 
 
-def _save_and_reload(cfg: Config, work: Workload, comp_p, path: Path, ctx) -> dict:
+def _save_and_reload(cfg: Config, work: Workload, block, path: Path, ctx) -> dict:
+  """Writes the compressed checkpoint block by block, checks every block reads back bit for
+  bit, and evaluates the reloaded model (streamed, in the saved dtype)."""
   from armor_jax.model import checkpoint  # pylint: disable=import-outside-toplevel
-  mcfg = work.model.cfg
-  nbytes = checkpoint.save(path, mcfg, comp_p, work.model.tokenizer, dtype=cfg.save_dtype,
-                           method="armor")
+  mcfg = work.source.cfg
+  nbytes = checkpoint.save_streamed(path, mcfg, block, work.source.outer(),
+                                    work.source.tokenizer, dtype=cfg.save_dtype, method="armor")
   dense_bytes = checkpoint.dense_bytes(mcfg, cfg.save_dtype)
-  loaded = checkpoint.load(path)
-  exact = checkpoint.trees_equal(loaded.params, checkpoint.cast(comp_p, cfg.save_dtype))
-  if not exact:
-    raise RuntimeError(f"{path}: the reloaded checkpoint differs from what was saved")
-  ppl = work.perplexity(checkpoint.densify(loaded.params, mcfg), cfg.batch,
-                        "armor (reloaded): ppl", ctx.progress)
+  reader = checkpoint.Reader(path)
+  for i in range(mcfg.num_layers):
+    if not checkpoint.trees_equal(reader.block(i), checkpoint.cast(block(i), cfg.save_dtype)):
+      raise RuntimeError(f"{path}: block {i} read back differs from what was saved")
+  ppl = work.perplexity(reader.block, "armor (reloaded): ppl", ctx.progress, reader.outer)
   ctx.say(f"[armor_prune] armor checkpoint: {nbytes / 2**20:.1f} MiB vs dense "
           f"{dense_bytes / 2**20:.1f} MiB ({cfg.save_dtype}); reloaded exactly; ppl {ppl:.3f}")
   return {"ppl_checkpoint": ppl, "size_ratio": nbytes / dense_bytes, "checkpoint_bytes": nbytes,

@@ -46,7 +46,9 @@ EXPERIMENTS: dict[str, str] = {
     "linear_cmdp_sample_complexity": "experiments.linear_cmdp_sample_complexity",
     "bench_linear_cmdp": "experiments.bench_linear_cmdp",
     "armor_prune": "experiments.armor_prune",
+    "armor_assemble": "experiments.armor_assemble",
     "bench_armor_model": "experiments.bench_armor_model",
+    "bench_armor_scale": "experiments.bench_armor_scale",
     "bench_kernels": "experiments.bench_kernels",
 }
 

@@ -6,7 +6,8 @@ POINT, counted over the whole process:
 
 * ``layer``: inside a block, as the N-th linear is pruned (armor_jax.model.pipeline.prune_linear);
 * ``block``: between blocks, right after the N-th block checkpoint is saved;
-* ``eval``: during an evaluation, at the N-th batch of perplexity (armor_jax.model.text.nll_sums);
+* ``eval``: during an evaluation, at the N-th trace of the head's loss (armor_jax.model.text.nll_sums,
+  traced once per process and window shape);
 * ``write``: while a file is written, at the N-th atomic rename whose target contains
   SUBSTR: the temporary file is cut to half its size first, as a kill mid-write leaves it.
 
@@ -48,7 +49,7 @@ def install(point: str, n: int, substr: str = "") -> None:
   if point == "layer":
     pipeline.prune_linear = _counting(pipeline.prune_linear, n)
   elif point == "block":
-    pipeline.Checkpoint.save = _counting(pipeline.Checkpoint.save, n, before=False)
+    pipeline.Checkpoint.put = _counting(pipeline.Checkpoint.put, n, before=False)
   elif point == "eval":
     text.nll_sums = _counting(text.nll_sums, n)
   elif point == "write":

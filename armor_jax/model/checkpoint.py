@@ -2,7 +2,9 @@
 
 A directory with
 
-* ``model.safetensors``: every tensor of the parameter tree under its path
+* ``model.safetensors`` (or, written block by block by :func:`save_streamed`,
+  one shard per block and one for the embedding, norm and head, listed in
+  ``model.safetensors.index.json``): every tensor of the parameter tree under its path
   (``layers_3/mlp/gate/values``). A pruned linear is stored as ``values``
   (d_out, d_in/2) kept values, ``meta`` (d_out, d_in/8) uint8 2-bit in-group
   positions, ``row_scale`` / ``col_scale`` and, for ARMOR, the block-diagonal
@@ -21,8 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +36,7 @@ from armor_jax.model.llama import LINEARS, LlamaConfig
 from armor_jax.model.loaders import CheckpointError, Model, Tokenizer, load_tokenizer_json
 
 FORMAT = "armor_jax.compressed24/1"
+INDEX = "model.safetensors.index.json"
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
 
 
@@ -76,23 +80,90 @@ def save(path: str | os.PathLike, cfg: LlamaConfig, params: Mapping,
   path = Path(path)
   path.mkdir(parents=True, exist_ok=True)
   flat = {k: jnp.asarray(v) for k, v in flatten(cast(params, dtype)).items()}
+  atomic_write(path / "model.safetensors", lambda t: save_file(flat, str(t)))
+  (path / INDEX).unlink(missing_ok=True)                    # a sharded save before
+  _write_config(path, cfg, tokenizer, dtype, method)
+  return (path / "model.safetensors").stat().st_size
+
+
+def save_streamed(path: str | os.PathLike, cfg: LlamaConfig, block: Callable[[int], Mapping],
+                  outer: Mapping, tokenizer: Tokenizer | None = None, dtype: str = "bfloat16",
+                  method: str = "") -> int:
+  """Writes the compressed checkpoint one block at a time: ``block(i)`` (compressed or dense
+  linears) to its own shard, the embedding, norm and head to another, then the index and
+  config.json; returns the bytes of the weight files. Only one block is held at a time."""
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+  path = Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  weight_map, total = {}, 0
+  parts = [(f"model-block-{i:05d}.safetensors", lambda i=i: {f"layers_{i}": block(i)})
+           for i in range(cfg.num_layers)] + [("model-outer.safetensors", lambda: dict(outer))]
+  for name, tree in parts:
+    flat = {k: np.asarray(v) for k, v in flatten(cast(tree(), dtype)).items()}
+    total += write_safetensors(path / name, flat)
+    weight_map.update({k: name for k in flat})
+  index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+  atomic_write(path / INDEX, lambda t: t.write_text(json.dumps(index, indent=1)))
+  (path / "model.safetensors").unlink(missing_ok=True)      # a single-file save before
+  _write_config(path, cfg, tokenizer, dtype, method)
+  return total
+
+
+def _write_config(path: Path, cfg: LlamaConfig, tokenizer, dtype: str, method: str) -> None:
   conf = cfg.to_hf()
   conf["armor_jax"] = {"format": FORMAT, "method": method, "dtype": dtype}
-  atomic_write(path / "model.safetensors", lambda t: save_file(flat, str(t)))
-  atomic_write(path / "config.json", lambda t: t.write_text(json.dumps(conf, indent=1)))
   if tokenizer is not None:
     atomic_write(path / "tokenizer.json", tokenizer.save)
-  return (path / "model.safetensors").stat().st_size
+  atomic_write(path / "config.json", lambda t: t.write_text(json.dumps(conf, indent=1)))
 
 
 def atomic_write(path: Path, write) -> None:
   """``write(tmp)``, fsync, then an atomic rename onto ``path``: a kill leaves the old file or
-  the new one, never a torn one (the temporary is ``.<name>.tmp`` beside it)."""
-  tmp = path.with_name(f".{path.name}.tmp")
+  the new one, never a torn one. The temporary ``.<name>.<host>-<pid>.tmp`` beside it is this
+  process's own, so processes sharing a directory never write the same temporary."""
+  tmp = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
   write(tmp)
   with open(tmp, "rb+") as f:
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def clear_temporaries(path: Path) -> None:
+  """Removes the temporaries :func:`atomic_write` left in ``path`` when a process of this host
+  was killed mid-write (those of live processes, or of other hosts, stay)."""
+  host = socket.gethostname()
+  for tmp in path.glob(".*.tmp"):
+    who = tmp.name.rsplit(".", 2)[-2]
+    h, _, pid = who.rpartition("-")
+    if h == host and pid.isdigit() and not _alive(int(pid)):
+      tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def write_safetensors(path: Path, flat: Mapping[str, np.ndarray]) -> int:
+  """Writes arrays (any float dtype, bfloat16 included, or integer) as a safetensors file,
+  atomically; returns its size in bytes."""
+  from safetensors.flax import save_file
+  atomic_write(path, lambda t: save_file({k: jnp.asarray(v) for k, v in flat.items()}, str(t)))
+  return path.stat().st_size
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+  """Every tensor of a safetensors file as a numpy array in its stored dtype."""
+  from armor_jax.model import loaders  # pylint: disable=import-outside-toplevel
+  header = loaders.safetensors_header(path)
+  get = loaders.tensor_reader({k: (path, shape, dt) for k, (shape, dt) in header.items()})
+  return {k: get(k) for k in header}
 
 
 def dense_bytes(cfg: LlamaConfig, dtype: str = "bfloat16") -> int:
@@ -122,12 +193,21 @@ def load(path: str | os.PathLike) -> Model:
                           f"expected {FORMAT!r})")
   cfg = LlamaConfig.from_hf(conf)
   st = path / "model.safetensors"
-  try:
-    flat = load_file(str(st))
-  except FileNotFoundError:
-    raise CheckpointError(f"{st}: file not found") from None
-  except Exception as e:
-    raise CheckpointError(f"{st}: corrupt or truncated ({e})") from None
+  files = [st]
+  if (path / INDEX).exists():
+    try:
+      files = [path / f for f in sorted(set(json.loads((path / INDEX).read_text())["weight_map"]
+                                            .values()))]
+    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+      raise CheckpointError(f"{path / INDEX}: not a valid index ({e})") from None
+  flat = {}
+  for st in files:
+    try:
+      flat.update(load_file(str(st)))
+    except FileNotFoundError:
+      raise CheckpointError(f"{st}: file not found") from None
+    except Exception as e:
+      raise CheckpointError(f"{st}: corrupt or truncated ({e})") from None
   params = unflatten(flat)
   for i in range(cfg.num_layers):
     for name in LINEARS:
@@ -146,6 +226,35 @@ def load(path: str | os.PathLike) -> Model:
   tok_path = path / "tokenizer.json"
   tok = load_tokenizer_json(tok_path) if tok_path.exists() else None
   return Model(cfg, params, tok, str(path))
+
+
+class Reader:
+  """A compressed checkpoint read a block at a time (numpy arrays in the saved dtype), for
+  evaluation that holds one block: ``block(i)``, ``outer()``; ``cfg`` and ``tokenizer``."""
+
+  def __init__(self, path: str | os.PathLike):
+    from armor_jax.model import loaders  # pylint: disable=import-outside-toplevel
+    self.path = Path(path)
+    conf = json.loads((self.path / "config.json").read_text())
+    self.cfg = LlamaConfig.from_hf(conf)
+    tok = self.path / "tokenizer.json"
+    self.tokenizer = load_tokenizer_json(tok) if tok.exists() else None
+    files = ([self.path / f for f in set(json.loads((self.path / INDEX).read_text())
+                                          ["weight_map"].values())]
+             if (self.path / INDEX).exists() else [self.path / "model.safetensors"])
+    where = {}
+    for f in files:
+      where.update({k: (f, shape, dt) for k, (shape, dt) in loaders.safetensors_header(f).items()})
+    self._where, self._get = where, loaders.tensor_reader(where)
+
+  def _tree(self, keep) -> dict:
+    return unflatten({k: self._get(k) for k in self._where if keep(k.split("/", 1)[0])})
+
+  def block(self, i: int) -> dict:
+    return self._tree(lambda top: top == f"layers_{i}")[f"layers_{i}"]
+
+  def outer(self) -> dict:
+    return self._tree(lambda top: not top.startswith("layers_"))
 
 
 def densify(params: Mapping, cfg: LlamaConfig, dtype=jnp.float32) -> dict:

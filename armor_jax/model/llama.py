@@ -341,12 +341,12 @@ def embed(params: Mapping, tokens: jax.Array) -> jax.Array:
 
 
 def block_forward(block_params: Mapping, x: jax.Array, cfg: LlamaConfig,
-                  capture: bool = False, window: int | None = None):
+                  capture: bool = False, window: int | None = None, dtype: Any = jnp.float32):
   """One block on hidden states x (..., seq, hidden), attending within ``window``
-  (``cfg.window(i)`` for block i); with ``capture`` also the inputs of its linears
-  ({"qkv", "o", "gate_up", "down"} -> arrays)."""
+  (``cfg.window(i)`` for block i), its linears in ``dtype``; with ``capture`` also the
+  inputs of its linears ({"qkv", "o", "gate_up", "down"} -> arrays)."""
   positions = jnp.arange(x.shape[-2])
-  blk = Block(cfg, window=window)
+  blk = Block(cfg, dtype=dtype, window=window)
   if not capture:
     return blk.apply({"params": block_params}, x, positions)
   y, col = blk.apply({"params": block_params}, x, positions, mutable=["inputs"])

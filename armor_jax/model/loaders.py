@@ -36,10 +36,13 @@ import json
 import os
 import re
 import struct
+import sys
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
+import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from armor_jax.errors import InputError, nonfinite
@@ -137,19 +140,76 @@ def check_tensors(cfg: LlamaConfig, tensors: Mapping[str, tuple[tuple[int, ...],
                           f"config.json describes ({len(extra)} such tensor(s))")
 
 
-def _build_tree(cfg: LlamaConfig, get, where: str) -> dict:
-  """The parameter tree, every tensor read with ``get(hf_name)``, checked finite, float32."""
-  params: dict = {}
-  for name, (path, _) in _hf_names(cfg).items():
-    arr = np.asarray(get(name), np.float32)
-    bad = nonfinite(arr)
-    if bad:
-      raise CheckpointError(f"{where}: tensor {name!r} {bad}")
-    node = params
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = jnp.asarray(arr)
-  return params
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+               "U8": np.uint8, "I32": np.int32, "I64": np.int64}
+
+
+class Source:
+  """A model's weights, read a tensor at a time when asked for (nothing is held between calls).
+
+  ``block(i)`` is decoder block i's parameter subtree and ``outer()`` the embedding, final
+  norm and head, as numpy arrays in the stored dtype (bfloat16 stays bfloat16; GGUF tensors
+  are dequantized to float32 one at a time), each checked finite as it is read;
+  :meth:`load` is the whole tree in float32 (what :func:`load_model` returns). ``stored``
+  maps each tensor's path to its stored dtype and ``nbytes(names)`` counts what reading
+  those tensors holds, for memory plans.
+  """
+
+  def __init__(self, cfg: LlamaConfig, tokenizer: "Tokenizer | None", source: str, get,
+               stored: Mapping[str, np.dtype]):
+    self.cfg, self.tokenizer, self.source, self._get = cfg, tokenizer, source, get
+    self._names = _hf_names(cfg)
+    self.stored = {"/".join(path): np.dtype(stored[name])
+                   for name, (path, _) in self._names.items()}
+
+  def _tree(self, top: tuple[str, ...]) -> dict:
+    params: dict = {}
+    for name, (path, _) in self._names.items():
+      if path[0] not in top:
+        continue
+      arr = np.asarray(self._get(name))
+      bad = nonfinite(arr)
+      if bad:
+        raise CheckpointError(f"{self.source}: tensor {name!r} {bad}")
+      node = params
+      for k in path[:-1]:
+        node = node.setdefault(k, {})
+      node[path[-1]] = arr
+    return params
+
+  def block(self, i: int) -> dict:
+    """Block i's parameters ({"input_norm", "attn", "post_norm", "mlp"}), stored dtypes."""
+    return self._tree((f"layers_{i}",))[f"layers_{i}"]
+
+  def outer(self) -> dict:
+    """The embedding, final norm and (untied) head, stored dtypes."""
+    return self._tree(("embed", "norm", "lm_head"))
+
+  def nbytes(self, top: str) -> int:
+    """Bytes of the stored tensors under ``top`` (``layers_3``, ``embed``, ...)."""
+    return sum(int(np.prod(shape)) * self.stored["/".join(path)].itemsize
+               for path, shape in self._names.values() if path[0] == top)
+
+  def load(self) -> "Model":
+    """The whole model in memory, float32."""
+    tops = ("embed", "norm", "lm_head") + tuple(f"layers_{i}" for i in range(self.cfg.num_layers))
+    params = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a, np.float32)),
+                                    self._tree(tops))
+    return Model(self.cfg, params, self.tokenizer, self.source)
+
+
+def from_params(model: "Model") -> Source:
+  """A :class:`Source` over a model already in memory (tests, synthetic models)."""
+  flat = {name: path for name, (path, _) in _hf_names(model.cfg).items()}
+
+  def get(name):
+    node = model.params
+    for k in flat[name]:
+      node = node[k]
+    return np.asarray(node)
+
+  return Source(model.cfg, model.tokenizer, model.source, get,
+                {name: get(name).dtype for name in flat})
 
 
 class Header(NamedTuple):
@@ -302,26 +362,47 @@ def inspect_hf(path_or_repo: str | os.PathLike, revision: str | None = None) -> 
   return Header(cfg, _hf_tokenizer(path, cfg), str(path))
 
 
-def load_hf(path_or_repo: str | os.PathLike, revision: str | None = None) -> Model:
-  """A Hugging Face checkpoint: a local directory, or a hub repo id (downloaded)."""
+def open_hf(path_or_repo: str | os.PathLike, revision: str | None = None) -> Source:
+  """A Hugging Face checkpoint's :class:`Source`: a local directory, or a hub repo id
+  (downloaded); every header is checked now, each tensor read when asked for."""
   path = _hf_dir(path_or_repo, revision, ["*.json", "*.safetensors"])
   cfg = read_config(path / "config.json")
   where = _hf_files(path)
   check_tensors(cfg, {k: v[1:] for k, v in where.items()}, str(path))
-  from safetensors import safe_open
-  handles = {}
+  return Source(cfg, _hf_tokenizer(path, cfg), str(path), tensor_reader(where),
+                {k: _ST_DTYPES[v[2]] for k, v in where.items() if v[2] in _ST_DTYPES})
+
+
+def tensor_reader(where: Mapping[str, tuple[Path, tuple[int, ...], str]]):
+  """``get(name)``: a tensor read from its shard with one positioned read, stored dtype."""
+  offsets: dict[Path, dict] = {}
 
   def get(name):
-    f = where[name][0]
+    f, shape, dtype = where[name]
     try:
-      if f not in handles:
-        handles[f] = safe_open(str(f), framework="flax")
-      return handles[f].get_tensor(name)
-    except Exception as e:
+      if f not in offsets:
+        with open(f, "rb") as fh:
+          (n,) = struct.unpack("<Q", fh.read(8))
+          offsets[f] = {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
+                        for k, v in json.loads(fh.read(n)).items() if k != "__metadata__"}
+      begin, end = offsets[f][name]
+      out = np.empty(tuple(shape), _ST_DTYPES[dtype])
+      if out.nbytes != end - begin:
+        raise ValueError(f"{end - begin} bytes for shape {tuple(shape)} {dtype}")
+      with open(f, "rb") as fh:
+        fh.seek(begin)
+        if fh.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
+          raise ValueError("the file ends inside the tensor")
+      return out if sys.byteorder == "little" else out.byteswap()
+    except (OSError, ValueError, KeyError) as e:
       raise CheckpointError(f"{f}: tensor {name!r} could not be read ({e})") from None
 
-  params = _build_tree(cfg, get, str(path))
-  return Model(cfg, params, _hf_tokenizer(path, cfg), str(path))
+  return get
+
+
+def load_hf(path_or_repo: str | os.PathLike, revision: str | None = None) -> Model:
+  """A Hugging Face checkpoint in memory, float32: a local directory, or a hub repo id."""
+  return open_hf(path_or_repo, revision).load()
 
 
 def save_hf(model: Model, path: str | os.PathLike) -> Path:
@@ -462,8 +543,9 @@ def inspect_gguf(path: str | os.PathLike) -> Header:
   return Header(cfg, _gguf_tokenizer(reader, str(path)), str(path))
 
 
-def load_gguf(path: str | os.PathLike) -> Model:
-  """A Llama-architecture GGUF file, dequantized to float32."""
+def open_gguf(path: str | os.PathLike) -> Source:
+  """A Llama-architecture GGUF file's :class:`Source`: each tensor dequantized to float32
+  when asked for."""
   import gguf
   path = Path(path)
   reader, cfg, tensors = _gguf_open(path)
@@ -481,8 +563,13 @@ def load_gguf(path: str | os.PathLike) -> Model:
       w = _unpermute(w, cfg.num_kv_heads)
     return w
 
-  params = _build_tree(cfg, get, str(path))
-  return Model(cfg, params, _gguf_tokenizer(reader, str(path)), str(path))
+  return Source(cfg, _gguf_tokenizer(reader, str(path)), str(path), get,
+                {k: np.float32 for k in tensors})
+
+
+def load_gguf(path: str | os.PathLike) -> Model:
+  """A Llama-architecture GGUF file in memory, dequantized to float32."""
+  return open_gguf(path).load()
 
 
 # -- the embedded default and a dispatcher --------------------------------------------------------
@@ -505,13 +592,20 @@ def default_model() -> Model:
   return load_gguf(default_gguf_path())
 
 
-def load_model(spec: str) -> Model:
-  """``smollm2`` (the embedded default), a ``.gguf`` file, or a Hugging Face directory / repo id."""
+def open_model(spec: str) -> Source:
+  """The :class:`Source` of ``smollm2`` (the embedded default), a ``.gguf`` file, or a Hugging
+  Face directory / repo id: headers checked, no weight read."""
   if spec in ("smollm2", "default", ""):
-    return default_model()
+    return open_gguf(default_gguf_path())
   if str(spec).endswith(".gguf"):
-    return load_gguf(spec)
-  return load_hf(spec)
+    return open_gguf(spec)
+  return open_hf(spec)
+
+
+def load_model(spec: str) -> Model:
+  """``smollm2`` (the embedded default), a ``.gguf`` file, or a Hugging Face directory / repo
+  id, in memory, float32."""
+  return open_model(spec).load()
 
 
 def inspect(spec: str) -> Header:

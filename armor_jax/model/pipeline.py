@@ -1,55 +1,60 @@
-"""Layer-wise pruning of a whole Llama-family model, block by block, resumable.
+"""Layer-wise pruning of a whole Llama-family model, streamed block by block, resumable.
 
-For every decoder block ``i`` in order:
+For every decoder block ``i`` in order, its weights are read from the model's
+:class:`~armor_jax.model.loaders.Source` (nothing else of the model is held), then:
 
-1. run the block on the calibration hidden states ``X_i`` (batch by batch)
-   and accumulate the statistics of the inputs of its linears (the mean
-   squares ``h`` and the full ``X^T X``; q, k, v share one input, gate and up
-   another);
-2. prune its seven linears (q, k, v, o, gate, up, down) with the chosen method
-   (:data:`METHODS`), each from the statistics of its own input;
-3. compute ``X_{i+1}``: in ``sequential`` mode through the *pruned* block (as
-   SparseGPT and Wanda do, so later blocks see the errors of earlier ones), in
-   ``dense`` mode through the dense block (ARMOR's official code: statistics
-   of the dense model only).
+1. the block runs on the calibration hidden states ``X_i`` (batch by batch)
+   and the statistics of the inputs of its linears accumulate in float32 (the
+   mean squares ``h`` and the full ``X^T X``; q, k, v share one input, gate
+   and up another);
+2. its seven linears (q, k, v, o, gate, up, down) are pruned with the chosen
+   method (:data:`METHODS`), each from the statistics of its own input; they
+   are independent problems, spread over every local JAX device;
+3. the pruned block is written to the store at once (:class:`Store`: a
+   directory of per-block files in the compressed 2:4 format, or memory);
+4. ``X_{i+1}`` is computed: in ``sequential`` mode through the *pruned* block
+   (as SparseGPT and Wanda do), in ``dense`` mode through the dense block
+   (ARMOR's official code: statistics of the dense model only).
 
-Only one block's activations are alive at a time (the hidden states of the
-calibration set, plus the inputs of one block's linears batch by batch), so
-peak memory does not grow with depth. Embeddings, norms and the head stay
-dense.
+Peak memory is one block's weights, the calibration hidden states and one
+block's statistics, whatever the depth. In ``dense`` mode blocks are
+independent, so a range of blocks (``block_range``) can be pruned by one
+process into a directory that other processes fill with the other ranges;
+:func:`assemble_check` then says whether every block is there, made with the
+same settings. :func:`perplexity` and :func:`generate` stream the same way.
 
-With a checkpoint directory, every finished block is written there (its
-pruned linears, its per-layer records, a digest of its dense weights and the
-hidden states after it; see :class:`Checkpoint`) and an interrupted run
-resumes after the last finished block whose weights are unchanged. Each
-layer's PRNG key is ``fold_in(fold_in(key, block), linear)`` and the saved
-states are exact, so a resumed run returns, bit for bit, what an
-uninterrupted one would, wherever it was killed. A block whose weights hold a
-NaN or Inf stops the run with :class:`~armor_jax.errors.InputError` before
-any work on it.
+Each layer's PRNG key is ``fold_in(fold_in(key, block), linear)`` and a
+directory store saves exact float32 states, so a resumed run, a run split
+into block ranges and a run on several devices return, bit for bit, what one
+uninterrupted single-device run would. A block whose weights hold a NaN or
+Inf stops the run with :class:`~armor_jax.errors.InputError` before any work
+on it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from armor_jax.errors import InputError, check_settings, nonfinite
-from armor_jax.model import checkpoint, llama
+from armor_jax.errors import InputError, check_settings
+from armor_jax.model import checkpoint, llama, text
 from armor_jax.model.llama import INPUT_OF, LINEARS, LlamaConfig
+from armor_jax.model.loaders import Source
 from armor_jax.solver import armor as armor_lib, baselines, calibration, layer as layer_lib
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor")
 MODES = ("sequential", "dense")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +68,8 @@ class PruneConfig:
     sparsegpt_damp: SparseGPT's dampening (fraction of the mean diagonal).
     sparsegpt_block: SparseGPT's lazy-update block width.
     batch: calibration sequences per forward call.
+    compute_dtype: dtype of the blocks' forward passes (float32 or bfloat16); statistics,
+      solvers and hidden states between blocks stay float32.
   """
   method: str = "armor"
   mode: str = "sequential"
@@ -70,6 +77,7 @@ class PruneConfig:
   sparsegpt_damp: float = 0.01
   sparsegpt_block: int = 128
   batch: int = 8
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
     check_settings(self, (
@@ -78,6 +86,7 @@ class PruneConfig:
         ("sparsegpt_damp", lambda v: v > 0, "a number > 0"),
         ("sparsegpt_block", lambda v: v >= 4, "an integer >= 4"),
         ("batch", lambda v: v >= 1, "an integer >= 1"),
+        ("compute_dtype", lambda v: v in COMPUTE_DTYPES, "one of " + ", ".join(COMPUTE_DTYPES)),
     ))
 
   def as_dict(self) -> dict:
@@ -86,25 +95,40 @@ class PruneConfig:
       d.pop("armor")
     if self.method != "sparsegpt":
       d.pop("sparsegpt_damp"), d.pop("sparsegpt_block")
+    if self.compute_dtype == "float32":     # the fingerprint of runs made before the setting
+      d.pop("compute_dtype")
     return d
 
 
-@jax.jit(static_argnames=("cfg", "window"))
-def _block_capture(block_params, x, cfg, window):
-  return llama.block_forward(block_params, x, cfg, capture=True, window=window)
+# -- one block ------------------------------------------------------------------------------------
+
+def compute_params(tree: Mapping, dtype: str = "float32") -> dict:
+  """A block's (or the outer) parameters as device arrays: floating leaves in float32 (the
+  solvers' and the head's dtype), or ``dtype`` for a forward pass; integer leaves kept."""
+  dt = COMPUTE_DTYPES[dtype]
+  return jax.tree_util.tree_map(
+      lambda x: jnp.asarray(x, dt) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.asarray(x),
+      dict(tree))
 
 
-@jax.jit(static_argnames=("cfg", "window"))
-def _block(block_params, x, cfg, window):
-  return llama.block_forward(block_params, x, cfg, window=window)
+@jax.jit(static_argnames=("cfg", "window", "dtype"))
+def _block_capture(block_params, x, cfg, window, dtype):
+  return llama.block_forward(block_params, x, cfg, capture=True, window=window, dtype=dtype)
+
+
+@jax.jit(static_argnames=("cfg", "window", "dtype"))
+def _block(block_params, x, cfg, window, dtype):
+  return llama.block_forward(block_params, x, cfg, window=window, dtype=dtype).astype(jnp.float32)
 
 
 def block_statistics(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig,
-                     batch: int, window: int | None = None) -> dict[str, calibration.Stats]:
+                     batch: int, window: int | None = None, dtype: str = "float32"
+                     ) -> dict[str, calibration.Stats]:
   """Statistics ({"qkv", "o", "gate_up", "down"} -> Stats, full X^T X) of a block's inputs."""
   stats = None
   for i in range(0, states.shape[0], batch):
-    _, inputs = _block_capture(block_params, jnp.asarray(states[i:i + batch]), cfg, window)
+    _, inputs = _block_capture(block_params, jnp.asarray(states[i:i + batch]), cfg, window,
+                               COMPUTE_DTYPES[dtype])
     if stats is None:
       stats = {k: calibration.init(v.shape[-1], full=True) for k, v in inputs.items()}
     for k, v in inputs.items():
@@ -115,11 +139,12 @@ def block_statistics(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig
 
 
 def run_block(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig,
-              batch: int, window: int | None = None) -> np.ndarray:
-  """The block applied to hidden states (n, t, hidden), batch by batch."""
-  out = [np.asarray(_block(block_params, jnp.asarray(states[i:i + batch]), cfg, window))
-         for i in range(0, states.shape[0], batch)]
-  return np.concatenate(out, 0)
+              batch: int, window: int | None = None, dtype: str = "float32") -> np.ndarray:
+  """The block applied to float32 hidden states (n, t, hidden), batch by batch, in place."""
+  for i in range(0, states.shape[0], batch):
+    states[i:i + batch] = np.asarray(_block(block_params, jnp.asarray(states[i:i + batch]), cfg,
+                                            window, COMPUTE_DTYPES[dtype]))
+  return states
 
 
 def prune_linear(w: jax.Array, stats: calibration.Stats, pcfg: PruneConfig,
@@ -132,12 +157,61 @@ def prune_linear(w: jax.Array, stats: calibration.Stats, pcfg: PruneConfig,
   return baselines.METHODS[pcfg.method](w, stats)
 
 
-def _dense_block(block_params: Mapping, pruned: Mapping[str, layer_lib.PrunedLayer]) -> dict:
-  """Block params with the pruned linears reconstructed as dense kernels."""
-  for name, pl in pruned.items():
-    block_params = llama.set_block_linear(block_params, name,
-                                          {"kernel": pl.dense().astype(jnp.float32)})
+def dense_block(block_params: Mapping, cfg: LlamaConfig) -> dict:
+  """A block's parameters with every compressed linear reconstructed as a float32 kernel."""
+  for name in LINEARS:
+    sub, lin = llama.linear_path(name)
+    p = block_params[sub][lin]
+    if "values" in p:     # reconstructed in float32 whatever the stored dtype
+      pl = llama.pruned_from_params(compute_params({k: v for k, v in p.items() if k != "bias"}),
+                                    cfg.linear_shape(name)[1])
+      block_params = llama.set_block_linear(block_params, name,
+                                            {"kernel": pl.dense().astype(jnp.float32)})
   return block_params
+
+
+def _prune_block(bp: Mapping, stats: Mapping, pcfg: PruneConfig, key: jax.Array, block: int,
+                 devices: list, on_layer) -> tuple[dict, list[dict]]:
+  """Block ``block``'s seven linears pruned, linear j on ``devices[j % len(devices)]``
+  (concurrently, one thread per device, on accelerators); returns (compressed block,
+  records in order)."""
+
+  def one(j: int, name: str):
+    dev = devices[j % len(devices)]
+    sub, lin = llama.linear_path(name)
+    with jax.default_device(dev):
+      w = jax.device_put(bp[sub][lin]["kernel"], dev)
+      st = jax.device_put(stats[INPUT_OF[name]], dev)
+      t0 = time.perf_counter()
+      pl = jax.block_until_ready(prune_linear(w, st, pcfg, jax.random.fold_in(
+          jax.random.fold_in(key, block), j)))
+      dt = time.perf_counter() - t0
+      rep = layer_lib.report(pl, w, st.h, second_moment=st.second_moment)
+    rec = {"block": block, "linear": name, "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
+           "proxy_loss": rep["proxy_loss"], "output_error": rep["output_error"],
+           "overhead": rep["overhead"], "seconds": dt}
+    return jax.device_get(pl), rec
+
+  if len(devices) == 1 or devices[0].platform == "cpu":
+    # host devices share the host's cores (and executing on two from two threads can
+    # deadlock XLA's CPU client): one linear after another, each on its device
+    results = []
+    for j, name in enumerate(LINEARS):
+      results.append(one(j, name))
+      if on_layer is not None:
+        on_layer(results[-1][1])
+  else:
+    with concurrent.futures.ThreadPoolExecutor(len(devices)) as ex:
+      futures = [ex.submit(one, j, name) for j, name in enumerate(LINEARS)]
+      results = []
+      for f in futures:
+        results.append(f.result())
+        if on_layer is not None:
+          on_layer(results[-1][1])
+  cblk = dict(bp)
+  for name, (pl, _) in zip(LINEARS, results):
+    cblk = llama.set_block_linear(cblk, name, llama.linear_params(pl))
+  return cblk, [rec for _, rec in results]
 
 
 def digest(tree: Mapping) -> str:
@@ -150,187 +224,382 @@ def digest(tree: Mapping) -> str:
   return h.hexdigest()
 
 
-def finite_or_raise(block_params: Mapping, block: int) -> None:
-  """Raises :class:`InputError` naming the first tensor of a block that holds NaN or Inf."""
-  for name, x in sorted(checkpoint.flatten(block_params).items()):
-    bad = nonfinite(x)
-    if bad:
-      raise InputError(f"block {block}: weight layers_{block}/{name} {bad}; blocks before it "
-                       "are kept for a resume once the checkpoint is fixed")
+# -- where pruned blocks go -----------------------------------------------------------------------
 
+class Store:
+  """Pruned blocks kept in memory: the interface every store has.
 
-# -- per-block files -------------------------------------------------------------------------------
+  ``get(i)`` is block i's (compressed block, records, dense-weight digest) when it was
+  finished with this store's settings, else None; ``put`` records a finished block;
+  ``states(n)`` / ``put_states(n, x)`` keep the calibration hidden states before block n
+  (only a directory keeps them: memory runs do not resume).
+  """
+
+  def __init__(self):
+    self.blocks: dict[int, tuple[dict, list[dict], str]] = {}
+
+  def get(self, i: int):
+    return self.blocks.get(i)
+
+  def put(self, i: int, cblock: Mapping, records: list[dict], dense_digest: str) -> None:
+    self.blocks[i] = (dict(cblock), records, dense_digest)
+
+  def why(self, i: int) -> str:
+    """Why block i, present but unusable, is not reused ("" when it is simply absent)."""
+    return ""
+
+  def states(self, n: int) -> np.ndarray | None:
+    return None
+
+  def put_states(self, n: int, states: np.ndarray, drop: int | None = None) -> None:
+    pass
+
 
 def _write_with(path: Path, save, *args, **kwargs) -> None:
   with open(path, "wb") as f:    # a file object: numpy would append a suffix to the name
     save(f, *args, **kwargs)
 
 
-class Checkpoint:
-  """A per-block checkpoint directory.
+class Checkpoint(Store):
+  """A directory of pruned blocks: a compressed 2:4 checkpoint that grows block by block.
 
-  ``block_<i>.npz`` holds block i's pruned linears (compressed), ``states_<n>.npy`` the
-  calibration hidden states after the first n blocks, ``progress.json`` the number of
-  finished blocks, their records and a digest of each finished block's dense weights.
-  Files are written in that order, each through a temporary name and an atomic rename, and
-  ``progress.json`` last, so a run killed at any point leaves a directory that resumes after
-  its last finished block; the superseded ``states_<n-1>.npy`` is removed only after.
+  ``block_<i>.safetensors`` holds block i's parameters (pruned linears compressed, float32,
+  under ``layers_<i>/...``), ``block_<i>.json`` its records, the digest of its dense weights
+  and the settings' fingerprint; ``states_<n>.npy`` the calibration hidden states before
+  block n. Each file is written through a temporary name and an atomic rename, the JSON
+  after the tensors, so a kill at any point leaves finished blocks and nothing torn.
+  Processes pruning different block ranges may share the directory.
+  :func:`armor_jax.model.checkpoint.export` turns it into a checkpoint of another dtype.
   """
 
-  def __init__(self, path: str | os.PathLike, fingerprint: Mapping[str, Any]):
+  def __init__(self, path: str | os.PathLike, fingerprint: Mapping[str, Any],
+               create: bool = True):
+    super().__init__()
     self.path = Path(path)
-    self.path.mkdir(parents=True, exist_ok=True)
-    for tmp in self.path.glob(".*.tmp"):     # left by a kill during a write
-      tmp.unlink()
+    if create:       # else: read only
+      self.path.mkdir(parents=True, exist_ok=True)
+      checkpoint.clear_temporaries(self.path)
     self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
 
-  def done(self, digest_of: Callable[[int], str], blocks: int
-           ) -> tuple[int, list[dict], list[str], str]:
-    """(finished blocks to reuse, at most ``blocks``, whose weights still have the recorded
-    digests; their records; their digests; why none are reused: "" when nothing is there)."""
-    p = self.path / "progress.json"
+  def why(self, i: int) -> str:
+    p = self.path / f"block_{i}.json"
+    return self.info(i)[1] if p.exists() else ""
+
+  def info(self, i: int) -> tuple[dict | None, str]:
+    """(block i's JSON when it is there with the same fingerprint, else None; why not)."""
+    p = self.path / f"block_{i}.json"
     if not p.exists():
-      return 0, [], [], ""
+      return None, f"block {i} is missing ({p.name})"
     try:
-      prog = json.loads(p.read_text())
+      info = json.loads(p.read_text())
     except json.JSONDecodeError:
-      return 0, [], [], f"{p} is not valid JSON"
-    if prog.get("fingerprint") != self.fingerprint:
-      return 0, [], [], "it was written for other settings"
-    done = int(prog["blocks_done"])
-    n = min(done, blocks)
-    missing = [f"block_{i}.npz" for i in range(n) if not (self.path / f"block_{i}.npz").exists()]
-    if n < blocks and not (self.path / f"states_{n}.npy").exists():
-      missing.append(f"states_{n}.npy")
-    if missing:
-      return 0, [], [], f"{missing[0]} is missing"
-    digests = prog["digests"][:n]
-    for i, d in enumerate(digests):
-      if digest_of(i) != d:
-        return 0, [], [], f"the weights of block {i} changed"
-    return n, [r for r in prog["records"] if r["block"] < n], digests, ""
+      return None, f"{p.name} is not valid JSON"
+    if info.get("fingerprint") != self.fingerprint:
+      return None, f"block {i} was made with other settings ({p.name})"
+    if not (self.path / f"block_{i}.safetensors").exists():
+      return None, f"block {i} is missing (block_{i}.safetensors)"
+    return info, ""
 
-  def load_block(self, i: int) -> dict:
-    with np.load(self.path / f"block_{i}.npz") as z:
-      return checkpoint.unflatten({k: jnp.asarray(z[k]) for k in z.files})
+  def get(self, i: int):
+    info, _ = self.info(i)
+    if info is None:
+      return None
+    flat = checkpoint.read_safetensors(self.path / f"block_{i}.safetensors")
+    return checkpoint.unflatten(flat)[f"layers_{i}"], info["records"], info["digest"]
 
-  def load_states(self, n: int) -> np.ndarray:
-    return np.load(self.path / f"states_{n}.npy")
+  def put(self, i: int, cblock: Mapping, records: list[dict], dense_digest: str) -> None:
+    flat = {k: np.asarray(v) for k, v in checkpoint.flatten({f"layers_{i}": cblock}).items()}
+    checkpoint.write_safetensors(self.path / f"block_{i}.safetensors", flat)
+    info = {"fingerprint": self.fingerprint, "block": i, "digest": dense_digest,
+            "records": records}
+    checkpoint.atomic_write(self.path / f"block_{i}.json",
+                            lambda t: t.write_text(json.dumps(info, indent=1)))
 
-  def save(self, i: int, compressed: Mapping, states: np.ndarray, records: list[dict],
-           digests: list[str]) -> None:
-    flat = {k: np.asarray(v) for k, v in checkpoint.flatten(compressed).items()}
-    checkpoint.atomic_write(self.path / f"block_{i}.npz",
-                            lambda t: _write_with(t, np.savez, **flat))
-    checkpoint.atomic_write(self.path / f"states_{i + 1}.npy",
+  def states(self, n: int) -> np.ndarray | None:
+    p = self.path / f"states_{n}.npy"
+    try:
+      return np.load(p)
+    except (FileNotFoundError, ValueError, EOFError):    # absent, or removed under us
+      return None
+
+  def put_states(self, n: int, states: np.ndarray, drop: int | None = None) -> None:
+    checkpoint.atomic_write(self.path / f"states_{n}.npy",
                             lambda t: _write_with(t, np.save, states))
-    prog = {"fingerprint": self.fingerprint, "blocks_done": i + 1, "records": records,
-            "digests": digests}
-    checkpoint.atomic_write(self.path / "progress.json",
-                            lambda t: t.write_text(json.dumps(prog, indent=1)))
-    old = self.path / f"states_{i}.npy"
-    if old.exists():
-      old.unlink()
+    if drop is not None:
+      (self.path / f"states_{drop}.npy").unlink(missing_ok=True)
+
+
+def fingerprint(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array) -> dict:
+  """What a pruned block depends on besides its own weights: settings, architecture,
+  calibration tokens, embedding and PRNG key."""
+  return {"pcfg": pcfg.as_dict(), "model": source.cfg.to_hf(),
+          "calib_digest": digest({"calib": np.asarray(calib)}),
+          "embed_digest": digest(source.outer()["embed"]),
+          "key": np.asarray(jax.random.key_data(key)).tolist()}
 
 
 # -- the whole model -------------------------------------------------------------------------------
+
+def embed_tokens(outer: Mapping, tokens: np.ndarray, batch: int) -> np.ndarray:
+  """float32 hidden states (n, t, hidden) of token windows (n, t)."""
+  emb = jnp.asarray(outer["embed"]["embedding"])
+  return np.concatenate([np.asarray(llama.embed({"embed": {"embedding": emb}},
+                                                jnp.asarray(tokens[j:j + batch])))
+                         for j in range(0, len(tokens), batch)], 0)
+
+
+def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
+          store: Store, block_range: tuple[int, int] | None = None,
+          on_layer: Callable[[dict], None] | None = None,
+          on_block: Callable[[int], None] | None = None,
+          devices: list | None = None,
+          say: Callable[[str], None] | None = None) -> list[dict]:
+  """Prunes the block linears of ``source``'s model into ``store``, one block at a time.
+
+  Args:
+    source: the dense model, read block by block.
+    calib: (n, t) int32 calibration token windows.
+    pcfg: method, mode and settings.
+    key: PRNG key (ARMOR's official scheme samples).
+    store: where finished blocks go (:class:`Checkpoint` to resume and share); blocks it
+      already holds, made with the same settings from the same weights (theirs and those
+      of every block before them, :func:`link`), are reused.
+    block_range: (start, stop): prune blocks start .. stop-1; None = all. In ``sequential``
+      mode the blocks before ``start`` must be in the store already.
+    on_layer: called with each layer's record as soon as it is done.
+    on_block: called with each block's index once it is in the store.
+    devices: the JAX devices the linears of a block are spread over (default:
+      :func:`default_devices`).
+    say: called with a line when finished blocks cannot be reused, and why.
+
+  Returns:
+    The per-layer records of blocks ``start .. stop-1``: block, linear, d_out, d_in,
+    proxy_loss, output_error, overhead, seconds (the solver's), block_seconds (the whole
+    block: statistics, solver, propagation).
+
+  Raises:
+    InputError: a block to prune holds a NaN or Inf weight (blocks finished before it are
+      in the store).
+  """
+  cfg = source.cfg
+  start, stop = block_range or (0, cfg.num_layers)
+  devices = list(devices or default_devices())
+  records: list[dict] = []
+  chain = [""]    # chain[i + 1]: digest of the dense weights of blocks 0 .. i
+  while len(chain) <= start:
+    chain.append(link(chain[-1], source.block(len(chain) - 1)))
+
+  # the finished blocks at the start of the range, then the states before the first to prune
+  first, bp = start, None
+  while first < stop:
+    bp = source.block(first)    # a NaN or Inf weight raises here, naming its file and tensor
+    chain.append(link(chain[-1], bp))
+    got = store.get(first)
+    if got is None or got[2] != chain[first + 1]:
+      why = store.why(first) if got is None else "its weights or an earlier block's changed"
+      if why and say is not None:
+        say(f"[pipeline] block {first}: not reused, {why}")
+      break
+    records += [dict(r) for r in got[1]]
+    first += 1
+  if first == stop:
+    return records
+  if pcfg.mode == "sequential":
+    for j in range(first):
+      if store.get(j) is None:
+        raise InputError(f"block_range starts at block {start} in sequential mode, but block "
+                         f"{j} is not pruned yet with these settings")
+  n, states = first, store.states(first)
+  while states is None and n > 0:
+    n -= 1
+    states = store.states(n)
+  if states is None:
+    states = embed_tokens(source.outer(), calib, pcfg.batch)
+  for j in range(n, first):     # forward to the first block to prune
+    prev = store.get(j)[0] if pcfg.mode == "sequential" else source.block(j)
+    run_block(compute_params(dense_block(prev, cfg), pcfg.compute_dtype), states, cfg,
+              pcfg.batch, cfg.window(j), pcfg.compute_dtype)
+  for i in range(first, stop):
+    t_block = time.perf_counter()
+    bp = bp if i == first else source.block(i)
+    if len(chain) <= i + 1:
+      chain.append(link(chain[-1], bp))
+    got = store.get(i)
+    if got is not None and got[2] != chain[i + 1]:
+      got = None
+    if got is not None:
+      cblk, block_records, _ = got
+    else:
+      w32 = compute_params(bp)       # the solvers' float32 copy, the forward's too in float32
+      fwd = w32 if pcfg.compute_dtype == "float32" else compute_params(bp, pcfg.compute_dtype)
+      stats = block_statistics(fwd, states, cfg, pcfg.batch, cfg.window(i), pcfg.compute_dtype)
+      del fwd
+      cblk, block_records = _prune_block(w32, stats, pcfg, key, i, devices, on_layer)
+      del w32, stats
+    nxt = cblk if pcfg.mode == "sequential" else bp
+    run_block(compute_params(dense_block(nxt, cfg), pcfg.compute_dtype), states, cfg,
+              pcfg.batch, cfg.window(i), pcfg.compute_dtype)
+    if got is None:
+      secs = time.perf_counter() - t_block
+      block_records = [dict(r, block_seconds=secs) for r in block_records]
+      store.put(i, cblk, block_records, chain[i + 1])
+    records += block_records
+    if i + 1 < cfg.num_layers:
+      store.put_states(i + 1, states, drop=i if i > start else None)
+    if on_block is not None:
+      on_block(i)
+  return records
+
+
+def default_devices() -> list:
+  """Every local accelerator; on a host without one, the first CPU device (host devices
+  share the same cores, so spreading over them only compiles each solver once per device)."""
+  devs = jax.local_devices()
+  return devs if devs[0].platform != "cpu" else devs[:1]
+
+
+def link(prev: str, block_params: Mapping) -> str:
+  """The digest of the dense weights of blocks 0 .. i, from that of blocks 0 .. i-1 and block
+  i's own: a pruned block depends on every block before it (its inputs), in both modes."""
+  return hashlib.blake2b((prev + digest(block_params)).encode(), digest_size=16).hexdigest()
+
+
+def pruned_block(store: Store, source: Source, i: int) -> dict:
+  """Block i of the pruned model: from the store when it is there, else the dense block."""
+  got = store.get(i)
+  return got[0] if got is not None else source.block(i)
+
+
+def assemble_check(store: Checkpoint, cfg: LlamaConfig, source: Source | None = None) -> None:
+  """Raises :class:`InputError` naming the first block that is missing from a shared
+  directory, was made with other settings or (given ``source``) from other weights."""
+  chain = ""
+  for i in range(cfg.num_layers):
+    info, why = store.info(i)
+    if info is None:
+      raise InputError(f"{store.path}: {why}")
+    if source is not None:
+      chain = link(chain, source.block(i))
+      if info["digest"] != chain:
+        raise InputError(f"{store.path}: block {i} was made from other weights than "
+                         f"{source.source} has (block_{i}.json)")
+
 
 def prune_model(params: Mapping, cfg: LlamaConfig, calib: np.ndarray, pcfg: PruneConfig,
                 key: jax.Array, checkpoint: str | os.PathLike | None = None,
                 on_layer: Callable[[dict], None] | None = None,
                 blocks: int | None = None,
                 say: Callable[[str], None] | None = None) -> tuple[dict, dict, list[dict]]:
-  """Prunes the block linears of ``params``: every block, or the first ``blocks``.
-
-  Args:
-    params: the dense model's parameters.
-    cfg: its architecture.
-    calib: (n, t) int32 calibration token windows.
-    pcfg: method, mode and settings.
-    key: PRNG key (ARMOR's official scheme samples).
-    checkpoint: directory for per-block checkpoints (resume), or None.
-    on_layer: called with each layer's record as soon as it is done.
-    blocks: prune blocks 0 .. blocks-1 (the rest stay dense); None = all. A checkpoint
-      directory serves any ``blocks``: its finished blocks are reused up to ``blocks``.
-    say: called with a line when a checkpoint directory cannot be reused, and why.
+  """:func:`prune` for a model held in memory: blocks 0 .. ``blocks``-1 (None = all).
 
   Returns:
-    (dense-kernel parameters of the pruned model, for evaluation;
-     compressed parameters: each block linear as :func:`llama.linear_params`;
-     per-layer records: block, linear, d_out, d_in, proxy_loss, output_error, overhead,
-     seconds (the solver's), block_seconds (the whole block: statistics, solver, propagation)).
-
-  Raises:
-    InputError: a block to prune holds a NaN or Inf weight (blocks finished before it are
-      in the checkpoint directory).
+    (dense-kernel parameters of the pruned model; compressed parameters, each pruned block
+     linear as :func:`llama.linear_params`; per-layer records).
   """
+  from armor_jax.model import loaders  # pylint: disable=import-outside-toplevel
+  source = loaders.from_params(loaders.Model(cfg, dict(params), None, "memory"))
   end = cfg.num_layers if blocks is None else min(cfg.num_layers, blocks)
-  block_digest = lambda i: digest(params[f"layers_{i}"])
-  ck = None
-  if checkpoint is not None:
-    fp = {"pcfg": pcfg.as_dict(), "model": cfg.to_hf(),
-          "calib_digest": digest({"calib": np.asarray(calib)}),
-          "embed_digest": digest(params["embed"]),
-          "key": np.asarray(jax.random.key_data(key)).tolist()}
-    ck = Checkpoint(checkpoint, fp)
-  start, records, digests, why = ck.done(block_digest, end) if ck else (0, [], [], "")
-  if why and say is not None:
-    say(f"[pipeline] {ck.path}: not resumed, {why}; starting from block 0")
-  dense_params = dict(params)
-  compressed = dict(params)
-  for i in range(start):
-    blk = ck.load_block(i)
-    cblk = dict(params[f"layers_{i}"])
-    pruned = {}
-    for name in LINEARS:
-      sub, lin = llama.linear_path(name)
-      p = blk[sub][lin]
-      cblk = llama.set_block_linear(cblk, name, p)
-      pruned[name] = llama.pruned_from_params(p, cfg.linear_shape(name)[1])
-    compressed[f"layers_{i}"] = cblk
-    dense_params[f"layers_{i}"] = _dense_block(params[f"layers_{i}"], pruned)
-  if start == end:
-    return dense_params, compressed, records
-  if start > 0:
-    states = ck.load_states(start)
-  else:
-    states = np.concatenate([np.asarray(llama.embed(params, jnp.asarray(calib[j:j + pcfg.batch])))
-                             for j in range(0, len(calib), pcfg.batch)], 0)
-  for i in range(start, end):
-    t_block = time.perf_counter()
-    bp = params[f"layers_{i}"]
-    finite_or_raise(bp, i)
-    window = cfg.window(i)
-    stats = block_statistics(bp, states, cfg, pcfg.batch, window)  # magnitude too: for records
-    pruned, cblk, block_records = {}, dict(bp), []
-    for j, name in enumerate(LINEARS):
-      sub, lin = llama.linear_path(name)
-      w = bp[sub][lin]["kernel"]
-      st = stats[INPUT_OF[name]]
-      t0 = time.perf_counter()
-      pl = prune_linear(w, st, pcfg, jax.random.fold_in(jax.random.fold_in(key, i), j))
-      jax.block_until_ready(pl)
-      dt = time.perf_counter() - t0
-      rep = layer_lib.report(pl, w, st.h, second_moment=st.second_moment)
-      rec = {"block": i, "linear": name, "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
-             "proxy_loss": rep["proxy_loss"], "output_error": rep["output_error"],
-             "overhead": rep["overhead"], "seconds": dt}
-      block_records.append(rec)
-      if on_layer is not None:
-        on_layer(rec)
-      pruned[name] = pl
-      cblk = llama.set_block_linear(cblk, name, llama.linear_params(pl))
-    dblk = _dense_block(bp, pruned)
-    states = run_block(dblk if pcfg.mode == "sequential" else bp, states, cfg, pcfg.batch, window)
-    block_seconds = time.perf_counter() - t_block
-    records = records + [dict(r, block_seconds=block_seconds) for r in block_records]
-    compressed[f"layers_{i}"] = cblk
-    dense_params[f"layers_{i}"] = dblk
-    if ck is not None:
-      digests.append(block_digest(i))
-      ck.save(i, {k: v for k, v in cblk.items() if k in ("attn", "mlp")}, states, records,
-              digests)
+  store = (Store() if checkpoint is None
+           else Checkpoint(checkpoint, fingerprint(source, calib, pcfg, key)))
+  records = prune(source, calib, pcfg, key, store, (0, end), on_layer=on_layer, say=say)
+  compressed, dense_params = dict(params), dict(params)
+  for i in range(end):
+    cblk = store.get(i)[0]
+    compressed[f"layers_{i}"] = jax.tree_util.tree_map(jnp.asarray, cblk)
+    dense_params[f"layers_{i}"] = dense_block(compute_params(cblk), cfg)
   return dense_params, compressed, records
+
+
+# -- evaluation, streamed --------------------------------------------------------------------------
+
+@jax.jit(static_argnames=("cfg",))
+def _head_nll(outer, x, windows, cfg):
+  return text.nll_sums(llama.head(outer, x, cfg), windows)
+
+
+def perplexity(block: Callable[[int], Mapping], outer: Callable[[], Mapping], cfg: LlamaConfig,
+               windows: np.ndarray, batch: int, dtype: str = "float32",
+               progress: Callable[[int], None] | None = None) -> float:
+  """exp(mean next-token NLL) over ``windows`` (w, t) of the model whose block i is
+  ``block(i)`` (dense or compressed, any stored dtype) and whose embedding, final norm and
+  head are ``outer()``: all windows advance through one block at a time, so only one
+  block's weights are held (the embedding while embedding, the head at the end)."""
+  states = embed_tokens(outer(), windows, batch)
+  for i in range(cfg.num_layers):
+    run_block(compute_params(dense_block(block(i), cfg), dtype), states, cfg, batch,
+              cfg.window(i), dtype)
+    if progress is not None:
+      progress(i + 1)
+  head = _head_params(outer(), cfg)
+  total, count = 0.0, 0
+  for j in range(len(windows)):       # one window's logits at a time: (t, vocab) float32
+    s, c = _head_nll(head, jnp.asarray(states[j:j + 1]), jnp.asarray(windows[j:j + 1]), cfg)
+    total += float(s)
+    count += int(c)
+  return float(np.exp(total / count))
+
+
+def _head_params(outer: Mapping, cfg: LlamaConfig) -> dict:
+  """What :func:`llama.head` reads (the final norm and the head or tied embedding), float32."""
+  keep = ("norm", "embed") if cfg.tie_embeddings else ("norm", "lm_head")
+  return compute_params({k: outer[k] for k in keep})
+
+
+def generate(block: Callable[[int], Mapping], outer: Callable[[], Mapping], cfg: LlamaConfig,
+             ids: Iterable[int], n: int, dtype: str = "float32") -> list[int]:
+  """``ids`` followed by ``n`` greedy tokens, each from a streamed forward pass."""
+  ids = list(ids)
+  for _ in range(n):
+    x = embed_tokens(outer(), np.asarray([ids], np.int32), 1)
+    for i in range(cfg.num_layers):
+      run_block(compute_params(dense_block(block(i), cfg), dtype), x, cfg, 1, cfg.window(i),
+                dtype)
+    logits = llama.head(_head_params(outer(), cfg), jnp.asarray(x[:, -1:]), cfg)
+    ids.append(int(jnp.argmax(logits[0, -1])))
+  return ids
+
+
+# -- the memory plan -------------------------------------------------------------------------------
+
+def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: int,
+         batch: int, method: str) -> dict[str, int]:
+  """The bytes a streamed prune-and-evaluate run holds at its peak, by part, without the
+  process's own libraries (measure those: the resident size before any work).
+
+  Pruning holds one block four times over (as stored, in float32 for the solver, pruned
+  and compressed, reconstructed dense for propagation), the calibration hidden states,
+  the statistics of one block (a float32 X^T X per distinct input) and one batch of a
+  forward pass with its captured inputs; evaluation holds the evaluation hidden states,
+  one block and, at the end, the head in float32 with one batch of logits. The peak is
+  the larger of the two phases.
+  """
+  cfg = source.cfg
+  f32, h, inter = 4, cfg.hidden_size, cfg.intermediate_size
+  n_block = cfg.block_params() // cfg.num_layers     # one block's linears
+  attn_out = cfg.linear_shape("o")[1]
+  stored_block = source.nbytes("layers_0")
+  block = stored_block + 2 * f32 * n_block + (f32 // 2 + 1) * n_block
+  per_token = f32 * (4 * h + 2 * attn_out + 3 * inter + cfg.num_heads * calib_len)
+  head_rows = cfg.vocab_size * h
+  parts = {
+      "block_weights": block,
+      "calibration_states": f32 * n_calib * calib_len * h,
+      "statistics": f32 * (2 * h * h + attn_out * attn_out + inter * inter),
+      "forward_batch": batch * calib_len * (per_token + f32 * h),
+  }
+  if method == "armor":       # the solver's iterates: the largest linear's W, W_bar and grads
+    parts["solver"] = 4 * f32 * inter * h
+  evaluation = {
+      "evaluation_states": f32 * n_eval * eval_len * h,
+      "embedding_and_head": source.nbytes("embed") + source.nbytes("lm_head") + f32 * head_rows,
+      "logits": 3 * f32 * eval_len * cfg.vocab_size,
+  }
+  prune_peak = sum(parts.values())
+  eval_peak = evaluation["evaluation_states"] + max(block, evaluation["embedding_and_head"]
+                                                    + evaluation["logits"])
+  out = dict(parts, **evaluation)
+  out["total"] = max(prune_peak, eval_peak)
+  return out
 
 
 def sparsity_check(compressed: Mapping, cfg: LlamaConfig) -> float:
