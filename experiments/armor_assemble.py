@@ -3,11 +3,13 @@
 ``armor_prune block_range=[start,stop] prune_dir=DIR`` prunes one range of
 blocks into a shared directory (in ``dense`` mode every block is independent,
 so ranges run at once on different hosts). This experiment takes the same
-keys, checks before any work that ``DIR`` holds every block, each made with
+keys, checks that ``DIR`` holds every block, each made with
 the same settings (the fingerprint of method, mode, solver settings,
 architecture, calibration tokens, embedding and seed), and that every block
-was made from the weights the model has now; a missing or mismatched block is
-one line naming it, exit code 2, and nothing is written. Then it measures the
+was made from the weights the model has now, before it evaluates anything
+(the fingerprint depends on the seed, so this is the run's first step rather than a
+preflight check); a missing or mismatched block is one line naming it, exit code 2,
+and no results.json; nothing in ``DIR`` is written. Then it measures the
 dense and pruned perplexities (and for ARMOR writes, reloads and evaluates
 the compressed checkpoint) exactly as ``armor_prune`` would have after
 pruning the whole model in one process: the numbers are the same, bit for bit.
@@ -34,8 +36,6 @@ class Config(armor_prune.Config):
 
   def check(self):
     super().check()
-    if not self.prune_dir:
-      raise ConfigError("prune_dir", "the directory the block ranges were pruned into")
     if self.block_range or self.blocks:
       raise ConfigError("block_range" if self.block_range else "blocks",
                         "empty / 0: the assembled model is the whole model")
@@ -44,6 +44,8 @@ class Config(armor_prune.Config):
 def preflight(cfg: Config) -> None:
   """armor_prune's checks of the model and texts, and that ``prune_dir`` exists (its blocks
   are checked when the run starts: their fingerprint depends on the seed)."""
+  if not cfg.prune_dir:
+    raise ConfigError("prune_dir", "the directory the block ranges were pruned into")
   armor_prune.preflight(cfg)
   if not Path(cfg.prune_dir).is_dir():
     raise InputError(f"{cfg.prune_dir}: no such directory of pruned blocks")

@@ -264,6 +264,24 @@ class Workload:
     return tok.decode(ids)
 
 
+def say_plan(cfg: Config, work: Workload, method: str, say=print) -> tuple[float, dict]:
+  """Prints the run's memory plan (:func:`armor_jax.model.pipeline.plan`) before any work;
+  returns (GiB planned: the libraries' resident size so far plus the planned peak, parts)."""
+  from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
+  mcfg = work.source.cfg
+  parts = pipeline.plan(work.source, cfg.n_calib, cfg.calib_len, len(work.windows),
+                        cfg.eval_len, cfg.batch, method)
+  libraries = peak_rss_gb()
+  gib = libraries + parts["total"] / 2**30
+  dtypes = sorted({str(d) for d in work.source.stored.values()})
+  say(f"[armor_prune] plan: {mcfg.num_layers} blocks x 7 linears, stored {'/'.join(dtypes)}, "
+      f"compute {cfg.compute_dtype}; peak {gib:.2f} GiB = libraries {libraries:.2f} + "
+      + ", ".join(f"{k} {v / 2**30:.3f}" for k, v in parts.items() if k.startswith("phase_"))
+      + "; parts " + ", ".join(f"{k} {v / 2**30:.3f}" for k, v in parts.items()
+                               if not k.startswith("phase_") and k != "total"))
+  return gib, parts
+
+
 def store_for(cfg: Config, method: str, work: Workload, seed: int, out_dir: Path):
   """The directory store of ``method``'s pruned blocks: ``prune_dir`` when given (shared by
   block ranges), else ``<run dir>/prune_<method>``."""
@@ -360,6 +378,8 @@ def run(cfg: Config, ctx) -> dict:
                 "calib_tokens": int(work.calib.size), "eval_tokens": int(work.windows.size),
                 "continuations": {}}
   partial = bool(cfg.block_range) and tuple(cfg.block_range) != (0, mcfg.num_layers)
+  info["plan_gib"], info["plan"] = say_plan(cfg, work, "armor" if "armor" in cfg.methods
+                                            else cfg.methods[0], ctx.say)
 
   if not partial:
     fp = _fingerprint(cfg, ctx.seed, "dense")

@@ -6,7 +6,7 @@ Writes a synthetic Llama (default: about 1.1B parameters, TinyLlama's shape:
 bfloat16 safetensors into a temporary directory, then, each method in a fresh
 process (its peak resident memory is its own), runs what ``armor_prune``
 runs for one method: prune (Wanda: every block; ARMOR: the first
-``armor_blocks`` blocks, ``armor.iters`` iterations) and evaluate the pruned
+``blocks`` blocks, ``armor.iters`` iterations) and evaluate the pruned
 model's perplexity, streamed block by block. The byte-level tokenizer of the
 synthetic model reads the Shakespeare text; its random weights make the
 perplexities meaningless, the memory and the time are what is measured.
@@ -52,7 +52,8 @@ class Config:
   vocab: int = param(32000, "vocabulary (>= 256, the byte tokenizer's)", check=ge(256))
   methods: tuple[str, ...] = param(("wanda", "armor"), "methods, each in a fresh process",
                                    check=each(one_of(*armor_prune.METHODS)))
-  armor_blocks: int = param(2, "blocks ARMOR prunes (the rest stay dense)", check=ge(1))
+  blocks: int = param(2, "blocks ARMOR prunes (the rest stay dense; Wanda prunes all)",
+                      check=ge(1))
   armor: ArmorConfig = param(ArmorConfig(iters=3), "ARMOR's settings")
   n_calib: int = param(32, "calibration sequences", check=ge(1))
   calib_len: int = param(512, "tokens per calibration sequence", check=ge(8))
@@ -77,17 +78,11 @@ class Config:
 
 def measure(config: dict, seed: int) -> dict:
   """One method's prune-and-evaluate run on armor_prune's ``config`` (a fresh process)."""
-  from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
   say = lambda m: print(m, file=sys.stderr, flush=True)
-  libraries = armor_prune.peak_rss_gb()
   cfg = validate(armor_prune.Config, config)
   work = armor_prune.Workload(cfg, seed, say=say)
   method = cfg.methods[0]
-  parts = pipeline.plan(work.source, cfg.n_calib, cfg.calib_len, len(work.windows),
-                        cfg.eval_len, cfg.batch, method)
-  plan_gb = libraries + parts["total"] / 2**30
-  say(f"[bench_armor_scale] {method}: plan {plan_gb:.2f} GiB = libraries {libraries:.2f} + "
-      + ", ".join(f"{k} {v / 2**30:.3f}" for k, v in parts.items()))
+  plan_gb, parts = armor_prune.say_plan(cfg, work, method, say)
   with tempfile.TemporaryDirectory() as tmp:
     t0 = time.perf_counter()
     store, records, seconds = armor_prune.prune_method(cfg, method, work, seed, Path(tmp),
@@ -98,7 +93,7 @@ def measure(config: dict, seed: int) -> dict:
                           progress=False)
     t2 = time.perf_counter()
   blocks = len({r["block"] for r in records})
-  return {"peak_rss_gb": armor_prune.peak_rss_gb(), "libraries_gb": libraries,
+  return {"peak_rss_gb": armor_prune.peak_rss_gb(),
           "plan_gb": plan_gb, "plan_parts": parts, "seconds": seconds, "blocks": blocks,
           "seconds_per_block": seconds / blocks, "prune_wall_s": t1 - t0, "eval_s": t2 - t1,
           "ppl": ppl}
@@ -122,7 +117,7 @@ def run(cfg: Config, ctx) -> dict:
         config = as_container(armor_prune.Config(
             model=str(model), methods=(method,), n_calib=cfg.n_calib, calib_len=cfg.calib_len,
             eval_len=cfg.eval_len, eval_windows=cfg.eval_windows, batch=cfg.batch,
-            armor=cfg.armor, blocks=cfg.armor_blocks if method == "armor" else 0,
+            armor=cfg.armor, blocks=cfg.blocks if method == "armor" else 0,
             gen_tokens=0))
         ctx.say(f"[bench_armor_scale] {method}: running in a fresh process")
         io.write_json(out, in_child(measure, dict(config=config, seed=ctx.seed),

@@ -104,7 +104,8 @@ def test_every_setting_of_a_library_class_is_documented():
 # default, ArmorConfig's.
 _ARMOR_OVERRIDES = {("tour", "armor_prune.armor"): {"iters"},
                     ("bench_armor_layer", "official"): {"block_size", "scheme", "iters"},
-                    ("bench_armor_layer", "exact"): {"block_size", "iters"}}
+                    ("bench_armor_layer", "exact"): {"block_size", "iters"},
+                    ("bench_armor_scale", "armor"): {"iters"}}
 
 
 def _armor_nodes(cfg, prefix=""):

@@ -253,8 +253,10 @@ class Reader:
   def block(self, i: int) -> dict:
     return self._tree(lambda top: top == f"layers_{i}")[f"layers_{i}"]
 
-  def outer(self) -> dict:
-    return self._tree(lambda top: not top.startswith("layers_"))
+  def outer(self) -> Mapping:
+    from armor_jax.model import loaders  # pylint: disable=import-outside-toplevel
+    tops = tuple(sorted({k.split("/", 1)[0] for k in self._where if not k.startswith("layers_")}))
+    return loaders.LazyParts(tops, lambda top: self._tree(lambda t: t == top)[top])
 
 
 def densify(params: Mapping, cfg: LlamaConfig, dtype=jnp.float32) -> dict:

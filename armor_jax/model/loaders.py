@@ -65,8 +65,21 @@ class Tokenizer:
   def __init__(self, tok):
     self.tok = tok
 
-  def encode(self, text: str) -> np.ndarray:
-    return np.asarray(self.tok.encode(text, add_special_tokens=False).ids, np.int32)
+  def encode(self, text: str, chunk: int = 1 << 16) -> np.ndarray:
+    """Token ids of ``text``. With a pre-tokenizer (byte-level BPE: GPT-2, Llama-3, Qwen2,
+    SmolLM2), a long text is encoded a piece of about ``chunk`` characters at a time (a
+    whole book at once holds about 100 bytes per token in the tokenizer's offsets and
+    masks); pieces end between a letter and a space followed by a letter, where those
+    pre-tokenizers split anyway, so the ids are those of the whole text."""
+    if self.tok.pre_tokenizer is None:      # sentencepiece-style: the whole text at once
+      chunk = len(text)
+    pieces, start = [], 0
+    while start < len(text):
+      end = len(text) if len(text) - start <= chunk else _cut(text, start + chunk)
+      pieces.append(np.asarray(self.tok.encode(text[start:end], add_special_tokens=False).ids,
+                               np.int32))
+      start = end
+    return np.concatenate(pieces) if pieces else np.zeros((0,), np.int32)
 
   def decode(self, ids) -> str:
     return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
@@ -77,6 +90,15 @@ class Tokenizer:
 
   def save(self, path) -> None:
     self.tok.save(str(path))
+
+
+_CUT = re.compile(r"(?<=[^\W\d_]) (?=[^\W\d_])")
+
+
+def _cut(text: str, at: int) -> int:
+  """The first index >= ``at`` of a space between two letters (or the end)."""
+  m = _CUT.search(text, at)
+  return m.start() if m else len(text)
 
 
 class Model(NamedTuple):
@@ -181,9 +203,11 @@ class Source:
     """Block i's parameters ({"input_norm", "attn", "post_norm", "mlp"}), stored dtypes."""
     return self._tree((f"layers_{i}",))[f"layers_{i}"]
 
-  def outer(self) -> dict:
-    """The embedding, final norm and (untied) head, stored dtypes."""
-    return self._tree(("embed", "norm", "lm_head"))
+  def outer(self) -> Mapping:
+    """The embedding, final norm and (untied) head, stored dtypes; each is read when it is
+    first looked up (``outer()["embed"]`` reads the embedding only)."""
+    tops = ("embed", "norm") + (() if self.cfg.tie_embeddings else ("lm_head",))
+    return LazyParts(tops, lambda top: self._tree((top,))[top])
 
   def nbytes(self, top: str) -> int:
     """Bytes of the stored tensors under ``top`` (``layers_3``, ``embed``, ...)."""
@@ -196,6 +220,26 @@ class Source:
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a, np.float32)),
                                     self._tree(tops))
     return Model(self.cfg, params, self.tokenizer, self.source)
+
+
+class LazyParts(Mapping):
+  """A read-only mapping whose values are made (read from disk) when first looked up."""
+
+  def __init__(self, keys: tuple[str, ...], read):
+    self._keys, self._read, self._got = keys, read, {}
+
+  def __getitem__(self, key):
+    if key not in self._keys:
+      raise KeyError(key)
+    if key not in self._got:
+      self._got[key] = self._read(key)
+    return self._got[key]
+
+  def __iter__(self):
+    return iter(self._keys)
+
+  def __len__(self):
+    return len(self._keys)
 
 
 def from_params(model: "Model") -> Source:

@@ -37,6 +37,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -102,13 +103,13 @@ class PruneConfig:
 
 # -- one block ------------------------------------------------------------------------------------
 
-def compute_params(tree: Mapping, dtype: str = "float32") -> dict:
-  """A block's (or the outer) parameters as device arrays: floating leaves in float32 (the
-  solvers' and the head's dtype), or ``dtype`` for a forward pass; integer leaves kept."""
-  dt = COMPUTE_DTYPES[dtype]
-  return jax.tree_util.tree_map(
-      lambda x: jnp.asarray(x, dt) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.asarray(x),
-      dict(tree))
+def on_device(tree: Mapping, dtype: Any = None) -> dict:
+  """A parameter tree as device arrays, in their stored dtypes (the forward passes cast each
+  weight to the compute dtype inside their jitted code, one at a time) or, given ``dtype``,
+  floating leaves in it."""
+  cast = lambda x: jnp.asarray(x, dtype) if dtype is not None and jnp.issubdtype(
+      x.dtype, jnp.floating) else jnp.asarray(x)
+  return jax.tree_util.tree_map(cast, dict(tree))
 
 
 @jax.jit(static_argnames=("cfg", "window", "dtype"))
@@ -126,6 +127,7 @@ def block_statistics(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig
                      ) -> dict[str, calibration.Stats]:
   """Statistics ({"qkv", "o", "gate_up", "down"} -> Stats, full X^T X) of a block's inputs."""
   stats = None
+  block_params = on_device(block_params)
   for i in range(0, states.shape[0], batch):
     _, inputs = _block_capture(block_params, jnp.asarray(states[i:i + batch]), cfg, window,
                                COMPUTE_DTYPES[dtype])
@@ -141,6 +143,7 @@ def block_statistics(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig
 def run_block(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig,
               batch: int, window: int | None = None, dtype: str = "float32") -> np.ndarray:
   """The block applied to float32 hidden states (n, t, hidden), batch by batch, in place."""
+  block_params = on_device(block_params)
   for i in range(0, states.shape[0], batch):
     states[i:i + batch] = np.asarray(_block(block_params, jnp.asarray(states[i:i + batch]), cfg,
                                             window, COMPUTE_DTYPES[dtype]))
@@ -163,7 +166,8 @@ def dense_block(block_params: Mapping, cfg: LlamaConfig) -> dict:
     sub, lin = llama.linear_path(name)
     p = block_params[sub][lin]
     if "values" in p:     # reconstructed in float32 whatever the stored dtype
-      pl = llama.pruned_from_params(compute_params({k: v for k, v in p.items() if k != "bias"}),
+      pl = llama.pruned_from_params(on_device({k: v for k, v in p.items() if k != "bias"},
+                                              jnp.float32),
                                     cfg.linear_shape(name)[1])
       block_params = llama.set_block_linear(block_params, name,
                                             {"kernel": pl.dense().astype(jnp.float32)})
@@ -180,7 +184,7 @@ def _prune_block(bp: Mapping, stats: Mapping, pcfg: PruneConfig, key: jax.Array,
     dev = devices[j % len(devices)]
     sub, lin = llama.linear_path(name)
     with jax.default_device(dev):
-      w = jax.device_put(bp[sub][lin]["kernel"], dev)
+      w = jax.device_put(jnp.asarray(bp[sub][lin]["kernel"], jnp.float32), dev)
       st = jax.device_put(stats[INPUT_OF[name]], dev)
       t0 = time.perf_counter()
       pl = jax.block_until_ready(prune_linear(w, st, pcfg, jax.random.fold_in(
@@ -340,12 +344,11 @@ def fingerprint(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.A
 
 # -- the whole model -------------------------------------------------------------------------------
 
-def embed_tokens(outer: Mapping, tokens: np.ndarray, batch: int) -> np.ndarray:
-  """float32 hidden states (n, t, hidden) of token windows (n, t)."""
-  emb = jnp.asarray(outer["embed"]["embedding"])
-  return np.concatenate([np.asarray(llama.embed({"embed": {"embedding": emb}},
-                                                jnp.asarray(tokens[j:j + batch])))
-                         for j in range(0, len(tokens), batch)], 0)
+def embed_tokens(outer: Mapping, tokens: np.ndarray, batch: int | None = None) -> np.ndarray:
+  """float32 hidden states (n, t, hidden) of token windows (n, t): rows of the embedding,
+  read as stored (``outer["embed"]`` only)."""
+  del batch
+  return np.asarray(outer["embed"]["embedding"])[tokens].astype(np.float32)
 
 
 def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
@@ -417,7 +420,7 @@ def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
     states = embed_tokens(source.outer(), calib, pcfg.batch)
   for j in range(n, first):     # forward to the first block to prune
     prev = store.get(j)[0] if pcfg.mode == "sequential" else source.block(j)
-    run_block(compute_params(dense_block(prev, cfg), pcfg.compute_dtype), states, cfg,
+    run_block(dense_block(prev, cfg), states, cfg,
               pcfg.batch, cfg.window(j), pcfg.compute_dtype)
   for i in range(first, stop):
     t_block = time.perf_counter()
@@ -430,14 +433,11 @@ def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
     if got is not None:
       cblk, block_records, _ = got
     else:
-      w32 = compute_params(bp)       # the solvers' float32 copy, the forward's too in float32
-      fwd = w32 if pcfg.compute_dtype == "float32" else compute_params(bp, pcfg.compute_dtype)
-      stats = block_statistics(fwd, states, cfg, pcfg.batch, cfg.window(i), pcfg.compute_dtype)
-      del fwd
-      cblk, block_records = _prune_block(w32, stats, pcfg, key, i, devices, on_layer)
-      del w32, stats
+      stats = block_statistics(bp, states, cfg, pcfg.batch, cfg.window(i), pcfg.compute_dtype)
+      cblk, block_records = _prune_block(bp, stats, pcfg, key, i, devices, on_layer)
+      del stats
     nxt = cblk if pcfg.mode == "sequential" else bp
-    run_block(compute_params(dense_block(nxt, cfg), pcfg.compute_dtype), states, cfg,
+    run_block(dense_block(nxt, cfg), states, cfg,
               pcfg.batch, cfg.window(i), pcfg.compute_dtype)
     if got is None:
       secs = time.perf_counter() - t_block
@@ -506,7 +506,7 @@ def prune_model(params: Mapping, cfg: LlamaConfig, calib: np.ndarray, pcfg: Prun
   for i in range(end):
     cblk = store.get(i)[0]
     compressed[f"layers_{i}"] = jax.tree_util.tree_map(jnp.asarray, cblk)
-    dense_params[f"layers_{i}"] = dense_block(compute_params(cblk), cfg)
+    dense_params[f"layers_{i}"] = dense_block(on_device(cblk, jnp.float32), cfg)
   return dense_params, compressed, records
 
 
@@ -526,7 +526,7 @@ def perplexity(block: Callable[[int], Mapping], outer: Callable[[], Mapping], cf
   block's weights are held (the embedding while embedding, the head at the end)."""
   states = embed_tokens(outer(), windows, batch)
   for i in range(cfg.num_layers):
-    run_block(compute_params(dense_block(block(i), cfg), dtype), states, cfg, batch,
+    run_block(dense_block(block(i), cfg), states, cfg, batch,
               cfg.window(i), dtype)
     if progress is not None:
       progress(i + 1)
@@ -542,7 +542,7 @@ def perplexity(block: Callable[[int], Mapping], outer: Callable[[], Mapping], cf
 def _head_params(outer: Mapping, cfg: LlamaConfig) -> dict:
   """What :func:`llama.head` reads (the final norm and the head or tied embedding), float32."""
   keep = ("norm", "embed") if cfg.tie_embeddings else ("norm", "lm_head")
-  return compute_params({k: outer[k] for k in keep})
+  return on_device({k: outer[k] for k in keep})
 
 
 def generate(block: Callable[[int], Mapping], outer: Callable[[], Mapping], cfg: LlamaConfig,
@@ -552,7 +552,7 @@ def generate(block: Callable[[int], Mapping], outer: Callable[[], Mapping], cfg:
   for _ in range(n):
     x = embed_tokens(outer(), np.asarray([ids], np.int32), 1)
     for i in range(cfg.num_layers):
-      run_block(compute_params(dense_block(block(i), cfg), dtype), x, cfg, 1, cfg.window(i),
+      run_block(dense_block(block(i), cfg), x, cfg, 1, cfg.window(i),
                 dtype)
     logits = llama.head(_head_params(outer(), cfg), jnp.asarray(x[:, -1:]), cfg)
     ids.append(int(jnp.argmax(logits[0, -1])))
@@ -561,45 +561,61 @@ def generate(block: Callable[[int], Mapping], outer: Callable[[], Mapping], cfg:
 
 # -- the memory plan -------------------------------------------------------------------------------
 
+def forward_bytes(cfg: LlamaConfig, tokens: int, seq: int, capture: bool) -> int:
+  """float32 bytes one block's forward pass over ``tokens`` tokens in sequences of ``seq``
+  holds at once: attention scores and probabilities, q/k/v/o, the MLP's three activations,
+  input and output states and, with ``capture``, the inputs of the seven linears."""
+  h, inter = cfg.hidden_size, cfg.intermediate_size
+  q, kv = cfg.linear_shape("q")[0], cfg.linear_shape("k")[0]
+  per_token = 2 * cfg.num_heads * seq + 2 * (q + 2 * kv) + q + 3 * inter + 2 * h
+  if capture:
+    per_token += 2 * h + q + inter
+  return 4 * tokens * per_token
+
+
 def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: int,
          batch: int, method: str) -> dict[str, int]:
-  """The bytes a streamed prune-and-evaluate run holds at its peak, by part, without the
-  process's own libraries (measure those: the resident size before any work).
+  """The bytes a streamed prune-and-evaluate run holds, by part and at its peak, without
+  the process's own libraries (measure those: the resident size before any work).
 
-  Pruning holds one block four times over (as stored, in float32 for the solver, pruned
-  and compressed, reconstructed dense for propagation), the calibration hidden states,
-  the statistics of one block (a float32 X^T X per distinct input) and one batch of a
-  forward pass with its captured inputs; evaluation holds the evaluation hidden states,
-  one block and, at the end, the head in float32 with one batch of logits. The peak is
-  the larger of the two phases.
+  The parts: one block's weights as stored, pruned (compressed, float32) and reconstructed
+  dense in float32 for propagation; the calibration hidden states; one block's statistics
+  (a float32 X^T X per distinct input); one batch of a forward pass
+  (:func:`forward_bytes`); the evaluation hidden states; the embedding and head as stored
+  and the head in float32 with one window's logits. The peak (``total``) is the largest
+  of four phases: the statistics pass, the solvers, propagation and evaluation.
   """
   cfg = source.cfg
   f32, h, inter = 4, cfg.hidden_size, cfg.intermediate_size
   n_block = cfg.block_params() // cfg.num_layers     # one block's linears
   attn_out = cfg.linear_shape("o")[1]
-  stored_block = source.nbytes("layers_0")
-  block = stored_block + 2 * f32 * n_block + (f32 // 2 + 1) * n_block
-  per_token = f32 * (4 * h + 2 * attn_out + 3 * inter + cfg.num_heads * calib_len)
-  head_rows = cfg.vocab_size * h
+  largest = max(math.prod(cfg.linear_shape(n)) for n in LINEARS)
   parts = {
-      "block_weights": block,
+      "block_stored": source.nbytes("layers_0"),
+      "block_pruned": (f32 // 2 + 1) * n_block,
+      "block_dense_f32": f32 * n_block,
       "calibration_states": f32 * n_calib * calib_len * h,
       "statistics": f32 * (2 * h * h + attn_out * attn_out + inter * inter),
-      "forward_batch": batch * calib_len * (per_token + f32 * h),
-  }
-  if method == "armor":       # the solver's iterates: the largest linear's W, W_bar and grads
-    parts["solver"] = 4 * f32 * inter * h
-  evaluation = {
+      "forward_capture": forward_bytes(cfg, batch * calib_len, calib_len, True),
+      "forward": forward_bytes(cfg, batch * calib_len, calib_len, False),
+      "solver": f32 * largest * (8 if method == "armor" else 4),
       "evaluation_states": f32 * n_eval * eval_len * h,
-      "embedding_and_head": source.nbytes("embed") + source.nbytes("lm_head") + f32 * head_rows,
-      "logits": 3 * f32 * eval_len * cfg.vocab_size,
+      "embedding_and_head": source.nbytes("embed") + source.nbytes("lm_head")
+                            + f32 * cfg.vocab_size * h + 3 * f32 * eval_len * cfg.vocab_size,
   }
-  prune_peak = sum(parts.values())
-  eval_peak = evaluation["evaluation_states"] + max(block, evaluation["embedding_and_head"]
-                                                    + evaluation["logits"])
-  out = dict(parts, **evaluation)
-  out["total"] = max(prune_peak, eval_peak)
-  return out
+  p = parts
+  phases = {
+      "statistics_pass": p["block_stored"] + p["calibration_states"] + p["statistics"]
+                         + p["forward_capture"],
+      "solvers": p["block_stored"] + p["calibration_states"] + p["statistics"]
+                 + p["block_pruned"] + p["solver"],
+      "propagation": p["block_stored"] + p["calibration_states"] + p["block_pruned"]
+                     + p["block_dense_f32"] + p["forward"],
+      "evaluation": p["evaluation_states"] + max(
+          p["block_stored"] + p["block_dense_f32"]
+          + forward_bytes(cfg, batch * eval_len, eval_len, False), p["embedding_and_head"]),
+  }
+  return dict(parts, **{f"phase_{k}": v for k, v in phases.items()}, total=max(phases.values()))
 
 
 def sparsity_check(compressed: Mapping, cfg: LlamaConfig) -> float:
