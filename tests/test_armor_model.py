@@ -490,7 +490,9 @@ def test_armor_prune_end_to_end_and_method_resume(tmp_path):
   assert 1 < h["ppl_dense"] < h["ppl_nowag_p"]
   assert abs(h["ppl_armor_checkpoint"] - h["ppl_armor"]) < 1e-3 * h["ppl_armor"]   # float32 save
   assert 0.9 < h["size_ratio"] < 1.0     # one block of 30 pruned: a little smaller than dense
-  for f in ("layers.csv", "ppl.png", "layer_errors.png", "armor_checkpoint/model.safetensors"):
+  for f in ("layers.csv", "ppl.png", "layer_errors.png",
+            "armor_checkpoint/model.safetensors.index.json",
+            "armor_checkpoint/model-block-00000.safetensors"):
     assert (run / f).stat().st_size > 0, f
   m = checkpoint.load(run / "armor_checkpoint")
   assert m.tokenizer is not None and "values" in llama.get_linear(m.params, 0, "down")
