@@ -23,7 +23,7 @@ Headline: ``model_gb`` (the model's bfloat16 bytes on disk, GiB),
 ``plan_gb_<method>`` (libraries + plan), ``plan_error_<method>``
 (measured peak / plan - 1), ``ppl_<method>``.
 
-    python -m experiments.main experiment=bench_armor_scale                  # ~40 min, 2 cores
+    python -m experiments.main experiment=bench_armor_scale                  # ~1 h on 2 CPU cores
     python -m experiments.main experiment=bench_armor_scale layers=4 hidden=512 intermediate=1408
 """
 
