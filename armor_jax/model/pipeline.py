@@ -245,6 +245,10 @@ class Store:
   def get(self, i: int):
     return self.blocks.get(i)
 
+  def has(self, i: int) -> bool:
+    """Whether block i is finished with these settings (without reading its tensors)."""
+    return i in self.blocks
+
   def put(self, i: int, cblock: Mapping, records: list[dict], dense_digest: str) -> None:
     self.blocks[i] = (dict(cblock), records, dense_digest)
 
@@ -303,6 +307,9 @@ class Checkpoint(Store):
     if not (self.path / f"block_{i}.safetensors").exists():
       return None, f"block {i} is missing (block_{i}.safetensors)"
     return info, ""
+
+  def has(self, i: int) -> bool:
+    return self.info(i)[0] is not None
 
   def get(self, i: int):
     info, _ = self.info(i)
@@ -409,7 +416,7 @@ def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
     return records
   if pcfg.mode == "sequential":
     for j in range(first):
-      if store.get(j) is None:
+      if not store.has(j):
         raise InputError(f"block_range starts at block {start} in sequential mode, but block "
                          f"{j} is not pruned yet with these settings")
   n, states = first, store.states(first)
@@ -427,7 +434,7 @@ def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
     bp = bp if i == first else source.block(i)
     if len(chain) <= i + 1:
       chain.append(link(chain[-1], bp))
-    got = store.get(i)
+    got = None if i == first else store.get(i)      # the scan above found first unusable
     if got is not None and got[2] != chain[i + 1]:
       got = None
     if got is not None:
