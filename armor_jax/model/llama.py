@@ -220,12 +220,44 @@ class RMSNorm(nn.Module):
     return (y * w.astype(jnp.float32)).astype(x.dtype)
 
 
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array,
+           window: int | None = None, q_chunk: int | None = None) -> jax.Array:
+  """Causal grouped-query attention in float32: q (..., t, kv_heads, group, head_dim), k and
+  v (..., t, kv_heads, head_dim) -> (..., t, kv_heads, group, head_dim). With ``q_chunk``,
+  queries go ``q_chunk`` at a time (one ``lax.map`` step each), so the scores held at once
+  are (..., heads, q_chunk, t) instead of (..., heads, t, t); each query's row is the same
+  computation either way."""
+  t, hd = q.shape[-4], q.shape[-1]
+  k, v = k.astype(jnp.float32), v.astype(jnp.float32)
+
+  def rows(qc, pos_q):
+    s = jnp.einsum("...qkgd,...skd->...kgqs", qc.astype(jnp.float32), k) / np.sqrt(hd)
+    causal = pos_q[:, None] >= positions[None, :]
+    if window is not None:
+      causal = causal & (pos_q[:, None] - positions[None, :] < window)
+    pr = jax.nn.softmax(jnp.where(causal, s, -jnp.inf), axis=-1)
+    return jnp.einsum("...kgqs,...skd->...qkgd", pr, v)
+
+  if q_chunk is None or t <= q_chunk:
+    return rows(q, positions)
+  n = -(-t // q_chunk)
+  pad = n * q_chunk - t                 # padded queries (position t, t+1, ...) are dropped
+  qp = jnp.pad(q, [(0, 0)] * (q.ndim - 4) + [(0, pad), (0, 0), (0, 0), (0, 0)])
+  pos = jnp.concatenate([positions, positions[-1] + 1 + jnp.arange(pad, dtype=positions.dtype)])
+  qp = jnp.moveaxis(qp.reshape(*q.shape[:-4], n, q_chunk, *q.shape[-3:]), -5, 0)
+  out = jax.lax.map(lambda a: rows(*a), (qp, pos.reshape(n, q_chunk)))
+  out = jnp.moveaxis(out, 0, -5).reshape(*q.shape[:-4], n * q_chunk, *q.shape[-3:])
+  return out[..., :t, :, :, :]
+
+
 class Attention(nn.Module):
   """Grouped-query causal attention; with a ``window``, each position sees itself and the
-  ``window - 1`` before it (transformers' sliding window)."""
+  ``window - 1`` before it (transformers' sliding window). ``q_chunk`` bounds the scores
+  held at once (see :func:`attend`)."""
   cfg: LlamaConfig
   dtype: Any = jnp.float32
   impl: str = "auto"
+  q_chunk: int | None = None
 
   @nn.compact
   def __call__(self, x, positions, window: int | None = None):
@@ -239,16 +271,8 @@ class Attention(nn.Module):
     v = lin("v", c.attention_bias)(x).reshape(*lead, t, nkv, hd)
     inv = rope_frequencies(c)
     q, k = apply_rope(q, positions, inv), apply_rope(k, positions, inv)
-    g = nh // nkv
-    q = q.reshape(*lead, t, nkv, g, hd)
-    s = jnp.einsum("...qkgd,...skd->...kgqs", q.astype(jnp.float32), k.astype(jnp.float32))
-    s = s / np.sqrt(hd)
-    causal = positions[:, None] >= positions[None, :]
-    if window is not None:
-      causal = causal & (positions[:, None] - positions[None, :] < window)
-    s = jnp.where(causal, s, -jnp.inf)
-    pr = jax.nn.softmax(s, axis=-1)
-    o = jnp.einsum("...kgqs,...skd->...qkgd", pr, v.astype(jnp.float32)).astype(self.dtype)
+    q = q.reshape(*lead, t, nkv, nh // nkv, hd)
+    o = attend(q, k, v, positions, window, self.q_chunk).astype(self.dtype)
     o = o.reshape(*lead, t, nh * hd)
     self.sow("inputs", "o_input", o)
     return lin("o", False)(o)
@@ -274,12 +298,14 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
   impl: str = "auto"
   window: int | None = None
+  q_chunk: int | None = None
 
   @nn.compact
   def __call__(self, x, positions):
     h = RMSNorm(self.cfg.rms_eps, name="input_norm")(x)
     self.sow("inputs", "qkv", h)
-    x = x + Attention(self.cfg, self.dtype, self.impl, name="attn")(h, positions, self.window)
+    x = x + Attention(self.cfg, self.dtype, self.impl, self.q_chunk, name="attn")(
+        h, positions, self.window)
     h = RMSNorm(self.cfg.rms_eps, name="post_norm")(x)
     self.sow("inputs", "gate_up", h)
     return x + MLP(self.cfg, self.dtype, self.impl, name="mlp")(h)
@@ -341,12 +367,14 @@ def embed(params: Mapping, tokens: jax.Array) -> jax.Array:
 
 
 def block_forward(block_params: Mapping, x: jax.Array, cfg: LlamaConfig,
-                  capture: bool = False, window: int | None = None, dtype: Any = jnp.float32):
+                  capture: bool = False, window: int | None = None, dtype: Any = jnp.float32,
+                  q_chunk: int | None = None):
   """One block on hidden states x (..., seq, hidden), attending within ``window``
-  (``cfg.window(i)`` for block i), its linears in ``dtype``; with ``capture`` also the
-  inputs of its linears ({"qkv", "o", "gate_up", "down"} -> arrays)."""
+  (``cfg.window(i)`` for block i) with queries ``q_chunk`` at a time, its linears in
+  ``dtype``; with ``capture`` also the inputs of its linears ({"qkv", "o", "gate_up",
+  "down"} -> arrays)."""
   positions = jnp.arange(x.shape[-2])
-  blk = Block(cfg, dtype=dtype, window=window)
+  blk = Block(cfg, dtype=dtype, window=window, q_chunk=q_chunk)
   if not capture:
     return blk.apply({"params": block_params}, x, positions)
   y, col = blk.apply({"params": block_params}, x, positions, mutable=["inputs"])

@@ -587,17 +587,35 @@ def inspect_gguf(path: str | os.PathLike) -> Header:
   return Header(cfg, _gguf_tokenizer(reader, str(path)), str(path))
 
 
+def dequantize(data: np.ndarray, qtype: Any, chunk: int = 1 << 22) -> np.ndarray:
+  """A GGUF tensor's raw blocks ``data`` (rows, bytes per row) as float32 (rows, values per
+  row), bit-identical to ``gguf.quants.dequantize``: the library's own per-block formula for
+  ``qtype``, applied to about ``chunk`` values at a time instead of 16 rows at a time, whose
+  per-call overhead made a pass over a 135M-parameter model take seconds."""
+  import gguf
+  cls = getattr(gguf.quants, qtype.name, None)
+  if cls is None or not hasattr(cls, "dequantize_rows"):     # F32, F16, BF16 and the like
+    return np.asarray(gguf.quants.dequantize(data, qtype), np.float32)
+  cls.init_grid()
+  rows = data.reshape(-1, data.shape[-1])
+  per_row = rows.shape[-1] // cls.type_size * cls.block_size
+  out = np.empty((rows.shape[0], per_row), np.float32)
+  step = max(1, chunk // per_row)
+  for i in range(0, rows.shape[0], step):
+    out[i:i + step] = cls.dequantize_rows(rows[i:i + step])
+  return out.reshape(*data.shape[:-1], per_row)
+
+
 def open_gguf(path: str | os.PathLike) -> Source:
   """A Llama-architecture GGUF file's :class:`Source`: each tensor dequantized to float32
   when asked for."""
-  import gguf
   path = Path(path)
   reader, cfg, tensors = _gguf_open(path)
 
   def get(hf_name):
     t = tensors[hf_name]
     try:
-      w = gguf.quants.dequantize(t.data, t.tensor_type)
+      w = dequantize(t.data, t.tensor_type)
     except Exception as e:
       raise CheckpointError(f"{path}: tensor {t.name!r} could not be dequantized ({e})") from None
     w = np.asarray(w, np.float32).reshape(tuple(int(s) for s in reversed(t.shape)))

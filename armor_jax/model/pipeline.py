@@ -104,37 +104,61 @@ class PruneConfig:
 # -- one block ------------------------------------------------------------------------------------
 
 def on_device(tree: Mapping, dtype: Any = None) -> dict:
-  """A parameter tree as device arrays, in their stored dtypes (the forward passes cast each
-  weight to the compute dtype inside their jitted code, one at a time) or, given ``dtype``,
-  floating leaves in it."""
-  cast = lambda x: jnp.asarray(x, dtype) if dtype is not None and jnp.issubdtype(
-      x.dtype, jnp.floating) else jnp.asarray(x)
+  """A parameter tree as device arrays, in their stored dtypes (the forward passes cast the
+  weights to the compute dtype inside their compiled code) or, given ``dtype``, floating
+  leaves in it."""
+  def cast(x):
+    if dtype is not None and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
+      x = x.astype(dtype) if isinstance(x, jax.Array) else np.asarray(x, dtype)
+    return jax.device_put(x)    # no compiled program per shape, unlike jnp.asarray
   return jax.tree_util.tree_map(cast, dict(tree))
 
 
-@jax.jit(static_argnames=("cfg", "window", "dtype"))
-def _block_capture(block_params, x, cfg, window, dtype):
-  return llama.block_forward(block_params, x, cfg, capture=True, window=window, dtype=dtype)
+# queries per attention step in the pipeline's forward passes: the scores held at once are
+# (heads, Q_CHUNK, seq) for one sequence
+Q_CHUNK = 256
+
+
+def _one_sequence(block_params, x, cfg, window, dtype, capture):
+  return llama.block_forward(block_params, x[None], cfg, capture=capture, window=window,
+                             dtype=dtype, q_chunk=Q_CHUNK)
+
+
+@jax.jit(static_argnames=("cfg", "window", "dtype", "propagate"), donate_argnames=("stats",))
+def _block_stats(block_params, x, stats, cfg, window, dtype, propagate):
+  """Adds the inputs of the block's linears on x (n, t, hidden) to ``stats``, one sequence
+  at a time (so one sequence's activations are held, not the batch's); with
+  ``propagate`` also returns the block's output."""
+  def one(st, xi):
+    y, inputs = _one_sequence(block_params, xi, cfg, window, dtype, True)
+    st = {k: calibration.accumulate(s, inputs[k]) for k, s in st.items()}
+    return st, y[0].astype(jnp.float32) if propagate else None
+  return jax.lax.scan(one, stats, x)
 
 
 @jax.jit(static_argnames=("cfg", "window", "dtype"))
 def _block(block_params, x, cfg, window, dtype):
-  return llama.block_forward(block_params, x, cfg, window=window, dtype=dtype).astype(jnp.float32)
+  """The block on x (n, t, hidden), one sequence at a time."""
+  one = lambda _, xi: (None, _one_sequence(block_params, xi, cfg, window, dtype, False)[0]
+                       .astype(jnp.float32))
+  return jax.lax.scan(one, None, x)[1]
 
 
 def block_statistics(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig,
-                     batch: int, window: int | None = None, dtype: str = "float32"
-                     ) -> dict[str, calibration.Stats]:
-  """Statistics ({"qkv", "o", "gate_up", "down"} -> Stats, full X^T X) of a block's inputs."""
-  stats = None
+                     batch: int, window: int | None = None, dtype: str = "float32",
+                     propagate: bool = False) -> dict[str, calibration.Stats]:
+  """Statistics ({"qkv", "o", "gate_up", "down"} -> Stats, full X^T X) of a block's inputs
+  over ``states`` (n, t, hidden), ``batch`` sequences per call; with ``propagate`` the
+  states are replaced, in place, by the block's outputs (what :func:`run_block` gives)."""
+  width = {"qkv": cfg.hidden_size, "o": cfg.linear_shape("o")[1], "gate_up": cfg.hidden_size,
+           "down": cfg.linear_shape("down")[1]}
+  stats = {k: calibration.init(d, full=True) for k, d in width.items()}
   block_params = on_device(block_params)
   for i in range(0, states.shape[0], batch):
-    _, inputs = _block_capture(block_params, jnp.asarray(states[i:i + batch]), cfg, window,
-                               COMPUTE_DTYPES[dtype])
-    if stats is None:
-      stats = {k: calibration.init(v.shape[-1], full=True) for k, v in inputs.items()}
-    for k, v in inputs.items():
-      stats[k] = calibration.accumulate(stats[k], v)
+    stats, y = _block_stats(block_params, jax.device_put(states[i:i + batch]), stats, cfg, window,
+                            COMPUTE_DTYPES[dtype], propagate)
+    if propagate:
+      states[i:i + batch] = np.asarray(y)
   for k, s in stats.items():
     calibration.finite_or_raise(s.sum_sq, f"statistics of the {k} inputs")
   return stats
@@ -145,7 +169,7 @@ def run_block(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig,
   """The block applied to float32 hidden states (n, t, hidden), batch by batch, in place."""
   block_params = on_device(block_params)
   for i in range(0, states.shape[0], batch):
-    states[i:i + batch] = np.asarray(_block(block_params, jnp.asarray(states[i:i + batch]), cfg,
+    states[i:i + batch] = np.asarray(_block(block_params, jax.device_put(states[i:i + batch]), cfg,
                                             window, COMPUTE_DTYPES[dtype]))
   return states
 
@@ -160,18 +184,40 @@ def prune_linear(w: jax.Array, stats: calibration.Stats, pcfg: PruneConfig,
   return baselines.METHODS[pcfg.method](w, stats)
 
 
+@jax.jit(static_argnames=("d_in",))
+def _dense_kernel(p, d_in):
+  p = {k: v.astype(jnp.float32) if jnp.issubdtype(v.dtype, jnp.floating) else v
+       for k, v in p.items()}
+  return llama.pruned_from_params(p, d_in).dense().astype(jnp.float32)
+
+
 def dense_block(block_params: Mapping, cfg: LlamaConfig) -> dict:
-  """A block's parameters with every compressed linear reconstructed as a float32 kernel."""
+  """A block's parameters with every compressed linear reconstructed as a float32 kernel
+  (whatever the stored dtype)."""
   for name in LINEARS:
     sub, lin = llama.linear_path(name)
     p = block_params[sub][lin]
-    if "values" in p:     # reconstructed in float32 whatever the stored dtype
-      pl = llama.pruned_from_params(on_device({k: v for k, v in p.items() if k != "bias"},
-                                              jnp.float32),
-                                    cfg.linear_shape(name)[1])
-      block_params = llama.set_block_linear(block_params, name,
-                                            {"kernel": pl.dense().astype(jnp.float32)})
+    if "values" in p:
+      kernel = _dense_kernel({k: v for k, v in p.items() if k != "bias"},
+                             cfg.linear_shape(name)[1])
+      block_params = llama.set_block_linear(block_params, name, {"kernel": kernel})
   return block_params
+
+
+# Each linear's solver and errors run as compiled programs, one per shape (XLA's CPU client
+# keeps every compiled program, about 1.5 MB each, for the life of the process: op-by-op
+# code would compile hundreds)
+@jax.jit(static_argnames=("pcfg",))
+def _solve(w, stats, key, pcfg):
+  return prune_linear(w.astype(jnp.float32), stats, pcfg, key)
+
+
+_as_float32 = jax.jit(lambda w: w.astype(jnp.float32))
+
+
+@jax.jit
+def _errors(pl, w, stats):
+  return layer_lib.errors(pl, w, stats.h, stats.second_moment)
 
 
 def _prune_block(bp: Mapping, stats: Mapping, pcfg: PruneConfig, key: jax.Array, block: int,
@@ -184,13 +230,17 @@ def _prune_block(bp: Mapping, stats: Mapping, pcfg: PruneConfig, key: jax.Array,
     dev = devices[j % len(devices)]
     sub, lin = llama.linear_path(name)
     with jax.default_device(dev):
-      w = jax.device_put(jnp.asarray(bp[sub][lin]["kernel"], jnp.float32), dev)
+      w = jax.device_put(bp[sub][lin]["kernel"], dev)
       st = jax.device_put(stats[INPUT_OF[name]], dev)
+      k = jax.random.fold_in(jax.random.fold_in(key, block), j)
       t0 = time.perf_counter()
-      pl = jax.block_until_ready(prune_linear(w, st, pcfg, jax.random.fold_in(
-          jax.random.fold_in(key, block), j)))
+      if pcfg.method == "armor":       # iterations in compiled chunks, the loss read between
+        w = _as_float32(w)
+        pl = jax.block_until_ready(prune_linear(w, st, pcfg, k))
+      else:
+        pl = jax.block_until_ready(_solve(w, st, k, pcfg))
       dt = time.perf_counter() - t0
-      rep = layer_lib.report(pl, w, st.h, second_moment=st.second_moment)
+      rep = layer_lib.summary(pl, _errors(pl, w, st), w)
     rec = {"block": block, "linear": name, "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
            "proxy_loss": rep["proxy_loss"], "output_error": rep["output_error"],
            "overhead": rep["overhead"], "seconds": dt}
@@ -425,10 +475,20 @@ def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
     states = store.states(n)
   if states is None:
     states = embed_tokens(source.outer(), calib, pcfg.batch)
+  dense = pcfg.mode == "dense"
+
+  def forward(j: int, blk: Mapping) -> None:
+    """states <- block j's outputs, computed as a fresh prune computes them (in dense mode
+    by the statistics pass itself), so reused and fresh blocks give the same bits."""
+    if dense:
+      block_statistics(blk, states, cfg, pcfg.batch, cfg.window(j), pcfg.compute_dtype,
+                       propagate=True)
+    else:
+      run_block(dense_block(blk, cfg), states, cfg, pcfg.batch, cfg.window(j),
+                pcfg.compute_dtype)
+
   for j in range(n, first):     # forward to the first block to prune
-    prev = store.get(j)[0] if pcfg.mode == "sequential" else source.block(j)
-    run_block(dense_block(prev, cfg), states, cfg,
-              pcfg.batch, cfg.window(j), pcfg.compute_dtype)
+    forward(j, source.block(j) if dense else store.get(j)[0])
   for i in range(first, stop):
     t_block = time.perf_counter()
     bp = bp if i == first else source.block(i)
@@ -439,13 +499,15 @@ def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
       got = None
     if got is not None:
       cblk, block_records, _ = got
+      forward(i, bp if dense else cblk)
     else:
-      stats = block_statistics(bp, states, cfg, pcfg.batch, cfg.window(i), pcfg.compute_dtype)
+      # in dense mode the statistics pass is the propagation
+      stats = block_statistics(bp, states, cfg, pcfg.batch, cfg.window(i), pcfg.compute_dtype,
+                               propagate=dense)
       cblk, block_records = _prune_block(bp, stats, pcfg, key, i, devices, on_layer)
       del stats
-    nxt = cblk if pcfg.mode == "sequential" else bp
-    run_block(dense_block(nxt, cfg), states, cfg,
-              pcfg.batch, cfg.window(i), pcfg.compute_dtype)
+      if not dense:
+        forward(i, cblk)
     if got is None:
       secs = time.perf_counter() - t_block
       block_records = [dict(r, block_seconds=secs) for r in block_records]
@@ -540,7 +602,7 @@ def perplexity(block: Callable[[int], Mapping], outer: Callable[[], Mapping], cf
   head = _head_params(outer(), cfg)
   total, count = 0.0, 0
   for j in range(len(windows)):       # one window's logits at a time: (t, vocab) float32
-    s, c = _head_nll(head, jnp.asarray(states[j:j + 1]), jnp.asarray(windows[j:j + 1]), cfg)
+    s, c = _head_nll(head, jax.device_put(states[j:j + 1]), jax.device_put(windows[j:j + 1]), cfg)
     total += float(s)
     count += int(c)
   return float(np.exp(total / count))
@@ -553,46 +615,71 @@ def _head_params(outer: Mapping, cfg: LlamaConfig) -> dict:
 
 
 def generate(block: Callable[[int], Mapping], outer: Callable[[], Mapping], cfg: LlamaConfig,
-             ids: Iterable[int], n: int, dtype: str = "float32") -> list[int]:
-  """``ids`` followed by ``n`` greedy tokens, each from a streamed forward pass."""
+             ids: Iterable[int], n: int, dtype: str = "float32",
+             hold_bytes: int = 1 << 30) -> list[int]:
+  """``ids`` followed by ``n`` greedy tokens.
+
+  Each token is a streamed forward pass over the prompt and the tokens so far, padded with
+  zeros to the final length: causal attention leaves a position unchanged by what follows
+  it, and one compiled block serves every step. The embedding and head are read once; the
+  blocks, reconstructed dense in float32, are kept while their total stays within
+  ``hold_bytes`` and read again for every token past that.
+  """
   ids = list(ids)
+  length = len(ids) + n
+  parts = outer()
+  head = _head_params(parts, cfg)
+  held: dict[int, dict] = {}
+  room = hold_bytes
   for _ in range(n):
-    x = embed_tokens(outer(), np.asarray([ids], np.int32), 1)
+    tokens = np.zeros((1, length), np.int32)
+    tokens[0, :len(ids)] = ids
+    x = embed_tokens(parts, tokens)
     for i in range(cfg.num_layers):
-      run_block(dense_block(block(i), cfg), x, cfg, 1, cfg.window(i),
-                dtype)
-    logits = llama.head(_head_params(outer(), cfg), jnp.asarray(x[:, -1:]), cfg)
+      bp = held.get(i)
+      if bp is None:
+        bp = on_device(dense_block(block(i), cfg))
+        size = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(bp))
+        if size <= room:
+          held[i], room = bp, room - size
+      run_block(bp, x, cfg, 1, cfg.window(i), dtype)
+    logits = llama.head(head, jnp.asarray(x[:, len(ids) - 1:len(ids)]), cfg)
     ids.append(int(jnp.argmax(logits[0, -1])))
   return ids
 
 
 # -- the memory plan -------------------------------------------------------------------------------
 
-def forward_bytes(cfg: LlamaConfig, tokens: int, seq: int, capture: bool) -> int:
-  """float32 bytes one block's forward pass over ``tokens`` tokens in sequences of ``seq``
-  holds at once: attention scores and probabilities, q/k/v/o, the MLP's three activations,
-  input and output states and, with ``capture``, the inputs of the seven linears."""
+def forward_bytes(cfg: LlamaConfig, seqs: int, seq: int, capture: bool) -> int:
+  """float32 bytes one call of the pipeline's block forward over ``seqs`` sequences of
+  ``seq`` tokens holds at once: the batch's input and output states, and one sequence's
+  activations (the call runs one sequence at a time): attention scores and probabilities
+  for :data:`Q_CHUNK` queries, q/k/v/o, the MLP's three activations and, with ``capture``,
+  the inputs of the seven linears."""
   h, inter = cfg.hidden_size, cfg.intermediate_size
   q, kv = cfg.linear_shape("q")[0], cfg.linear_shape("k")[0]
-  per_token = 2 * cfg.num_heads * seq + 2 * (q + 2 * kv) + q + 3 * inter + 2 * h
+  one = 2 * cfg.num_heads * min(Q_CHUNK, seq) * seq + seq * (2 * (q + 2 * kv) + q + 3 * inter
+                                                             + 2 * h)
   if capture:
-    per_token += 2 * h + q + inter
-  return 4 * tokens * per_token
+    one += seq * (2 * h + q + inter)
+  return 4 * (2 * seqs * seq * h + one)
 
 
 def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: int,
-         batch: int, method: str) -> dict[str, int]:
+         batch: int, method: str, dtype: str = "float32") -> dict[str, int]:
   """The bytes a streamed prune-and-evaluate run holds, by part and at its peak, without
   the process's own libraries (measure those: the resident size before any work).
 
-  The parts: one block's weights as stored, pruned (compressed, float32) and reconstructed
-  dense in float32 for propagation; the calibration hidden states; one block's statistics
+  The parts: one block's weights as stored, cast to the compute dtype ``dtype`` (what is
+  stored otherwise), pruned (compressed, float32) and reconstructed dense in float32 for
+  propagation; the calibration hidden states; one block's statistics
   (a float32 X^T X per distinct input); one batch of a forward pass
   (:func:`forward_bytes`); the evaluation hidden states; the embedding and head as stored
   and the head in float32 with one window's logits. The peak (``total``) is the largest
   of four phases: the statistics pass, the solvers, propagation and evaluation.
   """
   cfg = source.cfg
+  compute = COMPUTE_DTYPES[dtype]
   f32, h, inter = 4, cfg.hidden_size, cfg.intermediate_size
   n_block = cfg.block_params() // cfg.num_layers     # one block's linears
   attn_out = cfg.linear_shape("o")[1]
@@ -601,10 +688,16 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
       "block_stored": source.nbytes("layers_0"),
       "block_pruned": (f32 // 2 + 1) * n_block,
       "block_dense_f32": f32 * n_block,
+      # the statistics pass casts weights stored in another dtype to the compute dtype
+      # inside its compiled call, all at once (XLA schedules the casts first)
+      "block_cast": sum(np.dtype(compute).itemsize * math.prod(cfg.linear_shape(name))
+                        for name in LINEARS
+                        if source.stored["/".join(("layers_0",) + llama.linear_path(name)
+                                                  + ("kernel",))] != np.dtype(compute)),
       "calibration_states": f32 * n_calib * calib_len * h,
       "statistics": f32 * (2 * h * h + attn_out * attn_out + inter * inter),
-      "forward_capture": forward_bytes(cfg, batch * calib_len, calib_len, True),
-      "forward": forward_bytes(cfg, batch * calib_len, calib_len, False),
+      "forward_capture": forward_bytes(cfg, batch, calib_len, True),
+      "forward": forward_bytes(cfg, batch, calib_len, False),
       "solver": f32 * largest * (8 if method == "armor" else 4),
       "evaluation_states": f32 * n_eval * eval_len * h,
       "embedding_and_head": source.nbytes("embed") + source.nbytes("lm_head")
@@ -612,15 +705,15 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
   }
   p = parts
   phases = {
-      "statistics_pass": p["block_stored"] + p["calibration_states"] + p["statistics"]
-                         + p["forward_capture"],
+      "statistics_pass": p["block_stored"] + p["block_cast"] + p["calibration_states"]
+                         + p["statistics"] + p["forward_capture"],
       "solvers": p["block_stored"] + p["calibration_states"] + p["statistics"]
                  + p["block_pruned"] + p["solver"],
       "propagation": p["block_stored"] + p["calibration_states"] + p["block_pruned"]
                      + p["block_dense_f32"] + p["forward"],
       "evaluation": p["evaluation_states"] + max(
           p["block_stored"] + p["block_dense_f32"]
-          + forward_bytes(cfg, batch * eval_len, eval_len, False), p["embedding_and_head"]),
+          + forward_bytes(cfg, batch, eval_len, False), p["embedding_and_head"]),
   }
   return dict(parts, **{f"phase_{k}": v for k, v in phases.items()}, total=max(phases.values()))
 

@@ -559,6 +559,15 @@ def to_layer(prob: Problem, x: Factors, w: jax.Array) -> layer.PrunedLayer:
   return layer.PrunedLayer(sparsity.pack(x.core, x.mask), r2, r1, a=x.a, b=x.b, method="armor")
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _start(w, h, cfg, key):
+  prob = make_problem(w, h, cfg.block_size)
+  return prob, init_state(prob, cfg, key)
+
+
+_to_layer = jax.jit(to_layer)
+
+
 def armor(w: jax.Array, stats: calibration.Stats, cfg: ArmorConfig = ArmorConfig(),
           key: jax.Array | None = None, chunk: int | None = None,
           progress=None) -> tuple[layer.PrunedLayer, np.ndarray]:
@@ -577,8 +586,7 @@ def armor(w: jax.Array, stats: calibration.Stats, cfg: ArmorConfig = ArmorConfig
   Returns:
     (the best layer seen, the loss curve: (iters + 1,) float64 starting at NoWag-P's loss).
   """
-  prob = make_problem(w, stats.h, cfg.block_size)
-  state = init_state(prob, cfg, jax.random.PRNGKey(0) if key is None else key)
+  prob, state = _start(w, stats.h, cfg, jax.random.PRNGKey(0) if key is None else key)
   curve = [float(state.loss)]
   chunk = cfg.iters if not chunk else chunk
   done = 0
@@ -589,4 +597,4 @@ def armor(w: jax.Array, stats: calibration.Stats, cfg: ArmorConfig = ArmorConfig
     done += n
     if progress is not None:
       progress(done, float(state.best_loss))
-  return to_layer(prob, state.best, w), np.asarray(curve)
+  return _to_layer(prob, state.best, w), np.asarray(curve)

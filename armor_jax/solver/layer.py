@@ -141,6 +141,23 @@ def from_mask(w: jax.Array, mask: jax.Array, method: str, normalized: bool = Fal
   return PrunedLayer(sparsity.pack(w, mask), ones_out, ones_in, method=method)
 
 
+@jax.jit
+def errors(layer: PrunedLayer, w: jax.Array, h: jax.Array,
+           second_moment: jax.Array | None = None) -> dict[str, jax.Array]:
+  """The layer's proxy loss and, given ``second_moment``, the numerator and denominator of
+  its output error (see :func:`report`), as one compiled program per shape."""
+  w = w.astype(compute_dtype(w))
+  w_bar, r2, r1 = normalize(w)
+  w_hat = layer.dense()
+  # the layer's own scales may differ (baselines keep W unnormalized): map W_hat to W_bar space
+  out = {"proxy_loss": proxy_loss(w_bar, h, w_hat / r2[:, None] / r1[None, :])}
+  if second_moment is not None:
+    delta = w - w_hat
+    out["num"] = jnp.sum(delta * jnp.matmul(delta, second_moment, precision=_HI))
+    out["den"] = jnp.sum(w * jnp.matmul(w, second_moment, precision=_HI))
+  return out
+
+
 def report(layer: PrunedLayer, w: jax.Array, h: jax.Array,
            second_moment: jax.Array | None = None, x_eval: jax.Array | None = None) -> dict:
   """The numbers every method reports for a layer.
@@ -158,17 +175,18 @@ def report(layer: PrunedLayer, w: jax.Array, h: jax.Array,
     (relative, ``E||x (W - W_hat)^T||^2 / E||x W^T||^2`` on calibration data),
     ``output_error_eval`` (the same on ``x_eval``), ``overhead``.
   """
-  w = w.astype(compute_dtype(w))
-  w_bar, r2, r1 = normalize(w)
-  # the layer's own scales may differ (baselines keep W unnormalized): map W_hat to W_bar space
-  approx_bar = layer.dense() / r2[:, None] / r1[None, :]
-  out = {"proxy_loss": float(proxy_loss(w_bar, h, approx_bar)), "overhead": layer.overhead()}
-  delta = w - layer.dense()
-  if second_moment is not None:
-    num = jnp.sum(delta * jnp.matmul(delta, second_moment, precision=_HI))
-    den = jnp.sum(w * jnp.matmul(w, second_moment, precision=_HI))
-    out["output_error"] = float(num / den) if float(den) > 0 else 0.0
+  return summary(layer, errors(layer, w, h, second_moment), w, x_eval)
+
+
+def summary(layer: PrunedLayer, errs: dict, w: jax.Array, x_eval: jax.Array | None = None
+            ) -> dict:
+  """:func:`report`'s numbers from :func:`errors`' arrays (and ``x_eval``)."""
+  out = {"proxy_loss": float(errs["proxy_loss"]), "overhead": layer.overhead()}
+  if "num" in errs:
+    den = float(errs["den"])
+    out["output_error"] = float(errs["num"]) / den if den > 0 else 0.0
   if x_eval is not None:
+    w = w.astype(compute_dtype(w))
     x_eval = x_eval.astype(w.dtype)
     y = jnp.matmul(x_eval, w.T, precision=_HI)
     y_hat = layer.apply(x_eval)
