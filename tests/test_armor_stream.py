@@ -64,6 +64,10 @@ def test_streamed_perplexity_and_generation_match_the_whole_model(tmp_path):
   for _ in range(4):
     want.append(int(np.argmax(np.asarray(fwd(m.params, np.asarray([want]), m.cfg))[0, -1])))
   assert pipeline.generate(src.block, src.outer, m.cfg, ids, 4) == want
+  reads = []
+  block = lambda i: reads.append(i) or src.block(i)
+  assert pipeline.generate(block, src.outer, m.cfg, ids, 4, hold_bytes=0) == want
+  assert len(reads) == 4 * m.cfg.num_layers          # nothing held: every block, every token
 
 
 def test_plan_holds_one_block_not_the_model():

@@ -126,14 +126,16 @@ def _one_sequence(block_params, x, cfg, window, dtype, capture):
 
 @jax.jit(static_argnames=("cfg", "window", "dtype", "propagate"), donate_argnames=("stats",))
 def _block_stats(block_params, x, stats, cfg, window, dtype, propagate):
-  """Adds the inputs of the block's linears on x (n, t, hidden) to ``stats``, one sequence
-  at a time (so one sequence's activations are held, not the batch's); with
-  ``propagate`` also returns the block's output."""
-  def one(st, xi):
+  """Adds the inputs of the block's linears on x (n, t, hidden) to ``stats``; with
+  ``propagate`` also returns the block's output. The block runs one sequence at a time (one
+  sequence's activations are held, not the batch's); the inputs are added over the whole
+  batch at once, so the sums are those of one (n t, d) product whatever the scan."""
+  def one(_, xi):
     y, inputs = _one_sequence(block_params, xi, cfg, window, dtype, True)
-    st = {k: calibration.accumulate(s, inputs[k]) for k, s in st.items()}
-    return st, y[0].astype(jnp.float32) if propagate else None
-  return jax.lax.scan(one, stats, x)
+    return None, ({k: v[0] for k, v in inputs.items()},
+                  y[0].astype(jnp.float32) if propagate else None)
+  _, (inputs, y) = jax.lax.scan(one, None, x)
+  return {k: calibration.accumulate(s, inputs[k]) for k, s in stats.items()}, y
 
 
 @jax.jit(static_argnames=("cfg", "window", "dtype"))
@@ -652,17 +654,18 @@ def generate(block: Callable[[int], Mapping], outer: Callable[[], Mapping], cfg:
 
 def forward_bytes(cfg: LlamaConfig, seqs: int, seq: int, capture: bool) -> int:
   """float32 bytes one call of the pipeline's block forward over ``seqs`` sequences of
-  ``seq`` tokens holds at once: the batch's input and output states, and one sequence's
-  activations (the call runs one sequence at a time): attention scores and probabilities
-  for :data:`Q_CHUNK` queries, q/k/v/o, the MLP's three activations and, with ``capture``,
-  the inputs of the seven linears."""
+  ``seq`` tokens holds at once: the batch's input and output states, one sequence's
+  activations (the call runs one sequence at a time: attention scores and probabilities
+  for :data:`Q_CHUNK` queries, q/k/v/o, the MLP's three activations) and, with
+  ``capture``, the batch's inputs of the seven linears (added to the statistics at once)."""
   h, inter = cfg.hidden_size, cfg.intermediate_size
   q, kv = cfg.linear_shape("q")[0], cfg.linear_shape("k")[0]
   one = 2 * cfg.num_heads * min(Q_CHUNK, seq) * seq + seq * (2 * (q + 2 * kv) + q + 3 * inter
                                                              + 2 * h)
+  batch = 2 * seqs * seq * h
   if capture:
-    one += seq * (2 * h + q + inter)
-  return 4 * (2 * seqs * seq * h + one)
+    batch += seqs * seq * (2 * h + q + inter)
+  return 4 * (batch + one)
 
 
 def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: int,
@@ -674,8 +677,8 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
   stored otherwise), pruned (compressed, float32) and reconstructed dense in float32 for
   propagation; the calibration hidden states; one block's statistics
   (a float32 X^T X per distinct input); one batch of a forward pass
-  (:func:`forward_bytes`); the evaluation hidden states; the embedding and head as stored
-  and the head in float32 with one window's logits. The peak (``total``) is the largest
+  (:func:`forward_bytes`); the evaluation hidden states; the embedding as stored (read to
+  embed, then dropped); the head as stored, in float32 and one window's logits. The peak (``total``) is the largest
   of four phases: the statistics pass, the solvers, propagation and evaluation.
   """
   cfg = source.cfg
@@ -684,6 +687,7 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
   n_block = cfg.block_params() // cfg.num_layers     # one block's linears
   attn_out = cfg.linear_shape("o")[1]
   largest = max(math.prod(cfg.linear_shape(n)) for n in LINEARS)
+  head_name = "embed" if cfg.tie_embeddings else "lm_head"
   parts = {
       "block_stored": source.nbytes("layers_0"),
       "block_pruned": (f32 // 2 + 1) * n_block,
@@ -700,8 +704,11 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
       "forward": forward_bytes(cfg, batch, calib_len, False),
       "solver": f32 * largest * (8 if method == "armor" else 4),
       "evaluation_states": f32 * n_eval * eval_len * h,
-      "embedding_and_head": source.nbytes("embed") + source.nbytes("lm_head")
-                            + f32 * cfg.vocab_size * h + 3 * f32 * eval_len * cfg.vocab_size,
+      "embedding": source.nbytes("embed"),
+      # the head as stored, cast to float32 inside its compiled call, one window's logits
+      "head": source.nbytes(head_name) + (f32 * cfg.vocab_size * h if source.stored[
+          head_name + ("/embedding" if cfg.tie_embeddings else "/kernel")] != np.float32 else 0)
+              + 3 * f32 * eval_len * cfg.vocab_size,
   }
   p = parts
   phases = {
@@ -713,7 +720,7 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
                      + p["block_dense_f32"] + p["forward"],
       "evaluation": p["evaluation_states"] + max(
           p["block_stored"] + p["block_dense_f32"]
-          + forward_bytes(cfg, batch, eval_len, False), p["embedding_and_head"]),
+          + forward_bytes(cfg, batch, eval_len, False), p["embedding"], p["head"]),
   }
   return dict(parts, **{f"phase_{k}": v for k, v in phases.items()}, total=max(phases.values()))
 
