@@ -4,7 +4,7 @@
 
 POINT, counted over the whole process:
 
-* ``layer``: inside a block, as the N-th linear is pruned (armor_jax.model.pipeline.prune_linear);
+* ``layer``: inside a block, as the N-th linear is pruned (armor_jax.model.pipeline.solve_linear);
 * ``block``: between blocks, right after the N-th block checkpoint is saved;
 * ``eval``: during an evaluation, at the N-th trace of the head's loss (armor_jax.model.text.nll_sums,
   traced once per process and window shape);
@@ -47,7 +47,7 @@ def _counting(fn, n: int, before: bool = True):
 def install(point: str, n: int, substr: str = "") -> None:
   from armor_jax.model import pipeline, text
   if point == "layer":
-    pipeline.prune_linear = _counting(pipeline.prune_linear, n)
+    pipeline.solve_linear = _counting(pipeline.solve_linear, n)
   elif point == "block":
     pipeline.Checkpoint.put = _counting(pipeline.Checkpoint.put, n, before=False)
   elif point == "eval":

@@ -217,6 +217,15 @@ def _solve(w, stats, key, pcfg):
 _as_float32 = jax.jit(lambda w: w.astype(jnp.float32))
 
 
+def solve_linear(w, stats: calibration.Stats, pcfg: PruneConfig,
+                 key: jax.Array) -> layer_lib.PrunedLayer:
+  """One linear pruned (weight in any float dtype, solved in float32): a baseline as one
+  compiled program; ARMOR as its own compiled iterations, the loss read between them."""
+  if pcfg.method == "armor":
+    return prune_linear(_as_float32(w), stats, pcfg, key)
+  return _solve(w, stats, key, pcfg)
+
+
 @jax.jit
 def _errors(pl, w, stats):
   return layer_lib.errors(pl, w, stats.h, stats.second_moment)
@@ -236,11 +245,7 @@ def _prune_block(bp: Mapping, stats: Mapping, pcfg: PruneConfig, key: jax.Array,
       st = jax.device_put(stats[INPUT_OF[name]], dev)
       k = jax.random.fold_in(jax.random.fold_in(key, block), j)
       t0 = time.perf_counter()
-      if pcfg.method == "armor":       # iterations in compiled chunks, the loss read between
-        w = _as_float32(w)
-        pl = jax.block_until_ready(prune_linear(w, st, pcfg, k))
-      else:
-        pl = jax.block_until_ready(_solve(w, st, k, pcfg))
+      pl = jax.block_until_ready(solve_linear(w, st, pcfg, k))
       dt = time.perf_counter() - t0
       rep = layer_lib.summary(pl, _errors(pl, w, st), w)
     rec = {"block": block, "linear": name, "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
