@@ -146,15 +146,18 @@ def _block(block_params, x, cfg, window, dtype):
   return jax.lax.scan(one, None, x)[1]
 
 
+def input_widths(cfg: LlamaConfig) -> dict[str, int]:
+  """The width of each distinct linear input ({"qkv", "o", "gate_up", "down"} -> d_in)."""
+  return {INPUT_OF[name]: cfg.linear_shape(name)[1] for name in LINEARS}
+
+
 def block_statistics(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig,
                      batch: int, window: int | None = None, dtype: str = "float32",
                      propagate: bool = False) -> dict[str, calibration.Stats]:
   """Statistics ({"qkv", "o", "gate_up", "down"} -> Stats, full X^T X) of a block's inputs
   over ``states`` (n, t, hidden), ``batch`` sequences per call; with ``propagate`` the
   states are replaced, in place, by the block's outputs (what :func:`run_block` gives)."""
-  width = {"qkv": cfg.hidden_size, "o": cfg.linear_shape("o")[1], "gate_up": cfg.hidden_size,
-           "down": cfg.linear_shape("down")[1]}
-  stats = {k: calibration.init(d, full=True) for k, d in width.items()}
+  stats = {k: calibration.init(d, full=True) for k, d in input_widths(cfg).items()}
   block_params = on_device(block_params)
   for i in range(0, states.shape[0], batch):
     stats, y = _block_stats(block_params, jax.device_put(states[i:i + batch]), stats, cfg, window,
@@ -683,14 +686,14 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
   propagation; the calibration hidden states; one block's statistics
   (a float32 X^T X per distinct input); one batch of a forward pass
   (:func:`forward_bytes`); the evaluation hidden states; the embedding as stored (read to
-  embed, then dropped); the head as stored, in float32 and one window's logits. The peak (``total``) is the largest
-  of four phases: the statistics pass, the solvers, propagation and evaluation.
+  embed, then dropped); the head as stored, in float32 and one window's logits. The peak
+  (``total``) is the largest of four phases: the statistics pass, the solvers, propagation
+  and evaluation.
   """
   cfg = source.cfg
   compute = COMPUTE_DTYPES[dtype]
-  f32, h, inter = 4, cfg.hidden_size, cfg.intermediate_size
+  f32, h = 4, cfg.hidden_size
   n_block = cfg.block_params() // cfg.num_layers     # one block's linears
-  attn_out = cfg.linear_shape("o")[1]
   largest = max(math.prod(cfg.linear_shape(n)) for n in LINEARS)
   head_name = "embed" if cfg.tie_embeddings else "lm_head"
   parts = {
@@ -704,7 +707,7 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
                         if source.stored["/".join(("layers_0",) + llama.linear_path(name)
                                                   + ("kernel",))] != np.dtype(compute)),
       "calibration_states": f32 * n_calib * calib_len * h,
-      "statistics": f32 * (2 * h * h + attn_out * attn_out + inter * inter),
+      "statistics": f32 * sum(d * d for d in input_widths(cfg).values()),
       "forward_capture": forward_bytes(cfg, batch, calib_len, True),
       "forward": forward_bytes(cfg, batch, calib_len, False),
       "solver": f32 * largest * (8 if method == "armor" else 4),

@@ -183,8 +183,8 @@ def summary(layer: PrunedLayer, errs: dict, w: jax.Array, x_eval: jax.Array | No
   """:func:`report`'s numbers from :func:`errors`' arrays (and ``x_eval``)."""
   out = {"proxy_loss": float(errs["proxy_loss"]), "overhead": layer.overhead()}
   if "num" in errs:
-    den = float(errs["den"])
-    out["output_error"] = float(errs["num"]) / den if den > 0 else 0.0
+    out["output_error"] = (float(errs["num"] / errs["den"]) if float(errs["den"]) > 0
+                           else 0.0)
   if x_eval is not None:
     w = w.astype(compute_dtype(w))
     x_eval = x_eval.astype(w.dtype)
