@@ -284,7 +284,7 @@ def say_plan(cfg: Config, work: Workload, method: str, say=print) -> tuple[float
   from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
   mcfg = work.source.cfg
   parts = pipeline.plan(work.source, cfg.n_calib, cfg.calib_len, len(work.windows),
-                        cfg.eval_len, cfg.batch, method, cfg.compute_dtype)
+                        cfg.eval_len, cfg.batch, method, cfg.compute_dtype, cfg.armor)
   libraries = peak_rss_gb()
   gib = libraries + parts["total"] / 2**30
   dtypes = sorted({str(d) for d in work.source.stored.values()})

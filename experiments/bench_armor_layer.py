@@ -83,7 +83,7 @@ def _timed_run(prob, cfg, state, n_total, chunk, say):
   from armor_jax.solver import armor  # pylint: disable=import-outside-toplevel
   # compile every call shape first (the clock measures the work, not XLA)
   for n in {min(chunk, n_total), n_total % chunk or chunk}:
-    jax.block_until_ready(armor.run_iterations(prob, cfg, state, n))
+    jax.block_until_ready(armor.run_iterations(prob, cfg, jax.tree.map(jax.numpy.copy, state), n))
   times, best, iters = [0.0], [float(state.best_loss)], [0]
   elapsed, done = 0.0, 0
   while done < n_total and not bool(state.done):

@@ -50,6 +50,7 @@ EXPERIMENTS: dict[str, str] = {
     "bench_armor_model": "experiments.bench_armor_model",
     "bench_armor_scale": "experiments.bench_armor_scale",
     "bench_kernels": "experiments.bench_kernels",
+    "zero_shot": "experiments.zero_shot",
 }
 
 

@@ -315,3 +315,19 @@ def test_robust_to_degenerate_layers(case, scheme):
     base = f(w, stats)
     sparsity.validate_24(np.asarray(base.mask()))
     assert np.all(np.isfinite(np.asarray(base.dense(), np.float32))), name
+
+
+@pytest.mark.parametrize("scheme", ["exact", "official"])
+@pytest.mark.parametrize("d_out,d_in,block", [(512, 256, 32), (256, 256, 256)])
+def test_working_bytes_bound_what_xla_allocates(scheme, d_out, d_in, block):
+  # XLA's buffer assignment of the compiled iterations (problem and state in, the new state
+  # aliased onto the donated one, scratch) is the independent reference for the memory plan
+  cfg = armor.ArmorConfig(scheme=scheme, block_size=block, iters=2)
+  prob, state = jax.eval_shape(lambda w, h: armor._start(w, h, cfg, jax.random.PRNGKey(0)),
+                               jax.ShapeDtypeStruct((d_out, d_in), jnp.float32),
+                               jax.ShapeDtypeStruct((d_in,), jnp.float32))
+  m = armor.run_iterations.lower(prob, cfg, state, 2).compile().memory_analysis()
+  xla = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+         + m.temp_size_in_bytes)
+  assert m.alias_size_in_bytes > 0            # the state is donated
+  assert xla <= armor.working_bytes(d_out, d_in, cfg) <= 1.25 * xla

@@ -12,7 +12,8 @@ A directory with
   are written in one dtype (bfloat16 by default), ``meta`` as uint8;
 * ``config.json``: the architecture (Hugging Face keys) plus an ``armor_jax``
   entry (format version, method, value dtype);
-* ``tokenizer.json`` when the model has a tokenizer.
+* ``tokenizer.json`` and ``tokenizer_config.json`` (its special tokens) when the model has
+  a tokenizer.
 
 :func:`load` restores the parameter tree exactly (bit for bit, in the saved
 dtype); the model runs from it directly (compressed linears go through
@@ -115,6 +116,7 @@ def _write_config(path: Path, cfg: LlamaConfig, tokenizer, dtype: str, method: s
   conf["armor_jax"] = {"format": FORMAT, "method": method, "dtype": dtype}
   if tokenizer is not None:
     atomic_write(path / "tokenizer.json", tokenizer.save)
+    atomic_write(path / "tokenizer_config.json", tokenizer.save_config)
   atomic_write(path / "config.json", lambda t: t.write_text(json.dumps(conf, indent=1)))
 
 
@@ -257,6 +259,47 @@ class Reader:
     from armor_jax.model import loaders  # pylint: disable=import-outside-toplevel
     tops = tuple(sorted({k.split("/", 1)[0] for k in self._where if not k.startswith("layers_")}))
     return loaders.LazyParts(tops, lambda top: self._tree(lambda t: t == top)[top])
+
+
+def is_compressed(path: str | os.PathLike) -> bool:
+  """Whether ``path`` is a directory whose config.json names this format."""
+  try:
+    conf = json.loads((Path(path) / "config.json").read_text())
+    return conf.get("armor_jax", {}).get("format") == FORMAT
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def open_source(path: str | os.PathLike):
+  """A compressed checkpoint as a :class:`~armor_jax.model.loaders.Source` of a dense model:
+  each compressed linear is reconstructed to a float32 ``kernel`` when its block is read,
+  everything else is read as saved. Any experiment that reads a model reads this one."""
+  from armor_jax.model import loaders  # pylint: disable=import-outside-toplevel
+  reader = Reader(path)
+  cfg, names = reader.cfg, loaders._hf_names(reader.cfg)   # pylint: disable=protected-access
+  stored = {}
+  for name, (tree_path, _) in names.items():
+    key = "/".join(tree_path)
+    if key in reader._where:                                  # pylint: disable=protected-access
+      stored[name] = np.dtype(loaders._ST_DTYPES[reader._where[key][2]])  # pylint: disable=protected-access
+    elif tree_path[-1] == "kernel" and "/".join(tree_path[:-1]) + "/values" in reader._where:
+      stored[name] = np.dtype(np.float32)
+    else:
+      raise CheckpointError(f"{path}: tensor {key!r} is missing")
+
+  def get(name):
+    tree_path = names[name][0]
+    key = "/".join(tree_path)
+    if key in reader._where:                                  # pylint: disable=protected-access
+      return reader._get(key)                                 # pylint: disable=protected-access
+    prefix = "/".join(tree_path[:-1]) + "/"
+    sub = {k[len(prefix):]: reader._get(k) for k in reader._where  # pylint: disable=protected-access
+           if k.startswith(prefix)}
+    sub = {k: (jnp.asarray(v, jnp.float32) if np.issubdtype(v.dtype, np.floating) else v)
+           for k, v in sub.items()}
+    return np.asarray(llama.dense_weight(sub, names[name][1][1]), np.float32)
+
+  return loaders.Source(cfg, reader.tokenizer, str(path), get, stored)
 
 
 def densify(params: Mapping, cfg: LlamaConfig, dtype=jnp.float32) -> dict:

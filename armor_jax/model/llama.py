@@ -336,13 +336,17 @@ class Llama(nn.Module):
     if not c.tie_embeddings:
       self.lm_head = Linear(c.vocab_size, c.hidden_size, dtype=self.dtype, name="lm_head")
 
-  def __call__(self, tokens):
-    """tokens (..., seq) int -> logits (..., seq, vocab) float32."""
+  def states(self, tokens):
+    """tokens (..., seq) int -> the last block's output (..., seq, hidden), before the norm."""
     positions = jnp.arange(tokens.shape[-1])
     x = self.embed(tokens).astype(self.dtype)
     for blk in self.layers:
       x = blk(x, positions)
-    x = self.norm(x)
+    return x
+
+  def __call__(self, tokens):
+    """tokens (..., seq) int -> logits (..., seq, vocab) float32."""
+    x = self.norm(self.states(tokens))
     if self.cfg.tie_embeddings:
       return self.embed.attend(x.astype(jnp.float32))
     return self.lm_head(x).astype(jnp.float32)
@@ -359,6 +363,12 @@ def forward(params: Mapping, tokens: jax.Array, cfg: LlamaConfig, impl: str = "a
   """Logits (..., seq, vocab) of ``tokens`` (..., seq); compressed linears run with ``impl``
   (``auto``: the Pallas kernels on GPU, the plain-JAX path elsewhere)."""
   return Llama(cfg, impl=impl).apply({"params": params}, tokens)
+
+
+def states(params: Mapping, tokens: jax.Array, cfg: LlamaConfig, impl: str = "auto") -> jax.Array:
+  """The last block's output (..., seq, hidden) for ``tokens`` (..., seq), before the final
+  norm: :func:`head` of it is :func:`forward`'s logits, a slice of positions at a time."""
+  return Llama(cfg, impl=impl).apply({"params": params}, tokens, method=Llama.states)
 
 
 def embed(params: Mapping, tokens: jax.Array) -> jax.Array:

@@ -60,10 +60,17 @@ class CheckpointError(InputError):
 
 
 class Tokenizer:
-  """A thin wrapper over a ``tokenizers.Tokenizer``: text <-> int32 ids, no BOS added."""
+  """A thin wrapper over a ``tokenizers.Tokenizer``: text <-> int32 ids.
 
-  def __init__(self, tok):
-    self.tok = tok
+  :meth:`encode` adds no special token (what perplexity and calibration read);
+  :meth:`encode_specials` adds what the tokenizer's post-processor adds (the beginning-of-text
+  token where the tokenizer adds one), as Hugging Face's ``tokenizer.encode(text)`` does.
+  ``bos`` and ``eos`` are the beginning- and end-of-text tokens (None where the model has
+  none), read from ``tokenizer_config.json`` or ``config.json`` beside a ``tokenizer.json``
+  and from a GGUF file's metadata."""
+
+  def __init__(self, tok, bos: str | None = None, eos: str | None = None):
+    self.tok, self.bos, self.eos = tok, bos, eos
 
   def encode(self, text: str, chunk: int = 1 << 16) -> np.ndarray:
     """Token ids of ``text``. With a pre-tokenizer (byte-level BPE: GPT-2, Llama-3, Qwen2,
@@ -81,15 +88,35 @@ class Tokenizer:
       start = end
     return np.concatenate(pieces) if pieces else np.zeros((0,), np.int32)
 
+  def encode_specials(self, text: str) -> list[int]:
+    """Token ids of ``text`` with the special tokens the tokenizer adds to a single text."""
+    return list(self.tok.encode(text, add_special_tokens=True).ids)
+
   def decode(self, ids) -> str:
     return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  def token_id(self, token: str | None) -> int | None:
+    return None if token is None else self.tok.token_to_id(token)
+
+  @property
+  def bos_id(self) -> int | None:
+    return self.token_id(self.bos)
+
+  @property
+  def eos_id(self) -> int | None:
+    return self.token_id(self.eos)
 
   @property
   def vocab_size(self) -> int:
     return self.tok.get_vocab_size(with_added_tokens=True)
 
   def save(self, path) -> None:
+    """Writes ``tokenizer.json`` at ``path``; :meth:`save_config` writes the special tokens."""
     self.tok.save(str(path))
+
+  def save_config(self, path) -> None:
+    """Writes the special tokens as Hugging Face's ``tokenizer_config.json`` at ``path``."""
+    Path(path).write_text(json.dumps({"bos_token": self.bos, "eos_token": self.eos}, indent=1))
 
 
 _CUT = re.compile(r"(?<=[^\W\d_]) (?=[^\W\d_])")
@@ -277,6 +304,20 @@ def _hf_tokenizer(path: Path, cfg: LlamaConfig) -> Tokenizer | None:
   return tok
 
 
+def _special(tok, conf: Mapping, name: str) -> str | None:
+  """Special token ``name`` (bos, eos) of a Hugging Face ``tokenizer_config.json`` (a string
+  or an AddedToken dict) or, failing that, of ``config.json``'s ``<name>_token_id``."""
+  value = conf.get(f"{name}_token")
+  if isinstance(value, Mapping):
+    value = value.get("content")
+  if isinstance(value, str):
+    return value
+  token_id = conf.get(f"{name}_token_id")
+  if isinstance(token_id, list):       # generation configs list several end tokens
+    token_id = token_id[0] if token_id else None
+  return tok.id_to_token(int(token_id)) if isinstance(token_id, int) else None
+
+
 # -- Hugging Face directories ------------------------------------------------------------------
 
 def _read_json(path: Path) -> Any:
@@ -289,14 +330,28 @@ def _read_json(path: Path) -> Any:
 
 
 def load_tokenizer_json(path) -> Tokenizer:
+  """``tokenizer.json`` at ``path`` with its special tokens from ``tokenizer_config.json``
+  beside it, else from ``config.json`` beside it."""
   from tokenizers import Tokenizer as HFTokenizer
   path = Path(path)
   if not path.exists():
     raise CheckpointError(f"{path}: file not found")
   try:
-    return Tokenizer(HFTokenizer.from_file(str(path)))
+    tok = HFTokenizer.from_file(str(path))
   except Exception as e:   # the tokenizers library raises its own Exception type
     raise CheckpointError(f"{path}: not a readable tokenizer.json ({e})") from None
+  # Hugging Face's tokenizer reads tokenizer_config.json over special_tokens_map.json and
+  # never config.json; a directory without either (a bare export) falls back to config.json
+  confs = [c for c in ("tokenizer_config.json", "special_tokens_map.json")
+           if (path.parent / c).exists()] or [c for c in ("config.json",)
+                                              if (path.parent / c).exists()]
+  specials = {}
+  for conf_name in reversed(confs):                 # the first named takes precedence
+    conf = _read_json(path.parent / conf_name)
+    if isinstance(conf, Mapping):
+      specials.update({k: _special(tok, conf, k) for k in ("bos", "eos")
+                       if f"{k}_token" in conf or f"{k}_token_id" in conf})
+  return Tokenizer(tok, specials.get("bos"), specials.get("eos"))
 
 
 def read_config(path: Path) -> LlamaConfig:
@@ -464,6 +519,7 @@ def save_hf(model: Model, path: str | os.PathLike) -> Path:
   (path / "config.json").write_text(json.dumps(model.cfg.to_hf(), indent=1))
   if model.tokenizer is not None:
     model.tokenizer.save(path / "tokenizer.json")
+    model.tokenizer.save_config(path / "tokenizer_config.json")
   return path
 
 
@@ -483,7 +539,11 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _gguf_tokenizer(reader, where: str) -> Tokenizer:
-  from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+  """The BPE tokenizer of a GGUF file's metadata: its pre-tokenizer, special tokens, and a
+  post-processor adding the beginning-of-text token where ``add_bos_token`` says so (llama.cpp
+  reads a missing ``add_bos_token`` as false for this tokenizer model)."""
+  from tokenizers import (AddedToken, Tokenizer as HFTokenizer, decoders, models, processors,
+                          pre_tokenizers)
   kind = _field(reader, "tokenizer.ggml.model")
   if kind != "gpt2":
     raise CheckpointError(f"{where}: tokenizer model {kind!r} is not supported (gpt2 BPE only)")
@@ -504,7 +564,13 @@ def _gguf_tokenizer(reader, where: str) -> Tokenizer:
   special = [AddedToken(t, special=True, normalized=False)
              for t, ty in zip(tokens, types) if int(ty) == 3]
   tok.add_special_tokens(special)
-  return Tokenizer(tok)
+  bos_id, eos_id = (_field(reader, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos"))
+  bos = tokens[int(bos_id)] if bos_id is not None and 0 <= int(bos_id) < len(tokens) else None
+  eos = tokens[int(eos_id)] if eos_id is not None and 0 <= int(eos_id) < len(tokens) else None
+  if bos is not None and bool(_field(reader, "tokenizer.ggml.add_bos_token", False)):
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, int(bos_id))])
+  return Tokenizer(tok, bos, eos)
 
 
 _GG_LIN = {"q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
@@ -655,12 +721,16 @@ def default_model() -> Model:
 
 
 def open_model(spec: str) -> Source:
-  """The :class:`Source` of ``smollm2`` (the embedded default), a ``.gguf`` file, or a Hugging
-  Face directory / repo id: headers checked, no weight read."""
+  """The :class:`Source` of ``smollm2`` (the embedded default), a ``.gguf`` file, a compressed
+  armor_jax checkpoint (its linears reconstructed dense as read), or a Hugging Face
+  directory / repo id: headers checked, no weight read."""
+  from armor_jax.model import checkpoint  # pylint: disable=import-outside-toplevel
   if spec in ("smollm2", "default", ""):
     return open_gguf(default_gguf_path())
   if str(spec).endswith(".gguf"):
     return open_gguf(spec)
+  if checkpoint.is_compressed(spec):
+    return checkpoint.open_source(spec)
   return open_hf(spec)
 
 
@@ -674,10 +744,14 @@ def inspect(spec: str) -> Header:
   """Checks the model :func:`load_model` would load, reading headers only: its config, its
   shard index, every tensor's name, shape and dtype, its tokenizer's vocabulary against the
   embedding. Raises :class:`CheckpointError` naming the file, the tensor and the problem."""
+  from armor_jax.model import checkpoint  # pylint: disable=import-outside-toplevel
   if spec in ("smollm2", "default", ""):
     return inspect_gguf(default_gguf_path())
   if str(spec).endswith(".gguf"):
     return inspect_gguf(spec)
+  if checkpoint.is_compressed(spec):
+    src = checkpoint.open_source(spec)
+    return Header(src.cfg, src.tokenizer, src.source)
   return inspect_hf(spec)
 
 

@@ -118,6 +118,11 @@ def on_device(tree: Mapping, dtype: Any = None) -> dict:
 # (heads, Q_CHUNK, seq) for one sequence
 Q_CHUNK = 256
 
+# resident bytes of XLA's compiler state and the run's compiled programs, which a process
+# keeps until it exits (measured on CPU: about 0.1 GiB for the forward, statistics and
+# baseline programs; ARMOR's iterations add about 0.1 GiB more)
+PROGRAM_BYTES = {"armor": 256 << 20, "other": 128 << 20}
+
 
 def _one_sequence(block_params, x, cfg, window, dtype, capture):
   return llama.block_forward(block_params, x[None], cfg, capture=capture, window=window,
@@ -677,7 +682,8 @@ def forward_bytes(cfg: LlamaConfig, seqs: int, seq: int, capture: bool) -> int:
 
 
 def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: int,
-         batch: int, method: str, dtype: str = "float32") -> dict[str, int]:
+         batch: int, method: str, dtype: str = "float32",
+         armor: armor_lib.ArmorConfig = armor_lib.ArmorConfig()) -> dict[str, int]:
   """The bytes a streamed prune-and-evaluate run holds, by part and at its peak, without
   the process's own libraries (measure those: the resident size before any work).
 
@@ -685,7 +691,9 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
   stored otherwise), pruned (compressed, float32) and reconstructed dense in float32 for
   propagation; the calibration hidden states; one block's statistics
   (a float32 X^T X per distinct input); one batch of a forward pass
-  (:func:`forward_bytes`); the evaluation hidden states; the embedding as stored (read to
+  (:func:`forward_bytes`); the solver on the largest linear (its weight in float32 and,
+  for ARMOR with settings ``armor``, :func:`armor_jax.solver.armor.working_bytes`; a
+  baseline's four float32 copies); the evaluation hidden states; the embedding as stored (read to
   embed, then dropped); the head as stored, in float32 and one window's logits. The peak
   (``total``) is the largest of four phases: the statistics pass, the solvers, propagation
   and evaluation.
@@ -694,7 +702,7 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
   compute = COMPUTE_DTYPES[dtype]
   f32, h = 4, cfg.hidden_size
   n_block = cfg.block_params() // cfg.num_layers     # one block's linears
-  largest = max(math.prod(cfg.linear_shape(n)) for n in LINEARS)
+  largest = max((cfg.linear_shape(n) for n in LINEARS), key=math.prod)
   head_name = "embed" if cfg.tie_embeddings else "lm_head"
   parts = {
       "block_stored": source.nbytes("layers_0"),
@@ -710,13 +718,15 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
       "statistics": f32 * sum(d * d for d in input_widths(cfg).values()),
       "forward_capture": forward_bytes(cfg, batch, calib_len, True),
       "forward": forward_bytes(cfg, batch, calib_len, False),
-      "solver": f32 * largest * (8 if method == "armor" else 4),
+      "solver": f32 * math.prod(largest) + (armor_lib.working_bytes(*largest, armor)
+                                            if method == "armor" else 3 * f32 * math.prod(largest)),
       "evaluation_states": f32 * n_eval * eval_len * h,
       "embedding": source.nbytes("embed"),
       # the head as stored, cast to float32 inside its compiled call, one window's logits
       "head": source.nbytes(head_name) + (f32 * cfg.vocab_size * h if source.stored[
           head_name + ("/embedding" if cfg.tie_embeddings else "/kernel")] != np.float32 else 0)
               + 3 * f32 * eval_len * cfg.vocab_size,
+      "programs": PROGRAM_BYTES["armor" if method == "armor" else "other"],
   }
   p = parts
   phases = {
@@ -730,6 +740,7 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
           p["block_stored"] + p["block_dense_f32"]
           + forward_bytes(cfg, batch, eval_len, False), p["embedding"], p["head"]),
   }
+  phases = {k: v + p["programs"] for k, v in phases.items()}
   return dict(parts, **{f"phase_{k}": v for k, v in phases.items()}, total=max(phases.values()))
 
 

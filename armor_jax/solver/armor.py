@@ -545,9 +545,12 @@ def iteration(prob: Problem, cfg: ArmorConfig, state: State) -> State:
   raise ValueError(f"unknown ARMOR scheme {cfg.scheme!r}; allowed: exact, official")
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "n"))
+@functools.partial(jax.jit, static_argnames=("cfg", "n"), donate_argnames=("state",))
 def run_iterations(prob: Problem, cfg: ArmorConfig, state: State, n: int):
-  """``n`` iterations in one jitted scan; returns the state and the (n,) loss curve."""
+  """``n`` iterations in one jitted scan; returns the state and the (n,) loss curve.
+
+  ``state`` is donated: the new state takes its buffers, and the one passed in must not be
+  used again (copy it first to keep it)."""
   def body(state, _):
     state = iteration(prob, cfg, state)
     return state, state.loss
@@ -566,6 +569,26 @@ def _start(w, h, cfg, key):
 
 
 _to_layer = jax.jit(to_layer)
+
+# run_iterations' scratch per byte of a float32 (d_out, d_in) matrix and per byte of A and B,
+# by scheme: bounds on what XLA's memory analysis reports for the compiled iterations
+# (tests/test_armor_layer.py checks them against it at several shapes and block sizes)
+_SCRATCH = {"exact": (8.25, 1.5), "official": (6.0, 3.5)}
+
+
+def working_bytes(d_out: int, d_in: int, cfg: ArmorConfig = ArmorConfig()) -> int:
+  """Bytes ARMOR holds while iterating on a float32 (d_out, d_in) layer: the problem, the
+  state (current and best point, the official scheme's Adam moments; donated to each
+  call, so held once) and the iterations' scratch. The input weight is not counted."""
+  shapes = jax.eval_shape(lambda w, h, key: _start(w, h, cfg, key),
+                          jax.ShapeDtypeStruct((d_out, d_in), jnp.float32),
+                          jax.ShapeDtypeStruct((d_in,), jnp.float32),
+                          jax.ShapeDtypeStruct((2,), jnp.uint32))
+  held = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(shapes))
+  per_matrix, per_factor = _SCRATCH[cfg.scheme]
+  x = shapes[1].x
+  factors = 4 * (x.a.size + x.b.size)
+  return int(held + per_matrix * 4 * d_out * d_in + per_factor * factors)
 
 
 def armor(w: jax.Array, stats: calibration.Stats, cfg: ArmorConfig = ArmorConfig(),
