@@ -120,6 +120,11 @@ class Config:
   prompt: str = param("Once upon a time, there was a", "prompt for the greedy continuations "
                       "recorded in results.json")
   gen_tokens: int = param(16, "greedy tokens generated from the prompt (0 = none)", check=ge(0))
+  zero_shot_tasks: tuple[str, ...] = param((), "lm-eval tasks run on the dense model and on "
+                                           "every method's (as experiment=zero_shot; [] = none)")
+  zero_shot_include: str = param("", "a directory of extra lm-eval task YAMLs for "
+                                 "zero_shot_tasks ('' = none)")
+  zero_shot_limit: int = param(0, "documents per zero-shot task (0 = all)", check=ge(0))
 
   def check(self):
     if len(set(self.methods)) != len(self.methods):
@@ -193,6 +198,9 @@ def preflight(cfg: Config) -> None:
     mcfg = header.cfg
     if cfg.blocks > mcfg.num_layers:
       raise ConfigError("blocks", f"must be <= the model's {mcfg.num_layers} blocks")
+    if cfg.zero_shot_tasks:
+      from experiments import zero_shot  # pylint: disable=import-outside-toplevel
+      zero_shot.check_tasks(cfg.zero_shot_tasks, cfg.zero_shot_include)
     if cfg.devices > len(jax.local_devices()):
       raise ConfigError("devices", f"must be <= the {len(jax.local_devices())} local devices")
     if cfg.block_range and cfg.block_range[1] > mcfg.num_layers:
@@ -341,7 +349,8 @@ def prune_method(cfg: Config, method: str, work: Workload, seed: int, out_dir: P
 def _fingerprint(cfg: Config, seed: int, method: str) -> dict:
   """The settings a finished method's result depends on (ARMOR's keys only for ARMOR, ...)."""
   d = dataclasses.asdict(cfg)
-  for k in ("methods", "prune_dir", "block_range", "devices"):
+  for k in ("methods", "prune_dir", "block_range", "devices", "zero_shot_tasks",
+            "zero_shot_include", "zero_shot_limit"):
     d.pop(k)
   if cfg.compute_dtype == "float32":
     d.pop("compute_dtype")
@@ -406,6 +415,8 @@ def run(cfg: Config, ctx) -> dict:
     headline["ppl_dense"] = dense["ppl"]
     info["continuations"]["dense"] = dense["text"]
     ctx.say(f"[armor_prune] dense perplexity {dense['ppl']:.3f}")
+    if cfg.zero_shot_tasks:
+      headline.update(_zero_shot(cfg, work, "dense", fp, work.source.block, ctx))
 
   rows: dict[str, list] = {}
   for method in cfg.methods:
@@ -425,6 +436,11 @@ def run(cfg: Config, ctx) -> dict:
     if "ppl" in res:
       headline[f"ppl_{method}"] = res["ppl"]
       info["continuations"][method] = res["text"]
+      if cfg.zero_shot_tasks:
+        from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
+        store = store_for(cfg, method, work, ctx.seed, out)
+        headline.update(_zero_shot(cfg, work, method, fp,
+                                   lambda i: pipeline.pruned_block(store, work.source, i), ctx))
     headline[f"seconds_{method}"] = res["seconds"]
     for k in ("ppl_checkpoint", "size_ratio", "checkpoint_bytes", "dense_bytes",
               "reload_exact"):
@@ -450,6 +466,37 @@ def run(cfg: Config, ctx) -> dict:
   info["devices"] = [str(d) for d in jax.devices()]
   ctx.info.update(info)
   return headline
+
+
+def _zero_shot(cfg: Config, work: Workload, method: str, fp: dict, block, ctx) -> dict:
+  """The zero-shot accuracies of ``method``'s model (block i is ``block(i)``, held whole in
+  memory while lm-eval runs) as headline entries ``<metric>_<task>_<method>``; kept in
+  ``zero_shot_<method>.json`` and not redone for the same model and tasks."""
+  from armor_jax.evaluation import lm_backend  # pylint: disable=import-outside-toplevel
+  from armor_jax.model import loaders  # pylint: disable=import-outside-toplevel
+  from experiments import zero_shot  # pylint: disable=import-outside-toplevel
+  path = ctx.out_dir / f"zero_shot_{method}.json"
+  key = {"model": fp, "tasks": list(cfg.zero_shot_tasks), "include": cfg.zero_shot_include,
+         "limit": cfg.zero_shot_limit}
+  done = _load_done(path, key)
+  if done is None:
+    mcfg = work.source.cfg
+    f32 = lambda x: (np.asarray(x, np.float32) if np.issubdtype(np.asarray(x).dtype, np.floating)
+                     else np.asarray(x))
+    params = jax.tree_util.tree_map(f32, {**{f"layers_{i}": block(i)
+                                             for i in range(mcfg.num_layers)},
+                                          **dict(work.source.outer())})
+    lm = lm_backend.ArmorLM(pretrained=method, batch_size=cfg.batch, model=loaders.Model(
+        mcfg, params, work.source.tokenizer, work.source.source))
+    ctx.say(f"[armor_prune] {method}: zero-shot tasks " + ", ".join(cfg.zero_shot_tasks))
+    head, _, _ = zero_shot.evaluate(lm, cfg.zero_shot_tasks, cfg.zero_shot_include, 0,
+                                    cfg.zero_shot_limit, ctx.seed)
+    done = {"headline": head, "fingerprint": key}
+    io.write_json(path, done)
+  for task, acc in zero_shot.accuracies(done["headline"]).items():
+    ctx.say(f"[armor_prune] {method}: {task} acc {acc:.4f}")
+  return {f"{'zero_shot_seconds' if k == 'seconds' else k}_{method}": v
+          for k, v in done["headline"].items()}
 
 
 def _save_and_reload(cfg: Config, work: Workload, block, path: Path, ctx) -> dict:
@@ -499,3 +546,24 @@ def _figures(cfg: Config, ctx, headline, rows) -> None:
   ax.set_ylabel("mean relative output error of its 7 linears")
   ax.legend()
   ctx.save_figure(fig, "layer_errors.png")
+  if cfg.zero_shot_tasks:
+    _zero_shot_figure(cfg, ctx, plt, headline, names)
+
+
+def _zero_shot_figure(cfg: Config, ctx, plt, headline, names) -> None:
+  """Each task's accuracy (two standard errors) for the dense model and every method."""
+  tasks = sorted({k[len("acc_"):-len(f"_{names[0]}")] for k in headline
+                  if k.startswith("acc_") and not k.startswith(("acc_norm", "acc_stderr"))
+                  and k.endswith(f"_{names[0]}")})
+  fig, ax = plt.subplots(figsize=(max(5, 1.5 * len(tasks) * len(names) / 3 + 2), 3.5))
+  width = 0.8 / len(names)
+  for j, name in enumerate(names):
+    vals = [headline.get(f"acc_{t}_{name}", float("nan")) for t in tasks]
+    err = [2 * headline.get(f"acc_stderr_{t}_{name}", 0.0) for t in tasks]
+    ax.bar([i + j * width for i in range(len(tasks))], vals, width, yerr=err, label=name,
+           color="gray" if name == "dense" else f"C{j - 1}")
+  ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks, rotation=15)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel("accuracy (bars: 2 standard errors)")
+  ax.legend(fontsize=8)
+  ctx.save_figure(fig, "zero_shot.png")

@@ -103,8 +103,35 @@ def headline_of(results: dict) -> dict[str, float]:
   return out
 
 
-def run(cfg: Config, ctx) -> dict:
+def evaluate(lm, tasks, include_path: str, num_fewshot: int, limit: int, seed: int,
+             ) -> tuple[dict[str, float], dict[str, list], dict]:
+  """``simple_evaluate`` of ``lm`` on ``tasks``: (headline of :func:`headline_of` plus
+  ``seconds``, every numeric metric as CSV columns, lm-eval's results)."""
   import lm_eval  # pylint: disable=import-outside-toplevel
+  t0 = time.perf_counter()
+  results = lm_eval.simple_evaluate(
+      model=lm, tasks=list(tasks), num_fewshot=num_fewshot or None, limit=limit or None,
+      task_manager=task_manager(include_path), random_seed=seed, numpy_random_seed=seed,
+      fewshot_random_seed=seed, log_samples=False, verbosity="WARNING")
+  headline = headline_of(results)
+  headline["seconds"] = time.perf_counter() - t0
+  rows: dict[str, list] = {"task": [], "metric": [], "value": []}
+  for task, metrics in results["results"].items():
+    for key, value in metrics.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        rows["task"].append(task)
+        rows["metric"].append(key)
+        rows["value"].append(float(value))
+  return headline, rows, results
+
+
+def accuracies(headline: dict[str, float]) -> dict[str, float]:
+  """task -> acc of a :func:`headline_of` dict."""
+  return {k[len("acc_"):]: v for k, v in headline.items()
+          if k.startswith("acc_") and not k.startswith(("acc_norm", "acc_stderr"))}
+
+
+def run(cfg: Config, ctx) -> dict:
   from armor_jax.evaluation import lm_backend  # pylint: disable=import-outside-toplevel
   from experiments import io  # pylint: disable=import-outside-toplevel
   lm_backend.register()
@@ -114,27 +141,12 @@ def run(cfg: Config, ctx) -> dict:
                           length_bucket=cfg.length_bucket)
   ctx.say(f"[zero_shot] {cfg.model}: loaded in {time.perf_counter() - t0:.1f} s; tasks "
           + ", ".join(cfg.tasks))
-  t0 = time.perf_counter()
-  results = lm_eval.simple_evaluate(
-      model=lm, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot or None,
-      limit=cfg.limit or None, task_manager=task_manager(cfg.include_path),
-      random_seed=ctx.seed, numpy_random_seed=ctx.seed, fewshot_random_seed=ctx.seed,
-      log_samples=False, verbosity="WARNING")
-  seconds = time.perf_counter() - t0
-  headline = headline_of(results)
-  headline["seconds"] = seconds
-  rows: dict[str, list] = {"task": [], "metric": [], "value": []}
-  for task, metrics in results["results"].items():
-    for key, value in metrics.items():
-      if isinstance(value, (int, float)) and not isinstance(value, bool):
-        rows["task"].append(task)
-        rows["metric"].append(key)
-        rows["value"].append(float(value))
+  headline, rows, results = evaluate(lm, cfg.tasks, cfg.include_path, cfg.num_fewshot,
+                                     cfg.limit, ctx.seed)
   ctx.write_csv("tasks.csv", rows)
   ctx.info["n_samples"] = results.get("n-samples", {})
   ctx.info["lm_eval_versions"] = results.get("versions", {})
-  for task, acc in ((k[len("acc_"):], v) for k, v in headline.items()
-                    if k.startswith("acc_") and not k.startswith(("acc_norm", "acc_stderr"))):
+  for task, acc in accuracies(headline).items():
     ctx.say(f"[zero_shot] {task}: acc {acc:.4f} +- {headline.get(f'acc_stderr_{task}', 0):.4f}"
             + (f", acc_norm {headline[f'acc_norm_{task}']:.4f}"
                if f"acc_norm_{task}" in headline else ""))
@@ -143,8 +155,7 @@ def run(cfg: Config, ctx) -> dict:
 
 
 def _figure(ctx, plt, headline) -> None:
-  names = [k[len("acc_"):] for k in headline
-           if k.startswith("acc_") and not k.startswith(("acc_norm", "acc_stderr"))]
+  names = list(accuracies(headline))
   fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.5))
   x = range(len(names))
   for j, metric in enumerate(("acc", "acc_norm")):

@@ -285,4 +285,7 @@ def test_zero_shot_rejects_bad_input(precheck_cli, tmp_path):
   assert code == 2 and len(err) == 1 and "missing.jsonl" in err[0]
   code, err = precheck_cli(["experiment=zero_shot", f"model={bad}", inc])
   assert code == 2 and len(err) == 1 and str(bad) in err[0]
+  code, err = precheck_cli(["experiment=armor_prune", "zero_shot_tasks=[no_such_task]",
+                            f"zero_shot_include={TASK_DIR}"])
+  assert code == 2 and len(err) == 1 and "no_such_task" in err[0]
   assert sorted(os.listdir(tmp_path)) == ["bad"]             # nothing written

@@ -2,7 +2,7 @@
 registered (lm-eval finds no model plugins by itself).
 
     armor-lm-eval run --model armor_jax --model_args pretrained=PATH --tasks arc_easy
-    armor-lm-eval run --model armor_jax --model_args pretrained=smollm2,batch_size=16 \\
+    armor-lm-eval run --model armor_jax --model_args pretrained=smollm2 --batch_size 16 \\
         --tasks mytask --include_path DIR
 
 Every argument goes to lm-eval's parser unchanged (``armor-lm-eval --help`` is its help).

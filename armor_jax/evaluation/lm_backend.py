@@ -166,18 +166,19 @@ class ArmorLM(LM):
     prefix_token_id: the token an empty context or a rolling window starts from (None: the
       beginning-of-text token, else the end-of-text one).
     length_bucket: batches are padded to a multiple of this many tokens.
+    model: a model already in memory (``pretrained`` is then only its name).
   """
 
   def __init__(self, pretrained: str = "smollm2", batch_size: int | str = 8,
                max_length: int | None = None, max_gen_toks: int = 256,
                precision: str = "highest", add_bos_token: bool | None = None,
                prefix_token_id: int | None = None, length_bucket: int = 64,
-               **unused: Any):
+               model: Model | None = None, **unused: Any):
     super().__init__()
     del unused                     # device, max_batch_size, ...: lm-eval passes them to all
     if precision not in PRECISIONS:
       raise InputError(f"precision={precision!r}; allowed: {', '.join(PRECISIONS)}")
-    self.model = load_for_eval(str(pretrained))
+    self.model = model if model is not None else load_for_eval(str(pretrained))
     self.tokenizer = self.model.tokenizer
     if self.tokenizer is None:
       raise CheckpointError(f"{pretrained}: the model has no tokenizer")
