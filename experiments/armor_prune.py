@@ -75,6 +75,9 @@ def _model_spec_ok(v: str) -> bool:
       (".", "/")) and not v.endswith(".gguf"))
 
 
+PROTOCOLS = ("wikitext2", "c4", "c4_wanda")      # armor_jax.evaluation.corpora.PROTOCOLS
+
+
 def _text_ok(v: str) -> bool:
   return v == "shakespeare" or Path(v).is_file()
 
@@ -86,8 +89,13 @@ class Config:
                                                              "existing .gguf file or directory, or a hub id owner/name"))
   calib_text: str = param("shakespeare", "calibration text: shakespeare (calibration plays) or a "
                           "file path", check=Check(_text_ok, "shakespeare or an existing file"))
-  eval_text: str = param("shakespeare", "evaluation text: shakespeare (evaluation plays) or a "
-                         "file path", check=Check(_text_ok, "shakespeare or an existing file"))
+  eval_text: str = param("shakespeare", "evaluation text: shakespeare (evaluation plays), a "
+                         "perplexity protocol (wikitext2, c4: GPTQ/SparseGPT's, c4_wanda: "
+                         "Wanda's; see armor_jax.evaluation.corpora) or a file path",
+                         check=Check(lambda v: _text_ok(v) or v in PROTOCOLS,
+                                     "shakespeare, wikitext2, c4, c4_wanda or an existing file"))
+  eval_data_dir: str = param("", "local directory of the protocols' corpora in the hub's layout "
+                             "('' = the Hugging Face hub, which needs a network)")
   n_calib: int = param(32, "calibration sequences", check=ge(1))
   calib_len: int = param(512, "tokens per calibration sequence", check=ge(8))
   eval_len: int = param(512, "tokens per perplexity window (non-overlapping)", check=ge(8))
@@ -168,9 +176,31 @@ def _texts(calib_text: str, eval_text: str) -> tuple[str, str, str, str]:
     cal_default, eval_default = text.shakespeare_split()
   tarball = str(text.data_dir() / text.SHAKESPEARE)
   cal = cal_default if calib_text == "shakespeare" else text.read_text(calib_text)
-  ev = eval_default if eval_text == "shakespeare" else text.read_text(eval_text)
+  ev = (eval_default if eval_text == "shakespeare" else
+        "" if eval_text in PROTOCOLS else text.read_text(eval_text))
   return (cal, f"{tarball} (calibration plays)" if calib_text == "shakespeare" else calib_text,
           ev, f"{tarball} (evaluation plays)" if eval_text == "shakespeare" else eval_text)
+
+
+@_cached_by_files
+def _protocol_windows(model: str, protocol: str, eval_len: str, data_dir: str) -> np.ndarray:
+  """Every evaluation window of a perplexity protocol (armor_jax.evaluation.corpora)."""
+  from armor_jax.evaluation import corpora  # pylint: disable=import-outside-toplevel
+  return corpora.windows(protocol, _header(model).tokenizer.encode_specials, int(eval_len),
+                         data_dir or None)
+
+
+def _eval_windows(cfg) -> np.ndarray:
+  """The run's evaluation windows: ``eval_windows`` of them spread evenly (0 = all) over the
+  evaluation text's consecutive windows, or over a protocol's windows."""
+  from armor_jax.model import text  # pylint: disable=import-outside-toplevel
+  if cfg.eval_text not in PROTOCOLS:
+    return text.eval_windows(_tokens(cfg.model, cfg.calib_text, cfg.eval_text)[1], cfg.eval_len,
+                             cfg.eval_windows or None)
+  w = _protocol_windows(cfg.model, cfg.eval_text, str(cfg.eval_len), cfg.eval_data_dir)
+  if cfg.eval_windows and cfg.eval_windows < len(w):
+    w = w[np.unique(np.linspace(0, len(w) - 1, cfg.eval_windows).round().astype(int))]
+  return w
 
 
 @_cached_by_files
@@ -213,7 +243,9 @@ def preflight(cfg: Config) -> None:
     if len(cal_tok) < cfg.calib_len + 1:
       raise InputError(f"{cal_name}: {len(cal_tok)} tokens, fewer than one calibration window "
                        f"of calib_len={cfg.calib_len} (+1)")
-    if len(ev_tok) < cfg.eval_len:
+    if cfg.eval_text in PROTOCOLS:
+      ev_tok = _eval_windows(cfg)
+    elif len(ev_tok) < cfg.eval_len:
       raise InputError(f"{ev_name}: {len(ev_tok)} tokens, fewer than one evaluation window "
                        f"of eval_len={cfg.eval_len}")
     for name, toks in ((cal_name, cal_tok), (ev_name, ev_tok)):
@@ -254,7 +286,8 @@ class Workload:
     cal_tok, ev_tok = _tokens(cfg.model, cfg.calib_text, cfg.eval_text)
     self.calib = text.calibration_windows(cal_tok, cfg.n_calib, cfg.calib_len,
                                           jax.random.PRNGKey(seed))
-    self.windows = text.eval_windows(ev_tok, cfg.eval_len, cfg.eval_windows or None)
+    with _as_input_errors():
+      self.windows = _eval_windows(cfg)
     say(f"[armor_prune] {self.source.source}: calibration {self.calib.shape}, evaluation "
         f"{self.windows.shape} tokens")
 
