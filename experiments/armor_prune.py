@@ -243,8 +243,8 @@ def preflight(cfg: Config) -> None:
     if len(cal_tok) < cfg.calib_len + 1:
       raise InputError(f"{cal_name}: {len(cal_tok)} tokens, fewer than one calibration window "
                        f"of calib_len={cfg.calib_len} (+1)")
-    if cfg.eval_text in PROTOCOLS:
-      ev_tok = _eval_windows(cfg)
+    if cfg.eval_text in PROTOCOLS:     # a local corpus now; the hub's when the run starts
+      ev_tok = _eval_windows(cfg) if cfg.eval_data_dir else ev_tok
     elif len(ev_tok) < cfg.eval_len:
       raise InputError(f"{ev_name}: {len(ev_tok)} tokens, fewer than one evaluation window "
                        f"of eval_len={cfg.eval_len}")

@@ -59,8 +59,20 @@ def task_manager(include_path: str):
   return TaskManager(include_path=include_path or None)
 
 
+_LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
+
+
+def _local_data(entry) -> bool:
+  """Whether a task reads local data files (a file builder or an existing path), which can be
+  checked without a network."""
+  cfg = getattr(entry, "cfg", None) or {}
+  path = cfg.get("dataset_path")
+  return isinstance(path, str) and (path in _LOCAL_BUILDERS or os.path.exists(path))
+
+
 def check_tasks(tasks, include_path: str) -> None:
-  """Each task name is known to lm-eval (with ``include_path``) and its data can be read."""
+  """Each task name is known to lm-eval (with ``include_path``), and the data files of a task
+  that reads local files can be read (a hub dataset is fetched when the run starts)."""
   tm = task_manager(include_path)
   known = set(tm.all_tasks)
   for name in tasks:
@@ -69,6 +81,8 @@ def check_tasks(tasks, include_path: str) -> None:
                         + (f" nor under include_path={include_path}" if include_path else "")
                         + " (`armor-lm-eval ls tasks` lists them)")
   for name in tasks:
+    if not _local_data(tm.task_index.get(name)):
+      continue
     try:
       tm.load([name])
     except (FileNotFoundError, OSError, ValueError) as e:
