@@ -176,28 +176,29 @@ def test_tiny_task_through_simple_evaluate(smol_lm, monkeypatch):
       assert r[0][1] == greedy
 
 
-def _padded_forward(lm):
+@pytest.fixture(scope="module")
+def padded_forward(smol_lm):
   """The project's forward pass on one sequence (<= 64 tokens): its logits (t, vocab), the
   input padded with zeros to 64 so one compiled program serves every length (attention is
   causal: what follows a position does not change it)."""
-  fwd = jax.jit(lambda x: llama.forward(lm.params, x, lm.cfg))
+  fwd = jax.jit(lambda p, x: llama.forward(p, x, smol_lm.cfg))
 
   def run(ids):
     x = np.zeros((1, 64), np.int32)
     x[0, :len(ids)] = ids
-    return fwd(jnp.asarray(x))[0, :len(ids)]
+    return fwd(smol_lm.params, jnp.asarray(x))[0, :len(ids)]
 
   return run
 
 
 @needs_assets
 @pytest.mark.slow
-def test_rolling_loglikelihood_over_lm_eval_windows(smol_lm):
+def test_rolling_loglikelihood_over_lm_eval_windows(smol_lm, padded_forward):
   _, ev = text.shakespeare_split()
   docs = [ev[1000:1800], ev[5000:5100], "Hello"]
   got = smol_lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (d,), i)
                                        for i, d in enumerate(docs)])
-  fwd = _padded_forward(smol_lm)
+  fwd = padded_forward
   for d, g in zip(docs, got):
     ids = smol_lm.encoding.encode(d)
     windows = [make_disjoint_window(win) for win in get_rolling_token_windows(
@@ -214,13 +215,13 @@ def test_rolling_loglikelihood_over_lm_eval_windows(smol_lm):
 
 @needs_assets
 @pytest.mark.slow
-def test_generate_until_is_greedy_and_stops(smol_lm):
+def test_generate_until_is_greedy_and_stops(smol_lm, padded_forward):
   reqs = [("The capital of France is", {"until": ["."], "max_gen_toks": 8, "do_sample": False}),
           ("One, two, three,", {"until": ["five"], "max_gen_toks": 6}),
           ("Once upon a time", {"until": ["\n"], "max_gen_toks": 5})]
   got = smol_lm.generate_until([Instance("generate_until", {}, r, i)
                                 for i, r in enumerate(reqs)])
-  fwd = _padded_forward(smol_lm)
+  fwd = padded_forward
   tok = smol_lm.tokenizer
   for (ctx, kw), g in zip(reqs, got):
     ids = smol_lm.encoding.encode(ctx)
@@ -243,7 +244,7 @@ def test_compressed_checkpoint_scores_as_its_dense_twin(smol_lm, tmp_path):
   from armor_jax.solver import baselines, calibration
   model = smol_lm.model
   params = model.params
-  for i in range(2):                           # 2:4 in the first two blocks (Wanda, unit h)
+  for i in range(1):                           # 2:4 in the first block (Wanda, unit h)
     for name in llama.LINEARS:
       w = llama.get_linear(params, i, name)["kernel"]
       stats = calibration.Stats(count=jnp.float32(1), sum_sq=jnp.ones(w.shape[1]))
@@ -272,20 +273,23 @@ def test_compressed_checkpoint_scores_as_its_dense_twin(smol_lm, tmp_path):
 @needs_assets
 @pytest.mark.slow
 def test_zero_shot_rejects_bad_input(precheck_cli, tmp_path):
-  inc = f"include_path={TASK_DIR}"
+  # one include directory (lm-eval indexes its whole task tree once per directory): the
+  # shipped task and one whose data file is missing
+  inc_dir = tmp_path / "tasks"
+  inc_dir.mkdir()
+  yaml = (TASK_DIR / "tiny_mc.yaml").read_text().replace("tests/data/tiny_mc/tiny_mc.jsonl",
+                                                         str(TASK_DIR / "tiny_mc.jsonl"))
+  (inc_dir / "tiny_mc.yaml").write_text(yaml)
+  (inc_dir / "bad.yaml").write_text(yaml.replace("armor_tiny_mc", "bad_mc").replace(
+      str(TASK_DIR / "tiny_mc.jsonl"), str(tmp_path / "missing.jsonl")))
+  inc = f"include_path={inc_dir}"
   code, err = precheck_cli(["experiment=zero_shot", "tasks=[no_such_task]", inc])
   assert code == 2 and len(err) == 1 and "no_such_task" in err[0]
-  bad = tmp_path / "bad"
-  bad.mkdir()
-  (bad / "t.yaml").write_text((TASK_DIR / "tiny_mc.yaml").read_text()
-                              .replace("armor_tiny_mc", "bad_mc")
-                              .replace("tests/data/tiny_mc/tiny_mc.jsonl",
-                                       str(bad / "missing.jsonl")))
-  code, err = precheck_cli(["experiment=zero_shot", "tasks=[bad_mc]", f"include_path={bad}"])
+  code, err = precheck_cli(["experiment=zero_shot", "tasks=[bad_mc]", inc])
   assert code == 2 and len(err) == 1 and "missing.jsonl" in err[0]
-  code, err = precheck_cli(["experiment=zero_shot", f"model={bad}", inc])
-  assert code == 2 and len(err) == 1 and str(bad) in err[0]
+  code, err = precheck_cli(["experiment=zero_shot", f"model={inc_dir}", inc])
+  assert code == 2 and len(err) == 1 and str(inc_dir) in err[0]
   code, err = precheck_cli(["experiment=armor_prune", "zero_shot_tasks=[no_such_task]",
-                            f"zero_shot_include={TASK_DIR}"])
+                            f"zero_shot_include={inc_dir}"])
   assert code == 2 and len(err) == 1 and "no_such_task" in err[0]
-  assert sorted(os.listdir(tmp_path)) == ["bad"]             # nothing written
+  assert sorted(os.listdir(tmp_path)) == ["tasks"]             # nothing written
