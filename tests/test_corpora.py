@@ -115,3 +115,27 @@ def test_armor_prune_names_a_missing_corpus(precheck_cli, tmp_path):
   assert code == 2 and len(err) == 1 and "wikitext2" in err[0] and str(tmp_path) in err[0]
   code, err = precheck_cli(["experiment=armor_prune", "eval_text=wikitext3"])
   assert code == 2 and len(err) == 1 and "eval_text" in err[0]
+
+
+def test_hub_path_asks_datasets_for_the_papers_files(tok, monkeypatch):
+  # no network here: the call datasets would make is recorded and answered locally
+  calls = []
+
+  def fake(path, name=None, **kw):
+    calls.append((path, name, kw))
+    return datasets.Dataset.from_dict({"text": ["word " * 400] * 3})
+
+  monkeypatch.setattr(datasets, "load_dataset", fake)
+  corpora.documents("wikitext2")
+  corpora.documents("c4_wanda")
+  assert calls[0] == ("Salesforce/wikitext", "wikitext-2-raw-v1", {"split": "test"})
+  assert calls[1] == ("allenai/c4", None, {
+      "data_files": {"validation": "en/c4-validation.00000-of-00008.json.gz"},
+      "split": "validation"})
+
+  def down(*a, **kw):
+    raise ConnectionError("no network")
+
+  monkeypatch.setattr(datasets, "load_dataset", down)
+  with pytest.raises(InputError, match="local directory"):
+    corpora.documents("c4")
