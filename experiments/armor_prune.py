@@ -57,7 +57,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from armor_jax.model.pipeline import PruneConfig

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,21 @@ def np_logits(w: dict[str, np.ndarray], c: dict, tokens) -> np.ndarray:
   x = rms(x, w["model.norm.weight"])
   head_w = w["model.embed_tokens.weight"] if c.get("tie_word_embeddings") else w["lm_head.weight"]
   return x @ head_w.T
+
+
+def armor_prune_workspace(d: Path) -> tuple[list[str], dict]:
+  """A 3-block Llama-3.1-shaped checkpoint and two texts written into ``d``: (``armor_prune``
+  arguments naming them, with small windows, batch and ARMOR blocks; an environment for its
+  subprocesses, run from the repository, with a persistent compilation cache in ``d``)."""
+  conf = dict(config_json("llama31", "tf5"), num_hidden_layers=3, intermediate_size=128)
+  write_checkpoint(d / "ck", conf, seed=1)
+  write_text(d / "cal.txt", 3000, seed=1)
+  write_text(d / "ev.txt", 1500, seed=2)
+  args = [f"model={d / 'ck'}", f"calib_text={d / 'cal.txt'}", f"eval_text={d / 'ev.txt'}",
+          "n_calib=4", "calib_len=32", "eval_len=32", "eval_windows=4", "batch=2",
+          "armor.block_size=16", "save_dtype=float32", "progress=false"]
+  env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+             HYDRA_FULL_ERROR="0", JAX_COMPILATION_CACHE_DIR=str(d / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return args, env

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,18 +28,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   d = tmp_path_factory.mktemp("resume")
-  conf = dict(hf.config_json("llama31", "tf5"), num_hidden_layers=3, intermediate_size=128)
-  hf.write_checkpoint(d / "ck", conf, seed=1)
-  hf.write_text(d / "cal.txt", 3000, seed=1)
-  hf.write_text(d / "ev.txt", 1500, seed=2)
-  env = dict(os.environ, PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="0",
-             JAX_COMPILATION_CACHE_DIR=str(d / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  args = ["experiment=armor_prune", f"model={d / 'ck'}", f"calib_text={d / 'cal.txt'}",
-          f"eval_text={d / 'ev.txt'}", "n_calib=4", "calib_len=32", "eval_len=32",
-          "eval_windows=4", "batch=2", "methods=[wanda,armor]", "armor.iters=3",
-          "armor.block_size=16", "gen_tokens=3", "save_dtype=float32", "progress=false"]
+  common, env = hf.armor_prune_workspace(d)
+  args = ["experiment=armor_prune"] + common + ["methods=[wanda,armor]", "armor.iters=3",
+                                                "gen_tokens=3"]
   return d, env, args
 
 

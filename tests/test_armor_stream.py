@@ -137,17 +137,8 @@ def test_one_and_two_devices_give_the_same_bits(tmp_path):
 @pytest.fixture(scope="module")
 def ranges(tmp_path_factory):
   d = tmp_path_factory.mktemp("ranges")
-  conf = dict(hf.config_json("llama31", "tf5"), num_hidden_layers=3, intermediate_size=128)
-  hf.write_checkpoint(d / "ck", conf, seed=1)
-  hf.write_text(d / "cal.txt", 3000, seed=1)
-  hf.write_text(d / "ev.txt", 1500, seed=2)
-  args = [f"model={d / 'ck'}", f"calib_text={d / 'cal.txt'}",
-          f"eval_text={d / 'ev.txt'}", "n_calib=4", "calib_len=32", "eval_len=32",
-          "eval_windows=4", "batch=2", "methods=[armor]", "mode=dense", "armor.iters=2",
-          "armor.block_size=16", "gen_tokens=2", "save_dtype=float32", "progress=false"]
-  env = dict(os.environ, PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="0",
-             JAX_COMPILATION_CACHE_DIR=str(d / "jax_cache"),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  common, env = hf.armor_prune_workspace(d)
+  args = common + ["methods=[armor]", "mode=dense", "armor.iters=2", "gen_tokens=2"]
 
   def start(extra, run, exp="armor_prune"):
     return subprocess.Popen([sys.executable, "-m", "experiments.main", f"experiment={exp}",
