@@ -95,6 +95,11 @@ class Config:
                                      "shakespeare, wikitext2, c4, c4_wanda or an existing file"))
   eval_data_dir: str = param("", "local directory of the protocols' corpora in the hub's layout "
                              "('' = the Hugging Face hub, which needs a network)")
+  extra_eval_texts: tuple[str, ...] = param(
+      (), "more evaluation texts, each as eval_text allows, measured on the dense model and "
+      "every method's (headline ppl_<text>_<method>; a file's name without suffix)",
+      check=Check(lambda vs: all(_text_ok(v) or v in PROTOCOLS for v in vs),
+                  "a list, each shakespeare, wikitext2, c4, c4_wanda or an existing file"))
   n_calib: int = param(32, "calibration sequences", check=ge(1))
   calib_len: int = param(512, "tokens per calibration sequence", check=ge(8))
   eval_len: int = param(512, "tokens per perplexity window (non-overlapping)", check=ge(8))
@@ -189,14 +194,15 @@ def _protocol_windows(model: str, protocol: str, eval_len: str, data_dir: str) -
                          data_dir or None)
 
 
-def _eval_windows(cfg) -> np.ndarray:
-  """The run's evaluation windows: ``eval_windows`` of them spread evenly (0 = all) over the
-  evaluation text's consecutive windows, or over a protocol's windows."""
+def _eval_windows(cfg, eval_text: str | None = None) -> np.ndarray:
+  """The evaluation windows of ``eval_text`` (default the run's): ``eval_windows`` of them
+  spread evenly (0 = all) over the text's consecutive windows, or over a protocol's windows."""
   from armor_jax.model import text  # pylint: disable=import-outside-toplevel
-  if cfg.eval_text not in PROTOCOLS:
-    return text.eval_windows(_tokens(cfg.model, cfg.calib_text, cfg.eval_text)[1], cfg.eval_len,
+  eval_text = eval_text or cfg.eval_text
+  if eval_text not in PROTOCOLS:
+    return text.eval_windows(_tokens(cfg.model, cfg.calib_text, eval_text)[1], cfg.eval_len,
                              cfg.eval_windows or None)
-  w = _protocol_windows(cfg.model, cfg.eval_text, str(cfg.eval_len), cfg.eval_data_dir)
+  w = _protocol_windows(cfg.model, eval_text, str(cfg.eval_len), cfg.eval_data_dir)
   if cfg.eval_windows and cfg.eval_windows < len(w):
     w = w[np.unique(np.linspace(0, len(w) - 1, cfg.eval_windows).round().astype(int))]
   return w
@@ -230,6 +236,12 @@ def preflight(cfg: Config) -> None:
     if cfg.zero_shot_tasks:
       from experiments import zero_shot  # pylint: disable=import-outside-toplevel
       zero_shot.check_tasks(cfg.zero_shot_tasks, cfg.zero_shot_include)
+    labels = [_label(t) for t in (cfg.eval_text,) + tuple(cfg.extra_eval_texts)]
+    if len(set(labels)) != len(labels):
+      raise ConfigError("extra_eval_texts", "texts with distinct names, none the eval_text")
+    for t in cfg.extra_eval_texts:    # a local text or corpus now; the hub's when the run starts
+      if t not in PROTOCOLS or cfg.eval_data_dir:
+        _eval_windows(cfg, t)
     if cfg.devices > len(jax.local_devices()):
       raise ConfigError("devices", f"must be <= the {len(jax.local_devices())} local devices")
     if cfg.block_range and cfg.block_range[1] > mcfg.num_layers:
@@ -290,16 +302,18 @@ class Workload:
     say(f"[armor_prune] {self.source.source}: calibration {self.calib.shape}, evaluation "
         f"{self.windows.shape} tokens")
 
-  def perplexity(self, block, desc: str, progress: bool, outer=None) -> float:
-    """Perplexity of the model whose block i is ``block(i)`` (embedding and head: ``outer()``,
-    default the source's), streamed block by block."""
+  def perplexity(self, block, desc: str, progress: bool, outer=None, windows=None) -> float:
+    """Perplexity over ``windows`` (default the run's) of the model whose block i is
+    ``block(i)`` (embedding and head: ``outer()``, default the source's), streamed block by
+    block."""
     from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
     from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=self.source.cfg.num_layers, desc=desc, unit="block", file=sys.stderr,
                leave=False, disable=not progress)
     try:
       with _as_input_errors():
-        ppl = pipeline.perplexity(block, outer or self.source.outer, self.source.cfg, self.windows,
+        ppl = pipeline.perplexity(block, outer or self.source.outer, self.source.cfg,
+                                  self.windows if windows is None else windows,
                                   self.cfg.batch, self.cfg.compute_dtype,
                                   progress=lambda k: bar.update(k - bar.n))
     finally:
@@ -382,7 +396,7 @@ def _fingerprint(cfg: Config, seed: int, method: str) -> dict:
   """The settings a finished method's result depends on (ARMOR's keys only for ARMOR, ...)."""
   d = dataclasses.asdict(cfg)
   for k in ("methods", "prune_dir", "block_range", "devices", "zero_shot_tasks",
-            "zero_shot_include", "zero_shot_limit"):
+            "zero_shot_include", "zero_shot_limit", "extra_eval_texts"):
     d.pop(k)
   if cfg.compute_dtype == "float32":
     d.pop("compute_dtype")
@@ -447,6 +461,7 @@ def run(cfg: Config, ctx) -> dict:
     headline["ppl_dense"] = dense["ppl"]
     info["continuations"]["dense"] = dense["text"]
     ctx.say(f"[armor_prune] dense perplexity {dense['ppl']:.3f}")
+    headline.update(_extra_perplexities(cfg, work, "dense", fp, work.source.block, ctx))
     if cfg.zero_shot_tasks:
       headline.update(_zero_shot(cfg, work, "dense", fp, work.source.block, ctx))
 
@@ -468,11 +483,13 @@ def run(cfg: Config, ctx) -> dict:
     if "ppl" in res:
       headline[f"ppl_{method}"] = res["ppl"]
       info["continuations"][method] = res["text"]
-      if cfg.zero_shot_tasks:
+      if cfg.zero_shot_tasks or cfg.extra_eval_texts:
         from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
         store = store_for(cfg, method, work, ctx.seed, out)
-        headline.update(_zero_shot(cfg, work, method, fp,
-                                   lambda i: pipeline.pruned_block(store, work.source, i), ctx))
+        block = lambda i, store=store: pipeline.pruned_block(store, work.source, i)
+        headline.update(_extra_perplexities(cfg, work, method, fp, block, ctx))
+        if cfg.zero_shot_tasks:
+          headline.update(_zero_shot(cfg, work, method, fp, block, ctx))
     headline[f"seconds_{method}"] = res["seconds"]
     for k in ("ppl_checkpoint", "size_ratio", "checkpoint_bytes", "dense_bytes",
               "reload_exact"):
@@ -498,6 +515,37 @@ def run(cfg: Config, ctx) -> dict:
   info["devices"] = [str(d) for d in jax.devices()]
   ctx.info.update(info)
   return headline
+
+
+def _label(eval_text: str) -> str:
+  """The name of an evaluation text in headline keys: a protocol's, or a file's stem."""
+  if eval_text in PROTOCOLS or eval_text == "shakespeare":
+    return eval_text
+  return "".join(c if c.isalnum() else "_" for c in Path(eval_text).stem)
+
+
+def _extra_perplexities(cfg: Config, work: Workload, method: str, fp: dict, block,
+                        ctx) -> dict:
+  """``ppl_<text>_<method>`` for every text of ``extra_eval_texts`` (the windows as the run's
+  own), each kept in ``ppl_<text>_<method>.json`` and not redone for the same model."""
+  out = {}
+  for t in cfg.extra_eval_texts:
+    label = _label(t)
+    path = ctx.out_dir / f"ppl_{label}_{method}.json"
+    key = {"model": fp, "text": t, "stamp": [list(x) for x in _stamp(t)],
+           "data_dir": cfg.eval_data_dir}
+    done = _load_done(path, key)
+    if done is None:
+      with _as_input_errors():
+        windows = _eval_windows(cfg, t)
+      done = {"ppl": work.perplexity(block, f"{method}: ppl {label}", ctx.progress,
+                                     windows=windows),
+              "windows": list(windows.shape), "fingerprint": key}
+      io.write_json(path, done)
+    ctx.say(f"[armor_prune] {method}: perplexity {done['ppl']:.3f} on {label} "
+            f"({done['windows'][0]} windows of {done['windows'][1]})")
+    out[f"ppl_{label}_{method}"] = done["ppl"]
+  return out
 
 
 def _zero_shot(cfg: Config, work: Workload, method: str, fp: dict, block, ctx) -> dict:

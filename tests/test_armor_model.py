@@ -479,11 +479,15 @@ def test_armor_prune_end_to_end_and_method_resume(tmp_path):
   base = ["experiment=armor_prune", "blocks=1", "n_calib=4", "calib_len=64", "eval_len=64",
           "eval_windows=3", "armor.iters=2", "gen_tokens=2", "progress=false",
           "save_dtype=float32", "hydra.run.dir=run"]
-  r = _cli(base + ["methods=[nowag_p,armor]"], tmp_path)
+  copy = tmp_path / "ev copy.txt"           # the evaluation plays again, as an extra text
+  copy.write_text(text.shakespeare_split()[1])
+  r = _cli(base + ["methods=[nowag_p,armor]", f"extra_eval_texts=['{copy}']"], tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   run = tmp_path / "run"
   res = json.loads((run / "results.json").read_text())
   h = res["headline"]
+  for m in ("dense", "nowag_p", "armor"):   # the same windows through the same passes
+    assert h[f"ppl_ev_copy_{m}"] == h[f"ppl_{m}"]
   for k in ("ppl_dense", "ppl_nowag_p", "ppl_armor", "seconds_armor", "size_ratio",
             "peak_rss_gb", "ppl_armor_checkpoint", "gap_closed_armor"):
     assert k in h, k
