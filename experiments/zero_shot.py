@@ -123,10 +123,15 @@ def evaluate(lm, tasks, include_path: str, num_fewshot: int, limit: int, seed: i
   ``seconds``, every numeric metric as CSV columns, lm-eval's results)."""
   import lm_eval  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
-  results = lm_eval.simple_evaluate(
-      model=lm, tasks=list(tasks), num_fewshot=num_fewshot or None, limit=limit or None,
-      task_manager=task_manager(include_path), random_seed=seed, numpy_random_seed=seed,
-      fewshot_random_seed=seed, log_samples=False, verbosity="WARNING")
+  try:
+    results = lm_eval.simple_evaluate(
+        model=lm, tasks=list(tasks), num_fewshot=num_fewshot or None, limit=limit or None,
+        task_manager=task_manager(include_path), random_seed=seed, numpy_random_seed=seed,
+        fewshot_random_seed=seed, log_samples=False, verbosity="WARNING")
+  except OSError as e:       # a hub dataset without a network (datasets' ConnectionError), ...
+    raise InputError(f"tasks {', '.join(tasks)}: a dataset could not be read "
+                     f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); hub "
+                     "datasets need a network or a filled datasets cache") from None
   headline = headline_of(results)
   headline["seconds"] = time.perf_counter() - t0
   rows: dict[str, list] = {"task": [], "metric": [], "value": []}
