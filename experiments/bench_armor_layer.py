@@ -66,7 +66,7 @@ class Config:
       ArmorConfig(block_size=_AUTHORS_BLOCK, scheme="official", iters=3000),
       "the authors' scheme and budget (their config: block 32, 3000 iterations, Adam lr 1e-4, "
       "patience 100)")
-  exact: ArmorConfig = param(ArmorConfig(block_size=_AUTHORS_BLOCK, iters=60),
+  exact: ArmorConfig = param(ArmorConfig(block_size=_AUTHORS_BLOCK, iters=200),
                              "our exact scheme and its budget")
   chunk: int = param(100, "official iterations per timed call (time resolution)", check=ge(1))
 
@@ -123,7 +123,8 @@ def run(cfg: Config, ctx) -> dict:
       prob = armor.make_problem(w, stats.h, acfg.block_size)
       ctx.say(f"[bench_armor_layer] {shape} {scheme}: blocks A {prob.b_a}, B {prob.b_b}")
       n_total, chunk = acfg.iters, (cfg.chunk if scheme == "official" else 1)
-      state = armor.init_state(prob, acfg, k_run)
+      # distinct buffers: the state is donated to each call, and x, best and values share them
+      state = jax.tree.map(jax.numpy.copy, armor.init_state(prob, acfg, k_run))
 
       def say(done, elapsed, best, scheme=scheme, n_total=n_total):
         ctx.say(f"  {shape} {scheme}: {done}/{n_total} iterations, {elapsed:.1f} s, "

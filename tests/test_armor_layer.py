@@ -317,15 +317,21 @@ def test_robust_to_degenerate_layers(case, scheme):
     assert np.all(np.isfinite(np.asarray(base.dense(), np.float32))), name
 
 
-@pytest.mark.parametrize("scheme", ["exact", "official"])
+@pytest.mark.parametrize("scheme,objective", [("exact", "diagonal"), ("official", "diagonal"),
+                                              ("exact", "output")])
 @pytest.mark.parametrize("d_out,d_in,block", [(512, 256, 32), (256, 256, 256)])
-def test_working_bytes_bound_what_xla_allocates(scheme, d_out, d_in, block):
+def test_working_bytes_bound_what_xla_allocates(scheme, objective, d_out, d_in, block):
   # XLA's buffer assignment of the compiled iterations (problem and state in, the new state
   # aliased onto the donated one, scratch) is the independent reference for the memory plan
-  cfg = armor.ArmorConfig(scheme=scheme, block_size=block, iters=2)
-  prob, state = jax.eval_shape(lambda w, h: armor._start(w, h, cfg, jax.random.PRNGKey(0)),
-                               jax.ShapeDtypeStruct((d_out, d_in), jnp.float32),
-                               jax.ShapeDtypeStruct((d_in,), jnp.float32))
+  cfg = armor.ArmorConfig(scheme=scheme, objective=objective, block_size=block, iters=2)
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  if objective == "output":
+    stats = calibration.Stats(f32(), f32(d_in), f32(d_in, d_in))
+    start = lambda w, st: armor._start_output(w, st, cfg, jax.random.PRNGKey(0))
+  else:
+    stats = f32(d_in)
+    start = lambda w, h: armor._start(w, h, cfg, jax.random.PRNGKey(0))
+  prob, state = jax.eval_shape(start, f32(d_out, d_in), stats)
   m = armor.run_iterations.lower(prob, cfg, state, 2).compile().memory_analysis()
   xla = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
          + m.temp_size_in_bytes)

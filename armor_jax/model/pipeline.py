@@ -34,6 +34,7 @@ on it.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -53,7 +54,9 @@ from armor_jax.model.llama import INPUT_OF, LINEARS, LlamaConfig
 from armor_jax.model.loaders import Source
 from armor_jax.solver import armor as armor_lib, baselines, calibration, layer as layer_lib
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor")
+METHODS = ("magnitude", "wanda", "sparsegpt", "nowag_p", "armor", "armor_output")
+# ARMOR with its settings as given, and ARMOR with the full-covariance objective
+ARMOR_METHODS = ("armor", "armor_output")
 MODES = ("sequential", "dense")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -92,13 +95,74 @@ class PruneConfig:
 
   def as_dict(self) -> dict:
     d = dataclasses.asdict(self)
-    if self.method != "armor":
+    if self.method not in ARMOR_METHODS:
       d.pop("armor")
     if self.method != "sparsegpt":
       d.pop("sparsegpt_damp"), d.pop("sparsegpt_block")
     if self.compute_dtype == "float32":     # the fingerprint of runs made before the setting
       d.pop("compute_dtype")
     return d
+
+
+# -- where the time goes ----------------------------------------------------------------------------
+
+
+class Phases:
+  """Wall seconds of a run by phase, accumulated: ``with phases("statistics"): ...``.
+
+  :func:`prune` times ``read`` (a block's tensors from the checkpoint), ``statistics``,
+  ``transfer`` (weights and statistics to a linear's device, results back), ``solve`` (a
+  baseline's solver) or ARMOR's ``armor_start``, ``armor_iterations`` and ``armor_finish``,
+  ``report`` (a layer's errors), ``propagate`` (the states through the pruned block, in
+  sequential mode) and ``store`` (block and state files). Every phase waits for its
+  results, so the seconds are the phase's own. ``compile`` holds the seconds JAX spent
+  tracing, lowering and compiling while the object was :meth:`active` (it is inside the
+  other phases' seconds, not beside them); ``counts`` holds ARMOR's ``iterations`` run
+  and the ``layers`` solved.
+  """
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+    self.counts: dict[str, int] = {}
+
+  @contextlib.contextmanager
+  def __call__(self, name: str):
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+  def count(self, name: str, n: int = 1) -> None:
+    self.counts[name] = self.counts.get(name, 0) + n
+
+  @contextlib.contextmanager
+  def active(self):
+    """Adds JAX's compile-time events (:mod:`jax.monitoring`) to ``compile`` meanwhile."""
+    _COMPILING.append(self)
+    try:
+      yield self
+    finally:
+      _COMPILING.remove(self)
+
+
+_COMPILING: list[Phases] = []
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+def _on_event(event: str, seconds: float, **_) -> None:
+  if event in _COMPILE_EVENTS:
+    for ph in _COMPILING:
+      ph.seconds["compile"] = ph.seconds.get("compile", 0.0) + seconds
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_event)
+
+
+def _no_phases(name: str):
+  return contextlib.nullcontext()
 
 
 # -- one block ------------------------------------------------------------------------------------
@@ -184,10 +248,20 @@ def run_block(block_params: Mapping, states: np.ndarray, cfg: LlamaConfig,
   return states
 
 
+def armor_settings(pcfg: PruneConfig) -> armor_lib.ArmorConfig:
+  """ARMOR's settings for ``pcfg.method``: ``armor_output`` is ``armor`` with the
+  full-covariance objective (:mod:`armor_jax.solver.armor_output`)."""
+  if pcfg.method == "armor_output":
+    return dataclasses.replace(pcfg.armor, objective="output", scheme="exact")
+  return pcfg.armor
+
+
 def prune_linear(w: jax.Array, stats: calibration.Stats, pcfg: PruneConfig,
-                 key: jax.Array) -> layer_lib.PrunedLayer:
-  if pcfg.method == "armor":
-    pl, _ = armor_lib.armor(w, stats, pcfg.armor, key=key)
+                 key: jax.Array, phases: Phases | None = None) -> layer_lib.PrunedLayer:
+  if pcfg.method in ARMOR_METHODS:
+    pl, curve = armor_lib.armor(w, stats, armor_settings(pcfg), key=key, phase=phases)
+    if phases is not None:
+      phases.count("iterations", len(curve) - 1)
     return pl
   if pcfg.method == "sparsegpt":
     return baselines.sparsegpt(w, stats, damp=pcfg.sparsegpt_damp, blocksize=pcfg.sparsegpt_block)
@@ -226,12 +300,16 @@ _as_float32 = jax.jit(lambda w: w.astype(jnp.float32))
 
 
 def solve_linear(w, stats: calibration.Stats, pcfg: PruneConfig,
-                 key: jax.Array) -> layer_lib.PrunedLayer:
+                 key: jax.Array, phases: Phases | None = None) -> layer_lib.PrunedLayer:
   """One linear pruned (weight in any float dtype, solved in float32): a baseline as one
-  compiled program; ARMOR as its own compiled iterations, the loss read between them."""
-  if pcfg.method == "armor":
-    return prune_linear(_as_float32(w), stats, pcfg, key)
-  return _solve(w, stats, key, pcfg)
+  compiled program; ARMOR as its own compiled iterations, the loss read between them.
+  ``phases`` (:class:`Phases`) gets the solver's seconds."""
+  if phases is not None:
+    phases.count("layers")
+  if pcfg.method in ARMOR_METHODS:
+    return prune_linear(_as_float32(w), stats, pcfg, key, phases)
+  with (phases or _no_phases)("solve"):
+    return jax.block_until_ready(_solve(w, stats, key, pcfg))
 
 
 @jax.jit
@@ -240,26 +318,32 @@ def _errors(pl, w, stats):
 
 
 def _prune_block(bp: Mapping, stats: Mapping, pcfg: PruneConfig, key: jax.Array, block: int,
-                 devices: list, on_layer) -> tuple[dict, list[dict]]:
+                 devices: list, on_layer, phases: Phases | None = None
+                 ) -> tuple[dict, list[dict]]:
   """Block ``block``'s seven linears pruned, linear j on ``devices[j % len(devices)]``
   (concurrently, one thread per device, on accelerators); returns (compressed block,
   records in order)."""
+
+  phase = phases or _no_phases
 
   def one(j: int, name: str):
     dev = devices[j % len(devices)]
     sub, lin = llama.linear_path(name)
     with jax.default_device(dev):
-      w = jax.device_put(bp[sub][lin]["kernel"], dev)
-      st = jax.device_put(stats[INPUT_OF[name]], dev)
+      with phase("transfer"):
+        w = jax.block_until_ready(jax.device_put(bp[sub][lin]["kernel"], dev))
+        st = jax.block_until_ready(jax.device_put(stats[INPUT_OF[name]], dev))
       k = jax.random.fold_in(jax.random.fold_in(key, block), j)
       t0 = time.perf_counter()
-      pl = jax.block_until_ready(solve_linear(w, st, pcfg, k))
+      pl = jax.block_until_ready(solve_linear(w, st, pcfg, k, phases))
       dt = time.perf_counter() - t0
-      rep = layer_lib.summary(pl, _errors(pl, w, st), w)
+      with phase("report"):
+        rep = layer_lib.summary(pl, _errors(pl, w, st), w)
     rec = {"block": block, "linear": name, "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
            "proxy_loss": rep["proxy_loss"], "output_error": rep["output_error"],
            "overhead": rep["overhead"], "seconds": dt}
-    return jax.device_get(pl), rec
+    with phase("transfer"):
+      return jax.device_get(pl), rec
 
   if len(devices) == 1 or devices[0].platform == "cpu":
     # host devices share the host's cores (and executing on two from two threads can
@@ -428,7 +512,8 @@ def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
           on_layer: Callable[[dict], None] | None = None,
           on_block: Callable[[int], None] | None = None,
           devices: list | None = None,
-          say: Callable[[str], None] | None = None) -> list[dict]:
+          say: Callable[[str], None] | None = None,
+          phases: Phases | None = None) -> list[dict]:
   """Prunes the block linears of ``source``'s model into ``store``, one block at a time.
 
   Args:
@@ -446,6 +531,8 @@ def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
     devices: the JAX devices the linears of a block are spread over (default:
       :func:`default_devices`).
     say: called with a line when finished blocks cannot be reused, and why.
+    phases: gets the seconds of each phase (:class:`Phases`); the caller activates it to
+      count compile time too.
 
   Returns:
     The per-layer records of blocks ``start .. stop-1``: block, linear, d_out, d_in,
@@ -466,8 +553,10 @@ def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
 
   # the finished blocks at the start of the range, then the states before the first to prune
   first, bp = start, None
+  phase = phases or _no_phases
   while first < stop:
-    bp = source.block(first)    # a NaN or Inf weight raises here, naming its file and tensor
+    with phase("read"):
+      bp = source.block(first)    # a NaN or Inf weight raises here, naming its file and tensor
     chain.append(link(chain[-1], bp))
     got = store.get(first)
     if got is None or got[2] != chain[first + 1]:
@@ -506,7 +595,9 @@ def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
     forward(j, source.block(j) if dense else store.get(j)[0])
   for i in range(first, stop):
     t_block = time.perf_counter()
-    bp = bp if i == first else source.block(i)
+    if i != first:
+      with phase("read"):
+        bp = source.block(i)
     if len(chain) <= i + 1:
       chain.append(link(chain[-1], bp))
     got = None if i == first else store.get(i)      # the scan above found first unusable
@@ -517,19 +608,23 @@ def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
       forward(i, bp if dense else cblk)
     else:
       # in dense mode the statistics pass is the propagation
-      stats = block_statistics(bp, states, cfg, pcfg.batch, cfg.window(i), pcfg.compute_dtype,
-                               propagate=dense)
-      cblk, block_records = _prune_block(bp, stats, pcfg, key, i, devices, on_layer)
+      with phase("statistics"):
+        stats = block_statistics(bp, states, cfg, pcfg.batch, cfg.window(i),
+                                 pcfg.compute_dtype, propagate=dense)
+      cblk, block_records = _prune_block(bp, stats, pcfg, key, i, devices, on_layer, phases)
       del stats
       if not dense:
-        forward(i, cblk)
+        with phase("propagate"):
+          forward(i, cblk)
     if got is None:
       secs = time.perf_counter() - t_block
       block_records = [dict(r, block_seconds=secs) for r in block_records]
-      store.put(i, cblk, block_records, chain[i + 1])
+      with phase("store"):
+        store.put(i, cblk, block_records, chain[i + 1])
     records += block_records
     if i + 1 < cfg.num_layers:
-      store.put_states(i + 1, states, drop=i if i > start else None)
+      with phase("store"):
+        store.put_states(i + 1, states, drop=i if i > start else None)
     if on_block is not None:
       on_block(i)
   return records
@@ -718,15 +813,16 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
       "statistics": f32 * sum(d * d for d in input_widths(cfg).values()),
       "forward_capture": forward_bytes(cfg, batch, calib_len, True),
       "forward": forward_bytes(cfg, batch, calib_len, False),
-      "solver": f32 * math.prod(largest) + (armor_lib.working_bytes(*largest, armor)
-                                            if method == "armor" else 3 * f32 * math.prod(largest)),
+      "solver": f32 * math.prod(largest) + (
+          armor_lib.working_bytes(*largest, armor_settings(PruneConfig(method, armor=armor)))
+          if method in ARMOR_METHODS else 3 * f32 * math.prod(largest)),
       "evaluation_states": f32 * n_eval * eval_len * h,
       "embedding": source.nbytes("embed"),
       # the head as stored, cast to float32 inside its compiled call, one window's logits
       "head": source.nbytes(head_name) + (f32 * cfg.vocab_size * h if source.stored[
           head_name + ("/embedding" if cfg.tie_embeddings else "/kernel")] != np.float32 else 0)
               + 3 * f32 * eval_len * cfg.vocab_size,
-      "programs": PROGRAM_BYTES["armor" if method == "armor" else "other"],
+      "programs": PROGRAM_BYTES["armor" if method in ARMOR_METHODS else "other"],
   }
   p = parts
   phases = {

@@ -12,8 +12,7 @@ mask, the exact optimum at A = B = I). Two block-coordinate-descent schemes:
   pair (output block, input block) one group of 4 sampled with probability
   proportional to the L1 norm of the loss gradient on it, its best of the
   C(4,2) = 6 masks with the kept pair's values by 2-variable least squares.
-  Early stop after ``patience`` iterations without relative improvement
-  ``rtol`` (as the code). Adam can raise the loss.
+  Adam can raise the loss.
 
 ``exact`` (ours): every step minimizes L over one block of variables given
   the rest (or along a line, for CG), so L never rises:
@@ -24,13 +23,17 @@ mask, the exact optimum at A = B = I). Two block-coordinate-descent schemes:
     with G = A S;
   * values: ``cg_steps`` of preconditioned conjugate gradients on all kept
     values with the mask fixed (each step an exact line minimization);
-  * masks: L is separable over block pairs; in each, the group with the
-    largest achievable decrease (all 6 masks tried, least squares for the kept
-    pair given every other group) is replaced, Gauss-Southwell style, all
-    block pairs in parallel, ``core_steps`` times per iteration, with the
-    block pair's gradient kept current by rank-one updates.
-  A and B updates are accepted per block only where they lower the block's
-  loss (so rounding in the pseudo-inverse cannot raise L either).
+  * masks: L is separable over block pairs; every group's best replacement
+    (all 6 masks tried, least squares for the kept pair given every other
+    group) is evaluated, and in each block pair either the best group of
+    every row is replaced at once (where that joint change, whose decrease
+    is exact, beats the single best group) or the single best group,
+    ``core_steps`` times per iteration (``core_update=single``: the single
+    best group only, Gauss-Southwell).
+  A and B updates (Cholesky solves with the pseudo-inverse's cutoff as
+  damping) are accepted per block only where they lower the block's loss, so
+  rounding cannot raise L either. Both schemes stop after ``patience``
+  iterations in a row without relative improvement ``rtol``.
 
 Both schemes carry the best state seen, so the returned loss is never above
 NoWag-P's: the paper's guarantee, enforced. With block size 1 the wrappers
@@ -41,13 +44,19 @@ Block sizes: ``block_size`` is a request; each side uses the largest divisor
 of its dimension not above it (:func:`armor_jax.solver.blockdiag.block_size_for`;
 576 at 128 gives 96). The group steps work on input windows of width
 lcm(b_B, 4), so a group never straddles two blocks of B.
+
+``objective=output`` fits the same parameterization to the output error with the
+full damped X^T X (:mod:`armor_jax.solver.armor_output`, this project's construction).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
+import sys
+import time
 from typing import NamedTuple
 
 import jax
@@ -63,6 +72,8 @@ _HI = jax.lax.Precision.HIGHEST
 
 
 SCHEMES = ("exact", "official")
+CORE_UPDATES = ("rows", "single")
+OBJECTIVES = ("diagonal", "output")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,26 +81,38 @@ class ArmorConfig:
   """ARMOR's settings, each with its one default (the authors' values where they exist).
 
   Attributes:
+    objective: ``diagonal`` (the paper's proxy: each input channel weighted by its mean
+      square) or ``output`` (the output error with the full damped X^T X,
+      :mod:`armor_jax.solver.armor_output`; exact scheme only).
+    damp: objective ``output``: the damping of X^T X (SparseGPT's, relative to its mean
+      diagonal).
     block_size: requested block size of A and B; each side uses the largest
       divisor of its dimension not above it (the paper's runs: 128; the
       authors' configs: 32).
     scheme: exact (monotone block minimization) or official (Adam, the authors' code).
     iters: outer iterations per layer.
-    core_steps: exact scheme: greedy group replacements per block pair per iteration.
+    core_steps: exact scheme: group-replacement steps per iteration.
+    core_update: exact scheme: what one step replaces in each block pair: ``rows`` (the
+      best group of every row at once where that decreases the loss at least as much
+      as the single best group, else that group) or ``single`` (the best group).
     cg_steps: exact scheme: conjugate-gradient steps on all kept values per
       iteration (mask fixed).
     lr: official scheme: Adam learning rate (authors: 1e-4).
     sparse_steps: official scheme: sampled group updates per iteration (authors: 1).
-    patience: official scheme: stop after this many iterations without
-      improvement (authors: 100); 0 disables.
-    rtol: official scheme: relative decrease that counts as improvement (authors: 1e-6).
-    atol: official scheme: absolute decrease that counts as improvement (authors: 1e-8).
+    patience: stop after this many iterations without improvement (the authors' value
+      for their scheme: 100); 0 disables. Iterations after the stop cost nothing.
+    rtol: relative decrease of the loss in one iteration that counts as improvement
+      (authors: 1e-6).
+    atol: absolute decrease that counts as improvement (authors: 1e-8).
   """
   block_size: int = 128
   scheme: str = "exact"
-  iters: int = 25
-  core_steps: int = 16
-  cg_steps: int = 8
+  objective: str = "diagonal"
+  damp: float = 0.01
+  iters: int = 12
+  core_steps: int = 1
+  core_update: str = "rows"
+  cg_steps: int = 4
   lr: float = 1e-4
   sparse_steps: int = 1
   patience: int = 100
@@ -100,8 +123,12 @@ class ArmorConfig:
     errors.check_settings(self, (
         ("block_size", lambda v: v >= 1, "an integer >= 1"),
         ("scheme", lambda v: v in SCHEMES, "one of " + ", ".join(SCHEMES)),
+        ("objective", lambda v: v in OBJECTIVES and (v == "diagonal" or self.scheme == "exact"),
+         "one of " + ", ".join(OBJECTIVES) + " (output: with scheme exact)"),
+        ("damp", lambda v: v >= 0, "a number >= 0"),
         ("iters", lambda v: v >= 0, "an integer >= 0"),
         ("core_steps", lambda v: v >= 0, "an integer >= 0"),
+        ("core_update", lambda v: v in CORE_UPDATES, "one of " + ", ".join(CORE_UPDATES)),
         ("cg_steps", lambda v: v >= 0, "an integer >= 0"),
         ("lr", lambda v: v > 0, "a number > 0"),
         ("sparse_steps", lambda v: v >= 1, "an integer >= 1"),
@@ -141,8 +168,9 @@ class State(NamedTuple):
   best_loss: jax.Array
   opt: optax.OptState | tuple   # official: Adam state over (A, B, dense core values)
   values: jax.Array             # official: the dense core values (masked ones kept)
-  stall: jax.Array              # official: iterations since the last improvement
-  done: jax.Array               # official: early-stopped
+  stall: jax.Array              # iterations since the last improvement
+  done: jax.Array               # early-stopped (see ArmorConfig.patience)
+  steps: jax.Array              # iterations run (those after the stop not counted)
   key: jax.Array
 
 
@@ -184,12 +212,16 @@ def nowag_start(prob: Problem) -> Factors:
 # exact block steps
 
 
-def _psd_pinv(g: jax.Array) -> jax.Array:
-  """Pseudo-inverse of a batch of symmetric PSD matrices (..., b, b)."""
-  lam, vec = jnp.linalg.eigh(g)
-  tol = jnp.max(jnp.abs(lam), axis=-1, keepdims=True) * g.shape[-1] * jnp.finfo(g.dtype).eps
-  inv = jnp.where(lam > tol, 1 / jnp.where(lam > tol, lam, 1), 0)
-  return jnp.einsum("...ik,...k,...jk->...ij", vec, inv, vec, precision=_HI)
+def _psd_solve(g: jax.Array, rhs: jax.Array) -> jax.Array:
+  """``g^-1 rhs`` for a batch of symmetric PSD ``g`` (..., b, b), by Cholesky with the
+  diagonal raised by ``b eps`` times its mean (the pseudo-inverse's own cutoff scale), so
+  a singular ``g`` gives a finite near-minimizer; several times faster than ``eigh`` on CPU."""
+  b = g.shape[-1]
+  mean = jnp.trace(g, axis1=-2, axis2=-1)[..., None, None] / b
+  lam = jnp.where(mean > 0, mean * b * jnp.finfo(g.dtype).eps, 1)
+  chol = jnp.linalg.cholesky(g + lam * jnp.eye(b, dtype=g.dtype))
+  y = jax.scipy.linalg.solve_triangular(chol, rhs, lower=True)
+  return jax.scipy.linalg.solve_triangular(chol, y, lower=True, trans=1)
 
 
 def step_a(prob: Problem, x: Factors) -> Factors:
@@ -201,14 +233,16 @@ def step_a(prob: Problem, x: Factors) -> Factors:
   zh = z * prob.h
   gram = jnp.einsum("aij,akj->aik", zh, z, precision=_HI)
   cross = jnp.einsum("aij,akj->aik", y * prob.h, z, precision=_HI)
-  a_new = jnp.einsum("aik,akj->aij", cross, _psd_pinv(gram), precision=_HI)
-
-  def block_loss(a):
-    r = y - jnp.einsum("aik,akj->aij", a, z, precision=_HI)
-    return jnp.sum(r * r * prob.h, axis=(1, 2))
-
-  better = block_loss(a_new) < block_loss(x.a)
+  a_new = jnp.swapaxes(_psd_solve(gram, jnp.swapaxes(cross, 1, 2)), 1, 2)
+  better = _quadratic(a_new, gram, cross) < _quadratic(x.a, gram, cross)
   return x._replace(a=jnp.where(better[:, None, None], a_new, x.a))
+
+
+def _quadratic(m, gram, cross):
+  """Per block, ``tr(m gram m^T) - 2 tr(m cross^T)``: the block's loss up to a constant,
+  for blocks m (n, b, b) of a least-squares problem with normal equations m gram = cross."""
+  mg = jnp.einsum("nik,nkj->nij", m, gram, precision=_HI)
+  return jnp.sum(m * (mg - 2 * cross), axis=(1, 2))
 
 
 def step_b(prob: Problem, x: Factors) -> Factors:
@@ -219,12 +253,14 @@ def step_b(prob: Problem, x: Factors) -> Factors:
   y = prob.y.reshape(d_out, n_b, prob.b_b)
   gram = jnp.einsum("oci,ocj->cij", g, g, precision=_HI)
   cross = jnp.einsum("oci,ocj->cij", g, y, precision=_HI)
-  b_new = jnp.einsum("cik,ckj->cij", _psd_pinv(gram), cross, precision=_HI)
-  h = prob.h.reshape(n_b, prob.b_b)
+  b_new = _psd_solve(gram, cross)
+  # the loss of block c is sum_j h_j ||y_cj - G_c b_j||^2 over its columns j: weight each
+  # column's quadratic form by h_j (transposed, B_c^T gram B_c - 2 B_c^T cross, per column)
+  h = prob.h.reshape(n_b, 1, prob.b_b)
 
   def block_loss(b):
-    r = y - jnp.einsum("oci,cij->ocj", g, b, precision=_HI)
-    return jnp.sum(jnp.sum(r * r, axis=0) * h, axis=1)
+    gb = jnp.einsum("cik,ckj->cij", gram, b, precision=_HI)
+    return jnp.sum(b * (gb - 2 * cross) * h, axis=(1, 2))
 
   better = block_loss(b_new) < block_loss(x.b)
   return x._replace(b=jnp.where(better[:, None, None], b_new, x.b))
@@ -389,15 +425,43 @@ def _apply_selected(sel, values, mask, s, m):
   return s_new, m_new
 
 
-def greedy_core_steps(prob: Problem, x: Factors, n_steps: int) -> Factors:
-  """``n_steps`` Gauss-Southwell group replacements in every block pair (exact, monotone).
+def _pair_sums(prob: Problem, x: jax.Array) -> jax.Array:
+  """(d_out, d_in) -> (n_a, n_w): the sum over each block pair."""
+  b_a, w = prob.b_a, prob.b_core
+  return jnp.sum(x.reshape(x.shape[0] // b_a, b_a, x.shape[1] // w, w), axis=(1, 3))
 
-  Each step evaluates every group's best replacement (:func:`group_choice`),
-  replaces in each block pair the group of largest decrease (if any decreases)
-  and updates P by that block pair's rank-one change (:func:`_rank_one`).
+
+def _spread(prob: Problem, x: jax.Array) -> jax.Array:
+  """(n_a, n_w) -> (d_out, d_in): each block pair's entry over its entries."""
+  return jnp.repeat(jnp.repeat(x, prob.b_a, axis=0), prob.b_core, axis=1)
+
+
+def core_steps(prob: Problem, x: Factors, n_steps: int, update: str = "rows",
+               p: jax.Array | None = None) -> Factors:
+  """``n_steps`` exact group-replacement steps on the core (A, B fixed; the loss never rises).
+
+  Each step evaluates every group's best pattern and values given all other groups
+  (:func:`group_choice`). ``single``: in every block pair the group of largest decrease is
+  replaced (Gauss-Southwell) and P is kept by that pair's rank-one change. ``rows``: in
+  every block pair the best group of each row is replaced at once where the joint change
+  Delta decreases the loss, ``2 <P, Delta> - <K Delta Q, Delta>`` (exact: the loss is a
+  quadratic in S, separable over block pairs), at least as much as the single best group
+  does, else that group; P is kept exactly, ``P - K Delta Q``. Groups of one row are coupled
+  only through Q and rows only through K, so early on (A, B near identity) a rows step is
+  worth many single ones at about twice a single step's cost.
+
+  Args:
+    prob, x: the problem and the point.
+    n_steps: steps.
+    update: ``rows`` or ``single``.
+    p: P of :func:`residual_and_gradient` at ``x`` if known (else computed).
   """
+  if update not in CORE_UPDATES:
+    raise ValueError(f"unknown core update {update!r}; allowed: {', '.join(CORE_UPDATES)}")
   # the barrier keeps XLA from fusing (recomputing) the geometry into every step's kernels
   geo = jax.lax.optimization_barrier(geometry(prob, x))
+  d_out, d_in = prob.y.shape
+  n_w, n_g = d_in // prob.b_core, prob.b_core // 4
 
   def body(_, carry):
     p, s, m = carry
@@ -405,11 +469,29 @@ def greedy_core_steps(prob: Problem, x: Factors, n_steps: int) -> Factors:
                                       geo.q_inv)
     flat = _per_block_pair(prob, gain)
     sel = _one_per_block_pair(prob, jnp.argmax(flat, -1), jnp.max(flat, -1) > 0)
-    s_new, m_new = _apply_selected(sel, values, mask, s, m)
-    return _rank_one(prob, geo, p, sel, s_new - s), s_new, m_new
+    s_one, m_one = _apply_selected(sel, values, mask, s, m)
+    p_one = _rank_one(prob, geo, p, sel, s_one - s)
+    if update == "single":
+      return p_one, s_one, m_one
+    per_row = gain.reshape(d_out, n_w, n_g)
+    rows = ((jnp.arange(n_g) == jnp.argmax(per_row, -1)[..., None])
+            & (jnp.max(per_row, -1) > 0)[..., None]).reshape(gain.shape)
+    s_rows, m_rows = _apply_selected(rows, values, mask, s, m)
+    delta = s_rows - s
+    kdq = blockdiag.left(geo.k, blockdiag.right(delta, geo.q))
+    joint = _pair_sums(prob, delta * (2 * p - kdq))
+    take = _spread(prob, joint >= jnp.max(flat, -1))
+    return (jnp.where(take, p - kdq, p_one), jnp.where(take, s_rows, s_one),
+            jnp.where(take, m_rows, m_one))
 
-  _, s, m = jax.lax.fori_loop(0, n_steps, body, (core_gradient(prob, x), x.core, x.mask))
+  p = core_gradient(prob, x) if p is None else p
+  _, s, m = jax.lax.fori_loop(0, n_steps, body, (p, x.core, x.mask))
   return x._replace(core=s, mask=m)
+
+
+def greedy_core_steps(prob: Problem, x: Factors, n_steps: int) -> Factors:
+  """``n_steps`` Gauss-Southwell single-group steps (:func:`core_steps`, ``single``)."""
+  return core_steps(prob, x, n_steps, "single")
 
 
 def values_cg(prob: Problem, x: Factors, n_steps: int) -> Factors:
@@ -421,8 +503,15 @@ def values_cg(prob: Problem, x: Factors, n_steps: int) -> Factors:
   Each CG step is an exact line minimization from the current point, so the
   loss never rises (the Jacobi preconditioner ``kappa_i Q_jj`` keeps that).
   """
+  return values_cg_and_gradient(prob, x, n_steps)[0]
+
+
+def values_cg_and_gradient(prob: Problem, x: Factors, n_steps: int):
+  """:func:`values_cg`, and P (:func:`residual_and_gradient`) at the new point, kept
+  along the way (``P -= alpha K D Q`` per step) instead of recomputed."""
+  p = core_gradient(prob, x)
   if n_steps == 0:
-    return x
+    return x, p
   m = x.mask.astype(x.core.dtype)
   k = jnp.einsum("aji,ajk->aik", x.a, x.a, precision=_HI)
   q = jnp.einsum("cij,ckj->cik", x.b * prob.h.reshape(-1, 1, prob.b_b), x.b, precision=_HI)
@@ -430,39 +519,41 @@ def values_cg(prob: Problem, x: Factors, n_steps: int) -> Factors:
       q, axis1=1, axis2=2).reshape(1, -1)
   inv_diag = jnp.where(diag > 0, 1 / jnp.where(diag > 0, diag, 1), 0) * m
 
-  def hess(v):
-    return blockdiag.left(k, blockdiag.right(v, q)) * m
-
-  r = core_gradient(prob, x) * m
+  r = p * m
   z = r * inv_diag
   rz = jnp.sum(r * z)
 
   def body(_, carry):
-    s, r, z, d, rz = carry
-    hd = hess(d)
+    s, p, r, z, d, rz = carry
+    kdq = blockdiag.left(k, blockdiag.right(d, q))
+    hd = kdq * m
     curv = jnp.sum(d * hd)
     alpha = jnp.where(curv > 0, rz / jnp.where(curv > 0, curv, 1), 0)
-    s, r = s + alpha * d, r - alpha * hd
+    s, p, r = s + alpha * d, p - alpha * kdq, r - alpha * hd
     z = r * inv_diag
     rz_new = jnp.sum(r * z)
     d = z + jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1), 0) * d
-    return s, r, z, d, rz_new
+    return s, p, r, z, d, rz_new
 
-  s, *_ = jax.lax.fori_loop(0, n_steps, body, (x.core, r, z, z, rz))
-  return x._replace(core=s * m)
+  s, p, *_ = jax.lax.fori_loop(0, n_steps, body, (x.core, p, r, z, z, rz))
+  return x._replace(core=s * m), p
 
 
 # ---------------------------------------------------------------------------------------------
 # schemes
 
 
-def init_state(prob: Problem, cfg: ArmorConfig, key: jax.Array) -> State:
-  x = nowag_start(prob)
-  l0 = loss(prob, x)
+def init_state(prob: Problem, cfg: ArmorConfig, key: jax.Array, x: Factors | None = None,
+               l0: jax.Array | None = None) -> State:
+  """The state at ``x`` of loss ``l0`` (default NoWag-P's point and its proxy loss)."""
+  if x is None:
+    x = nowag_start(prob)
+    l0 = loss(prob, x)
   params = (x.a, x.b, x.core)
   opt = optax.adam(cfg.lr).init(params) if cfg.scheme == "official" else ()
   return State(x=x, loss=l0, best=x, best_loss=l0, opt=opt, values=x.core,
-               stall=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool), key=key)
+               stall=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
+               steps=jnp.zeros((), jnp.int32), key=key)
 
 
 def _keep_best(state: State, x: Factors, l: jax.Array) -> State:
@@ -474,9 +565,18 @@ def _keep_best(state: State, x: Factors, l: jax.Array) -> State:
 def exact_iteration(prob: Problem, cfg: ArmorConfig, state: State) -> State:
   x = step_a(prob, state.x)
   x = step_b(prob, x)
-  x = values_cg(prob, x, cfg.cg_steps)
-  x = greedy_core_steps(prob, x, cfg.core_steps)
+  x, p = values_cg_and_gradient(prob, x, cfg.cg_steps)
+  x = core_steps(prob, x, cfg.core_steps, cfg.core_update, p)
   return _keep_best(state, x, loss(prob, x))
+
+
+def _stall(cfg: ArmorConfig, state: State, new: State) -> State:
+  """``new`` with the stop rule applied: ``patience`` iterations in a row whose loss fell by
+  less than ``rtol`` (relative) or ``atol`` end the run."""
+  improved = (new.loss <= (1 - cfg.rtol) * state.loss) & (new.loss <= state.loss - cfg.atol)
+  stall = jnp.where(improved, 0, state.stall + 1)
+  return new._replace(stall=stall, done=(cfg.patience > 0) & (stall >= cfg.patience),
+                      steps=state.steps + 1)
 
 
 def sampled_core_step(prob: Problem, x: Factors, key: jax.Array):
@@ -529,20 +629,20 @@ def official_iteration(prob: Problem, cfg: ArmorConfig, state: State) -> State:
     x, touched, l = sampled_core_step(prob, x, k)
     touched = jnp.repeat(touched, 4, axis=1) & x.mask
     values = jnp.where(touched, x.core, values)   # kept values set; pruned ones stay
-  improved = (l <= (1 - cfg.rtol) * state.loss) & (l <= state.loss - cfg.atol)
-  stall = jnp.where(improved, 0, state.stall + 1)
-  new = _keep_best(state, x, l)._replace(opt=opt_state, values=values, stall=stall, key=key,
-                                          done=(cfg.patience > 0) & (stall >= cfg.patience))
-  # once stopped, nothing moves
-  return jax.tree.map(lambda o, n: jnp.where(state.done, o, n), state, new)
+  return _keep_best(state, x, l)._replace(opt=opt_state, values=values, key=key)
 
 
 def iteration(prob: Problem, cfg: ArmorConfig, state: State) -> State:
-  if cfg.scheme == "exact":
-    return exact_iteration(prob, cfg, state)
-  if cfg.scheme == "official":
-    return official_iteration(prob, cfg, state)
-  raise ValueError(f"unknown ARMOR scheme {cfg.scheme!r}; allowed: exact, official")
+  """One iteration of ``cfg.scheme``; once the stop rule has fired, nothing moves (and
+  nothing is computed)."""
+  if cfg.scheme not in SCHEMES:
+    raise ValueError(f"unknown ARMOR scheme {cfg.scheme!r}; allowed: {', '.join(SCHEMES)}")
+  step = exact_iteration if cfg.scheme == "exact" else official_iteration
+  if cfg.objective == "output":
+    from armor_jax.solver import armor_output  # pylint: disable=import-outside-toplevel
+    step = armor_output.iteration
+  return jax.lax.cond(state.done, lambda st: st,
+                      lambda st: _stall(cfg, st, step(prob, cfg, st)), state)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "n"), donate_argnames=("state",))
@@ -568,56 +668,122 @@ def _start(w, h, cfg, key):
   return prob, init_state(prob, cfg, key)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _start_output(w, stats, cfg, key):
+  from armor_jax.solver import armor_output  # pylint: disable=import-outside-toplevel
+  prob = armor_output.make_problem(w, stats.second_moment, cfg.damp, cfg.block_size)
+  x = armor_output.start(prob, w, stats, cfg.damp)
+  return prob, init_state(prob, cfg, key, x, armor_output.loss(prob, x))
+
+
 _to_layer = jax.jit(to_layer)
 
-# run_iterations' scratch per byte of a float32 (d_out, d_in) matrix and per byte of A and B,
-# by scheme: bounds on what XLA's memory analysis reports for the compiled iterations
-# (tests/test_armor_layer.py checks them against it at several shapes and block sizes)
-_SCRATCH = {"exact": (8.25, 1.5), "official": (6.0, 3.5)}
+# run_iterations' scratch per byte of a float32 (d_out, d_in) matrix, per byte of A and B and
+# per byte of a float32 (d_in, d_in) matrix, by scheme (objective output: by objective): bounds
+# on what XLA's memory analysis reports for the compiled iterations (tests/test_armor_layer.py
+# checks them against it at several shapes and block sizes)
+_SCRATCH = {"exact": (8.2, 2.6, 0.0), "official": (7.0, 5.7, 0.0), "output": (8.0, 3.2, 2.05)}
 
 
 def working_bytes(d_out: int, d_in: int, cfg: ArmorConfig = ArmorConfig()) -> int:
   """Bytes ARMOR holds while iterating on a float32 (d_out, d_in) layer: the problem, the
   state (current and best point, the official scheme's Adam moments; donated to each
   call, so held once) and the iterations' scratch. The input weight is not counted."""
-  shapes = jax.eval_shape(lambda w, h, key: _start(w, h, cfg, key),
-                          jax.ShapeDtypeStruct((d_out, d_in), jnp.float32),
-                          jax.ShapeDtypeStruct((d_in,), jnp.float32),
-                          jax.ShapeDtypeStruct((2,), jnp.uint32))
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+  if cfg.objective == "output":
+    stats = calibration.Stats(f32(), f32(d_in), f32(d_in, d_in))
+    shapes = jax.eval_shape(lambda w, st, k: _start_output(w, st, cfg, k), f32(d_out, d_in),
+                            stats, key)
+  else:
+    shapes = jax.eval_shape(lambda w, h, k: _start(w, h, cfg, k), f32(d_out, d_in), f32(d_in),
+                            key)
   held = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(shapes))
-  per_matrix, per_factor = _SCRATCH[cfg.scheme]
+  per_matrix, per_factor, per_square = _SCRATCH[
+      "output" if cfg.objective == "output" else cfg.scheme]
   x = shapes[1].x
   factors = 4 * (x.a.size + x.b.size)
-  return int(held + per_matrix * 4 * d_out * d_in + per_factor * factors)
+  return int(held + per_matrix * 4 * d_out * d_in + per_factor * factors
+             + per_square * 4 * d_in * d_in)
 
 
 def armor(w: jax.Array, stats: calibration.Stats, cfg: ArmorConfig = ArmorConfig(),
           key: jax.Array | None = None, chunk: int | None = None,
-          progress=None) -> tuple[layer.PrunedLayer, np.ndarray]:
+          progress=None, phase=None) -> tuple[layer.PrunedLayer, np.ndarray]:
   """Prunes one layer with ARMOR.
 
   Args:
     w: (d_out, d_in) weight (any float dtype; computed in float32, or float64
       when given float64 with x64 on).
-    stats: calibration statistics (only ``h`` is used).
+    stats: calibration statistics (``h``; objective ``output``: also the full X^T X).
     cfg: settings.
     key: PRNG key (the official scheme samples groups); default key 0.
     chunk: iterations per jitted call (progress is reported between calls);
       default all at once.
     progress: optional callable(iterations_done, best_loss).
+    phase: optional callable(name) -> context manager timing the named part
+      (``armor_start``: normalization and NoWag-P; ``armor_iterations``;
+      ``armor_finish``: the packed layer), e.g. :class:`armor_jax.model.pipeline.Phases`.
 
   Returns:
-    (the best layer seen, the loss curve: (iters + 1,) float64 starting at NoWag-P's loss).
+    (the best layer seen, the loss curve: (iterations run + 1,) float64 starting at
+    NoWag-P's loss; fewer than ``cfg.iters`` iterations where the stop rule fired).
   """
-  prob, state = _start(w, stats.h, cfg, jax.random.PRNGKey(0) if key is None else key)
+  phase = phase or (lambda name: contextlib.nullcontext())
+  key = jax.random.PRNGKey(0) if key is None else key
+  if cfg.objective == "output" and stats.xtx is None:
+    raise ValueError("ARMOR's objective=output needs the full X^T X (statistics with full=True)")
+  with phase("armor_start"):
+    prob, state = jax.block_until_ready(
+        _start_output(w, stats, cfg, key) if cfg.objective == "output"
+        else _start(w, stats.h, cfg, key))
   curve = [float(state.loss)]
   chunk = cfg.iters if not chunk else chunk
   done = 0
-  while done < cfg.iters:
+  while done < cfg.iters and not bool(state.done):
     n = min(chunk, cfg.iters - done)
-    state, losses = run_iterations(prob, cfg, state, n)
-    curve.extend(np.asarray(losses, np.float64).tolist())
-    done += n
+    with phase("armor_iterations"):
+      state, losses = run_iterations(prob, cfg, state, n)
+      ran = int(state.steps) - done
+    curve.extend(np.asarray(losses, np.float64)[:ran].tolist())
+    done += ran
     if progress is not None:
       progress(done, float(state.best_loss))
-  return _to_layer(prob, state.best, w), np.asarray(curve)
+  with phase("armor_finish"):
+    out = jax.block_until_ready(_to_layer(prob, state.best, w))
+  return out, np.asarray(curve)
+
+
+def step_seconds(prob, cfg: ArmorConfig, state: State, repeats: int = 3) -> dict:
+  """Wall seconds of one exact iteration's parts at ``state``'s point, each compiled alone
+  and timed after a warm-up call (mean of ``repeats``): ``a``, ``b`` (the two wrapper
+  solves), ``cg`` (the values' conjugate gradients, P included), ``core`` (the group
+  replacements), ``loss``. The parts' costs depend on the shapes, not the values, so
+  this splits the time of :func:`run_iterations` by part for a layer of this shape.
+  ``prob`` is a :class:`Problem`, or for objective ``output`` an
+  :class:`armor_jax.solver.armor_output.OutputProblem`."""
+  if cfg.scheme != "exact":
+    raise ValueError("step_seconds times the exact scheme's parts")
+  if cfg.objective == "output":
+    from armor_jax.solver import armor_output as mod  # pylint: disable=import-outside-toplevel
+    grad = mod.gradient
+  else:
+    mod, grad = sys.modules[__name__], core_gradient
+  x = state.x
+  p = grad(prob, x)
+  parts = {
+      "a": (jax.jit(mod.step_a), (prob, x)),
+      "b": (jax.jit(mod.step_b), (prob, x)),
+      "cg": (jax.jit(mod.values_cg_and_gradient, static_argnums=2), (prob, x, cfg.cg_steps)),
+      "core": (jax.jit(mod.core_steps, static_argnums=(2, 3)),
+               (prob, x, cfg.core_steps, cfg.core_update, p)),
+      "loss": (jax.jit(mod.loss), (prob, x)),
+  }
+  out = {}
+  for name, (fn, args) in parts.items():
+    jax.block_until_ready(fn(*args))
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+      jax.block_until_ready(fn(*args))
+    out[name] = (time.perf_counter() - t0) / repeats
+  return out
