@@ -512,31 +512,40 @@ def values_cg_and_gradient(prob: Problem, x: Factors, n_steps: int):
   p = core_gradient(prob, x)
   if n_steps == 0:
     return x, p
-  m = x.mask.astype(x.core.dtype)
   k = jnp.einsum("aji,ajk->aik", x.a, x.a, precision=_HI)
   q = jnp.einsum("cij,ckj->cik", x.b * prob.h.reshape(-1, 1, prob.b_b), x.b, precision=_HI)
   diag = jnp.diagonal(k, axis1=1, axis2=2).reshape(-1, 1) * jnp.diagonal(
       q, axis1=1, axis2=2).reshape(1, -1)
-  inv_diag = jnp.where(diag > 0, 1 / jnp.where(diag > 0, diag, 1), 0) * m
+  core, p = kept_values_cg(x, p, diag, lambda d: blockdiag.left(k, blockdiag.right(d, q)),
+                           n_steps)
+  return x._replace(core=core), p
 
+
+def kept_values_cg(x: Factors, p: jax.Array, diag: jax.Array, kdq, n_steps: int):
+  """``n_steps`` of conjugate gradients on the kept values of ``x.core`` (mask fixed) for a
+  loss whose Hessian-vector product is ``V -> kdq(V) * mask`` and minus half-gradient
+  ``p * mask``, Jacobi-preconditioned by ``diag``; each step an exact line minimization.
+  Returns (core, P at the new point: ``p - alpha kdq(d)`` per step)."""
+  m = x.mask.astype(x.core.dtype)
+  inv_diag = jnp.where(diag > 0, 1 / jnp.where(diag > 0, diag, 1), 0) * m
   r = p * m
   z = r * inv_diag
   rz = jnp.sum(r * z)
 
   def body(_, carry):
     s, p, r, z, d, rz = carry
-    kdq = blockdiag.left(k, blockdiag.right(d, q))
-    hd = kdq * m
+    full = kdq(d)
+    hd = full * m
     curv = jnp.sum(d * hd)
     alpha = jnp.where(curv > 0, rz / jnp.where(curv > 0, curv, 1), 0)
-    s, p, r = s + alpha * d, p - alpha * kdq, r - alpha * hd
+    s, p, r = s + alpha * d, p - alpha * full, r - alpha * hd
     z = r * inv_diag
     rz_new = jnp.sum(r * z)
     d = z + jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1), 0) * d
     return s, p, r, z, d, rz_new
 
   s, p, *_ = jax.lax.fori_loop(0, n_steps, body, (x.core, p, r, z, z, rz))
-  return x._replace(core=s * m), p
+  return s * m, p
 
 
 # ---------------------------------------------------------------------------------------------

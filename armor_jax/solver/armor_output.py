@@ -182,27 +182,10 @@ def values_cg_and_gradient(prob: OutputProblem, x: A.Factors, n_steps: int):
   if n_steps == 0:
     return x, p
   k, q = _kq(prob, x)
-  m = x.mask.astype(x.core.dtype)
   diag = jnp.diagonal(k, axis1=1, axis2=2).reshape(-1, 1) * jnp.diagonal(q)[None, :]
-  inv_diag = jnp.where(diag > 0, 1 / jnp.where(diag > 0, diag, 1), 0) * m
-  r = p * m
-  z = r * inv_diag
-  rz = jnp.sum(r * z)
-
-  def body(_, carry):
-    s, p, r, z, d, rz = carry
-    kdq = blockdiag.left(k, jnp.matmul(d, q, precision=_HI))
-    hd = kdq * m
-    curv = jnp.sum(d * hd)
-    alpha = jnp.where(curv > 0, rz / jnp.where(curv > 0, curv, 1), 0)
-    s, p, r = s + alpha * d, p - alpha * kdq, r - alpha * hd
-    z = r * inv_diag
-    rz_new = jnp.sum(r * z)
-    d = z + jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1), 0) * d
-    return s, p, r, z, d, rz_new
-
-  s, p, *_ = jax.lax.fori_loop(0, n_steps, body, (x.core, p, r, z, z, rz))
-  return x._replace(core=s * m), p
+  core, p = A.kept_values_cg(
+      x, p, diag, lambda d: blockdiag.left(k, jnp.matmul(d, q, precision=_HI)), n_steps)
+  return x._replace(core=core), p
 
 
 def values_cg(prob: OutputProblem, x: A.Factors, n_steps: int) -> A.Factors:
