@@ -337,7 +337,7 @@ def test_pipeline_prunes_every_linear_24(small_model, method):
       np.testing.assert_array_equal(np.asarray(llama.get_linear(dense_p, i, n)["kernel"]),
                                     np.asarray(pl.dense()))
       assert "bias" in p if n in ("q", "k", "v") else "bias" not in p
-      assert (pl.a is not None) == (method == "armor")
+      assert (pl.a is not None) == (method in pipeline.ARMOR_METHODS)
   # compressed params run through the compressed path and agree with the dense reconstruction
   toks = jnp.asarray(calib[:2])
   np.testing.assert_allclose(np.asarray(llama.forward(comp_p, toks, SMALL)),
