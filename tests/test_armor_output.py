@@ -123,7 +123,7 @@ def test_values_are_the_exact_minimizer_given_the_mask(case):
     assert float(ao.loss(prob, one)) < float(ao.loss(prob, pt))
 
 
-@pytest.mark.parametrize("update", ["rows", "single"])
+@pytest.mark.parametrize("update", ["rows", pytest.param("single", marks=pytest.mark.slow)])
 def test_mask_steps_never_increase_the_objective(case, update):
   prob, pt = case["prob"], case["pt"]
   y, hm = case["y"], case["hm"]
@@ -176,6 +176,7 @@ def test_equals_the_diagonal_variant_when_xtx_is_diagonal(case):
                              atol=1e-10)
 
 
+@pytest.mark.slow
 def test_starts_at_the_better_of_sparsegpt_and_nowag_and_never_ends_above_it(case):
   w, stats, hm = case["w"], case["stats"], case["hm"]
   with jax.enable_x64(True):
@@ -207,6 +208,7 @@ def test_settings_and_statistics_it_needs():
                                                                         block_size=4))
 
 
+@pytest.mark.slow
 def test_float32_on_a_wider_layer_is_monotone_and_beats_sparsegpt():
   w, x = synthetic.layer_and_inputs(jax.random.PRNGKey(7), 64, 128, 2048)
   stats = calibration.from_activations(x[:1024], full=True)

@@ -39,7 +39,9 @@ def _strip(records):
   return [{k: v for k, v in r.items() if k not in ("seconds", "block_seconds")} for r in records]
 
 
-@pytest.mark.parametrize("method", ["armor", "armor_output", "sparsegpt"])
+@pytest.mark.parametrize("method", [pytest.param("armor", marks=pytest.mark.slow),
+                                    pytest.param("armor_output", marks=pytest.mark.slow),
+                                    "sparsegpt"])
 def test_phases_account_for_the_run_and_change_no_bit(model, method):
   src, calib = model
   pcfg = pipeline.PruneConfig(method=method, armor=armor.ArmorConfig(block_size=16, iters=3))
@@ -74,6 +76,7 @@ def test_compile_time_is_counted_only_while_active():
   assert phases.seconds["compile"] == first
 
 
+@pytest.mark.slow
 def test_the_stop_rule_ends_a_flat_run_and_keeps_the_best():
   w, x = layers.layer_and_inputs(jax.random.PRNGKey(2), 32, 64, 512)
   stats = calibration.from_activations(x)
