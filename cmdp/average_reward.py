@@ -285,9 +285,8 @@ def instance_parameters(m: tabular.TabularCMDP, sol: lp.CMDPSolution | None = No
     sol = lp.solve_cmdp(m)
   S, A = m.n_states, m.n_actions
   H = 0.0
-  for w, pi in zip(*sol.mixture):
-    if w > 0:
-      H = max(H, tabular.evaluate(m.P, m.r, pi).span, tabular.evaluate(m.P, m.c, pi).span)
+  for pi in sol.policy.components:
+    H = max(H, tabular.evaluate(m.P, m.r, pi).span, tabular.evaluate(m.P, m.c, pi).span)
   unc = lp.optimal_gain(m.P, m.r, m.mu0)
   H_unc = tabular.evaluate(m.P, m.r, unc.policy).span
   exact = A ** S <= brute_force_max
@@ -296,7 +295,7 @@ def instance_parameters(m: tabular.TabularCMDP, sol: lp.CMDPSolution | None = No
              for i in range(A ** S))
   else:
     cands = [tabular.deterministic(np.full(S, a), A) for a in range(A)]
-    cands += list(sol.mixture[1]) + [unc.policy] + [np.asarray(p, np.float64) for p in policies]
+    cands += list(sol.policy.components) + [unc.policy] + [np.asarray(p, np.float64) for p in policies]
   B = max(tabular.transient_time(tabular.policy_matrices(m.P, m.r, pi)[0]) for pi in cands)
   return InstanceParameters(H, H_unc, B, exact, sol.zeta, sol.value, sol.dual)
 

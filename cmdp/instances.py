@@ -118,7 +118,11 @@ def random_instance(rng: np.random.Generator, n_states: int, n_actions: int, kin
     kind: 'ergodic' (dense Dirichlet rows), 'weakly_communicating' (a sparse
       communicating block plus states transient under every policy; chains may
       be periodic) or 'multichain' (two closed communicating blocks and
-      transient states that can reach either; start at a transient state).
+      transient states that can reach either; start at a transient state) or
+      'general' (sparse rows over all states, self-loops allowed, start at state
+      0: a state can be recurrent under one policy and transient under
+      another, so the constrained optimum may need a time-0 mixture of two
+      stationary policies).
     zeta_frac: b = max rho_c - zeta_frac * (max rho_c - min rho_c).
     support: next-state support size of the sparse rows.
   """
@@ -150,6 +154,13 @@ def random_instance(rng: np.random.Generator, n_states: int, n_actions: int, kin
       for a in range(A):
         nxt = np.array([s, rng.choice(blocks[a % 2])])
         P[s, a, nxt] = (0.5, 0.5)
+    start = 0
+  elif kind == "general":
+    P = np.zeros((S, A, S))
+    for s in range(S):
+      for a in range(A):
+        nxt = rng.choice(S, size=min(support, S), replace=False)[:rng.integers(1, support + 1)]
+        P[s, a, nxt] = rng.dirichlet(np.ones(nxt.size))
     start = 0
   else:
     raise ValueError(f"unknown kind {kind!r}")

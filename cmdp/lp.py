@@ -13,10 +13,12 @@ scipy's HiGHS on numpy float64, outside jit. Two formulations:
 
 A policy is read off as ``pi(a|s) = x(s,a)/x(s)`` where ``x(s) > 0``, else
 ``y(s,a)/y(s)``, else uniform. In a multichain *constrained* problem that
-stationary policy can fall short of the LP value (optimal policies may need
-randomization at time 0); :func:`solve_cmdp` checks it exactly and then falls
-back to a mixture of two stationary policies from the Lagrangian (reported in
-``CMDPSolution.mixture``).
+stationary policy can fall short of the LP value: the optimum may need to pick
+one of two stationary policies at random at time 0 (Altman 1999, ch. 4), for
+instance when one policy stays in a closed class that a randomized stationary
+policy would leave. :func:`solve_cmdp` checks the read-off exactly and otherwise
+mixes the two Lagrangian-optimal policies on either side of lambda*; either way
+the caller gets one :class:`MixedPolicy` whose components are explicit.
 """
 
 from __future__ import annotations
@@ -113,23 +115,54 @@ def policy_from_occupancy(x, y, tol: float = 1e-10) -> np.ndarray:
   return np.where(xs > tol, x / np.maximum(xs, tol), pi)
 
 
+class MixedPolicy(NamedTuple):
+  """A policy that draws component k with probability ``weights[k]`` at time 0 and follows it.
+
+  Its gains (or discounted values) are the weighted sums of its components'
+  (:func:`cmdp.tabular.mixture_gains`, :func:`cmdp.tabular.mixture_returns`;
+  both take ``*policy``). K = 1 is a stationary policy.
+
+  Attributes:
+    weights: (K,) positive, summing to 1.
+    components: (K, S, A) stationary randomized policies.
+  """
+  weights: np.ndarray
+  components: np.ndarray
+
+  @property
+  def is_stationary(self) -> bool:
+    return self.weights.shape[0] == 1
+
+  def stationary(self) -> np.ndarray:
+    """The (S, A) policy itself; ValueError if it needs a time-0 mixture."""
+    if not self.is_stationary:
+      raise ValueError(
+          f"this optimal policy mixes {self.weights.shape[0]} stationary policies at time 0 "
+          f"(weights {np.round(self.weights, 6).tolist()}); no single stationary policy is "
+          "optimal: use .weights and .components")
+    return self.components[0]
+
+
+def _stationary(pi) -> MixedPolicy:
+  return MixedPolicy(np.ones(1), np.asarray(pi, np.float64)[None])
+
+
 class CMDPSolution(NamedTuple):
   """The exact solution of a CMDP.
 
   Attributes:
     value: optimal constrained gain rho_r* from mu0 (the LP value).
-    policy: (S, A) an optimal stationary randomized policy when one was
-      verified; else the heavier component of ``mixture``.
-    mixture: (weights (K,), policies (K, S, A)): an optimal mixture policy
-      (K = 1 when the stationary policy is optimal).
-    gain_r, gain_c: exact gains of ``mixture`` (gain_c >= b up to 1e-9).
+    policy: an optimal policy, a :class:`MixedPolicy` (stationary when
+      ``policy.is_stationary``; a time-0 mixture of two components when the
+      multichain optimum needs one).
+    gain_r, gain_c: exact gains of ``policy`` (gain_r = value and
+      gain_c >= b, both up to the solver's ``tol``).
     dual: optimal Lagrange multiplier lambda* of ``rho_c >= b``.
     zeta: Slater constant max_pi rho_c^pi(mu0) - b.
     max_c: max_pi rho_c^pi(mu0).
   """
   value: float
-  policy: np.ndarray
-  mixture: tuple
+  policy: MixedPolicy
   gain_r: float
   gain_c: float
   dual: float
@@ -145,29 +178,38 @@ def solve_cmdp(m: tabular.TabularCMDP, *, multichain: bool = True, tol: float = 
     m: the CMDP (start distribution m.mu0).
     multichain: use the general LP (True) or the weakly-communicating one.
     tol: tolerance of the exact re-evaluation of the returned policy.
+
+  Returns:
+    A :class:`CMDPSolution` whose ``policy`` reaches the LP value exactly
+    (within ``tol``). Raises ValueError if the CMDP is infeasible, and
+    RuntimeError if no policy reaching the LP value was found (never seen; it
+    would mean two breakpoints of the Lagrangian closer than ``delta``).
   """
   top = occupancy_lp(m.P, m.c, m.mu0, multichain=multichain)
   zeta = top.value - float(m.b)
   if zeta < -1e-9:
     raise ValueError(f"infeasible CMDP: max rho_c = {top.value:.6g} < b = {float(m.b):.6g}")
   res = occupancy_lp(m.P, m.r, m.mu0, m.c, float(m.b), multichain=multichain)
+  policy = _stationary(res.policy)
   g_r, g_c = tabular.gains(m, res.policy)
-  if abs(g_r - res.value) <= tol and g_c >= float(m.b) - tol:
-    mix = (np.ones(1), res.policy[None])
-  else:
-    mix = lagrangian_mixture(m, res.dual, multichain=multichain)
-    g_r, g_c = tabular.mixture_gains(m, *mix)
-  policy = mix[1][int(np.argmax(mix[0]))]
-  return CMDPSolution(res.value, policy, mix, g_r, g_c, res.dual, zeta, top.value)
+  if abs(g_r - res.value) > tol or g_c < float(m.b) - tol:
+    policy = lagrangian_mixture(m, res.dual, multichain=multichain)
+    g_r, g_c = tabular.mixture_gains(m, *policy)
+    if abs(g_r - res.value) > tol or g_c < float(m.b) - tol:
+      raise RuntimeError(f"no optimal policy found: LP value {res.value:.10g}, mixture gains "
+                         f"({g_r:.10g}, {g_c:.10g}), b = {float(m.b):.10g}")
+  return CMDPSolution(res.value, policy, g_r, g_c, res.dual, zeta, top.value)
 
 
 def lagrangian_mixture(m: tabular.TabularCMDP, lam: float, *, multichain: bool = True,
-                       delta: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-  """An optimal mixture of two stationary policies optimal for r + (lam -/+ delta) c.
+                       delta: float = 1e-6) -> MixedPolicy:
+  """A time-0 mixture of the stationary policies optimal for r + (lam -/+ delta) c.
 
   The fallback for multichain CMDPs whose LP solution does not give an optimal
-  stationary policy: the two Lagrangian-optimal policies on either side of
-  lambda*, mixed at time 0 so that the constraint holds with equality.
+  stationary policy. Both policies maximize the Lagrangian r + lambda* c (its
+  optimal policies change only at finitely many lambda), one with rho_c <= b and
+  one with rho_c >= b; mixed so that rho_c = b, the mixture reaches the LP value
+  by complementary slackness. A zero-weight component is dropped.
   """
   pols = []
   for l in (max(lam - delta, 0.0), lam + delta):
@@ -176,9 +218,11 @@ def lagrangian_mixture(m: tabular.TabularCMDP, lam: float, *, multichain: bool =
   (r0, c0), (r1, c1) = (tabular.gains(m, p) for p in pols)
   b = float(m.b)
   if c0 >= b - 1e-12:
-    return np.array([1.0, 0.0]), np.stack(pols)
+    return _stationary(pols[0])
   w1 = float(np.clip((b - c0) / max(c1 - c0, 1e-300), 0, 1))
-  return np.array([1 - w1, w1]), np.stack(pols)
+  if w1 >= 1.0:
+    return _stationary(pols[1])
+  return MixedPolicy(np.array([1 - w1, w1]), np.stack(pols))
 
 
 def optimal_gain(P, r, mu0, *, multichain: bool = True) -> LPResult:
@@ -227,7 +271,8 @@ def solve_discounted_cmdp(m: tabular.TabularCMDP, gamma: float) -> CMDPSolution:
   """Optimal constrained discounted value V_r*(mu0), a policy, lambda* and zeta via HiGHS.
 
   The fields of :class:`CMDPSolution` are read as discounted values from mu0
-  (``gain_r``, ``gain_c``: exact values of the returned stationary policy;
+  (``gain_r``, ``gain_c``: exact values of the returned policy, which is
+  stationary: every discounted CMDP has an optimal stationary policy;
   ``zeta = max_pi V_c^pi(mu0) - b``, unnormalized).
   """
   top = discounted_occupancy_lp(m.P, m.c, m.mu0, gamma)
@@ -236,5 +281,5 @@ def solve_discounted_cmdp(m: tabular.TabularCMDP, gamma: float) -> CMDPSolution:
     raise ValueError(f"infeasible CMDP: max V_c = {top.value:.6g} < b = {float(m.b):.6g}")
   res = discounted_occupancy_lp(m.P, m.r, m.mu0, gamma, m.c, float(m.b))
   v_r, v_c = tabular.discounted_returns(m, res.policy, gamma)
-  return CMDPSolution(res.value, res.policy, (np.ones(1), res.policy[None]), float(v_r),
-                      float(v_c), res.dual, zeta, top.value)
+  return CMDPSolution(res.value, _stationary(res.policy), float(v_r), float(v_c), res.dual,
+                      zeta, top.value)

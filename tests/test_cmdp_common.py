@@ -108,7 +108,7 @@ def test_hard_instance_closed_forms():
   assert sol.value == pytest.approx(0.25) and sol.zeta == pytest.approx(zeta)
   assert sol.dual == pytest.approx(1 / (4 * zeta), rel=1e-6)
   # Two-state core with leave rates 1/H: span of the bias of c is (1 - 2 zeta) H / 2.
-  assert tabular.evaluate(m.P, m.c, sol.policy).span == pytest.approx((1 - 2 * zeta) * H / 2)
+  assert tabular.evaluate(m.P, m.c, sol.policy.stationary()).span == pytest.approx((1 - 2 * zeta) * H / 2)
   from cmdp import average_reward
   g = instances.hard_instance(8, 4, H, zeta, B=30)
   assert average_reward.instance_parameters(g).B == pytest.approx(30)
@@ -168,6 +168,42 @@ def test_lp_optimum_matches_brute_force_and_its_policy_meets_the_constraint(kind
     gr, gc = tabular.gains(m, pi)
     if gc >= float(m.b):
       assert gr <= sol.value + 1e-9
+
+
+# Seeds of 'general' 5x2 instances whose optimum needs a time-0 mixture (17 of the first 200
+# seeds do) and of ones where a stationary policy is optimal.
+MIXED_SEEDS, STATIONARY_SEEDS = (35, 48, 76, 133), (0, 1)
+
+
+@pytest.mark.parametrize("seed", MIXED_SEEDS + STATIONARY_SEEDS)
+def test_the_solution_policy_is_optimal_even_when_it_must_mix(seed):
+  m = instances.random_instance(np.random.default_rng(seed), 5, 2, "general")
+  sol = lp.solve_cmdp(m)
+  best, g = _brute_force(m)
+  pol = sol.policy
+  assert sol.value == pytest.approx(best, abs=1e-7)
+  np.testing.assert_allclose(pol.weights.sum(), 1.0)
+  assert np.all(pol.weights > 0)
+  gr, gc = tabular.mixture_gains(m, *pol)                   # the caller's evaluation
+  assert gr == pytest.approx(best, abs=1e-7) and gc >= float(m.b) - 1e-9
+  assert (gr, gc) == pytest.approx((sol.gain_r, sol.gain_c), abs=1e-12)
+  if seed in MIXED_SEEDS:
+    assert pol.weights.shape == (2,) and not pol.is_stationary
+    with pytest.raises(ValueError, match="mixes 2 stationary policies"):
+      pol.stationary()
+    # No single component is optimal and feasible: the mixture is needed.
+    for pi in pol.components:
+      r_k, c_k = tabular.gains(m, pi)
+      assert r_k < best - 1e-7 or c_k < float(m.b) - 1e-9
+    # Nor is any randomized stationary policy.
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+      pi = rng.dirichlet(np.full(2, 0.3), size=5)
+      r_k, c_k = tabular.gains(m, pi)
+      assert r_k < best - 1e-7 or c_k < float(m.b) - 1e-9
+  else:
+    assert pol.is_stationary
+    assert tabular.gains(m, pol.stationary()) == pytest.approx((best, sol.gain_c), abs=1e-7)
 
 
 def test_dual_variable_is_the_sensitivity_of_the_value_to_b():
