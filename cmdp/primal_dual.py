@@ -6,10 +6,11 @@ projected subgradient descent on the dual, ``lambda_{t+1} = proj_[0,U](lambda_t 
 (V_c(pi_t) - b'))``, ``eta = U / sqrt(T)``, ``lambda_0 = 0``; the output is the uniform
 mixture of ``pi_0 .. pi_{T-1}``. As in Vaswani et al., the best responses are only needed
 on a finite grid of lambda: each learner plans them once on ``n_grid`` equally spaced
-points of [0, U] (:func:`dual_grid`), and the T dual steps (:func:`dual_descent`) are a
-``lax.scan`` that looks up the best response of the nearest grid point (lambda itself stays
-continuous), so the output mixture is a weight vector over the grid's policies
-(:class:`Mixture`).
+points of [0, U] (:func:`dual_grid`), and the T dual steps (:func:`dual_descent`) look up
+the best response of the nearest grid point (lambda itself stays continuous), so the output
+mixture is a weight vector over the grid's policies (:class:`Mixture`). The steps are
+counted a cell at a time in closed form, so T costs nothing: it can be as large as the
+theory's constants make it.
 
 Used by :mod:`cmdp.average_reward` (arXiv 2509.16586, on a discounted surrogate of the
 empirical model) and :mod:`cmdp.linear` (arXiv 2507.02089, with LS-MDVI best responses);
@@ -69,31 +70,78 @@ def dual_grid(U, n_grid: int, dtype) -> jax.Array:
   return jnp.linspace(0.0, 1.0, n_grid, dtype=dtype) * U
 
 
-def dual_descent(vc: jax.Array, b_prime, U, n_iters: int):
+class _Walk(NamedTuple):
+  lam: jax.Array      # () the dual iterate
+  t: jax.Array        # () steps taken (float: T may exceed int32)
+  counts: jax.Array   # (M,) steps spent at each grid point
+  prev: jax.Array     # () the cell left by the last crossing (-1 before the first)
+
+
+def dual_descent(vc: jax.Array, b_prime, U, n_iters):
   """Projected dual subgradient steps with grid lookups; the mixture weights.
+
+  The T steps ``lambda <- proj_[0,U](lambda - eta (vc[k(lambda)] - b'))``, ``eta = U /
+  sqrt(T)``, ``k(lambda)`` the nearest grid point, are taken a cell at a time: inside a
+  cell the drift is constant, so the steps until lambda leaves it are counted in closed
+  form. Once lambda alternates between two adjacent cells a and b with steps smaller
+  than half a cell, the rest is a rotation: with z the signed distance past the boundary
+  (z < 0 in a), ``z -> z + u`` in a and ``z -> z - v`` in b keep z in [-v, u), so after
+  n more steps the number spent in a is ``ceil((n v - v - z0) / (u + v))``. The cost is
+  a few events per grid point, whatever T, so T can be the 10^10 steps the theory's
+  constants ask for; each count equals the step-by-step loop's
+  (:func:`dual_descent_numpy`) up to the rounding of lambda at a cell boundary.
 
   Args:
     vc: (M,) constraint values of the grid's best responses.
     b_prime: target threshold.
     U: dual box bound; the grid is ``dual_grid(U, M)``.
-    n_iters: T (static).
+    n_iters: T, a positive integer (static or traced).
 
   Returns:
     (weights (M,): visit frequencies of the grid points, lambda_T).
   """
   M = vc.shape[0]
+  dtype = vc.dtype
+  T = jnp.asarray(n_iters, dtype)
+  U = jnp.asarray(U, dtype)
   delta = U / (M - 1)
-  eta = U / jnp.sqrt(jnp.asarray(n_iters, vc.dtype))
+  eta = U / jnp.sqrt(T)
+  g = vc - b_prime                       # lambda moves by -eta g at each step
+  cell = lambda lam: jnp.clip(jnp.round(lam / delta), 0, M - 1).astype(jnp.int32)
+  small = eta * jnp.max(jnp.abs(g)) < delta / 2
 
-  def step(carry, _):
-    lam, counts = carry
-    k = jnp.clip(jnp.round(lam / delta), 0, M - 1).astype(jnp.int32)
-    lam = jnp.clip(lam - eta * (vc[k] - b_prime), 0.0, U)
-    return (lam, counts.at[k].add(1)), None
+  def rotation(w: _Walk, a, b) -> _Walk:
+    """The remaining steps, alternating between the adjacent cells a (now) and b."""
+    n = T - w.t
+    sgn = jnp.where(b > a, 1.0, -1.0).astype(dtype)
+    x = (jnp.minimum(a, b) + 0.5) * delta
+    u, v = eta * jnp.abs(g[a]), eta * jnp.abs(g[b])
+    z0 = sgn * (w.lam - x)
+    in_a = jnp.clip(jnp.ceil((n * v - v - z0) / (u + v)), 0.0, n)
+    z = z0 + in_a * u - (n - in_a) * v
+    counts = w.counts.at[a].add(in_a).at[b].add(n - in_a)
+    return _Walk(jnp.clip(x + sgn * z, 0.0, U), T, counts, w.prev)
 
-  init = (jnp.zeros((), vc.dtype), jnp.zeros(M, jnp.int32))
-  (lam, counts), _ = jax.lax.scan(step, init, None, length=n_iters)
-  return counts.astype(vc.dtype) / n_iters, lam
+  def event(w: _Walk) -> _Walk:
+    k = cell(w.lam)
+    gk = g[k]
+    left = T - w.t
+    up = gk < 0
+    stuck = (gk == 0) | (up & (k == M - 1)) | (~up & (k == 0))
+    edge = jnp.where(up, k + 0.5, k - 0.5) * delta
+    speed = eta * jnp.abs(gk)
+    to_edge = jnp.maximum(jnp.ceil(jnp.abs(edge - w.lam) / jnp.where(stuck, 1.0, speed)), 1.0)
+    n = jnp.where(stuck, left, jnp.minimum(to_edge, left))
+    lam = jnp.clip(w.lam - n * eta * gk, 0.0, U)
+    new = cell(lam)
+    moved = _Walk(lam, w.t + n, w.counts.at[k].add(n), jnp.where(new != k, k, w.prev))
+    back = (new != k) & (new == w.prev) & (jnp.abs(new - k) == 1) & small & (moved.t < T)
+    return jax.lax.cond(back, lambda m: rotation(m, new, k), lambda m: m, moved)
+
+  init = _Walk(jnp.zeros((), dtype), jnp.zeros((), dtype), jnp.zeros(M, dtype),
+               jnp.array(-1, jnp.int32))
+  w = jax.lax.while_loop(lambda w: w.t < T, event, init)
+  return w.counts / T, w.lam
 
 
 def dual_descent_numpy(vc: np.ndarray, b_prime: float, U: float, n_iters: int) -> np.ndarray:

@@ -80,7 +80,7 @@ def run(cfg: Config, ctx) -> dict:
                       average_reward.instance(m, span)),
           primal_dual.Runs(np.full(R, float(cfg.n_samples)), np.full(R, cfg.eps),
                            np.full(R, cfg.zeta), np.full(R, strict)))
-  opts = dict(n_grid=cfg.n_grid, n_iters=cfg.n_iters)
+  opts = dict(n_grid=cfg.n_grid, variant="fractions", n_iters=cfg.n_iters)
   ctx.say(f"[bench_camdp] jax: {R} runs (compile + run)")
   first, best, out = bench.timed(
       lambda i: average_reward.run_batch(jax.random.key(ctx.seed + i), *args, **opts),

@@ -46,9 +46,10 @@ import time
 import jax
 import numpy as np
 
+from cmdp.average_reward import VARIANTS
 from experiments import io
 from experiments import sample_complexity as sc
-from experiments.schema import Check, ConfigError, each, ge, in_range, param
+from experiments.schema import Check, ConfigError, each, ge, in_range, one_of, param
 from experiments.stats import one_at_a_time
 
 THEORY = {"eps": -2.0, "span": 1.0, "zeta": {"strict": -2.0, "relaxed": 0.0}}
@@ -72,10 +73,15 @@ class Config(sc.Protocol):
                                     check=each(ge(2)))
   zeta_grid: tuple[float, ...] = param((0.05, 0.07, 0.1, 0.14, 0.2), "Slater-constant sweep",
                                        check=each(in_range(0, 0.25, lo_open=True, hi_open=True)))
+  constants: str = param("recovered", "the algorithm's constants: 'recovered' (the paper's, "
+                         "as recovered; T from the dual bound), 'recovered_oracle' (T from the "
+                         "LP's lambda*, an oracle), 'fractions' (each error a fixed fraction "
+                         "of the target, T = n_iters)", check=one_of(*VARIANTS))
   n_grid: int = param(128, "dual grid points (best responses planned per run)",
                       check=ge(2))
-  n_iters: int = param(2 ** 19, "dual subgradient steps T (the dual residual ~ 1/(16 sqrt T) "
-                       "must stay well below the strict tightening eps zeta / 4)", check=ge(1))
+  n_iters: int = param(2 ** 19, "dual subgradient steps T of constants=fractions (the dual "
+                       "residual ~ 1/(16 sqrt T) must stay well below the strict tightening "
+                       "eps zeta / 4)", check=ge(1))
   batch_size: int = param(2048, "runs per jitted call", check=ge(1))
 
   def check(self) -> None:
@@ -110,7 +116,8 @@ class _Problems:
     span = [q.H + (q.B if general else 0.0) for q in self.params]
     self.span_of_point = np.array([span[i] for i in self.instance_of_point])
     self.batch = jax.tree.map(lambda *x: np.stack(x), *[
-        average_reward.instance(m, s) for m, s in zip(self.models, span)])
+        average_reward.instance(m, s, sol.dual)
+        for m, s, sol in zip(self.models, span, self.sols)])
     self.info = [dict(H_param=H, zeta=z, H=q.H, B=q.B, rho_star=q.rho_star,
                       lam_star=q.lam_star, b=float(m.b))
                  for (H, z), q, m in zip(keys, self.params, self.models)]
@@ -133,7 +140,7 @@ class _Problems:
       out = average_reward.run_batch(
           jax.random.fold_in(key, j), jax.tree.map(lambda x: x[inst_idx[pad]], self.batch),
           primal_dual.Runs(n[pad], eps[pad], zeta[pad], np.full(bs, strict)),
-          n_grid=self.cfg.n_grid, n_iters=self.cfg.n_iters)
+          n_grid=self.cfg.n_grid, variant=self.cfg.constants, n_iters=self.cfg.n_iters)
       t_alg = time.perf_counter() - start
       out = jax.tree.map(lambda x: x[:sl.size], out)
       rho_r[sl], rho_c[sl] = average_reward.evaluate_outputs(self.models, inst_idx[sl], out)

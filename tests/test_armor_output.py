@@ -163,6 +163,7 @@ def test_a_group_step_takes_at_least_the_best_single_group(case):
   assert got >= best * (1 - 1e-6)
 
 
+@pytest.mark.slow
 def test_equals_the_diagonal_variant_when_xtx_is_diagonal(case):
   with jax.enable_x64(True):
     st = case["stats"]

@@ -44,13 +44,47 @@ def test_dual_descent_balances_the_constraint_on_average():
   assert 1.5 < float(lam) < 2.5
 
 
-def _run(m, n, eps, zeta, strict, key=0):
+@pytest.mark.parametrize("jit", [False, True])
+def test_dual_descent_counts_every_step_as_the_step_by_step_loop_does(jit):
+  """Against the per-step float64 loop: monotone and arbitrary drifts, feasible and not
+  (lambda stuck at 0 or U), steps larger than a cell (small T) and far smaller."""
+  rng = np.random.default_rng(3)
+  fn = jax.jit(primal_dual.dual_descent) if jit else primal_dual.dual_descent
+  with jax.enable_x64(True):
+    for trial in range(12):
+      M = (2, 5, 16, 64)[trial % 4]
+      vc = np.sort(rng.random(M)) if trial % 3 else rng.random(M)
+      b = (float(rng.uniform(vc.min(), vc.max())) if trial % 5 else
+           float(rng.choice([-0.5, 1.5])))
+      U, T = float(rng.uniform(0.5, 50)), (1, 9, 3000, 2 ** 16)[trial % 4 if trial < 8 else 3]
+      w, lam = fn(jnp.asarray(vc), b, U, T)
+      want = primal_dual.dual_descent_numpy(vc, b, U, T)
+      np.testing.assert_allclose(np.asarray(w) * T, want * T, atol=1.0)
+      assert float(np.asarray(w).sum()) == pytest.approx(1.0)
+
+
+def test_dual_descent_takes_the_theorys_ten_billion_steps_exactly():
+  """T = 10^10 (the recovered strict T): counted in closed form, it matches the two-cell
+  oscillation's exact weights: vc_a w_a + vc_b (1 - w_a) = b' up to the transient ~1/sqrt(T)."""
+  lam_grid = np.linspace(0, 40, 128)
+  vc = 0.2 + 0.6 / (1 + np.exp(-(lam_grid - 7.3)))      # increasing, crosses 0.5 near 7.3
+  with jax.enable_x64(True):
+    w, lam = jax.jit(primal_dual.dual_descent)(jnp.asarray(vc), 0.5, 40.0, 1e10)
+  w = np.asarray(w)
+  assert w.sum() == pytest.approx(1.0, abs=1e-12)
+  assert abs(w @ vc - 0.5) < 1e-4
+  top = np.argsort(w)[-2:]
+  assert abs(top[0] - top[1]) == 1 and w[top].sum() > 1 - 1e-4
+  assert lam_grid[top.min()] <= float(lam) + 1e-9 and float(lam) <= lam_grid[top.max()] + 1e-9
+
+
+def _run(m, n, eps, zeta, strict, key=0, variant="recovered"):
   p = ar.instance_parameters(m)
   inst = jax.tree.map(lambda x: np.broadcast_to(x, (R,) + np.shape(x)),
                       ar.instance(m, p.H + p.B))
   runs = primal_dual.Runs(np.full(R, float(n)), np.full(R, eps), np.full(R, zeta),
                           np.full(R, strict))
-  out = ar.run_batch(jax.random.key(key), inst, runs, **OPTS)
+  out = ar.run_batch(jax.random.key(key), inst, runs, variant=variant, **OPTS)
   rr, rc = ar.evaluate_outputs([m], np.zeros(R, int), out)
   return p, out, rr, rc
 
@@ -95,18 +129,44 @@ def test_numpy_reference_runs_the_same_algorithm():
   out = primal_dual.Mixture(np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]),
                             None, None)
   nr, nc = ar.evaluate_outputs([m], np.zeros(2, int), out)
-  _, _, jr, jc = _run(m, 1e9, 0.1, 0.1, strict=True)
+  _, _, jr, jc = _run(m, 1e9, 0.1, 0.1, strict=True, variant="fractions")
   # Same law: with P_hat ~ P both land on the same mixture up to the perturbation and T.
   assert np.abs(nr.mean() - jr.mean()) < 0.01 and np.abs(nc.mean() - jc.mean()) < 0.005
 
 
+def test_recovered_constants_are_the_stated_formulas():
+  eps, zeta, span, b = 0.1, 0.05, 20.0, 0.4
+  k = ar.constants(eps, zeta, span, b, False)       # relaxed: acc = eps, eps_opt = eps / 4
+  omega = eps / 6
+  lam_max = 2 * (1 + omega) / (eps + eps / 4)
+  U = 2 * lam_max
+  assert 1 - float(k.gamma) == pytest.approx((eps / 4) / (4 * span))
+  assert float(k.omega) == pytest.approx(omega) and float(k.U) == pytest.approx(U)
+  assert float(k.b_prime) == pytest.approx(b - 3 * eps / 8)
+  assert float(k.T) == np.ceil((U / (eps / 4)) ** 2 * (1 + 1 / (U - lam_max) ** 2))
+  k = ar.constants(eps, zeta, span, b, True)        # strict: acc = eps zeta / 4 on b + acc
+  acc = eps * zeta / 4
+  lam_max = 2 * (1 + omega) / zeta
+  assert 1 - float(k.gamma) == pytest.approx((acc / 4) / (4 * span))
+  assert float(k.U) == pytest.approx(2 * lam_max)
+  assert float(k.b_prime) == pytest.approx(b + 5 * acc / 8)
+  assert float(k.T) > 1e9
+  # The oracle's T uses the true lambda* (< lambda_max): U - lambda* is larger, T smaller.
+  o = ar.constants(eps, zeta, span, b, True, "recovered_oracle", lam_star=1 / (4 * zeta))
+  assert [float(x) for x in o[:4]] == pytest.approx([float(x) for x in k[:4]])
+  assert float(o.T) < float(k.T)
+  with pytest.raises(ValueError, match="lam_star"):
+    ar.constants(eps, zeta, span, b, True, "recovered_oracle")
+
+
 def test_constants_follow_the_settings():
-  k = ar.constants(0.1, 0.05, 20.0, 0.4, False)
+  k = ar.constants(0.1, 0.05, 20.0, 0.4, False, "fractions")
   assert float(k.U) == pytest.approx(40) and float(k.b_prime) == pytest.approx(0.35)
   assert 1 - float(k.gamma) == pytest.approx(0.1 / (ar.C_GAMMA * 20))
-  k = ar.constants(0.1, 0.05, 20.0, 0.4, True)
+  k = ar.constants(0.1, 0.05, 20.0, 0.4, True, "fractions")
   assert float(k.U) == pytest.approx(80) and float(k.b_prime) == pytest.approx(0.40125)
   assert 1 - float(k.gamma) == pytest.approx(0.005 / (ar.C_GAMMA * 20))
+  assert float(ar.constants(0.1, 0.05, 20.0, 0.4, True, "fractions", n_iters=77).T) == 77
 
 
 # --- experiment helpers and end to end ---------------------------------------------------------

@@ -312,6 +312,7 @@ def extremes():
           for name in ("collab", "pooled_oful", "ind_oful")}
 
 
+@pytest.mark.slow
 def test_collab_is_pooled_when_agents_are_identical(extremes):
   """sigma = 0: within a factor 3 of pooled OFUL and closer to it than to independent OFUL
   (log ratio); measured (4 seeds): collab / pooled 1.46, collab / independent 0.54."""
@@ -320,6 +321,7 @@ def test_collab_is_pooled_when_agents_are_identical(extremes):
   assert abs(math.log(c / p)) < abs(math.log(c / i)), (c, p, i)
 
 
+@pytest.mark.slow
 def test_collab_is_independent_when_agents_differ_wildly(extremes):
   """sigma = 3: within a factor 2 of independent OFUL and closer to it than to pooled OFUL
   (which is then far worse: linear regret); measured: collab / independent 0.86."""

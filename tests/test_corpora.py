@@ -108,6 +108,7 @@ def test_missing_corpus_is_named(tok, tmp_path):
     corpora.windows("c4", tok.encode_specials, 10_000, docs=["short"], )
 
 
+@pytest.mark.slow
 @needs_assets
 def test_armor_prune_names_a_missing_corpus(precheck_cli, tmp_path):
   code, err = precheck_cli(["experiment=armor_prune", "eval_text=wikitext2",
