@@ -35,12 +35,14 @@ def empirical_model(key: jax.Array, P: jax.Array, n) -> jax.Array:
   """P_hat (S, A, S): empirical next-state frequencies of ``n`` samples per (s, a).
 
   ``n`` may be traced (vmap over a grid of N). The counts are one multinomial
-  draw per (s, a), exactly the law of the counts of ``n`` i.i.d. samples.
+  draw per (s, a), exactly the law of the counts of ``n`` i.i.d. samples; a
+  non-integer ``n`` is rounded down (each row is divided by its own count, so
+  P_hat is always stochastic).
   """
   p = jnp.clip(P, 0.0, None)
   p = p / p.sum(-1, keepdims=True)
-  counts = jax.random.multinomial(key, jnp.asarray(n, p.dtype), p, dtype=p.dtype)
-  return counts / jnp.asarray(n, p.dtype)
+  counts = jax.random.multinomial(key, jnp.floor(jnp.asarray(n, p.dtype)), p, dtype=p.dtype)
+  return counts / counts.sum(-1, keepdims=True)
 
 
 def empirical_model_numpy(rng: np.random.Generator, P: np.ndarray, n: int) -> np.ndarray:

@@ -83,6 +83,10 @@ class Config(sc.Protocol):
                        "residual ~ 1/(16 sqrt T) must stay well below the strict tightening "
                        "eps zeta / 4)", check=ge(1))
   batch_size: int = param(2048, "runs per jitted call", check=ge(1))
+  hold_span: bool = param(False, "zeta sweep at the base point's span: the instance's core "
+                          "time scale is rescaled per zeta so that its computed B + H does "
+                          "not move with zeta (the hard instance's bias span is "
+                          "(1 - 2 zeta) H / 2)")
 
   def check(self) -> None:
     super().check()
@@ -104,23 +108,36 @@ class _Problems:
     from cmdp import average_reward, instances, lp  # pylint: disable=import-outside-toplevel
     self.cfg, self.points, self.ctx = cfg, points, ctx
     keys = sorted({(p["H"], p["zeta"]) for p in points})   # one instance per (H, zeta)
-    self.models = [instances.hard_instance(cfg.n_states, cfg.n_actions, H, z, cfg.transient_B)
-                   for H, z in keys]
-    self.sols = [lp.solve_cmdp(m) for m in self.models]
-    self.params = [average_reward.instance_parameters(m, sol)
-                   for m, sol in zip(self.models, self.sols)]
+    general = cfg.transient_B >= 1
+    hard = lambda H, z: instances.hard_instance(cfg.n_states, cfg.n_actions, H, z,
+                                                cfg.transient_B)
+    span_of = lambda q: q.H + (q.B if general else 0.0)
+
+    def build(H, z):
+      m = hard(H, z)
+      sol = lp.solve_cmdp(m)
+      return m, sol, average_reward.instance_parameters(m, sol)
+
+    self.models, self.sols, self.params = map(list, zip(*[build(H, z) for H, z in keys]))
+    core = [H for H, _ in keys]            # the instances' core time scales
+    if cfg.hold_span:   # rescale the core time scale of the zeta sweep (span is linear in it)
+      target = span_of(self.params[keys.index((cfg.H, cfg.zeta))])
+      for i, (H, z) in enumerate(keys):
+        if H == cfg.H and z != cfg.zeta:
+          for _ in range(3):
+            core[i] *= target / span_of(self.params[i])
+            self.models[i], self.sols[i], self.params[i] = build(core[i], z)
     self.instance_of_point = np.array([keys.index((p["H"], p["zeta"])) for p in points])
     # The bounds' span term: H for weakly-communicating instances (Zurek & Chen's SAH/eps^2;
     # B is not needed there), B + H for general ones. It is also the algorithm's input.
-    general = cfg.transient_B >= 1
-    span = [q.H + (q.B if general else 0.0) for q in self.params]
+    span = [span_of(q) for q in self.params]
     self.span_of_point = np.array([span[i] for i in self.instance_of_point])
     self.batch = jax.tree.map(lambda *x: np.stack(x), *[
         average_reward.instance(m, s, sol.dual)
         for m, s, sol in zip(self.models, span, self.sols)])
-    self.info = [dict(H_param=H, zeta=z, H=q.H, B=q.B, rho_star=q.rho_star,
+    self.info = [dict(H_param=H, zeta=z, core_H=h, H=q.H, B=q.B, rho_star=q.rho_star,
                       lam_star=q.lam_star, b=float(m.b))
-                 for (H, z), q, m in zip(keys, self.params, self.models)]
+                 for (H, z), h, q, m in zip(keys, core, self.params, self.models)]
 
   def run(self, strict: bool, point: np.ndarray, n: np.ndarray, key, label: str):
     """(subopt, violation) of every run: all instances in one flat batch, in chunks of one
@@ -168,6 +185,24 @@ def run(cfg: Config, ctx) -> dict:
                                 "delta": cfg.delta, "transient_B": cfg.transient_B}
   headline.update(sc.headline(result, xs, where, where["base"][0]))
   headline["runs"] = sum(res.runs for res in result.values())
+  checks = []
+  if cfg.scaled_seeds:
+    base = where["base"][0]
+    checks = sc.scaled(family, cfg, jax.random.key(ctx.seed), result, xs, where, base,
+                       dict(eps=cfg.eps, span=span[base], zeta=cfg.zeta), _theory,
+                       say=ctx.say, progress=ctx.progress)
+    headline.update(sc.scaled_headline(checks))
+    ctx.write_csv("scaled.csv", sc.scaled_rows(checks))
+    preds = sc.predicted(family, cfg, jax.random.key(ctx.seed),
+                         result, [p for w in xs for p in where[w]], where["base"][0],
+                         say=ctx.say, progress=ctx.progress)
+    headline.update(sc.predicted_headline(preds, xs, where))
+  rates = None
+  if cfg.rate_seeds:
+    rates = sc.rate(family, cfg, jax.random.key(ctx.seed), where["base"][0], say=ctx.say,
+                    progress=ctx.progress)
+    headline.update(sc.rate_headline(rates))
+    ctx.write_csv("rate.csv", sc.rate_rows(rates))
 
   columns = lambda p: dict(eps=points[p]["eps"], H_param=points[p]["H"],
                            zeta=points[p]["zeta"], span=span[p])
@@ -191,6 +226,13 @@ def run(cfg: Config, ctx) -> dict:
       error_title=lambda setting, p: (f"{setting}: H={points[p]['H']:g}, "
                                       f"zeta={points[p]['zeta']:g}"),
       suptitle=f"S={cfg.n_states}, A={cfg.n_actions}, {cfg.n_seeds} seeds; dashed: theory slope")
+  sc.scaled_figure(ctx, io.pyplot(), checks, labels=labels,
+                   title=f"failure rate at the theory-scaled N ({cfg.constants} constants)")
+  if rates is not None:
+    base = points[where["base"][0]]
+    sc.rate_figure(ctx, io.pyplot(), rates, headline, n_label="N (samples per (s, a))",
+                   title=f"output deviation from the exact-model output: eps={base['eps']:g}, "
+                         f"H={base['H']:g}, zeta={base['zeta']:g}, {cfg.constants} constants")
   return headline
 
 

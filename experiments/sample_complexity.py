@@ -28,6 +28,27 @@ violation; the protocol does the rest and returns a frozen :class:`Result`:
 6. Slopes of log N against log x per sweep, with t intervals (:func:`headline`), the CSVs
    and figures (:func:`write_tables`, :func:`figures`).
 
+Beside it, the most direct rate check (:func:`rate`): at one point, every run's output
+against the output of the same run (same key, so the same reward perturbation) given a
+practically exact model (``RATE_N_REF`` samples), over a geometric N grid. If the analysis
+holds, the mean deviations of the output's reward and constraint gains fall like N^-1/2
+(:func:`rate_headline`: ``rate_slope_reward_<setting>``, ``rate_slope_constraint_<setting>``).
+
+And the theory-scaled check (:func:`scaled`): every point of a sweep is run at
+``N0 * level * (x / x_base)^theory`` for a few levels around the base point's N*; if the
+exponent holds, the failure rate is the same at every point of a level. One probit model
+in log N and log x over all those runs (:func:`experiments.stats.probit_exponent`) gives
+the exponent with an interval from every run at once (``scaled_slope_<sweep>``), free of
+the grid and of the smallest-N rule's selection.
+
+What the exponent should be on the instance itself (:func:`predicted`): every point is run
+at N0 and at ``RATE_N_REF`` with the same keys; assuming only that each run's deviation from
+its exact-model output shrinks like N^-1/2 (what the rate check measures), the failure rate
+at any N follows from those pairs, and so does the N where it crosses the level the
+estimators read. Its slope against log x (``predicted_slope_<sweep>``) is the exponent the
+instance implies; where it differs from the bound's, the instance (its variances and
+margins as functions of x) explains the difference.
+
 N is counted on the family's axis (:attr:`Family.n_axis`): samples per (s, a) for the
 tabular average-reward learner, total samples at the core set for the linear one. The
 protocol's config keys are :class:`Protocol`'s, which each experiment's ``Config``
@@ -46,10 +67,14 @@ import numpy as np
 from experiments.schema import ConfigError, each, ge, in_range, one_of, param
 from experiments.stats import (failure_curves_figure, feasible_n, finite_loglog_slope,
                                grid_failure_evidence, n_grid_values, probit_crossing,
-                               smallest_n, smooth_strict_n)
+                               probit_exponent, smallest_n, smooth_strict_n)
 
 SETTINGS = ("relaxed", "strict")
 STRICT_TOL = 1e-9      # strict feasibility: violation <= STRICT_TOL
+RATE_N_REF = 1e15      # the rate check's reference budget: a practically exact model
+RATE_STREAM = 0x52415445   # the rate check's key: fold_in(key, RATE_STREAM) ("RATE")
+SCALED_STREAM = 0x5343414C  # the theory-scaled check's key ("SCAL")
+PREDICT_STREAM = 0x50524544  # the instance prediction's key ("PRED")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +97,19 @@ class Protocol:
   strict_smooth_level: float = param(0.05, "strict failure probability at which the smooth "
                                      "(pooled probit in log N) estimator reads N",
                                      check=in_range(0, 1, lo_open=True, hi_open=True))
+  rate_n_range: tuple[int, ...] = param((64, 2 ** 20), "[min, max] of the rate check's N "
+                                        "grid (output deviation against N at the base point)",
+                                        check=each(ge(1)))
+  rate_seeds: int = param(32, "seeds per N of the rate check (0 skips it)", check=ge(0))
+  scaled_seeds: int = param(128, "seeds per (point, level) of the theory-scaled check (0 "
+                            "skips it)", check=ge(0))
+  scaled_levels: tuple[float, ...] = param(
+      (0.125, 0.25, 0.5, 1.0), "multiples of the base point's N* at which the theory-scaled "
+      "check runs (below it, where failures are frequent enough to fit)",
+      check=each(in_range(0, 1e6, lo_open=True)))
 
   def check(self) -> None:
-    for key in ("relaxed_n_range", "strict_n_range"):
+    for key in ("relaxed_n_range", "strict_n_range", "rate_n_range"):
       rng = getattr(self, key)
       if len(rng) != 2 or rng[0] >= rng[1]:
         raise ConfigError(key, f"must be [min, max] with min < max; got {list(rng)}")
@@ -305,6 +340,304 @@ def _settle(family, proto, keys, axis, ns, success, feasible, opts: _Options) ->
   checks["strict_smooth_level"] = proto.strict_smooth_level
   return dict(n_star=n_star, n_smooth=n_smooth, check_runs=fn.fresh_runs, checks=checks,
               fits=fits, evidence=evidence, fresh_runs=fresh)
+
+
+class RateResult(NamedTuple):
+  """The rate check of one setting at one point (:func:`rate`).
+
+  Attributes:
+    setting: ``relaxed`` or ``strict``.
+    ns: (K,) the sample budgets; axis: (K,) the same on the family's N axis.
+    reward, constraint: (K, seeds) |rho(N) - rho(ref)| of the output's reward and
+      constraint gains (from subopt and violation: the optimum and b cancel).
+    subopt, violation: (K, seeds) the runs' own errors at N.
+  """
+  setting: str
+  ns: np.ndarray
+  axis: np.ndarray
+  reward: np.ndarray
+  constraint: np.ndarray
+  subopt: np.ndarray
+  violation: np.ndarray
+
+
+def rate(family: Family, proto: Protocol, key: jax.Array, point: int, *, say=print,
+         progress: bool = True) -> Mapping[str, RateResult]:
+  """The output's deviation from its exact-model limit against N, per setting.
+
+  Every run is made twice with the same key: with its budget N and with
+  ``RATE_N_REF``; the deviation of the gains between the two is the statistical
+  error alone (the bias of the targets, the perturbation and the surrogate cancel).
+  Setting i is keyed ``fold_in(fold_in(key, RATE_STREAM), i)``.
+  """
+  ns = n_grid_values(int(proto.rate_n_range[0]), int(proto.rate_n_range[1]),
+                     proto.n_per_octave).astype(np.float64)
+  seeds = proto.rate_seeds
+  base = jax.random.fold_in(key, RATE_STREAM)
+  pts = np.full(ns.size * seeds, point)
+  out = {}
+  for si, setting in enumerate(proto.settings):
+    strict = setting == "strict"
+    if progress:
+      say(f"[{family.name}] {setting} rate check: {2 * pts.size} runs ({ns.size} N x "
+          f"{seeds} seeds, each also at N = {RATE_N_REF:g})")
+    k = jax.random.fold_in(base, si)
+    sub, vio = family.run(strict, pts, np.repeat(ns, seeds), k, f"{setting} rate")
+    sub0, vio0 = family.run(strict, pts, np.full(pts.size, RATE_N_REF), k,
+                            f"{setting} rate reference")
+    shape = (ns.size, seeds)
+    out[setting] = RateResult(setting, ns, np.asarray(family.n_axis(point, ns), np.float64),
+                              np.abs(sub - sub0).reshape(shape),
+                              np.abs(vio - vio0).reshape(shape),
+                              sub.reshape(shape), vio.reshape(shape))
+  return types.MappingProxyType(out)
+
+
+def rate_headline(rates: Mapping[str, RateResult]) -> dict[str, float]:
+  """``rate_slope_{reward,constraint}_<setting>`` (with ``_lo``/``_hi``): the slope of the
+  log mean deviation against log N (theory: -1/2)."""
+  head: dict[str, float] = {}
+  for setting, r in rates.items():
+    for name, dev in (("reward", r.reward), ("constraint", r.constraint)):
+      s, lo, hi = finite_loglog_slope(r.axis, np.where(dev.mean(1) > 0, dev.mean(1), np.nan))
+      head.update({f"rate_slope_{name}_{setting}": s, f"rate_slope_{name}_{setting}_lo": lo,
+                   f"rate_slope_{name}_{setting}_hi": hi})
+  return head
+
+
+def rate_rows(rates: Mapping[str, RateResult]) -> dict[str, list]:
+  """rate.csv: one row per (setting, N): mean deviations and mean errors."""
+  rows: dict[str, list] = {}
+  for setting, r in rates.items():
+    for k in range(r.ns.size):
+      row = dict(setting=setting, n=r.ns[k], N=r.axis[k], seeds=r.reward.shape[1],
+                 reward_deviation=r.reward[k].mean(), constraint_deviation=r.constraint[k].mean(),
+                 subopt=r.subopt[k].mean(), violation=r.violation[k].mean(),
+                 violating=(r.violation[k] > STRICT_TOL).mean())
+      for key, val in row.items():
+        rows.setdefault(key, []).append(val)
+  return rows
+
+
+def rate_figure(ctx, plt, rates: Mapping[str, RateResult], head: Mapping[str, float], *,
+                n_label: str, title: str) -> None:
+  """rate_vs_n.png: mean deviations against N, log-log, with the N^-1/2 reference."""
+  fig, axes = plt.subplots(1, len(rates), figsize=(5.5 * len(rates), 4.2), squeeze=False)
+  for ax, (setting, r) in zip(axes[0], rates.items()):
+    for name, dev in (("reward", r.reward), ("constraint", r.constraint)):
+      m = dev.mean(1)
+      line, = ax.plot(r.axis, m, "o-", ms=3,
+                      label=f"{name}: slope {head[f'rate_slope_{name}_{setting}']:.2f}")
+      ok = m > 0
+      if ok.any():
+        x0, y0 = np.exp(np.log(r.axis[ok]).mean()), np.exp(np.log(m[ok]).mean())
+        ax.plot(r.axis, y0 * (r.axis / x0) ** -0.5, color=line.get_color(), ls="--", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel=n_label,
+           ylabel="mean |gain(N) - gain(exact model)|", title=f"{setting} (dashed: N^-1/2)")
+    ax.legend(fontsize=8)
+  fig.suptitle(title)
+  ctx.save_figure(fig, "rate_vs_n.png")
+
+
+class ScaledResult(NamedTuple):
+  """The theory-scaled check of one setting and sweep (:func:`scaled`).
+
+  Attributes:
+    setting, sweep: names.
+    points: (P,) sweep points; x: (P,) their swept values; theory: the exponent used.
+    levels: (L,) multiples of the base N*; n: (P, L) the budgets run; axis: the same on
+      the family's N axis.
+    failures: (P, L) failed runs among ``runs`` at each.
+    exponent: :class:`experiments.stats.Exponent` fitted to all of them.
+  """
+  setting: str
+  sweep: str
+  points: np.ndarray
+  x: np.ndarray
+  theory: float
+  levels: np.ndarray
+  n: np.ndarray
+  axis: np.ndarray
+  failures: np.ndarray
+  runs: int
+  exponent: Any
+
+
+def scaled(family: Family, proto: Protocol, key: jax.Array, result: Result,
+           xs: Mapping[str, Sequence[float]], where: Mapping[str, Sequence[int]], base: int,
+           x_base: Mapping[str, float], theory: Callable[[str, str], float], *, say=print,
+           progress: bool = True) -> list[ScaledResult]:
+  """Runs every sweep's points at the theory-scaled N and fits the exponent (see the module
+  docstring). N0 is the base point's smooth strict N (its verified N if the smooth fit
+  failed) or the relaxed N*; ``x_base[sweep]`` is the base point's value of the swept
+  parameter. Setting i, sweep j is keyed ``fold_in(fold_in(fold_in(key, SCALED_STREAM),
+  i), j)``."""
+  out = []
+  levels = np.asarray(proto.scaled_levels, np.float64)
+  root = jax.random.fold_in(key, SCALED_STREAM)
+  for si, (setting, res) in enumerate(result.items()):
+    n0 = _base_n(family, res, base)
+    if not np.isfinite(n0):
+      continue
+    for wi, sweep in enumerate(xs):
+      pts = np.asarray(where[sweep])
+      x = np.asarray(xs[sweep], np.float64)
+      x0 = float(x_base[sweep])
+      th = float(theory(setting, sweep))
+      n = np.maximum(np.round(n0 * levels[None, :] * (x[:, None] / x0) ** th), 1.0)
+      r = proto.scaled_seeds
+      point = np.repeat(pts, levels.size * r)
+      if progress:
+        say(f"[{family.name}] {setting} theory-scaled check, {sweep}: {point.size} runs "
+            f"({pts.size} points x {levels.size} levels x {r} seeds)")
+      subopt, violation = family.run(res.strict, point, np.repeat(n.ravel(), r),
+                                     jax.random.fold_in(jax.random.fold_in(root, si), wi),
+                                     f"{setting} scaled {sweep}")
+      _, success = _outcome(family, res.strict, subopt, violation, point)
+      failures = (~success).reshape(pts.size, levels.size, r).sum(2)
+      axis = np.stack([np.asarray(family.n_axis(int(p), n[i]), np.float64)
+                       for i, p in enumerate(pts)])
+      exp = probit_exponent(axis.ravel(), np.repeat(x, levels.size), failures.ravel(),
+                            np.full(failures.size, r))
+      out.append(ScaledResult(setting, sweep, pts, x, th, levels, n, axis, failures, r, exp))
+  return out
+
+
+def _base_n(family: Family, res: SettingResult, base: int) -> float:
+  """N0 in budget units: the smooth strict N (else the verified one) or the relaxed N*."""
+  n0 = res.n_smooth[base] if res.strict and np.isfinite(res.n_smooth[base]) else res.n_star[base]
+  return float(n0) / float(np.asarray(family.n_axis(base, np.array([1.0])))[0])
+
+
+class Prediction(NamedTuple):
+  """The instance-implied N* of every point of one setting (:func:`predicted`).
+
+  Attributes:
+    setting: name; level: the failure probability read; n0: the budget run.
+    points: (P,) the points; n_pred: (P,) the implied N* on the family's axis.
+  """
+  setting: str
+  level: float
+  n0: float
+  points: np.ndarray
+  n_pred: np.ndarray
+
+
+def predicted(family: Family, proto: Protocol, key: jax.Array, result: Result,
+              points: Sequence[int], base: int, *, say=print, progress: bool = True
+              ) -> list[Prediction]:
+  """The N* each point's deviations imply under the N^-1/2 law (see the module docstring).
+
+  Each point runs ``scaled_seeds`` seeds at N0 and again at ``RATE_N_REF`` (same keys); a
+  run's outcome at N is taken as its exact-model outcome plus its deviation times
+  sqrt(N0 / N). The N where the failure fraction crosses the level (strict:
+  ``strict_smooth_level``, relaxed: ``delta``) is found by bisection in log N. Setting i
+  is keyed ``fold_in(fold_in(key, PREDICT_STREAM), i)``.
+  """
+  from scipy import optimize  # pylint: disable=import-outside-toplevel
+  pts = np.asarray(sorted(set(int(p) for p in points)))
+  r = proto.scaled_seeds
+  point = np.repeat(pts, r)
+  out = []
+  for si, (setting, res) in enumerate(result.items()):
+    n0 = _base_n(family, res, base)
+    if not np.isfinite(n0):
+      continue
+    n0 = float(np.round(n0))
+    level = proto.strict_smooth_level if res.strict else proto.delta
+    if progress:
+      say(f"[{family.name}] {setting} instance prediction: {2 * point.size} runs "
+          f"({pts.size} points x {r} seeds, at N0 = {n0:g} and at {RATE_N_REF:g})")
+    k = jax.random.fold_in(jax.random.fold_in(key, PREDICT_STREAM), si)
+    sub, vio = family.run(res.strict, point, np.full(point.size, n0), k, f"{setting} predict")
+    sub0, vio0 = family.run(res.strict, point, np.full(point.size, RATE_N_REF), k,
+                            f"{setting} predict reference")
+    n_pred = np.full(pts.size, np.nan)
+    for i, p in enumerate(pts):
+      sl = slice(i * r, (i + 1) * r)
+
+      def fail(log_n, sl=sl, p=p):
+        f = np.sqrt(n0 / np.exp(log_n))
+        _, ok = _outcome(family, res.strict, sub0[sl] + (sub[sl] - sub0[sl]) * f,
+                         vio0[sl] + (vio[sl] - vio0[sl]) * f, np.full(r, p))
+        return np.mean(~ok)
+
+      # The failure fraction is a step function of N: where it sits exactly at the level,
+      # the crossing is the geometric middle of that step.
+      lo, hi = np.log(n0) - 12.0, np.log(n0) + 12.0
+      if fail(lo) > level >= fail(hi):
+        ends = [optimize.brentq(lambda x, op=op: float(op(fail(x), level)) - 0.5, lo, hi,
+                                xtol=1e-9)
+                for op in (np.greater, np.greater_equal)] if fail(hi) < level else None
+        if ends is None:
+          ends = [optimize.brentq(lambda x: float(fail(x) > level) - 0.5, lo, hi, xtol=1e-9)]
+        n_cross = np.exp(np.mean(ends))
+        n_pred[i] = float(np.asarray(family.n_axis(int(p), np.array([n_cross])))[0])
+    out.append(Prediction(setting, level, n0, pts, n_pred))
+  return out
+
+
+def predicted_headline(preds: Sequence[Prediction], xs: Mapping[str, Sequence[float]],
+                       where: Mapping[str, Sequence[int]], prefix: str = "") -> dict[str, float]:
+  """``predicted_slope_<sweep>`` (strict; ``relaxed_predicted_slope_<sweep>``) with
+  ``_lo``/``_hi``: slopes of the instance-implied log N* against log x."""
+  head: dict[str, float] = {}
+  for pr in preds:
+    pre = prefix + ("relaxed_" if pr.setting == "relaxed" else "")
+    at = {int(p): n for p, n in zip(pr.points, pr.n_pred)}
+    for sweep, x in xs.items():
+      s, lo, hi = finite_loglog_slope(x, [at.get(int(p), np.nan) for p in where[sweep]])
+      head.update({f"{pre}predicted_slope_{sweep}": s, f"{pre}predicted_slope_{sweep}_lo": lo,
+                   f"{pre}predicted_slope_{sweep}_hi": hi})
+  return head
+
+
+def scaled_headline(checks: Sequence[ScaledResult], prefix: str = "") -> dict[str, float]:
+  """``scaled_slope_<sweep>`` (strict; ``relaxed_scaled_slope_<sweep>``) with ``_lo``/``_hi``."""
+  head: dict[str, float] = {}
+  for c in checks:
+    pre = prefix + ("relaxed_" if c.setting == "relaxed" else "")
+    head.update({f"{pre}scaled_slope_{c.sweep}": c.exponent.slope,
+                 f"{pre}scaled_slope_{c.sweep}_lo": c.exponent.lo,
+                 f"{pre}scaled_slope_{c.sweep}_hi": c.exponent.hi})
+  return head
+
+
+def scaled_rows(checks: Sequence[ScaledResult]) -> dict[str, list]:
+  """scaled.csv: one row per (setting, sweep, point, level)."""
+  rows: dict[str, list] = {}
+  for c in checks:
+    for i, p in enumerate(c.points):
+      for j, lev in enumerate(c.levels):
+        row = dict(setting=c.setting, sweep=c.sweep, point=int(p), x=c.x[i], theory=c.theory,
+                   level=lev, n=c.n[i, j], N=c.axis[i, j], runs=c.runs,
+                   failures=int(c.failures[i, j]), fail_rate=c.failures[i, j] / c.runs)
+        for key, val in row.items():
+          rows.setdefault(key, []).append(val)
+  return rows
+
+
+def scaled_figure(ctx, plt, checks: Sequence[ScaledResult], *, labels: Mapping[str, str],
+                  title: str) -> None:
+  """scaled_check.png: failure rate against x at each level (flat if the exponent holds)."""
+  if not checks:
+    return
+  settings = sorted({c.setting for c in checks}, key=SETTINGS.index)
+  sweeps = list(dict.fromkeys(c.sweep for c in checks))
+  fig, axes = plt.subplots(len(settings), len(sweeps), figsize=(4.6 * len(sweeps),
+                                                                3.8 * len(settings)),
+                           squeeze=False)
+  for c in checks:
+    ax = axes[settings.index(c.setting), sweeps.index(c.sweep)]
+    for j, lev in enumerate(c.levels):
+      ax.plot(c.x, c.failures[:, j] / c.runs, "o-", ms=3, label=f"{lev:g} N0")
+    ax.set(xscale="log", xlabel=labels.get(c.sweep, c.sweep), ylim=(-0.02, 1.02),
+           ylabel="failure rate at N0 (x/x0)^theory",
+           title=(f"{c.setting}, theory {c.theory:g}: fitted {c.exponent.slope:.2f} "
+                  f"[{c.exponent.lo:.2f}, {c.exponent.hi:.2f}]"))
+    ax.legend(fontsize=7)
+  fig.suptitle(title)
+  ctx.save_figure(fig, "scaled_check.png")
 
 
 def headline(result: Result, xs: Mapping[str, Sequence[float]],

@@ -9,7 +9,7 @@ failures (:func:`failure_probit_n`, with the glue :func:`grid_failure_evidence`,
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from scipy import stats
@@ -407,3 +407,57 @@ def failure_curves_figure(plt, panels, evidence: Evidence, fits: Sequence[Failur
     ax.legend(fontsize=7)
   fig.suptitle(suptitle)
   return fig
+
+
+class Exponent(NamedTuple):
+  """An exponent fitted jointly from binomial evidence (:func:`probit_exponent`)."""
+  slope: float
+  lo: float
+  hi: float
+  b: float        # steepness of the failure curve in log N (> 0 when failures fall with N)
+
+
+def probit_exponent(ns, xs, failures, runs, level: float = 0.95) -> Exponent:
+  """The exponent s of ``N*(x) ~ x^s`` from failures at several (N, x), one probit model.
+
+  Fits ``P(fail | N, x) = Phi(a - b (log N - s log x))`` (a probit GLM in log N and
+  log x) by maximum likelihood; ``s`` is the ratio of the two coefficients and its
+  interval the delta method's on the inverse Fisher information (normal quantile).
+  Every N* read at a fixed failure probability scales as x^s under this model, so s is
+  what a slope of log N* against log x estimates, from all runs at once.
+
+  Args:
+    ns, xs: (n,) sample sizes and the swept parameter's values (both > 0).
+    failures, runs: (n,) failures among the runs of each observation.
+
+  Returns:
+    :class:`Exponent`; nan when the evidence cannot identify it (no failures, no
+    successes, or N or x constant).
+  """
+  from scipy import optimize, special  # pylint: disable=import-outside-toplevel
+  ln, lx = (np.log(np.asarray(v, np.float64)).reshape(-1) for v in (ns, xs))
+  k, m = (np.asarray(v, np.float64).reshape(-1) for v in (failures, runs))
+  nan = Exponent(*(4 * (float("nan"),)))
+  if k.sum() == 0 or k.sum() == m.sum() or np.ptp(ln) == 0 or np.ptp(lx) == 0:
+    return nan
+  sn, sx = np.ptp(ln) / 2, np.ptp(lx) / 2
+  X = np.stack([np.ones_like(ln), (ln - ln.mean()) / sn, (lx - lx.mean()) / sx], 1)
+
+  def nll(c):
+    eta = X @ c
+    lp, lq = special.log_ndtr(eta), special.log_ndtr(-eta)
+    logphi = -0.5 * eta ** 2 - 0.5 * np.log(2 * np.pi)
+    g = k * np.exp(logphi - lp) - (m - k) * np.exp(logphi - lq)
+    return -np.sum(k * lp + (m - k) * lq), -(X.T @ g)
+
+  c0 = np.array([float(stats.norm.ppf(np.clip(k.sum() / m.sum(), 0.01, 0.99))), -1.0, 0.0])
+  c = optimize.minimize(nll, c0, jac=True, method="BFGS", options=dict(gtol=1e-9)).x
+  eta = X @ c
+  phi = np.exp(-0.5 * eta ** 2) / np.sqrt(2 * np.pi)
+  w = m * phi ** 2 / np.clip(special.ndtr(eta) * special.ndtr(-eta), 1e-300, None)
+  cov = np.linalg.pinv((X * w[:, None]).T @ X)
+  beta, gamma = c[1] / sn, c[2] / sx
+  s = -gamma / beta
+  grad = np.array([0.0, gamma / beta ** 2 / sn, -1.0 / beta / sx])
+  half = float(stats.norm.ppf(0.5 + level / 2) * np.sqrt(max(grad @ cov @ grad, 0.0)))
+  return Exponent(float(s), float(s) - half, float(s) + half, float(-beta))

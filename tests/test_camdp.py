@@ -179,11 +179,13 @@ def test_experiment_end_to_end(tmp_path):
       exp.Config(), n_states=6, n_actions=3, eps_grid=(0.2, 0.1, 0.05), H_grid=(3.0, 5.0, 10.0),
       zeta_grid=(0.1, 0.14, 0.2), relaxed_n_range=(16, 4096), strict_n_range=(2 ** 12, 2 ** 26),
       n_per_octave=1, n_seeds=4, n_check_seeds=4, n_grid=64, n_iters=2 ** 12, batch_size=256,
-      strict_smooth_level=0.25)   # 3 points per sweep (slope intervals); a level 8 seeds resolve
+      strict_smooth_level=0.25, rate_seeds=4, rate_n_range=(64, 4096),
+      scaled_seeds=4)   # 3 points per sweep (slope intervals); a level 8 seeds resolve
   ctx = RunContext(tmp_path, seed=0)
   head = exp.run(cfg, ctx)
   for k in ("slope_eps", "slope_span", "slope_zeta", "slope_eps_lo", "slope_zeta_hi",
-            "strict_violations", "relaxed_slope_eps"):
+            "strict_violations", "relaxed_slope_eps", "rate_slope_reward_relaxed",
+            "rate_slope_constraint_strict_lo"):
     assert k in head
   assert head["runs"] >= 100
   # The strict N reported is one at which no seed violates; it is not below the success N.
@@ -197,5 +199,6 @@ def test_experiment_end_to_end(tmp_path):
   assert head["strict_smooth_level"] == 0.25
   assert "n_star_smooth" in (tmp_path / "n_star.csv").read_text().splitlines()[0]
   for f in ("metrics.csv", "n_star.csv", "error_vs_n.png", "n_star.png",
-            "strict_failure_curves.png"):
+            "strict_failure_curves.png", "rate.csv", "rate_vs_n.png", "scaled.csv",
+            "scaled_check.png"):
     assert (tmp_path / f).stat().st_size > 0

@@ -362,13 +362,15 @@ def test_experiment_end_to_end(tmp_path):
       exp.Config(), d=5, d_grid=(5,), horizon=5.0, horizon_grid=(4.0, 5.0), eps=0.5,
       eps_grid=(1.0, 0.5), zeta=0.5, zeta_grid=(0.5, 1.0), relaxed_n_range=(64, 2 ** 12),
       strict_n_range=(2 ** 14, 2 ** 24), n_per_octave=1, n_seeds=4, n_check_seeds=4,
-      n_grid=32, n_dual=2 ** 12, batch_size=128)
+      n_grid=32, n_dual=2 ** 12, batch_size=128, rate_seeds=4, rate_n_range=(64, 4096),
+      scaled_seeds=4)
   ctx = RunContext(tmp_path, seed=0)
   head = exp.run(cfg, ctx)
   for k in ("slope_d", "slope_horizon", "slope_eps", "slope_zeta", "slope_d_lo", "slope_zeta_hi",
             "relaxed_slope_eps", "strict_violations", "tabular_n_star_base",
             "tabular_rate_constant", "strict_smooth_slope_d", "strict_smooth_slope_zeta_hi",
-            "strict_smooth_n_base", "tabular_strict_smooth_slope_horizon"):
+            "strict_smooth_n_base", "tabular_strict_smooth_slope_horizon",
+            "rate_slope_reward_strict", "rate_slope_constraint_relaxed_hi"):
     assert k in head
   assert head["runs"] >= 100
   # The strict N reported is one at which no seed violates; it is not below the success N.
@@ -376,5 +378,6 @@ def test_experiment_end_to_end(tmp_path):
   assert head["tabular_strict_violations"] == 0 and head["strict_max_violation"] == 0
   assert head["n_star_base"] >= head["n_star_success_base"]
   for f in ("metrics.csv", "n_star.csv", "slopes.csv", "error_vs_n.png", "n_star.png",
-            "strict_failure_curves.png"):
+            "strict_failure_curves.png", "rate.csv", "rate_vs_n.png", "scaled.csv",
+            "scaled_check.png"):
     assert (tmp_path / f).stat().st_size > 0
