@@ -39,7 +39,9 @@ per-seed least-squares slopes, mean and 95% t-interval over seeds),
 algorithm, ``theory_slope_regime{k}`` (the slope of R(n) over the same n),
 ``theory_slope_regime{k}_log`` (of :func:`bandits.collab.theory.rate_log`), ``regime{k}_points``,
 the boundaries ``n_boundary_1``, ``n_boundary_2``, ``regret_collab_stage1``
-(collab's regret after its stage 1) and ``rate_constant``.
+(collab's regret after its stage 1) and ``rate_constant``. The middle-regime check
+(:func:`middle_regime`) adds ``middle_slope_{raw,norm}_gamma<1000 gamma>`` (with
+``_lo``/``_hi``) and ``middle_theory_{raw,norm}_gamma<...>`` (1 - 2 gamma and 1 - gamma).
 """
 
 from __future__ import annotations
@@ -85,14 +87,74 @@ class Config:
   explore_per_dim: int = param(2, "collab's stage 1 lasts explore_per_dim * d rounds (whole "
                                "cycles of its design)", check=ge(1))
   regime_points: int = param(8, "n values per regime in the slope fits", check=ge(3))
+  middle_gammas: tuple[float, ...] = param(
+      (0.125, 0.25, 0.375), "gamma of the middle-regime check: collab at n = d/(m^(2 gamma) "
+      "sigma^2) for every m of middle_m_grid (empty skips it)",
+      check=each(in_range(0, 0.5, lo_open=True)))
+  middle_m_grid: tuple[int, ...] = param((4, 8, 16, 32, 64), "m values of the middle-regime "
+                                         "check", check=each(ge(2)))
 
   def check(self) -> None:
     """Checks that involve several keys."""
     n1 = algorithms.explore_rounds(self.d, self.action_set, self.n_arms, self.explore_per_dim)
+    if self.middle_gammas and self.sigma <= 0:
+      raise ConfigError("sigma", "must be > 0 for the middle-regime check (middle_gammas)")
+    if self.middle_gammas and middle_rounds(self, self.middle_gammas).min() <= n1:
+      raise ConfigError("middle_m_grid", f"every n = d/(m^(2 gamma) sigma^2) of the "
+                        f"middle-regime check must exceed collab's stage 1 ({n1} rounds)")
     if self.horizon <= 2 * n1:
       raise ConfigError("horizon", f"must exceed twice collab's stage 1 ({n1} rounds)")
     if self.sweep_horizon <= n1:
       raise ConfigError("sweep_horizon", f"must exceed collab's stage 1 ({n1} rounds)")
+
+
+def middle_rounds(cfg: "Config", gammas) -> np.ndarray:
+  """(len(gammas), len(middle_m_grid)) rounds n = d noise^2 / (m^(2 gamma) sigma^2): the
+  left end of the middle regime for each gamma (arXiv 2506.15943's abstract)."""
+  m = np.asarray(cfg.middle_m_grid, float)
+  g = np.asarray(gammas, float)[:, None]
+  return np.round(cfg.d * (cfg.noise_std / cfg.sigma) ** 2 / m ** (2 * g)).astype(int)
+
+
+def middle_regime(cfg: Config, seed: int, progress: bool = False) -> dict:
+  """The abstract's middle regime in its own form: regret ~ d m^(1 - gamma) sqrt(n).
+
+  Collab runs once per m (one jitted call over the grid, to the largest n; the algorithm
+  is anytime) and its total regret is read at n = d/(m^(2 gamma) sigma^2) for each gamma.
+  There the rate is d^(3/2) m^(1 - 2 gamma) / sigma: the raw log-log slope against m is
+  1 - 2 gamma, and that of regret / (d sqrt(n)) is 1 - gamma. Per-seed slopes, mean and
+  t interval over seeds.
+  """
+  from bandits.collab import sim  # pylint: disable=import-outside-toplevel
+  from experiments.progress import chunk_bar  # pylint: disable=import-outside-toplevel
+  from experiments.stats import loglog_slope, mean_ci  # pylint: disable=import-outside-toplevel
+  ns = middle_rounds(cfg, cfg.middle_gammas)
+  inst = sim.make_instances([dict(m=m, sigma=cfg.sigma) for m in cfg.middle_m_grid],
+                            cfg.n_seeds, seed, d=cfg.d, mean_norm=cfg.mean_norm,
+                            population=cfg.population, action_set=cfg.action_set,
+                            n_arms=cfg.n_arms)
+  with chunk_bar("collab middle regime", int(ns.max()), enabled=progress) as bar:
+    res = sim.run("collab", inst, jax.random.fold_in(jax.random.key(seed), 0x4D494444),
+                  horizon=int(ns.max()), noise_std=cfg.noise_std, delta=cfg.delta,
+                  explore_per_dim=cfg.explore_per_dim, n_points=int(ns.max()), progress=bar)
+  rounds = np.asarray(res.rounds)
+  at = np.searchsorted(rounds, ns)          # a curve point per round: rounds[at] == ns
+  assert np.array_equal(rounds[np.minimum(at, rounds.size - 1)], ns), "curve not per round"
+  m = np.asarray(cfg.middle_m_grid, float)
+  out = {"rows": {k: [] for k in ("gamma", "m", "n", "regret", "regret_lo", "regret_hi",
+                                  "normalized")}}
+  for gi, gamma in enumerate(cfg.middle_gammas):
+    # (G, S, n) curves: regret of grid point (m) j at its own n.
+    reg = np.stack([np.asarray(res.regret[j])[:, at[gi, j]] for j in range(m.size)], 1)  # (S, M)
+    norm = reg / (cfg.d * np.sqrt(ns[gi]))[None]
+    for name, y in (("raw", reg), ("norm", norm)):
+      per_seed = [loglog_slope(m, np.maximum(row, 1e-12))[0] for row in y]
+      out[f"{name}_{gi}"] = mean_ci(per_seed)
+    for j in range(m.size):
+      mu, lo, hi = mean_ci(reg[:, j])
+      for col, v in zip(out["rows"], (gamma, m[j], ns[gi, j], mu, lo, hi, norm[:, j].mean())):
+        out["rows"][col].append(v)
+  return out
 
 
 def regime_grid(lo: float, hi: float, n_lo: float, n_hi: float, k: int) -> np.ndarray:
@@ -195,6 +257,31 @@ def run(cfg: Config, ctx) -> dict:
         slope_rows[col].append(v)
   fits = regime_slopes(res[ref].regret[0], cfg, n_lo)
   ctx.write_csv("regime_slopes.csv", slope_rows)
+  if cfg.middle_gammas:
+    mid = middle_regime(cfg, ctx.seed, ctx.progress)
+    for gi, gamma in enumerate(cfg.middle_gammas):
+      tag = f"gamma{round(1000 * gamma):03d}"
+      for name, th_exp in (("raw", 1 - 2 * gamma), ("norm", 1 - gamma)):
+        s_, lo, hi = mid[f"{name}_{gi}"]
+        headline.update({f"middle_slope_{name}_{tag}": s_, f"middle_slope_{name}_{tag}_lo": lo,
+                         f"middle_slope_{name}_{tag}_hi": hi,
+                         f"middle_theory_{name}_{tag}": th_exp})
+    ctx.write_csv("middle_regime.csv", mid["rows"])
+    rows = mid["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for gamma in cfg.middle_gammas:
+      sel = np.asarray(rows["gamma"]) == gamma
+      ms, reg = np.asarray(rows["m"])[sel], np.asarray(rows["regret"])[sel]
+      for ax, y, th in ((axes[0], reg, 1 - 2 * gamma),
+                        (axes[1], np.asarray(rows["normalized"])[sel], 1 - gamma)):
+        line, = ax.plot(ms, y, "o-", label=f"gamma={gamma:g}")
+        ax.plot(ms, y[0] * (ms / ms[0]) ** th, "--", color=line.get_color(), lw=1)
+    axes[0].set(xscale="log", yscale="log", xlabel="agents m", title="regret at n = "
+                "d/(m^(2 gamma) sigma^2); dashed: m^(1-2 gamma)")
+    axes[1].set(xscale="log", yscale="log", xlabel="agents m",
+                title="regret / (d sqrt n); dashed: m^(1-gamma)")
+    axes[0].legend(fontsize=8)
+    ctx.save_figure(fig, "middle_regime.png")
 
   curves = {"round": ns_all}
   for name, r in res.items():

@@ -368,3 +368,24 @@ def test_bayes_posterior_ellipsoid_has_exact_coverage(final_states):
   for level in (0.5, 0.9):
     cover = np.mean(q <= stats.chi2.ppf(level, 3))
     assert abs(cover - level) <= 4 * math.sqrt(level * (1 - level) / n), (level, cover)
+
+
+@pytest.mark.slow
+def test_middle_regime_check_reads_regret_at_the_abstracts_n():
+  """n = d/(m^(2 gamma) sigma^2) per m; the normalized slope is the raw one plus the slope
+  of -log(sqrt n) (about gamma: n ~ m^(-2 gamma), rounded), seed by seed."""
+  import dataclasses
+  from experiments import collab_bandit as exp
+  cfg = dataclasses.replace(exp.Config(), d=2, sigma=0.3, middle_gammas=(0.25, 0.5),
+                            middle_m_grid=(2, 4, 8), n_seeds=3)
+  ns = exp.middle_rounds(cfg, cfg.middle_gammas)
+  np.testing.assert_array_equal(ns, np.round(2 / 0.09 / np.array([2.0, 4, 8])[None] **
+                                             (2 * np.array([[0.25], [0.5]]))))
+  out = exp.middle_regime(cfg, seed=0)
+  for gi, gamma in enumerate(cfg.middle_gammas):
+    raw, norm = out[f"raw_{gi}"], out[f"norm_{gi}"]
+    shift = np.polyfit(np.log([2.0, 4, 8]), -0.5 * np.log(ns[gi]), 1)[0]
+    assert norm[0] == pytest.approx(raw[0] + shift, abs=1e-6)
+    assert shift == pytest.approx(gamma, abs=0.05)   # n rounded: 3 rounds at m = 8
+  rows = out["rows"]
+  assert list(rows["n"]) == list(ns.ravel()) and np.all(np.asarray(rows["regret"]) > 0)
