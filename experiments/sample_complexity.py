@@ -504,9 +504,16 @@ def scaled(family: Family, proto: Protocol, key: jax.Array, result: Result,
 
 
 def _base_n(family: Family, res: SettingResult, base: int) -> float:
-  """N0 in budget units: the smooth strict N (else the verified one) or the relaxed N*."""
-  n0 = res.n_smooth[base] if res.strict and np.isfinite(res.n_smooth[base]) else res.n_star[base]
-  return float(n0) / float(np.asarray(family.n_axis(base, np.array([1.0])))[0])
+  """N0 in budget units: the smooth strict N (else the verified one) or the relaxed N*, on
+  the family's axis, mapped back through ``n_axis`` (monotone; a few fixed-point steps of
+  n <- n N / n_axis(n), exact for an axis proportional to n)."""
+  target = res.n_smooth[base] if res.strict and np.isfinite(res.n_smooth[base]) else res.n_star[base]
+  if not np.isfinite(target):
+    return float("nan")
+  n = float(target)
+  for _ in range(8):
+    n *= float(target) / float(np.asarray(family.n_axis(base, np.array([n])))[0])
+  return n
 
 
 class Prediction(NamedTuple):
