@@ -255,6 +255,7 @@ def test_returned_loss_never_above_nowag_even_when_adam_diverges(seed):
   assert got <= nowag * (1 + 1e-6) and got == pytest.approx(np.min(curve), rel=1e-4)  # ... kept
 
 
+@pytest.mark.slow
 def test_block_size_one_returns_nowag(small):
   w, _, stats = small
   nowag = layer.report(baselines.nowag_p(w, stats), w, stats.h)["proxy_loss"]

@@ -123,6 +123,7 @@ def test_values_are_the_exact_minimizer_given_the_mask(case):
     assert float(ao.loss(prob, one)) < float(ao.loss(prob, pt))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("update", ["rows", pytest.param("single", marks=pytest.mark.slow)])
 def test_mask_steps_never_increase_the_objective(case, update):
   prob, pt = case["prob"], case["pt"]

@@ -42,6 +42,7 @@ def _strip(records):
 @pytest.mark.parametrize("method", [pytest.param("armor", marks=pytest.mark.slow),
                                     pytest.param("armor_output", marks=pytest.mark.slow),
                                     "sparsegpt"])
+@pytest.mark.slow
 def test_phases_account_for_the_run_and_change_no_bit(model, method):
   src, calib = model
   pcfg = pipeline.PruneConfig(method=method, armor=armor.ArmorConfig(block_size=16, iters=3))

@@ -116,6 +116,7 @@ def test_hard_instance_closed_forms():
 
 # --- generative model --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_empirical_model_is_unbiased_with_multinomial_variance():
   m = instances.random_instance(np.random.default_rng(8), 4, 2, "ergodic")
   n, reps = 50, 4000

@@ -35,6 +35,7 @@ def test_spd_inverse_and_cholesky_match_numpy():
   np.testing.assert_allclose(_lead(chol), np.linalg.cholesky(_lead(a)), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_sherman_morrison_ridge_equals_direct_posterior():
   """After n rank-one updates: theta = (lam I + X^T X)^-1 (lam m0 + X^T y), logdet = log det(A/lam)."""
   rng = np.random.default_rng(1)
@@ -298,6 +299,7 @@ def test_stage_one_estimates_population_mean_and_spread():
 
 # --- theory checks ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_oracle_with_sigma_zero_has_no_regret():
   inst = sim.make_instances([dict(m=5, sigma=0.0)], 3, 0, d=4)
   res = sim.run("oracle", inst, jax.random.key(0), horizon=200)
@@ -339,6 +341,7 @@ def final_states():
   return inst, out
 
 
+@pytest.mark.slow
 def test_oful_ellipsoid_contains_theta_with_stated_probability(final_states):
   """||theta_hat_i - theta_i||_{A_i} <= beta_i for at least 1 - delta of (seed, agent) pairs."""
   inst, out = final_states

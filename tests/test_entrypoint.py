@@ -139,6 +139,7 @@ def test_sweep_configs_validate_every_run(sweep):
   assert precheck(["-m", f"+sweep={sweep}"]) >= 4
 
 
+@pytest.mark.slow
 def test_sweep_values_are_checked_and_command_line_wins():
   from experiments.main import precheck
   from experiments.schema import ConfigError

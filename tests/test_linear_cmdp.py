@@ -239,6 +239,7 @@ def _mdvi_from_samples(keys, inst, n, theta, beta, K):
   return jax.vmap(one)(keys)
 
 
+@pytest.mark.slow
 def test_mdvi_with_fixed_lambda_converges_to_the_optimal_value_as_samples_grow():
   m = _random(8, S=8, A=3, d=5, gamma=0.9)
   t, g, lam, beta = m.tabular(), float(m.gamma), 1.5, 200.0
