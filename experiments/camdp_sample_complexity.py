@@ -185,25 +185,6 @@ def run(cfg: Config, ctx) -> dict:
                                 "delta": cfg.delta, "transient_B": cfg.transient_B}
   headline.update(sc.headline(result, xs, where, where["base"][0]))
   headline["runs"] = sum(res.runs for res in result.values())
-  checks = []
-  if cfg.scaled_seeds:
-    base = where["base"][0]
-    checks = sc.scaled(family, cfg, jax.random.key(ctx.seed), result, xs, where, base,
-                       dict(eps=cfg.eps, span=span[base], zeta=cfg.zeta), _theory,
-                       say=ctx.say, progress=ctx.progress)
-    headline.update(sc.scaled_headline(checks))
-    ctx.write_csv("scaled.csv", sc.scaled_rows(checks))
-    preds = sc.predicted(family, cfg, jax.random.key(ctx.seed),
-                         result, [p for w in xs for p in where[w]], where["base"][0],
-                         say=ctx.say, progress=ctx.progress)
-    headline.update(sc.predicted_headline(preds, xs, where))
-  rates = None
-  if cfg.rate_seeds:
-    rates = sc.rate(family, cfg, jax.random.key(ctx.seed), where["base"][0], say=ctx.say,
-                    progress=ctx.progress)
-    headline.update(sc.rate_headline(rates))
-    ctx.write_csv("rate.csv", sc.rate_rows(rates))
-
   columns = lambda p: dict(eps=points[p]["eps"], H_param=points[p]["H"],
                            zeta=points[p]["zeta"], span=span[p])
   sweeps = {k: where[k] for k in xs}
@@ -226,13 +207,12 @@ def run(cfg: Config, ctx) -> dict:
       error_title=lambda setting, p: (f"{setting}: H={points[p]['H']:g}, "
                                       f"zeta={points[p]['zeta']:g}"),
       suptitle=f"S={cfg.n_states}, A={cfg.n_actions}, {cfg.n_seeds} seeds; dashed: theory slope")
-  sc.scaled_figure(ctx, io.pyplot(), checks, labels=labels,
-                   title=f"failure rate at the theory-scaled N ({cfg.constants} constants)")
-  if rates is not None:
-    base = points[where["base"][0]]
-    sc.rate_figure(ctx, io.pyplot(), rates, headline, n_label="N (samples per (s, a))",
-                   title=f"output deviation from the exact-model output: eps={base['eps']:g}, "
-                         f"H={base['H']:g}, zeta={base['zeta']:g}, {cfg.constants} constants")
+  base = where["base"][0]
+  headline.update(sc.run_checks(
+      ctx, io.pyplot(), family, cfg, jax.random.key(ctx.seed), result, xs, where,
+      dict(eps=cfg.eps, span=span[base], zeta=cfg.zeta), _theory, labels=labels,
+      n_label="N (samples per (s, a))",
+      title=f"eps={cfg.eps:g}, H={cfg.H:g}, zeta={cfg.zeta:g}, {cfg.constants} constants"))
   return headline
 
 

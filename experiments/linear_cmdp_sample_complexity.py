@@ -262,22 +262,6 @@ def run(cfg: Config, ctx) -> dict:
                                 {k: lambda s, w: TABULAR[s] for k in theory},
                                 prefix="tabular_", label="tabular_"))
   headline["runs"] = runs
-  checks = []
-  if cfg.scaled_seeds:
-    checks = sc.scaled(family, cfg, k_main, result, xs, where, where["base"][0],
-                       dict(d=cfg.d, horizon=cfg.horizon, eps=cfg.eps, zeta=cfg.zeta),
-                       lambda s, w: THEORY[s][w], say=ctx.say, progress=ctx.progress)
-    headline.update(sc.scaled_headline(checks))
-    ctx.write_csv("scaled.csv", sc.scaled_rows(checks))
-    preds = sc.predicted(family, cfg, k_main,
-                         result, [p for w in xs for p in where[w]], where["base"][0],
-                         say=ctx.say, progress=ctx.progress)
-    headline.update(sc.predicted_headline(preds, xs, where))
-  rates = None
-  if cfg.rate_seeds:
-    rates = sc.rate(family, cfg, k_main, where["base"][0], say=ctx.say, progress=ctx.progress)
-    headline.update(sc.rate_headline(rates))
-    ctx.write_csv("rate.csv", sc.rate_rows(rates))
   ctx.info["instances"] = [dict(d=k[0], horizon=k[1], zeta=k[2], tabular=k[3],
                                 S=m.n_states, A=m.n_actions, b=float(m.b), v_star=sol.value,
                                 lam_star=sol.dual, core_size=len(des.core),
@@ -312,10 +296,9 @@ def run(cfg: Config, ctx) -> dict:
       suptitle=f"hard linear CMDP (A={cfg.n_actions}), {cfg.n_seeds} seeds; dashed: the "
                "upper bound's exponent through the data (strict lower bound "
                "d^2/((1-gamma)^5 eps^2 zeta^2))")
-  sc.scaled_figure(ctx, io.pyplot(), checks, labels=labels,
-                   title="failure rate at the theory-scaled N (the upper bound's exponents)")
-  if rates is not None:
-    sc.rate_figure(ctx, io.pyplot(), rates, headline, n_label="N (total generative samples)",
-                   title=f"output deviation from the exact-model output: d={cfg.d}, "
-                         f"H={cfg.horizon:g}, eps={cfg.eps:g}, zeta={cfg.zeta:g}")
+  headline.update(sc.run_checks(
+      ctx, io.pyplot(), family, cfg, k_main, result, xs, where,
+      dict(d=cfg.d, horizon=cfg.horizon, eps=cfg.eps, zeta=cfg.zeta),
+      lambda s, w: THEORY[s][w], labels=labels, n_label="N (total generative samples)",
+      title=f"d={cfg.d}, H={cfg.horizon:g}, eps={cfg.eps:g}, zeta={cfg.zeta:g}"))
   return headline

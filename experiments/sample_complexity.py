@@ -647,6 +647,34 @@ def scaled_figure(ctx, plt, checks: Sequence[ScaledResult], *, labels: Mapping[s
   ctx.save_figure(fig, "scaled_check.png")
 
 
+def run_checks(ctx, plt, family: Family, proto: Protocol, key: jax.Array, result: Result,
+               xs: Mapping[str, Sequence[float]], where: Mapping[str, Sequence[int]],
+               x_base: Mapping[str, float], theory: Callable[[str, str], float], *,
+               labels: Mapping[str, str], n_label: str, title: str) -> dict[str, float]:
+  """The three exponent checks at the base point ``where["base"][0]``, as an experiment runs
+  them: the theory-scaled check and the instance prediction (``scaled_seeds``), the rate
+  check (``rate_seeds``); their headline keys, scaled.csv, rate.csv and figures."""
+  base = where["base"][0]
+  head: dict[str, float] = {}
+  opts = dict(say=ctx.say, progress=ctx.progress)
+  if proto.scaled_seeds:
+    checks = scaled(family, proto, key, result, xs, where, base, x_base, theory, **opts)
+    head.update(scaled_headline(checks))
+    ctx.write_csv("scaled.csv", scaled_rows(checks))
+    preds = predicted(family, proto, key, result, [p for w in xs for p in where[w]], base,
+                      **opts)
+    head.update(predicted_headline(preds, xs, where))
+    scaled_figure(ctx, plt, checks, labels=labels,
+                  title=f"failure rate at the theory-scaled N ({title})")
+  if proto.rate_seeds:
+    rates = rate(family, proto, key, base, **opts)
+    head.update(rate_headline(rates))
+    ctx.write_csv("rate.csv", rate_rows(rates))
+    rate_figure(ctx, plt, rates, head, n_label=n_label,
+                title=f"output deviation from the exact-model output ({title})")
+  return head
+
+
 def headline(result: Result, xs: Mapping[str, Sequence[float]],
              where: Mapping[str, Sequence[int]], base: int, prefix: str = "") -> dict:
   """The protocol's headline numbers.
