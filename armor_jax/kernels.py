@@ -104,18 +104,22 @@ call (a copy of the weights: correct but slow).
 What needs a GPU to verify (nothing here was run on one)
 ---------------------------------------------------------
 The tests run every kernel under ``interpret=True`` on CPU against the plain
-JAX path and a float64 NumPy reference, and lower every kernel variant to
-Triton IR for sm_90 on CPU (:func:`lower_to_triton_ir`), which checks that
-each op has a Triton lowering and every tensor shape is legal. Not checked:
-Triton's compilation of that IR to PTX, run-time correctness on the device,
-and all performance: the tile defaults, ``num_warps`` / ``num_stages``,
-whether the expansion stays register-local, whether split-K's extra reduction
-and the B pre-pass launch eat the decode gain, and whether Triton uses wgmma.
-Also unchecked: that Triton drops the dead masked load that Pallas emits
-before each masked store (``pltriton.store`` lowers as a swap). JAX 0.11
-deprecates the Triton backend of Pallas (Mosaic GPU is its successor); the
-kernels pass ``pltriton.CompilerParams`` explicitly so they keep selecting it
-while it exists.
+JAX path and a float64 NumPy reference. They also lower every kernel for CUDA
+on CPU (:func:`armor_jax.kernel_ir.lower_for_cuda`, through ``jax.jit`` and
+``jax.export``) at the benchmark shapes and at every tile configuration
+:func:`default_tiles` can pick, and pin from the Triton IR what the design
+relies on: 16-bit dot inputs with f32 accumulation, no f32 upcast on the path
+of a weight operand, the tile and dot shapes, the warps and stages
+(tests/test_kernel_ir.py). Not checked: Triton's compilation of that IR to
+PTX, run-time correctness on the device, and all performance: whether the
+defaults are the fastest tiles, whether the expansion stays register-local,
+whether split-K's extra reduction and the B pre-pass launch eat the decode
+gain, and whether Triton uses wgmma. Also unchecked: that Triton drops the
+dead masked load that Pallas emits before each masked store
+(``pltriton.store`` lowers as a swap). JAX 0.11 deprecates the Triton backend
+of Pallas (Mosaic GPU is its successor); the kernels pass
+``pltriton.CompilerParams`` explicitly so they keep selecting it while it
+exists.
 
 On a GPU machine: ``python -m pytest tests/test_kernels.py`` runs the compiled
 kernels (``impl="pallas"``) against the references, and ``python -m
@@ -726,15 +730,40 @@ def blockdiag_matmul(x: jax.Array, blocks: jax.Array, in_scale: jax.Array | None
   return y.reshape(x.shape)
 
 
-def _armor_pallas(x2, w: ArmorWeights, *, tiles: Tiles | None, interpret: bool):
-  """ARMOR on 2-D x (M, d_in) with the kernels (plan in the module docstring); (M, d_out)."""
-  m = x2.shape[0]
+def armor_tiles(m: int, w: ArmorWeights, tiles: Tiles | None = None) -> Tiles:
+  """The sparse-kernel tiles :func:`armor_linear` runs ``m`` rows of ``w`` with.
+
+  ``tiles`` (default :func:`default_tiles`, with ``bn`` = A's block when A is fused) adjusted
+  to the layer: ``bn`` set to A's block when A is fused, ``bk`` raised to a multiple of B's
+  block when B is fused, ``split_k`` halved until it divides K. ``fuse_b`` in the result says
+  whether B is fused (it needs ``tiles.fuse_b`` and a block that can be a Triton tile).
+  """
   n_pad, k_pad = w.core.shape
-  dt = w.dtype
   block_a = None if w.a is None else w.a.shape[-1]
   block_b = None if w.b is None else w.b.shape[-1]
   fuse_a = _fusable(block_a)
   fuse_b = _fusable(block_b) and tiles is not None and tiles.fuse_b
+  if tiles is None:
+    tiles = default_tiles(m, n_pad, k_pad, block_a=block_a if fuse_a else None)
+  tiles = dataclasses.replace(tiles, fuse_b=fuse_b)
+  if fuse_a and tiles.bn != block_a:
+    tiles = dataclasses.replace(tiles, bn=block_a)
+  if fuse_b and tiles.bk % block_b:
+    tiles = dataclasses.replace(tiles, bk=max(tiles.bk, block_b))
+  while k_pad % (tiles.bk * tiles.split_k):
+    tiles = dataclasses.replace(tiles, split_k=tiles.split_k // 2)
+  return tiles
+
+
+def _armor_pallas(x2, w: ArmorWeights, *, tiles: Tiles | None, interpret: bool):
+  """ARMOR on 2-D x (M, d_in) with the kernels (plan in the module docstring); (M, d_out)."""
+  m = x2.shape[0]
+  k_pad = w.core.shape[1]
+  dt = w.dtype
+  block_b = None if w.b is None else w.b.shape[-1]
+  fuse_a = _fusable(None if w.a is None else w.a.shape[-1])
+  tiles = armor_tiles(m, w, tiles)
+  fuse_b = tiles.fuse_b
   c = None if w.col_scale is None else w.col_scale[:w.d_in]
   r = None if w.row_scale is None else w.row_scale[:w.d_out]
   z, col_scale, b = x2, w.col_scale, None
@@ -747,14 +776,6 @@ def _armor_pallas(x2, w: ArmorWeights, *, tiles: Tiles | None, interpret: bool):
          else blockdiag_reference(x2, w.b, c).astype(dt))
     col_scale = None
   z = _pad_last(z, k_pad)
-  if tiles is None:
-    tiles = default_tiles(m, n_pad, k_pad, block_a=block_a if fuse_a else None)
-  if fuse_a and tiles.bn != block_a:
-    tiles = dataclasses.replace(tiles, bn=block_a)
-  if fuse_b and tiles.bk % block_b:
-    tiles = dataclasses.replace(tiles, bk=max(tiles.bk, block_b))
-  while k_pad % (tiles.bk * tiles.split_k):
-    tiles = dataclasses.replace(tiles, split_k=tiles.split_k // 2)
   a = w.a if fuse_a else None
   row_scale = w.row_scale if (fuse_a or w.a is None) else None
   # with an unfused A, u stays f32 until A
@@ -795,13 +816,3 @@ def armor_linear(x: jax.Array, layer: PrunedLayer | ArmorWeights, *, impl: Impl 
   y = _armor_pallas(x2, w, tiles=tiles, interpret=impl == "interpret")
   return y.reshape(lead + (w.d_out,))
 
-
-def lower_to_triton_ir(fn, *args, **kwargs) -> str:
-  """StableHLO text of ``fn(*args)`` lowered for CUDA (Pallas calls become Triton IR).
-
-  Works without a GPU: Pallas's Triton lowering runs in Python and targets
-  sm_90 when no device is present. Fails if any kernel op has no Triton
-  lowering or a tensor shape is illegal for Triton.
-  """
-  traced = jax.jit(functools.partial(fn, **kwargs)).trace(*args)
-  return traced.lower(lowering_platforms=("cuda",)).as_text()

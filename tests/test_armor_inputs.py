@@ -247,6 +247,7 @@ def test_cli_input_errors_before_any_work(precheck_cli, tmp_path):
     assert sorted(p.name for p in in_tmp.iterdir()) == before       # nothing written
 
 
+@pytest.mark.slow
 def test_cli_nan_weight_exit_2_without_results(tmp_path):
   """Found when the tensor is read, after Hydra made the run directory: a real process."""
   import subprocess

@@ -189,6 +189,7 @@ def _armor64(w, h, **kw):
     return out, curve, rep
 
 
+@pytest.mark.slow
 def test_exact_steps_are_block_minimizations(small):
   w, _, stats = small
   h = np.asarray(stats.h, np.float64)
@@ -318,9 +319,12 @@ def test_robust_to_degenerate_layers(case, scheme):
     assert np.all(np.isfinite(np.asarray(base.dense(), np.float32))), name
 
 
-@pytest.mark.parametrize("scheme,objective", [("exact", "diagonal"), ("official", "diagonal"),
-                                              ("exact", "output")])
-@pytest.mark.parametrize("d_out,d_in,block", [(512, 256, 32), (256, 256, 256)])
+@pytest.mark.parametrize("scheme,objective,d_out,d_in,block", [
+    ("exact", "diagonal", 256, 256, 256)] + [
+        pytest.param(*case, marks=pytest.mark.slow) for case in (
+            ("official", "diagonal", 256, 256, 256), ("exact", "output", 256, 256, 256),
+            ("exact", "diagonal", 512, 256, 32), ("official", "diagonal", 512, 256, 32),
+            ("exact", "output", 512, 256, 32))])
 def test_working_bytes_bound_what_xla_allocates(scheme, objective, d_out, d_in, block):
   # XLA's buffer assignment of the compiled iterations (problem and state in, the new state
   # aliased onto the donated one, scratch) is the independent reference for the memory plan

@@ -261,6 +261,7 @@ def test_smollm2_greedy_continuation_and_perplexity(smol):
   assert 10 < ppl < 80, ppl    # tens on Shakespeare; ~10x more with the wrong rotary convention
 
 
+@pytest.mark.slow
 @needs_assets
 def test_smollm2_truncated_gguf_is_named(tmp_path):
   src = loaders.default_gguf_path()

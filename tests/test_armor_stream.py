@@ -70,6 +70,7 @@ def test_streamed_perplexity_and_generation_match_the_whole_model(tmp_path):
   assert len(reads) == 4 * m.cfg.num_layers          # nothing held: every block, every token
 
 
+@pytest.mark.slow
 def test_plan_holds_one_block_not_the_model():
   src = loaders.from_params(loaders.Model(TINY, llama.init_params(TINY, jax.random.PRNGKey(0)),
                                           None, "memory"))

@@ -89,6 +89,7 @@ def _run(m, n, eps, zeta, strict, key=0, variant="recovered"):
   return p, out, rr, rc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["hard_wc", pytest.param("hard_multichain", marks=pytest.mark.slow),
                                   pytest.param("random_multichain", marks=pytest.mark.slow)])
 def test_with_large_n_the_output_converges_to_the_lp_optimum(name):
