@@ -7,7 +7,10 @@ and batch (default 1, 8, 16, 128, 2048), three products ``y = x @ W.T`` in
 * ``dense``: the dense weight through XLA's dot;
 * ``24``: a 2:4 core through :func:`armor_jax.kernels.sparse24_matmul`;
 * ``armor``: an ARMOR layer (A and B blocks of ``block_size``, row and column
-  scales, random) through :func:`armor_jax.kernels.armor_linear`.
+  scales, random) through :func:`armor_jax.kernels.armor_linear`: the B stage as a
+  block-diagonal pre-pass, A fused into the sparse kernel's epilogue;
+* ``armor_fused_b`` (kernels only, with ``fuse_b``): the same layer with B fused
+  into the sparse kernel too (one launch).
 
 Timing: one jitted call runs ``calls`` products on distinct inputs (no host
 dispatch between them, no common subexpression to merge), rotating over
@@ -15,7 +18,9 @@ dispatch between them, no common subexpression to merge), rotating over
 time per product is the median over ``repeats`` such calls, after a compiled
 warm-up. Bytes are the floor of :func:`armor_jax.kernels.bytes_moved` (weights
 once, x in, y out); ``bandwidth_fraction`` divides bytes / time by the
-bandwidth of a ``copy_mb`` MB elementwise pass (bytes read + written).
+bandwidth of a ``copy_mb`` MB elementwise pass (bytes read + written); the CSV's
+``peak_fraction`` divides it by the device's nominal peak bandwidth instead
+(``peak_bandwidth_gbs``, or the datasheet figure of a known GPU, :data:`PEAK_GBS`).
 
 On a GPU ``impl=auto`` times the Pallas kernels (and, with
 ``compare_reference``, the plain-XLA paths too, in the CSV). Elsewhere it
@@ -24,12 +29,12 @@ kernels, and the log and ``info.note`` say so. ``impl=interpret`` runs the
 kernels in Pallas's interpreter (a functional check of this script on CPU;
 its times mean nothing).
 
-Headline, per batch B and shape S: ``speedup_24_b<B>_<S>`` and
-``speedup_armor_b<B>_<S>`` (dense time over ours), and
-``bandwidth_fraction_{dense,24,armor}_b<B>_<S>``; plus ``copy_bandwidth_gbs``,
-``device`` (0 CPU, 1 GPU, 2 other; the device's name is in ``info``) and,
-when kernels ran, ``max_rel_error_{24,armor}``: each kernel's largest relative
-error against the plain-XLA path over the cases (checked before timing).
+Headline, per batch B and shape S: ``speedup_{24,armor,armor_fused_b}_b<B>_<S>``
+(dense time over ours), and ``bandwidth_fraction_{dense,24,armor,armor_fused_b}_b<B>_<S>``;
+plus ``copy_bandwidth_gbs``, ``peak_bandwidth_gbs`` (0 when unknown), ``device`` (0 CPU,
+1 GPU, 2 other; the device's name is in ``info``) and, when kernels ran,
+``max_rel_error_{24,armor,armor_fused_b}``: each kernel's largest relative error against
+the plain-XLA path over the cases (checked before timing).
 
     python -m experiments.main experiment=bench_kernels                      # GPU
     python -m experiments.main experiment=bench_kernels shapes=[256x512] batches=[1,16] \\
@@ -52,6 +57,15 @@ from experiments.schema import Check, each, ge, one_of, param
 
 _SHAPE = re.compile(r"^(\d+)x(\d+)$")
 DEVICE_CODES = {"cpu": 0, "gpu": 1}
+#: Nominal (datasheet) memory bandwidth in GB/s by device-kind substring, most specific first.
+PEAK_GBS = (("H200", 4800.0), ("H100 NVL", 3900.0), ("H100 PCIe", 2000.0), ("H100", 3350.0),
+            ("A100-SXM4-80GB", 2039.0), ("A100 80GB PCIe", 1935.0), ("A100", 1555.0),
+            ("L40S", 864.0), ("L4", 300.0))
+
+
+def peak_bandwidth(device_kind: str) -> float:
+  """Nominal memory bandwidth (GB/s) of a known GPU kind, 0.0 if unknown."""
+  return next((gbs for name, gbs in PEAK_GBS if name in device_kind), 0.0)
 
 
 def _shape(s: str) -> tuple[int, int]:
@@ -82,7 +96,10 @@ class Config:
   impl: str = param("auto", "auto (Pallas on GPU, reference elsewhere), pallas, reference, or "
                     "interpret (the kernels in Pallas's interpreter: a CPU check, tiny shapes)",
                     check=one_of("auto", "pallas", "reference", "interpret"))
-  fuse_b: bool = param(False, "ARMOR: compute B inside the sparse kernel instead of a pre-pass")
+  fuse_b: bool = param(True, "with the kernels, also time ARMOR with B fused into the sparse "
+                       "kernel (kind armor_fused_b) next to the B pre-pass (kind armor)")
+  peak_bandwidth_gbs: float = param(0.0, "the device's peak memory bandwidth, GB/s (0 = the "
+                                    "datasheet figure of a known GPU, else none)", check=ge(0))
   compare_reference: bool = param(True, "with the Pallas kernels, also time the plain-XLA "
                                   "paths (CSV only)")
   calls: int = param(16, "products per timed jitted call", check=ge(1))
@@ -174,11 +191,13 @@ def run(cfg: Config, ctx) -> dict:
   key = jax.random.PRNGKey(ctx.seed)
   key, k_copy = jax.random.split(key)
   bw = copy_bandwidth(cfg.copy_mb, cfg.repeats, k_copy)
-  ctx.say(f"[bench_kernels] {ctx.info['device']}: copy bandwidth {bw / 1e9:.1f} GB/s")
+  peak = cfg.peak_bandwidth_gbs or peak_bandwidth(getattr(dev, "device_kind", ""))
+  ctx.say(f"[bench_kernels] {ctx.info['device']}: copy bandwidth {bw / 1e9:.1f} GB/s"
+          + (f", peak {peak:.0f} GB/s" if peak else ""))
   headline: dict[str, float] = {"device": float(DEVICE_CODES.get(backend, 2)),
-                                "copy_bandwidth_gbs": bw / 1e9}
+                                "copy_bandwidth_gbs": bw / 1e9, "peak_bandwidth_gbs": peak}
   rows = {k: [] for k in ("shape", "batch", "kind", "impl", "seconds", "bytes",
-                          "bandwidth_fraction", "speedup_vs_dense")}
+                          "bandwidth_fraction", "peak_fraction", "speedup_vs_dense")}
   dense_dot = lambda x, w: jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())))  # noqa: E731
   sparse_fn = {p: (lambda x, s, p=p: kernels.sparse24_matmul(x, s, impl=p))
                for p in ("pallas", "interpret", "reference")}
@@ -194,6 +213,7 @@ def run(cfg: Config, ctx) -> dict:
     return fn
 
   impls = [impl] + (["reference"] if impl != "reference" and cfg.compare_reference else [])
+  fused = cfg.fuse_b and impl != "reference"
   errors: dict[str, float] = {}
   for shape in cfg.shapes:
     d_out, d_in = _shape(shape)
@@ -209,10 +229,14 @@ def run(cfg: Config, ctx) -> dict:
                 "armor": kernels.bytes_moved(batch, d_out, d_in, dtype=dtype,
                                              block_a=cfg.block_size, block_b=cfg.block_size,
                                              scales=True)}
+      nbytes["armor_fused_b"] = nbytes["armor"]
       if impl != "reference":
         # correct first: the kernels against the plain-XLA paths on this case's first input
-        checks = (("24", sparse_fn[impl], sparse_fn["reference"], core),
-                  ("armor", armor_fn(impl, cfg.fuse_b), armor_fn("reference", False), armor))
+        checks = [("24", sparse_fn[impl], sparse_fn["reference"], core),
+                  ("armor", armor_fn(impl, False), armor_fn("reference", False), armor)]
+        if fused:
+          checks.append(("armor_fused_b", armor_fn(impl, True), armor_fn("reference", False),
+                         armor))
         for kind, fn, ref, weights in checks:
           err = _rel_error(jax.jit(fn)(xs[0], weights), jax.jit(ref)(xs[0], weights))
           errors[kind] = max(errors.get(kind, 0.0), err)
@@ -223,16 +247,21 @@ def run(cfg: Config, ctx) -> dict:
       timed = [("dense", "xla", t_dense)]
       for p in impls:
         timed.append(("24", p, _per_product(sparse_fn[p], xs, sets["24"], cfg.repeats)))
-        fused = cfg.fuse_b and p != "reference"
-        timed.append(("armor", p + ("+fused_b" if fused else ""),
-                      _per_product(armor_fn(p, fused), xs, sets["armor"], cfg.repeats)))
+        timed.append(("armor", p, _per_product(armor_fn(p, False), xs, sets["armor"],
+                                               cfg.repeats)))
+        if fused and p != "reference":
+          timed.append(("armor_fused_b", p, _per_product(armor_fn(p, True), xs, sets["armor"],
+                                                         cfg.repeats)))
       tiles[f"b{batch}_{shape}"] = str(kernels.default_tiles(batch, d_out, d_in))
+      tiles[f"armor_b{batch}_{shape}"] = str(kernels.armor_tiles(batch, armor))
       for kind, p, seconds in timed:
         frac = nbytes[kind] / seconds / bw
+        peak_frac = nbytes[kind] / seconds / (peak * 1e9) if peak else float("nan")
         speedup = t_dense / seconds
-        for col, v in zip(rows, (shape, batch, kind, p, seconds, nbytes[kind], frac, speedup)):
+        for col, v in zip(rows, (shape, batch, kind, p, seconds, nbytes[kind], frac, peak_frac,
+                                 speedup)):
           rows[col].append(v)
-        if p.split("+")[0] in ("xla", impl):
+        if p in ("xla", impl):
           headline[f"bandwidth_fraction_{kind}_b{batch}_{shape}"] = frac
           if kind != "dense":
             headline[f"speedup_{kind}_b{batch}_{shape}"] = speedup
