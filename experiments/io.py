@@ -26,6 +26,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 RESULTS = "results.json"
+#: Written into a sweep run's directory when the run fails: one line, the error.
+FAILED = "failed.json"
 
 # Keys of the resolved config that do not change what a run computes, so they
 # are left out of the hash that resume compares.

@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import os
 import re
 import sys
+import time
+import traceback
 from pathlib import Path
 
 # Expose each CPU core as an XLA host device (before jax is imported), so that
@@ -42,10 +45,12 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 try:
   import hydra
   from hydra.core.hydra_config import HydraConfig
+  from hydra.types import RunMode
   from omegaconf import OmegaConf, open_dict
 except ImportError:  # an image without Hydra (a bare GPU machine): single runs, no sweeps
   hydra = None
 
+from experiments import cluster, io
 from experiments.harness import (EXPERIMENTS, LOGGER_MODES, RunConfig, RunError, execute, get_experiment,
                                  register_configs, split_and_validate)
 from experiments.logger import LoggerConfig
@@ -153,8 +158,9 @@ def _compose(overrides: list[str]):
     raise _explain(e, overrides) from e
 
 
-def precheck(args: list[str]) -> int:
-  """Validates every run of the command line; returns how many there are.
+def precheck(args: list[str]) -> tuple[int, Path | None]:
+  """Validates every run of the command line; returns how many there are and, with ``-m``,
+  the sweep's directory (``hydra.sweep.dir``; None if it cannot be known before the sweep).
 
   With ``-m``, the sweep's own parameters (``hydra.sweeper.params`` of a
   config such as ``+sweep=erasure_eps``) are expanded too; a key also given
@@ -162,9 +168,15 @@ def precheck(args: list[str]) -> int:
   """
   from hydra import initialize_config_dir  # pylint: disable=g-import-not-at-top
   runs = _expand(args)
+  sweep_dir = None
   with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
     if any(a in ("-m", "--multirun") for a in args):
-      params = _compose(runs[0]).hydra.sweeper.get("params") or {}
+      first = _compose(runs[0])
+      try:
+        sweep_dir = Path(first.hydra.sweep.dir)
+      except Exception:  # pylint: disable=broad-except
+        sweep_dir = None   # e.g. a ${now:...} directory, known only when the sweep starts
+      params = first.hydra.sweeper.get("params") or {}
       given = {o.split("=")[0].lstrip("+~") for o in runs[0]}
       extra = [f"{k}={v}" for k, v in params.items() if k not in given]
       if extra:
@@ -180,7 +192,7 @@ def precheck(args: list[str]) -> int:
         raise ConfigError(str(getattr(e, "full_key", "command line")),
                           " ".join(str(e).split())) from e
       split_and_validate(name, values, preflight=True)
-  return len(runs)
+  return len(runs), sweep_dir
 
 
 def _cli_value(v) -> str:
@@ -309,6 +321,12 @@ def _plain_main(args: list[str]) -> None:
     sys.exit(1)
 
 
+def _one_line(e: BaseException) -> str:
+  first = (str(e).strip().splitlines() or [""])[0]
+  return first if isinstance(e, (ConfigError, InputError, RunError)) else (
+      f"{type(e).__name__}: {first}")
+
+
 if hydra is not None:
   @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
   def _hydra_main(cfg) -> None:
@@ -317,14 +335,49 @@ if hydra is not None:
     name = hc.runtime.choices["experiment"]
     out_dir = Path(hc.runtime.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    sweep = hc.mode == RunMode.MULTIRUN
+    (out_dir / io.FAILED).unlink(missing_ok=True)
     try:
       execute(name, resolved, out_dir)
-    except (ConfigError, InputError) as e:  # checked before Hydra starts where they can be
-      print(e, file=sys.stderr)
-      sys.exit(2)
-    except RunError as e:
-      print(e, file=sys.stderr)
-      sys.exit(1)
+    except Exception as e:  # pylint: disable=broad-except
+      if sweep:
+        # one point of a sweep: record the failure where the sweep's launcher finds it and
+        # let the other points run (the traceback stays in this job's log)
+        traceback.print_exc()
+        io.write_json(out_dir / io.FAILED, {"error": _one_line(e), "experiment": name})
+        print(f"[{name}] {out_dir}: failed: {_one_line(e)}", file=sys.stderr)
+        return
+      if isinstance(e, (ConfigError, InputError)):  # checked before Hydra starts where they can be
+        print(e, file=sys.stderr)
+        sys.exit(2)
+      if isinstance(e, RunError):
+        print(e, file=sys.stderr)
+        sys.exit(1)
+      raise
+
+
+def _sweep_outcome(sweep_dir: Path, since: float) -> tuple[int, list[str]]:
+  """How many runs under ``sweep_dir`` wrote results after ``since``, and one line for each
+  that failed after ``since`` (the runs of a sweep may run in other processes or on other
+  machines: their files are what the launching process can see)."""
+  if not sweep_dir.is_dir():
+    return 0, []
+
+  def recent(p: Path) -> bool:
+    try:
+      return p.stat().st_mtime >= since
+    except OSError:
+      return False
+
+  ran = sum(recent(p) for p in sweep_dir.rglob(io.RESULTS))
+  lines = []
+  for marker in sorted(sweep_dir.rglob(io.FAILED)):
+    try:
+      if recent(marker):
+        lines.append(f"run failed: {marker.parent}: {json.loads(marker.read_text())['error']}")
+    except (OSError, ValueError, KeyError):
+      continue
+  return ran, lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -339,14 +392,34 @@ def main(argv: list[str] | None = None) -> None:
   if hydra is None:
     _plain_main(args)
     return
+  n_runs, sweep_dir = 1, None
   if not any(a in _INFO_FLAGS for a in args):
     try:
-      precheck(args)
+      n_runs, sweep_dir = precheck(args)
     except (ConfigError, InputError) as e:
       print(e, file=sys.stderr)
       sys.exit(2)
   sys.argv = [sys.argv[0]] + args
-  _hydra_main()  # pylint: disable=no-value-for-parameter
+  if sweep_dir is None:
+    _hydra_main()  # pylint: disable=no-value-for-parameter
+    return
+  cluster.watch_without_accounting()
+  started = time.time() - 1.0      # file times may be coarser than the clock
+  code = 0
+  try:
+    _hydra_main()  # pylint: disable=no-value-for-parameter
+  except SystemExit as e:     # Hydra's report of a launcher error (a job that left no result)
+    code = e.code if isinstance(e.code, int) else 1
+  ran, failed = _sweep_outcome(sweep_dir, started)
+  for line in failed:
+    print(line, file=sys.stderr)
+  rest = max(n_runs - ran - len(failed), 0)
+  print(f"sweep: {n_runs} runs: {ran} ran, {len(failed)} failed, {rest} "
+        + ("did not finish (see the launcher's error above)" if code else
+           "skipped (complete results kept)")
+        + ("; re-launching the sweep redoes only the runs without complete results"
+           if failed or code else ""), file=sys.stderr)
+  sys.exit(code or (1 if failed else 0))
 
 
 if __name__ == "__main__":
