@@ -52,12 +52,17 @@ def ensure_installed() -> str | None:
   if os.geteuid() != 0 or not shutil.which("apt-get"):
     return f"{INSTALL_ENV}=1 but installing needs root and apt-get"
   env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+  error = ""
   for cmd in (["apt-get", "install", "-y", "-q", *PACKAGES],
               ["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *PACKAGES]):
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=900)
+    try:
+      p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=600)
+    except subprocess.TimeoutExpired:
+      return f"{' '.join(cmd)} ran past 600 s"
+    error = p.stderr.strip()[-300:]
     if p.returncode == 0 and cmd[1] == "install" and not missing():
       return None
-  return f"apt-get install {' '.join(PACKAGES)} failed: {p.stderr.strip()[-300:]}"
+  return f"apt-get install {' '.join(PACKAGES)} failed: {error}"
 
 
 def _free_port() -> int:
