@@ -104,7 +104,8 @@ def test_joblib_sweep_runs_each_point_once(tmp_path):
                           .read_text())["headline"]["eps"] for n in runs)
   assert eps == [0.5, 0.9]
   again = cli(args, tmp_path)  # re-launching the sweep skips both finished runs
-  assert again.returncode == 0 and again.stderr.count("skipped") == 2
+  assert again.returncode == 0 and again.stderr.count("; skipped (resume=false") == 2
+  assert "sweep: 2 runs: 0 ran, 0 failed, 2 skipped" in again.stderr
 
 
 def test_slurm_launcher_composes():
@@ -136,15 +137,17 @@ def test_cross_key_errors_are_caught_before_any_output(precheck_cli, tmp_path, a
     for p in sorted((ROOT / "conf" / "sweep").glob("*.yaml"))])
 def test_sweep_configs_validate_every_run(sweep):
   from experiments.main import precheck
-  assert precheck(["-m", f"+sweep={sweep}"]) >= 4
+  n_runs, sweep_dir = precheck(["-m", f"+sweep={sweep}"])
+  assert n_runs >= 4 and sweep_dir is not None
 
 
 @pytest.mark.slow
 def test_sweep_values_are_checked_and_command_line_wins():
   from experiments.main import precheck
   from experiments.schema import ConfigError
-  assert precheck(["-m", "+sweep=erasure_eps"]) == 16        # 4 eps x 4 seeds
-  assert precheck(["-m", "+sweep=erasure_eps", "eps=0.3"]) == 4
+  assert precheck(["-m", "+sweep=erasure_eps"]) == (16, Path("multirun"))  # 4 eps x 4 seeds
+  assert precheck(["-m", "+sweep=erasure_eps", "eps=0.3", "hydra.sweep.dir=elsewhere"]) == (
+      4, Path("elsewhere"))
   with pytest.raises(ConfigError, match="key 'eps'"):
     precheck(["-m", "+sweep=erasure_eps", "eps=0.5,1.0"])
 
