@@ -369,7 +369,8 @@ def _sweep_outcome(sweep_dir: Path, since: float) -> tuple[int, list[str]]:
     except OSError:
       return False
 
-  ran = sum(recent(p) for p in sweep_dir.rglob(io.RESULTS))
+  # a run's own results.json sits beside Hydra's .hydra/ (an experiment may write more inside)
+  ran = sum(recent(p) and (p.parent / ".hydra").is_dir() for p in sweep_dir.rglob(io.RESULTS))
   lines = []
   for marker in sorted(sweep_dir.rglob(io.FAILED)):
     try:
