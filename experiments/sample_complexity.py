@@ -103,6 +103,8 @@ class Protocol:
   rate_seeds: int = param(32, "seeds per N of the rate check (0 skips it)", check=ge(0))
   scaled_seeds: int = param(128, "seeds per (point, level) of the theory-scaled check (0 "
                             "skips it)", check=ge(0))
+  predict_seeds: int = param(128, "seeds per point of the instance prediction (0 skips it)",
+                             check=ge(0))
   scaled_levels: tuple[float, ...] = param(
       (0.125, 0.25, 0.5, 1.0), "multiples of the base point's N* at which the theory-scaled "
       "check runs (below it, where failures are frequent enough to fit)",
@@ -535,7 +537,7 @@ def predicted(family: Family, proto: Protocol, key: jax.Array, result: Result,
               ) -> list[Prediction]:
   """The N* each point's deviations imply under the N^-1/2 law (see the module docstring).
 
-  Each point runs ``scaled_seeds`` seeds at N0 and again at ``RATE_N_REF`` (same keys); a
+  Each point runs ``predict_seeds`` seeds at N0 and again at ``RATE_N_REF`` (same keys); a
   run's outcome at N is taken as its exact-model outcome plus its deviation times
   sqrt(N0 / N). The N where the failure fraction crosses the level (strict:
   ``strict_smooth_level``, relaxed: ``delta``) is found by bisection in log N. Setting i
@@ -543,7 +545,7 @@ def predicted(family: Family, proto: Protocol, key: jax.Array, result: Result,
   """
   from scipy import optimize  # pylint: disable=import-outside-toplevel
   pts = np.asarray(sorted(set(int(p) for p in points)))
-  r = proto.scaled_seeds
+  r = proto.predict_seeds
   point = np.repeat(pts, r)
   out = []
   for si, (setting, res) in enumerate(result.items()):
@@ -652,8 +654,9 @@ def run_checks(ctx, plt, family: Family, proto: Protocol, key: jax.Array, result
                x_base: Mapping[str, float], theory: Callable[[str, str], float], *,
                labels: Mapping[str, str], n_label: str, title: str) -> dict[str, float]:
   """The three exponent checks at the base point ``where["base"][0]``, as an experiment runs
-  them: the theory-scaled check and the instance prediction (``scaled_seeds``), the rate
-  check (``rate_seeds``); their headline keys, scaled.csv, rate.csv and figures."""
+  them: the theory-scaled check (``scaled_seeds``), the instance prediction
+  (``predict_seeds``), the rate check (``rate_seeds``); their headline keys, scaled.csv,
+  rate.csv and figures."""
   base = where["base"][0]
   head: dict[str, float] = {}
   opts = dict(say=ctx.say, progress=ctx.progress)
@@ -661,11 +664,12 @@ def run_checks(ctx, plt, family: Family, proto: Protocol, key: jax.Array, result
     checks = scaled(family, proto, key, result, xs, where, base, x_base, theory, **opts)
     head.update(scaled_headline(checks))
     ctx.write_csv("scaled.csv", scaled_rows(checks))
+    scaled_figure(ctx, plt, checks, labels=labels,
+                  title=f"failure rate at the theory-scaled N ({title})")
+  if proto.predict_seeds:
     preds = predicted(family, proto, key, result, [p for w in xs for p in where[w]], base,
                       **opts)
     head.update(predicted_headline(preds, xs, where))
-    scaled_figure(ctx, plt, checks, labels=labels,
-                  title=f"failure rate at the theory-scaled N ({title})")
   if proto.rate_seeds:
     rates = rate(family, proto, key, base, **opts)
     head.update(rate_headline(rates))

@@ -46,14 +46,14 @@ _SMALL_CAMDP = camdp_sample_complexity.Config(
     zeta=0.1, zeta_grid=(0.07, 0.1, 0.14), relaxed_n_range=(64, 65536),
     strict_n_range=(16384, 2**25), n_per_octave=1, n_seeds=8, n_check_seeds=16, n_grid=64,
     n_iters=2**16, batch_size=512, strict_smooth_level=0.1, rate_seeds=8,
-    rate_n_range=(64, 65536), scaled_seeds=16)
+    rate_n_range=(64, 65536), scaled_seeds=16, predict_seeds=16)
 
 _SMALL_LINEAR = linear_cmdp_sample_complexity.Config(
     d=5, d_grid=(5, 9), horizon=5.0, horizon_grid=(4.0, 5.0, 7.0), eps_grid=(1.0, 0.5),
     zeta_grid=(0.5, 1.0), relaxed_n_range=(64, 65536), strict_n_range=(16384, 268435456),
     n_per_octave=2, n_seeds=8, n_check_seeds=8, n_grid=32, n_dual=32768, batch_size=256,
     tabular=False, strict_smooth_level=0.1, rate_seeds=8, rate_n_range=(64, 65536),
-    scaled_seeds=16)
+    scaled_seeds=16, predict_seeds=16)
 
 _SMALL_ARMOR = armor_prune.Config(
     n_calib=8, calib_len=256, eval_len=256, eval_windows=6, blocks=2, gen_tokens=8,

@@ -182,7 +182,7 @@ def test_experiment_end_to_end(tmp_path):
       zeta_grid=(0.1, 0.14, 0.2), relaxed_n_range=(16, 4096), strict_n_range=(2 ** 12, 2 ** 26),
       n_per_octave=1, n_seeds=4, n_check_seeds=4, n_grid=64, n_iters=2 ** 12, batch_size=256,
       strict_smooth_level=0.25, rate_seeds=4, rate_n_range=(64, 4096),
-      scaled_seeds=4)   # 3 points per sweep (slope intervals); a level 8 seeds resolve
+      scaled_seeds=4, predict_seeds=4)   # 3 points per sweep (slope intervals); a level 8 seeds resolve
   ctx = RunContext(tmp_path, seed=0)
   head = exp.run(cfg, ctx)
   for k in ("slope_eps", "slope_span", "slope_zeta", "slope_eps_lo", "slope_zeta_hi",

@@ -364,7 +364,7 @@ def test_experiment_end_to_end(tmp_path):
       eps_grid=(1.0, 0.5), zeta=0.5, zeta_grid=(0.5, 1.0), relaxed_n_range=(64, 2 ** 12),
       strict_n_range=(2 ** 14, 2 ** 24), n_per_octave=1, n_seeds=4, n_check_seeds=4,
       n_grid=32, n_dual=2 ** 12, batch_size=128, rate_seeds=4, rate_n_range=(64, 4096),
-      scaled_seeds=4)
+      scaled_seeds=4, predict_seeds=4)
   ctx = RunContext(tmp_path, seed=0)
   head = exp.run(cfg, ctx)
   for k in ("slope_d", "slope_horizon", "slope_eps", "slope_zeta", "slope_d_lo", "slope_zeta_hi",

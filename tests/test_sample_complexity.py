@@ -212,7 +212,7 @@ def test_instance_prediction_follows_each_runs_deviation_to_the_level():
     return np.zeros(len(n)), -eps + u / np.sqrt(n)
 
   family = sc.Family(POINTS, run, lambda p, n: 3.0 * np.asarray(n, np.float64), "test")
-  proto = dataclasses.replace(PROTO, settings=("strict",), scaled_seeds=r,
+  proto = dataclasses.replace(PROTO, settings=("strict",), predict_seeds=r,
                               strict_smooth_level=0.1)
   result = sc.measure(family, proto, KEY, progress=False)
   preds = sc.predicted(family, proto, KEY, result, WHERE["eps"], 1, progress=False)
