@@ -256,10 +256,11 @@ def lower_for_cuda(fn: Callable, *args, via: str = "jit", **kwargs) -> Lowered:
     program's ``pallas_call`` equations.
   """
   jitted = jax.jit(functools.partial(fn, **kwargs))
-  eqns = list(_pallas_eqns(jitted.trace(*args).jaxpr.jaxpr))
+  traced = jitted.trace(*args)
+  eqns = list(_pallas_eqns(traced.jaxpr.jaxpr))
   with _capture() as modules:
     if via == "jit":
-      text = jitted.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+      text = traced.lower(lowering_platforms=("cuda",)).as_text()
     elif via == "export":
       checks = [jax.export.DisabledSafetyCheck.custom_call(t) for t in TRITON_CALL_TARGETS]
       text = jax.export.export(jitted, platforms=["cuda"], disabled_checks=checks)(

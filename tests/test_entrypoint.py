@@ -13,10 +13,11 @@ TINY = ["experiment=erasure_bandit", "algorithms=[ucb,lsae,fb_sae]", "horizon=40
         "n_seeds=2", "n_points=20", "progress=false"]
 
 
-def cli(args, cwd):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="0")
+def cli(args, cwd, env=None, timeout=300):
+  """The entry point in a fresh process from ``cwd`` (``env``: the environment to start from)."""
+  env = dict(env or os.environ, PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="0")
   return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("args, key", [

@@ -9,18 +9,14 @@ sent. Jobs ask for one CPU and 2 GB, so two run at once on a 2-core node.
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import hf_fixtures as hf
+import test_entrypoint as entrypoint
+from test_entrypoint import TINY
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ["experiment=erasure_bandit", "algorithms=[ucb,lsae,fb_sae]", "horizon=400",
-        "n_arms=3", "eps_grid=[0.0,0.9]", "n_arms_grid=[2,3]", "horizon_grid=[200,400]",
-        "n_seeds=2", "n_points=20", "progress=false"]
 JOBS = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"]
 # impl=pallas passes every config check and fails when the run starts (no GPU here)
 FAILING = ["experiment=bench_kernels", "shapes=[16x16]", "batches=[1]", "copy_mb=1", "repeats=1",
@@ -28,9 +24,7 @@ FAILING = ["experiment=bench_kernels", "shapes=[16x16]", "batches=[1]", "copy_mb
 
 
 def cli(args, cwd, env=None, timeout=900):
-  env = dict(env or os.environ, PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="0")
-  return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return entrypoint.cli(args, cwd, env, timeout)
 
 
 def _launch(launcher, request):
