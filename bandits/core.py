@@ -91,7 +91,9 @@ class Environment(NamedTuple):
   consumed by ``step_drawn``, so a simulator can draw many rounds at once
   (``draw(key, (n,), params)`` for one run's params, one vectorized call) and scan
   over them. ``context(state, params)``, if given, is what the learner sees before it
-  acts (passed to ``act`` as its third argument).
+  acts (passed to ``act`` as its third argument). ``totals(state)``, if given, maps
+  the final state to named per-run counters (an erasure channel's transmissions),
+  which :func:`simulate` returns next to the regret.
 
   An environment whose randomness is ``n_uniforms`` uniforms on [0, 1) per
   round (and agent) also gives ``from_uniforms`` (array (n_uniforms, *rounds,
@@ -106,6 +108,7 @@ class Environment(NamedTuple):
   n_uniforms: int = 0
   from_uniforms: Callable[[jax.Array], Any] | None = None
   context: Callable[[Any, Any], Any] | None = None
+  totals: Callable[[Any], dict] | None = None
 
 
 class SimResult(NamedTuple):
@@ -119,11 +122,14 @@ class SimResult(NamedTuple):
     final_regret: (...,) float32, cumulative pseudo-regret at the run's horizon.
     state: the algorithm's final state (``algo.export``-ed; batch axes
       trailing), when asked for.
+    totals: dict of named (...,) per-run counters at the run's horizon, from the
+      environment's ``totals`` (None when it has none).
   """
   rounds: jax.Array
   regret: jax.Array
   final_regret: jax.Array
   state: Any = None
+  totals: dict | None = None
 
 
 UNROLL_ARMS = 16  # up to this many arms, per-arm lookups are select chains (see take)
@@ -423,14 +429,15 @@ def simulate(env: Environment, algo: Algorithm, env_params, spec, keys: jax.Arra
 
   init = (env_state, algo_state, jnp.zeros(batch_shape, jnp.float32),
           jnp.zeros(batch_shape, jnp.int32))
-  (_, algo_state, final, _), curve = jax.lax.scan(outer, init, jnp.arange(n_chunks))
+  (env_state, algo_state, final, _), curve = jax.lax.scan(outer, init, jnp.arange(n_chunks))
   if every_round:
     curve = curve.reshape((n_chunks * chunk_len,) + batch_shape)[:horizon]
     rounds = jnp.arange(1, horizon + 1, dtype=jnp.int32)
   else:
     rounds = jnp.minimum((jnp.arange(n_chunks) + 1) * chunk_len, horizon).astype(jnp.int32)
+  totals = None if env.totals is None else env.totals(env_state)
   return SimResult(rounds=rounds, regret=jnp.moveaxis(curve, 0, -1), final_regret=final,
-                   state=algo.export(algo_state) if keep_state else None)
+                   state=algo.export(algo_state) if keep_state else None, totals=totals)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -450,7 +457,8 @@ def _run(key, data, *, system, how, batch_shape, horizon, chunks, ragged, native
   run_axis = len(batch_shape) - 1
   shapes = jax.eval_shape(local, keys, data)
   out_run_axes = SimResult(rounds=None, regret=run_axis, final_regret=run_axis,
-                           state=jax.tree.map(lambda x: -1 if x.ndim else None, shapes.state))
+                           state=jax.tree.map(lambda x: -1 if x.ndim else None, shapes.state),
+                           totals=jax.tree.map(lambda x: run_axis, shapes.totals))
   res = on_each_device(local, batch_shape[-1], out_run_axes)(keys, data)
   return res if keep_state else res._replace(state=None)
 
@@ -481,5 +489,6 @@ def run(system: Callable, how, data, key: jax.Array, *, batch_shape: tuple[int, 
   res = _run(key, shard_runs(data), system=system, how=how, batch_shape=tuple(batch_shape),
              horizon=horizon, chunks=tuple(chunks), ragged=ragged, native_batch=native_batch,
              every_round=every_round, keep_state=keep_state, progress=progress)
+  totals = None if res.totals is None else {k: np.asarray(v) for k, v in res.totals.items()}
   return SimResult(rounds=np.asarray(res.rounds), regret=np.asarray(res.regret),
-                   final_regret=np.asarray(res.final_regret), state=res.state)
+                   final_regret=np.asarray(res.final_regret), state=res.state, totals=totals)

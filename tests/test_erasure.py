@@ -43,13 +43,19 @@ def test_erasure_replays_last_delivered_arm():
   def body(s, xs):
     k, a = xs
     s2, obs, played = env.step(k, s, a, params)
-    return s2, (obs.ack, played, s.last_arm, obs.reward)
-  _, (ack, played, last, _) = jax.lax.scan(body, state, (keys, actions))
-  ack, played, last, actions = map(np.asarray, (ack, played, last, actions))
+    sent = s.pending | (a != s.delivered)
+    return s2, (obs.ack, played, s.last_arm, sent, s2.tx - s.tx, s2.fb - s.fb)
+  _, (ack, played, last, sent, tx, fb) = jax.lax.scan(body, state, (keys, actions))
+  ack, played, last, sent, actions = map(np.asarray, (ack, played, last, sent, actions))
   np.testing.assert_array_equal(played[ack], actions[ack])        # delivered: the request
   np.testing.assert_array_equal(played[~ack], last[~ack])         # erased: the last arm
-  rate = 1 - ack.mean()
-  assert abs(rate - 0.6) < 4 * math.sqrt(0.24 / 4000)             # erasure frequency ~ eps
+  np.testing.assert_array_equal(played[~sent], actions[~sent])    # not sent: already there
+  assert not np.any(ack & ~sent)
+  np.testing.assert_array_equal(np.asarray(tx), sent)             # one transmission per send
+  np.testing.assert_array_equal(np.asarray(fb), sent)             # beacon: a bit per send
+  rate = 1 - ack[sent].mean()
+  n = sent.sum()
+  assert abs(rate - 0.6) < 4 * math.sqrt(0.24 / n)                # erasure frequency ~ eps
 
 
 def test_observation_and_rewards():

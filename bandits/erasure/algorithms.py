@@ -17,7 +17,13 @@ Registry names (used by configs and results.json headline keys):
 ``lsae``       Lingering successive arm elimination (no feedback)
 ``fb_sae``     successive elimination with feedback (send until acknowledged)
 ``ma_lsae``    multi-agent L-SAE (M agents, one channel eps_m each)
+``tpg``        Two-Phase Greedy, multi-agent, feedback (``BatchTPG``)
+``tpg_guarded``  TPG that never takes over a delivered arm (``BatchTPGNew``)
+``sp2_fb``     SP2-Feedback, multi-agent stacks (``BatchSP2Erasure``)
 =============  ==========================================================
+
+The multi-agent schedulers of the journal work live in
+:mod:`bandits.erasure.schedulers`.
 """
 
 from __future__ import annotations
@@ -30,21 +36,9 @@ from flax import struct
 
 from bandits.core import (Algorithm, BanditSpec, add_at, first_index, first_true,
                           tree_select)
+from bandits.erasure import schedulers
 from bandits.erasure.policies import (PhasedState, advance, credit, merge, phase_end, phased_init,
-                              sae_constants, successive_elimination, ucb)
-
-
-def repetitions(eps: jax.Array, horizon: jax.Array) -> jax.Array:
-  """alpha = ceil(2 ln T / ln(1/eps)), so that eps^alpha <= T^-2; 1 when eps = 0.
-
-  The authors' ``calculate_repetitions``: the number of consecutive requests
-  after which an arm has been delivered with probability at least 1 - T^-2.
-  """
-  eps = jnp.asarray(eps, jnp.float32)
-  t = jnp.asarray(horizon, jnp.float32)
-  safe = jnp.where(eps > 0, eps, 0.5)
-  alpha = jnp.ceil(2.0 * jnp.log(t) / -jnp.log(safe))
-  return jnp.where(eps > 0, jnp.maximum(alpha, 1.0), 1.0).astype(jnp.int32)
+                              repetitions, sae_constants, successive_elimination, ucb)
 
 
 class RepeatState(struct.PyTreeNode):
@@ -242,6 +236,7 @@ class AlgorithmInfo(NamedTuple):
   erasure_free_self: Callable[[], Algorithm]  # what it reduces to when eps = 0 (one agent)
   label: str                                  # for figures
   multi_agent: bool = False                   # needs eps of shape (M,), requests M arms
+  native: bool = True                         # batch-polymorphic (else simulated under vmap)
 
 
 ALGORITHMS: dict[str, AlgorithmInfo] = {
@@ -257,6 +252,13 @@ ALGORITHMS: dict[str, AlgorithmInfo] = {
                             "SAE with feedback"),
     "ma_lsae": AlgorithmInfo(multi_agent_lsae, False, successive_elimination,
                              "Multi-agent L-SAE", multi_agent=True),
+    "tpg": AlgorithmInfo(schedulers.tpg, True, successive_elimination, "TPG",
+                         multi_agent=True, native=False),
+    "tpg_guarded": AlgorithmInfo(lambda: schedulers.tpg(guarded=True), True,
+                                 successive_elimination, "TPG (guarded)", multi_agent=True,
+                                 native=False),
+    "sp2_fb": AlgorithmInfo(schedulers.sp2_feedback, True, successive_elimination,
+                            "SP2-Feedback", multi_agent=True, native=False),
 }
 
 

@@ -12,6 +12,16 @@ Several agents (the multi-agent version of the same line of work) are the
 same environment with a vector of requests: ``action`` of shape (M,), one
 erasure probability per agent ``eps`` of shape (M,) (or a scalar for all),
 and arm means shared by all agents.
+
+Communication is counted as in the authors' code (``CommMixin`` of
+github mervekarakas/mamab_erasures): without feedback every agent is sent a
+request every round; with feedback the learner knows what was delivered, so it
+transmits only to an agent whose last request was erased (``pending``) or whose
+arm changes. An agent that is not transmitted to plays its last delivered arm,
+which is then the requested one. Feedback bits are one per transmission
+(``beacon``) or one per successful delivery (``ack_success``). The channel may
+vary in time: ``eps`` then follows a piecewise-linear schedule through knots
+(linear drift and abrupt breakpoints, as the authors' ``utils.py`` draws them).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from bandits.core import Environment, take
 BERNOULLI = "bernoulli"
 GAUSSIAN = "gaussian"
 REWARD_KINDS = (BERNOULLI, GAUSSIAN)
+FEEDBACK_MODES = ("beacon", "ack_success")  # what a feedback bit is sent for (counting only)
 
 
 class EnvParams(struct.PyTreeNode):
@@ -38,19 +49,34 @@ class EnvParams(struct.PyTreeNode):
     initial_arm: () or (M,) int32, the arm an agent plays before it has
       received any request.
     reward_kind: static, 'bernoulli' or 'gaussian'.
-    feedback: static, whether the learner observes the acknowledgement.
+    feedback: static, whether the learner observes the acknowledgement (and
+      so transmits only what changed; see the module docstring).
+    feedback_mode: static, 'beacon' (a feedback bit per transmission) or
+      'ack_success' (a bit per delivery); it changes only the count of bits.
+    knots_t: None, or (n,) float32 strictly increasing rounds (0-based) of a
+      time-varying channel; the channel's eps at round t is then the
+      piecewise-linear interpolation of ``knots_eps`` (constant outside), and
+      ``eps`` is only what the learner is told.
+    knots_eps: None, or (n,) + the shape of ``eps``: eps at each knot.
   """
   means: jax.Array
   eps: jax.Array
   noise_std: jax.Array
   initial_arm: jax.Array
+  knots_t: jax.Array | None = None
+  knots_eps: jax.Array | None = None
   reward_kind: str = struct.field(pytree_node=False, default=GAUSSIAN)
   feedback: bool = struct.field(pytree_node=False, default=False)
+  feedback_mode: str = struct.field(pytree_node=False, default="beacon")
 
 
 class EnvState(struct.PyTreeNode):
-  last_arm: jax.Array  # () or (M,) int32: the arm each agent plays when erased
-  time: jax.Array      # () int32
+  last_arm: jax.Array   # () or (M,) int32: the arm each agent plays when erased
+  time: jax.Array       # () int32
+  delivered: jax.Array  # () or (M,) int32: the last arm delivered to each agent, -1 before any
+  pending: jax.Array    # () or (M,) bool: whether the last request sent to the agent was erased
+  tx: jax.Array         # () int32: requests transmitted so far, all agents
+  fb: jax.Array         # () int32: feedback bits sent so far, all agents
 
 
 class Observation(struct.PyTreeNode):
@@ -69,7 +95,28 @@ def reset(key: jax.Array, params: EnvParams) -> EnvState:
   """Agents start with ``initial_arm`` as their last received arm."""
   del key  # The start is deterministic.
   last = jnp.broadcast_to(params.initial_arm, jnp.shape(params.eps)).astype(jnp.int32)
-  return EnvState(last_arm=last, time=jnp.zeros(jnp.shape(params.noise_std), jnp.int32))
+  zero = jnp.zeros(jnp.shape(params.noise_std), jnp.int32)
+  return EnvState(last_arm=last, time=zero, delivered=jnp.full_like(last, -1),
+                  pending=jnp.ones(last.shape, bool), tx=zero, fb=zero)
+
+
+def eps_at(params: EnvParams, time: jax.Array) -> jax.Array:
+  """The channel's erasure probability at round ``time`` (0-based), per agent.
+
+  ``params.eps`` when the channel is constant; else the piecewise-linear
+  interpolation through ``(knots_t, knots_eps)``, written as a sum of clipped
+  ramps (the same value as ``np.interp``), constant before the first knot and
+  after the last.
+  """
+  if params.knots_t is None:
+    return params.eps
+  t = jnp.asarray(time, jnp.float32)
+  eps = params.knots_eps[0]
+  for i in range(1, params.knots_t.shape[0]):
+    t0, t1 = params.knots_t[i - 1], params.knots_t[i]
+    frac = jnp.clip((t - t0) / (t1 - t0), 0.0, 1.0)
+    eps = eps + (params.knots_eps[i] - params.knots_eps[i - 1]) * frac
+  return eps
 
 
 class Draws(struct.PyTreeNode):
@@ -119,8 +166,15 @@ def step_drawn(drawn: Draws, state: EnvState, action: jax.Array, params: EnvPara
   Returns:
     (next state, Observation, played arm(s)).
   """
-  received = drawn.erase_u >= params.eps
-  played = jnp.where(received, action, state.last_arm).astype(jnp.int32)
+  action = jnp.asarray(action, jnp.int32)
+  received = drawn.erase_u >= eps_at(params, state.time)
+  if params.feedback:
+    sent = state.pending | (action != state.delivered)
+  else:
+    sent = jnp.ones(action.shape, bool)
+  success = sent & received
+  # An agent not sent to has its request delivered already: its last arm is the request.
+  played = jnp.where(success, action, state.last_arm)
   mean = take(params.means, played)
   if params.reward_kind == BERNOULLI:
     reward = ((drawn.reward_v + 1.0) * 0.5 < mean).astype(jnp.float32)
@@ -128,8 +182,22 @@ def step_drawn(drawn: Draws, state: EnvState, action: jax.Array, params: EnvPara
     reward = mean + params.noise_std * gaussian_noise(drawn.reward_v)
   else:
     raise ValueError(f"reward_kind must be one of {REWARD_KINDS}; got {params.reward_kind!r}")
-  obs = Observation(reward=reward, ack=received if params.feedback else None)
-  return EnvState(last_arm=played, time=state.time + 1), obs, played
+  obs = Observation(reward=reward, ack=success if params.feedback else None)
+  agents = tuple(range(action.ndim - state.time.ndim))  # the agent axis, if any
+  count = lambda flags: jnp.sum(flags.astype(jnp.int32), axis=agents)
+  if not params.feedback:
+    bits = jnp.zeros_like(state.fb)
+  elif params.feedback_mode == "beacon":
+    bits = count(sent)
+  elif params.feedback_mode == "ack_success":
+    bits = count(success)
+  else:
+    raise ValueError(f"feedback_mode must be one of {FEEDBACK_MODES}; got {params.feedback_mode!r}")
+  nxt = EnvState(last_arm=played, time=state.time + 1,
+                 delivered=jnp.where(success, action, state.delivered),
+                 pending=jnp.where(sent, ~received, state.pending),
+                 tx=state.tx + count(sent), fb=state.fb + bits)
+  return nxt, obs, played
 
 
 def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
@@ -147,12 +215,18 @@ def step(key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams):
   return step_drawn(draw(key, (), params, jnp.shape(action)), state, action, params)
 
 
+def totals(state: EnvState) -> dict:
+  """The run's communication counters: transmissions and feedback bits, all agents."""
+  return {"tx": state.tx, "fb": state.fb}
+
+
 ENV = Environment(reset=reset, step=step, draw=draw, step_drawn=step_drawn,
-                  n_uniforms=N_UNIFORMS, from_uniforms=from_uniforms)
+                  n_uniforms=N_UNIFORMS, from_uniforms=from_uniforms, totals=totals)
 
 
 def make_params(means, eps, *, noise_std=1.0, initial_arm=0, reward_kind=GAUSSIAN,
-                feedback=False) -> EnvParams:
+                feedback=False, feedback_mode="beacon", knots_t=None, knots_eps=None
+                ) -> EnvParams:
   """Builds validated :class:`EnvParams` from Python / numpy values."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   means_np = np.asarray(means, np.float64)
@@ -168,7 +242,57 @@ def make_params(means, eps, *, noise_std=1.0, initial_arm=0, reward_kind=GAUSSIA
   init_np = np.asarray(initial_arm)
   if np.any(init_np < 0) or np.any(init_np >= means_np.size):
     raise ValueError(f"initial_arm must be in [0, {means_np.size}); got {initial_arm}")
+  if feedback_mode not in FEEDBACK_MODES:
+    raise ValueError(f"feedback_mode must be one of {FEEDBACK_MODES}; got {feedback_mode!r}")
+  kt, ke = check_knots(knots_t, knots_eps, eps_np.shape)
   return EnvParams(means=jnp.asarray(means_np, jnp.float32), eps=jnp.asarray(eps_np, jnp.float32),
                    noise_std=jnp.asarray(noise_std, jnp.float32),
-                   initial_arm=jnp.asarray(init_np, jnp.int32), reward_kind=reward_kind,
-                   feedback=bool(feedback))
+                   initial_arm=jnp.asarray(init_np, jnp.int32),
+                   knots_t=None if kt is None else jnp.asarray(kt, jnp.float32),
+                   knots_eps=None if ke is None else jnp.asarray(ke, jnp.float32),
+                   reward_kind=reward_kind, feedback=bool(feedback), feedback_mode=feedback_mode)
+
+
+def check_knots(knots_t, knots_eps, eps_shape: tuple):
+  """Validated numpy (knots_t (n,), knots_eps (n, *eps_shape)) of a time-varying channel.
+
+  Both None: a constant channel. Rounds strictly increasing, at least one knot,
+  every eps in [0, 1); a knot eps of shape (n,) is shared by all agents.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  if knots_t is None and knots_eps is None:
+    return None, None
+  if knots_t is None or knots_eps is None:
+    raise ValueError("knots_t and knots_eps go together")
+  kt = np.asarray(knots_t, np.float64)
+  ke = np.asarray(knots_eps, np.float64)
+  if kt.ndim != 1 or kt.size < 1 or np.any(np.diff(kt) <= 0):
+    raise ValueError(f"knots_t must be a strictly increasing vector; got {kt}")
+  if ke.shape[:1] != kt.shape:
+    raise ValueError(f"knots_eps needs one row per knot ({kt.size}); got shape {ke.shape}")
+  ke = np.broadcast_to(ke.reshape(ke.shape + (1,) * (1 + len(eps_shape) - ke.ndim)),
+                       kt.shape + tuple(eps_shape))
+  if np.any(ke < 0) or np.any(ke >= 1):
+    raise ValueError(f"knots_eps must lie in [0, 1); got {ke}")
+  return kt, ke
+
+
+def eps_schedule(kind: str, horizon: int, start, end, breakpoint_frac: float = 0.2):
+  """Knots (knots_t, knots_eps) of the authors' time-varying channels (``utils.py``).
+
+  ``linear``: eps moves linearly from ``start`` at round 0 to ``end`` at round
+  T - 1 (``np.linspace(start, end, T)``). ``abrupt``: the same ramp over the first
+  ``max(1, int(T breakpoint_frac))`` rounds, then ``end`` to the horizon.
+  ``start`` and ``end`` are scalars or one value per agent.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
+  if kind == "linear":
+    last = horizon - 1
+  elif kind == "abrupt":
+    last = max(1, int(horizon * breakpoint_frac)) - 1
+  else:
+    raise ValueError(f"eps schedule must be 'linear' or 'abrupt'; got {kind!r}")
+  if last <= 0:
+    return np.zeros(1), np.broadcast_to(end, (1,) + np.shape(end)).copy()
+  return np.array([0.0, float(last)]), np.stack(np.broadcast_arrays(start, end))

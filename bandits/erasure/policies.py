@@ -17,6 +17,19 @@ from bandits.core import (Algorithm, BanditSpec, add_at, argmax_arms, first_inde
                           take, tree_select)
 
 
+def repetitions(eps: jax.Array, horizon: jax.Array) -> jax.Array:
+  """alpha = ceil(2 ln T / ln(1/eps)), so that eps^alpha <= T^-2; 1 when eps = 0.
+
+  The authors' ``calculate_repetitions``: the number of consecutive requests
+  after which an arm has been delivered with probability at least 1 - T^-2.
+  """
+  eps = jnp.asarray(eps, jnp.float32)
+  t = jnp.asarray(horizon, jnp.float32)
+  safe = jnp.where(eps > 0, eps, 0.5)
+  alpha = jnp.ceil(2.0 * jnp.log(t) / -jnp.log(safe))
+  return jnp.where(eps > 0, jnp.maximum(alpha, 1.0), 1.0).astype(jnp.int32)
+
+
 class UCBState(struct.PyTreeNode):
   counts: jax.Array    # (K,) float32 pulls credited to each arm
   sums: jax.Array      # (K,) float32 reward credited to each arm

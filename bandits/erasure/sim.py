@@ -17,7 +17,7 @@ import numpy as np
 
 from bandits import core
 from bandits.core import BanditSpec, SimResult, take
-from bandits.erasure import algorithms, env
+from bandits.erasure import algorithms, env, schedulers
 
 
 MEANS_KINDS = ("random_gap", "two_level", "given")
@@ -118,26 +118,33 @@ def make_instances(grid: list[dict], n_seeds: int, seed: int, *, means_kind: str
 def _system(data, how):
   """The run's pieces for :func:`bandits.core.run`: batch axes trailing, means and mask
   (K, G, S), eps (G, S) or (M, G, S); regret is the gap of the arm played."""
-  name, reward_kind, feedback = how
-  means, mask, eps, horizon_arr, initial_arm, noise_std = data
+  name, reward_kind, feedback, feedback_mode = how
+  means, mask, eps, horizon_arr, initial_arm, noise_std, knots = data
+  knots_t, knots_eps = (None, None) if knots is None else knots
   params = env.EnvParams(means=means, eps=eps,
                          noise_std=jnp.broadcast_to(noise_std, horizon_arr.shape),
-                         initial_arm=initial_arm, reward_kind=reward_kind, feedback=feedback)
-  spec = BanditSpec(arm_mask=mask, horizon=horizon_arr, eps=eps)
+                         initial_arm=initial_arm, knots_t=knots_t, knots_eps=knots_eps,
+                         reward_kind=reward_kind, feedback=feedback, feedback_mode=feedback_mode)
+  spec = schedulers.ErasureSpec(arm_mask=mask, horizon=horizon_arr, eps=eps,
+                                initial_arm=jnp.broadcast_to(initial_arm, eps.shape))
   best = jnp.max(jnp.where(mask, means, -jnp.inf), axis=0)
   gaps = jnp.where(mask, best - means, 0.0)
   return env.ENV, algorithms.make(name), params, spec, lambda played: take(gaps, played)
 
 
 def run(name: str, inst: Instances, key: jax.Array, *, reward_kind: str = env.GAUSSIAN,
-        noise_std: float = 1.0, feedback: bool = False, n_points: int = 1000,
-        native_batch: bool = True,
+        noise_std: float = 1.0, feedback: bool = False, feedback_mode: str = "beacon",
+        knots: tuple | None = None, n_points: int = 1000, native_batch: bool = True,
         progress: Callable[[int], None] | None = None) -> SimResult:
   """Simulates algorithm ``name`` on every instance of ``inst`` (axes G, S).
 
   Returns a :class:`bandits.core.SimResult` with ``regret`` (G, S, n_points) and
   ``final_regret`` (G, S). ``native_batch=False`` runs each (G, S) instance
   through ``vmap`` instead (same numbers, slower; kept as a cross-check).
+  ``feedback_mode`` sets what the feedback bits count (:mod:`bandits.erasure.env`);
+  ``knots`` = (knots_t (n,), knots_eps (n,) or (n, M)), shared by every run, makes
+  the channel time-varying (``inst.eps`` is then what the learner is told); the
+  result's ``totals`` holds the transmissions (``tx``) and feedback bits (``fb``).
   """
   info = algorithms.ALGORITHMS[name]
   if info.needs_feedback and not feedback:
@@ -149,10 +156,16 @@ def run(name: str, inst: Instances, key: jax.Array, *, reward_kind: str = env.GA
   lead = lambda x: np.moveaxis(np.asarray(x), -1, 0) if np.ndim(x) == 3 else np.asarray(x)
   f32 = lambda x: jnp.asarray(lead(x), jnp.float32)
   i32 = lambda x: jnp.asarray(lead(x), jnp.int32)
+  batch = inst.horizon.shape
+  if knots is not None:
+    kt, ke = env.check_knots(knots[0], knots[1], inst.eps.shape[2:])
+    knots = (jnp.asarray(np.broadcast_to(kt.reshape(kt.shape + (1, 1)), kt.shape + batch),
+                         jnp.float32),
+             jnp.asarray(np.broadcast_to(ke.reshape(ke.shape + (1, 1)), ke.shape + batch),
+                         jnp.float32))
   data = (f32(inst.means), jnp.asarray(lead(inst.arm_mask)), f32(inst.eps), i32(inst.horizon),
-          i32(inst.initial_arm), f32(noise_std))
-  return core.run(_system, (name, reward_kind, bool(feedback)), data, key,
-                  batch_shape=inst.horizon.shape, horizon=horizon,
-                  chunks=core.chunking(horizon, n_points),
-                  ragged=bool(np.any(inst.horizon != horizon)), native_batch=native_batch,
-                  progress=progress)
+          i32(inst.initial_arm), f32(noise_std), knots)
+  return core.run(_system, (name, reward_kind, bool(feedback), feedback_mode), data, key,
+                  batch_shape=batch, horizon=horizon, chunks=core.chunking(horizon, n_points),
+                  ragged=bool(np.any(inst.horizon != horizon)),
+                  native_batch=native_batch and info.native, progress=progress)

@@ -1,0 +1,530 @@
+"""Multi-agent schedulers for bandits over erasure channels with feedback: TPG, SP2-Feedback, baselines.
+
+M agents sit behind their own erasure channels (eps_m) and play arms of one
+K-armed bandit; a central learner decides each round which arm to request from
+each agent, and (with feedback) learns which requests arrived. These are the
+schedulers of the journal work of Hanna, Karakas, Yang & Fragouli, "Fundamental
+Limits of Learning Under Erasure-Constrained Communication Channels" (its text
+was not at hand), built on the batched successive elimination of arXiv
+2406.18072 and 2504.20894. They follow the authors' public code (github
+mervekarakas/mamab_erasures, read at b3e9251), class by class; each docstring
+names its class and every place where it differs.
+
+All share the batch structure of the authors' code: batch i needs M_i samples
+of every active arm, M_i = 4^i M_0 with M_0 = floor(ceil(2 ln(T M)) / 4); a
+sample is credited to the arm an agent actually played (known through the
+feedback), up to M_i per arm; at the batch end the running means are updated
+and arm j is eliminated when max_a q_a - q_j > 2 sqrt(ln(T M) / (2 M_i))
+(``BanditBase.eliminate_arms``).
+
+Written for one run (arrays (K,) per arm, (M,) per agent); the simulator maps
+them over runs (``native_batch=False``). Randomness: a scheduler that draws
+uses :func:`algo_uniforms` (key, t), uniforms fixed by the round, so a float64
+reference (:mod:`bandits.erasure.numpy_ma`) can replay the same choices.
+Conventions: ``choice(S, u)`` over an ascending set S of arms is
+``S[min(floor(u |S|), |S| - 1)]``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from bandits.core import Algorithm, BanditSpec
+from bandits.erasure.policies import repetitions
+
+N_ALGO_FIELDS = 3  # uniforms per slot and round: agent choice, arm priority, agent priority
+
+
+def algo_uniforms(key: jax.Array, t: jax.Array, n_arms: int, n_agents: int) -> jax.Array:
+  """The scheduler's uniforms for the decisions of round ``t``: (max(K, M), 3) float32."""
+  return jax.random.uniform(jax.random.fold_in(key, t), (max(n_arms, n_agents), N_ALGO_FIELDS))
+
+
+def choice(mask: jax.Array, u: jax.Array) -> jax.Array:
+  """``S[min(floor(u |S|), |S| - 1)]`` for the ascending set S of ``mask`` (K,); 0 if empty."""
+  n = jnp.sum(mask.astype(jnp.int32))
+  idx = jnp.minimum(jnp.floor(u * n).astype(jnp.int32), jnp.maximum(n - 1, 0))
+  rank = jnp.cumsum(mask.astype(jnp.int32)) - 1
+  hit = mask & (rank == idx)
+  return jnp.max(jnp.where(hit, jnp.arange(mask.shape[0]), 0)).astype(jnp.int32)
+
+
+def first_batch(spec: BanditSpec) -> jax.Array:
+  """M_0 = floor(ceil(2 ln(T M)) / 4), so that the first batch has M_1 = 4 M_0 samples per arm."""
+  n_agents = spec.eps.shape[0]
+  log_tm = jnp.log(spec.horizon.astype(jnp.float32) * n_agents)
+  return (jnp.ceil(2.0 * log_tm) // 4).astype(jnp.int32)
+
+
+class ErasureSpec(BanditSpec):
+  """What a multi-agent scheduler is told: the bandit spec and each agent's first arm.
+
+  Attributes:
+    initial_arm: (M,) int32, the arm each agent plays until a request reaches it
+      (the authors' runners pass these ``base_actions`` to the algorithm).
+  """
+  initial_arm: jax.Array | None = None
+
+
+class Batch(struct.PyTreeNode):
+  """Elimination state shared by the batched schedulers (one run)."""
+  active: jax.Array      # (K,) bool, arms not eliminated
+  sums: jax.Array        # (K,) float32, rewards credited in finished batches
+  counts: jax.Array      # (K,) float32, samples credited in finished batches
+  qhat: jax.Array        # (K,) float32, running means
+  m: jax.Array           # () int32, samples per arm this batch (M_i)
+  log_term: jax.Array    # () float32, ln(T M)
+  pull_count: jax.Array  # (K,) int32, samples credited this batch
+  pull_sums: jax.Array   # (K,) float32, rewards credited this batch
+
+
+def batch_init(spec: BanditSpec) -> Batch:
+  zeros = jnp.zeros(spec.arm_mask.shape, jnp.float32)
+  n_agents = spec.eps.shape[0]
+  return Batch(active=spec.arm_mask, sums=zeros, counts=zeros, qhat=zeros,
+               m=4 * first_batch(spec),
+               log_term=jnp.log(spec.horizon.astype(jnp.float32) * n_agents),
+               pull_count=jnp.zeros(spec.arm_mask.shape, jnp.int32), pull_sums=zeros)
+
+
+def batch_end(b: Batch, *, running_mean: bool = False) -> Batch:
+  """Merges the batch into the means, eliminates, and opens the next batch (M_{i+1} = 4 M_i).
+
+  ``running_mean=False`` (TPG, SGreedy): q_a = all credited rewards / all credited
+  samples, over arms credited this batch. ``running_mean=True`` (SP2, SP2-Feedback,
+  RRR): q_a = (q_a n + S_a) / (n + c_a) with n the sum of the finished batches' M_i,
+  for every active arm (as the authors' classes write it).
+  """
+  pc = b.pull_count.astype(jnp.float32)
+  if running_mean:
+    n = b.counts  # every active arm's n: the sum of the finished batches' M_i
+    qhat = jnp.where(b.active, (b.qhat * n + b.pull_sums) / (n + pc), b.qhat)
+    counts = jnp.where(b.active, n + b.m.astype(jnp.float32), b.counts)
+    sums = b.sums
+  else:
+    hit = b.active & (b.pull_count > 0)
+    sums = jnp.where(hit, b.sums + b.pull_sums, b.sums)
+    counts = jnp.where(hit, b.counts + pc, b.counts)
+    qhat = jnp.where(hit, sums / jnp.maximum(counts, 1.0), b.qhat)
+  best = jnp.max(jnp.where(b.active, qhat, -jnp.inf))
+  radius = 2.0 * jnp.sqrt(b.log_term / (2.0 * b.m.astype(jnp.float32)))
+  active = b.active & ~(best - qhat > radius)
+  zeros = jnp.zeros_like(b.pull_sums)
+  return b.replace(active=active, sums=sums, counts=counts, qhat=qhat,
+                   m=jnp.minimum(b.m, 1 << 28) * 4,
+                   pull_count=jnp.zeros_like(b.pull_count), pull_sums=zeros)
+
+
+class TPGState(struct.PyTreeNode):
+  """Two-Phase Greedy (one run). Per agent (M,), per arm (K,), per chunk slot (M,)."""
+  key: jax.Array
+  t: jax.Array            # () int32, rounds played
+  batch: Batch
+  alpha: jax.Array        # (M,) int32, repetitions per channel
+  known: jax.Array        # (M,) int32, the arm each agent plays (known through feedback)
+  phase: jax.Array        # () int32, 1 (greedy takeover) or 2 (chunk finishing)
+  done: jax.Array         # (K,) bool, arms that reached M_i samples in phase 1
+  done_count: jax.Array   # () int32
+  threshold: jax.Array    # () int32, phase 1 ends when done_count reaches it
+  unassigned: jax.Array   # (K,) bool, arms not yet given to an agent (given highest first)
+  arm: jax.Array          # (M,) int32, each agent's assigned arm, -1 for none
+  taken: jax.Array        # (M,) bool, taken over (out of the greedy fill)
+  delivered: jax.Array    # (M,) bool, its assigned arm has reached it
+  attempts: jax.Array     # (M,) int32, rounds spent before delivery
+  succ: jax.Array         # (M,) int32, acknowledged deliveries of the assigned arm
+  slot: jax.Array         # (M,) int32, the agent's chunk in phase 2, -1 for none
+  chunk_arm: jax.Array    # (M,) int32, each chunk's arm, -1 for an unused slot
+  chunk_count: jax.Array  # (M,) int32
+  chunk_active: jax.Array  # (M,) bool
+  need: jax.Array         # () int32, samples per chunk
+
+
+def _reset_agent(s: TPGState, j, arm, slot=None) -> TPGState:
+  s = s.replace(arm=s.arm.at[j].set(arm), delivered=s.delivered.at[j].set(False),
+                attempts=s.attempts.at[j].set(0), succ=s.succ.at[j].set(0))
+  return s if slot is None else s.replace(slot=s.slot.at[j].set(slot))
+
+
+def _slowest(eta: jax.Array, eligible: jax.Array):
+  """(first agent with the largest eta among the eligible, that eta); (-1, -1) if none."""
+  e = jnp.where(eligible, eta, -1)
+  best = jnp.max(e)
+  idx = jnp.argmax(e == best).astype(jnp.int32)
+  return jnp.where(best >= 0, idx, -1), best
+
+
+def tpg(*, guarded: bool = False) -> Algorithm:
+  """Two-Phase Greedy (the authors' ``BatchTPG``; ``guarded=True``: ``BatchTPGNew``).
+
+  Batch i needs M_i samples of each active arm. Phase 1: before every round each
+  agent that is idle or whose arm is done (not taken over) gets the next
+  unassigned active arm, highest index first; when none is left it takes over
+  the arm of the slowest agent (largest estimated rounds to finish,
+  eta = alpha_m + M_i - pulls - attempts before delivery, M_i - deliveries
+  after) if starting afresh (alpha_j + M_i) would beat it; the slow agent is
+  marked taken over and keeps pulling. An agent gives up an arm not delivered
+  within alpha_m + M_i attempts. Phase 1 ends when all but M of the active arms
+  have M_i samples (arms credited while eliminated count too, as in the code).
+  Phase 2, if 0 < U <= M arms are unfinished: each gets floor(M / U) chunks of
+  ceil(M_i / chunks) samples; agent i takes chunk i, agents past the chunks a
+  random unfinished arm (not a chunk); before every round, agents from the last
+  to the first whose chunk is done try a takeover the same way. The batch ends
+  when no chunk is open. With ``guarded``, an agent whose arm has reached it
+  and still needs samples is never taken over, and a random-arm agent counts as
+  done (so it tries takeovers).
+
+  Differences from the authors' code: rewards come from the environment
+  (their TPG draws Gaussian rewards even in Bernoulli runs); an agent that runs
+  out of attempts in the round its request arrives plays the delivered arm (the
+  environment's rule), where their code keeps the old one.
+  """
+
+  def plan_phase1(s: TPGState) -> TPGState:
+    b = s.batch
+    n_agents = s.arm.shape[0]
+    agents = jnp.arange(n_agents)
+
+    def fill(j, s: TPGState) -> TPGState:
+      a_now = s.arm[j]
+      a_safe = jnp.maximum(a_now, 0)
+      needs = ~s.taken[j] & ((a_now < 0) | s.done[a_safe] | (b.pull_count[a_safe] >= b.m))
+      k = s.unassigned.shape[0]
+      top = jnp.max(jnp.where(s.unassigned, jnp.arange(k), -1))
+      # A new arm: the highest unassigned one.
+      picked = _reset_agent(s, j, top).replace(unassigned=s.unassigned & (jnp.arange(k) != top))
+      # Else a takeover of the slowest agent's arm.
+      arm_safe = jnp.maximum(s.arm, 0)
+      pulls = b.pull_count[arm_safe]
+      eta = jnp.where(s.delivered, jnp.maximum(0, b.m - s.succ),
+                      jnp.maximum(0, s.alpha + (b.m - pulls) - s.attempts))
+      eligible = (~s.taken & (agents != j) & (s.arm >= 0) & ~s.done[arm_safe])
+      if guarded:
+        eligible &= ~(s.delivered & (pulls < b.m))
+      slow, slow_eta = _slowest(eta, eligible)
+      take = (slow >= 0) & (slow_eta > 0) & (s.alpha[j] + b.m < slow_eta)
+      slow_safe = jnp.maximum(slow, 0)
+      taken_over = _reset_agent(s, j, s.arm[slow_safe]).replace(
+          taken=s.taken.at[slow_safe].set(True))
+      new = jax.tree.map(lambda x, y, z: jnp.where(top >= 0, x, jnp.where(take, y, z)),
+                         picked, taken_over, s)
+      return jax.tree.map(lambda x, y: jnp.where(needs, x, y), new, s)
+
+    return jax.lax.fori_loop(0, n_agents, fill, s)
+
+  def plan_phase2(s: TPGState) -> TPGState:
+    b = s.batch
+    n_agents = s.arm.shape[0]
+    agents = jnp.arange(n_agents)
+
+    def fill(i, s: TPGState) -> TPGState:
+      j = n_agents - 1 - i  # from the last agent to the first
+      ra, sl = s.arm[j], s.slot[j]
+      sl_safe = jnp.maximum(sl, 0)
+      open_chunk = ((sl >= 0) & s.chunk_active[sl_safe] & (s.chunk_count[sl_safe] < s.need)
+                    & (b.pull_count[jnp.maximum(ra, 0)] < b.m))
+      # TPG: an agent on a random arm (no chunk) is not done; guarded TPG: it is.
+      chunk_done = ~open_chunk if guarded else ((sl >= 0) & ~open_chunk)
+      tries = ~s.taken[j] & ((ra < 0) | chunk_done)
+      arm_safe = jnp.maximum(s.arm, 0)
+      slot_safe = jnp.maximum(s.slot, 0)
+      pulls = b.pull_count[arm_safe]
+      eta = jnp.where(s.chunk_count[slot_safe] >= s.need, 0,
+                      jnp.where(s.delivered, jnp.maximum(0, s.need - s.succ),
+                                jnp.maximum(0, s.alpha + (s.need - pulls) - s.attempts)))
+      eligible = (~s.taken & (agents != j) & (s.arm >= 0) & (s.slot >= 0)
+                  & s.chunk_active[slot_safe])
+      if guarded:
+        eligible &= ~(s.delivered & (pulls < b.m))
+      slow, slow_eta = _slowest(eta, eligible)
+      slow_safe = jnp.maximum(slow, 0)
+      mine = s.alpha[j] + (s.need - b.pull_count[arm_safe[slow_safe]])
+      take = tries & (slow >= 0) & (slow_eta > 0) & (mine < slow_eta)
+      if guarded:
+        take &= ~s.done[arm_safe[slow_safe]]
+      new = _reset_agent(s, j, s.arm[slow_safe], s.slot[slow_safe]).replace(
+          taken=s.taken.at[slow_safe].set(True))
+      return jax.tree.map(lambda x, y: jnp.where(take, x, y), new, s)
+
+    return jax.lax.fori_loop(0, n_agents, fill, s)
+
+  def start_phase2(s: TPGState) -> TPGState:
+    b = s.batch
+    n_agents = s.arm.shape[0]
+    unf = b.active & (b.pull_count < b.m)
+    n_unf = jnp.sum(unf.astype(jnp.int32))
+    per_arm = jnp.maximum(1, n_agents // jnp.maximum(n_unf, 1))
+    need = (b.m + per_arm - 1) // per_arm
+    slots = jnp.arange(n_agents)
+    used = slots < n_unf * per_arm
+    rank = jnp.cumsum(unf.astype(jnp.int32)) - 1
+    k = unf.shape[0]
+    # chunk s belongs to the (s // per_arm)-th unfinished arm
+    owner = unf[None, :] & (rank[None, :] == (slots // per_arm)[:, None])
+    chunk_arm = jnp.where(used, jnp.max(jnp.where(owner, jnp.arange(k)[None, :], -1), 1), -1)
+    u = algo_uniforms(s.key, s.t, k, n_agents)
+    rand_arm = jax.vmap(lambda v: choice(unf, v))(u[:n_agents, 0])
+    zeros = jnp.zeros(n_agents, jnp.int32)
+    return s.replace(phase=jnp.int32(2), need=need.astype(jnp.int32),
+                     chunk_arm=chunk_arm.astype(jnp.int32), chunk_count=zeros,
+                     chunk_active=used, arm=jnp.where(used, chunk_arm, rand_arm).astype(jnp.int32),
+                     slot=jnp.where(used, slots, -1).astype(jnp.int32),
+                     taken=jnp.zeros(n_agents, bool), delivered=jnp.zeros(n_agents, bool),
+                     attempts=zeros, succ=zeros)
+
+  def start_batch(s: TPGState) -> TPGState:
+    b = s.batch
+    n_agents = s.arm.shape[0]
+    n_active = jnp.sum(b.active.astype(jnp.int32))
+    zeros = jnp.zeros(n_agents, jnp.int32)
+    return s.replace(phase=jnp.int32(1), done=jnp.zeros_like(b.active),
+                     done_count=jnp.int32(0), threshold=jnp.maximum(0, n_active - n_agents),
+                     unassigned=b.active, arm=jnp.full(n_agents, -1, jnp.int32),
+                     taken=jnp.zeros(n_agents, bool), delivered=jnp.zeros(n_agents, bool),
+                     attempts=zeros, succ=zeros, slot=jnp.full(n_agents, -1, jnp.int32))
+
+  def after_phase1(s: TPGState) -> TPGState:
+    """Phase 2 when 0 < U <= M active arms are unfinished, else the batch is over (phase 0)."""
+    b = s.batch
+    n_unf = jnp.sum((b.active & (b.pull_count < b.m)).astype(jnp.int32))
+    return jax.lax.cond((n_unf > 0) & (n_unf <= s.arm.shape[0]), start_phase2,
+                        lambda s: s.replace(phase=jnp.int32(0)), s)
+
+  def open_batch(s: TPGState) -> TPGState:
+    """Phase 1 of a new batch, skipped when it has nothing to do (at most M active arms)."""
+    s = start_batch(s)
+    return jax.lax.cond(s.threshold <= 0, after_phase1, lambda s: s, s)
+
+  def plan(s: TPGState) -> TPGState:
+    return jax.lax.cond(s.phase == 1, plan_phase1, plan_phase2, s)
+
+  def transitions(s: TPGState) -> TPGState:
+    """Phase and batch ends after a round, then the plan of the next round."""
+    s = jax.lax.cond((s.phase == 1) & (s.done_count >= s.threshold), after_phase1,
+                     lambda s: s, s)
+    b = s.batch
+    pulls = b.pull_count[jnp.maximum(s.chunk_arm, 0)]
+    open_chunks = jnp.any((s.chunk_arm >= 0) & s.chunk_active & (s.chunk_count < s.need)
+                          & (pulls < b.m))
+    over = (s.phase == 0) | ((s.phase == 2) & ~open_chunks)
+    s = jax.lax.cond(over, lambda s: open_batch(s.replace(batch=batch_end(s.batch))),
+                     lambda s: s, s)
+    return plan(s)
+
+  def init(key, spec: ErasureSpec) -> TPGState:
+    if spec.initial_arm is None or jnp.ndim(spec.eps) != 1:
+      raise ValueError("tpg needs an ErasureSpec with eps and initial_arm of shape (M,)")
+    n_agents = spec.eps.shape[0]
+    k = spec.arm_mask.shape[0]
+    zeros = jnp.zeros(n_agents, jnp.int32)
+    s = TPGState(key=key, t=jnp.int32(0), batch=batch_init(spec),
+                 alpha=repetitions(spec.eps, spec.horizon),
+                 known=jnp.asarray(spec.initial_arm, jnp.int32), phase=jnp.int32(1),
+                 done=jnp.zeros(k, bool), done_count=jnp.int32(0), threshold=jnp.int32(0),
+                 unassigned=jnp.zeros(k, bool), arm=zeros - 1, taken=jnp.zeros(n_agents, bool),
+                 delivered=jnp.zeros(n_agents, bool), attempts=zeros, succ=zeros, slot=zeros - 1,
+                 chunk_arm=zeros - 1, chunk_count=zeros, chunk_active=jnp.zeros(n_agents, bool),
+                 need=jnp.int32(1))
+    return plan(open_batch(s))
+
+  def act(key, s: TPGState) -> jax.Array:
+    del key
+    return jnp.where(s.arm >= 0, s.arm, s.known)
+
+  def update(s: TPGState, action, obs) -> TPGState:
+    if obs.ack is None:
+      raise ValueError("tpg needs feedback: run it on an environment with feedback=True")
+    b = s.batch
+    played = jnp.where(obs.ack, action, s.known).astype(jnp.int32)
+    has = s.arm >= 0
+    budget = s.alpha + jnp.where(s.phase == 1, b.m, s.need)
+    attempts = jnp.where(has & ~s.delivered, s.attempts + 1, s.attempts)
+    over = has & ~s.delivered & (attempts > budget)
+    first = has & ~s.delivered & ~over & obs.ack
+    succ = jnp.where(first, 1, jnp.where(has & s.delivered & obs.ack, s.succ + 1, s.succ))
+    ra, sl = s.arm, s.slot  # before a give-up
+    s = s.replace(known=played, attempts=attempts, succ=succ, delivered=s.delivered | first,
+                  arm=jnp.where(over, -1, s.arm), slot=jnp.where(over, -1, s.slot))
+
+    def credit(j, s: TPGState) -> TPGState:
+      b = s.batch
+      a = played[j]
+      room = b.pull_count[a] < b.m
+      count = b.pull_count.at[a].add(room.astype(jnp.int32))
+      sums = b.pull_sums.at[a].add(jnp.where(room, obs.reward[j], 0.0))
+      finished = room & (count[a] >= b.m)
+      phase1 = s.phase == 1
+      done = s.done.at[a].set(s.done[a] | (finished & phase1))
+      done_count = s.done_count + (finished & phase1).astype(jnp.int32)
+      chunk_active = jnp.where(finished & ~phase1 & (s.chunk_arm == a), False, s.chunk_active)
+      slj = jnp.maximum(sl[j], 0)
+      counts = (~phase1 & (sl[j] >= 0) & (a == ra[j]) & chunk_active[slj])
+      chunk_count = s.chunk_count.at[slj].add(counts.astype(jnp.int32))
+      closes = counts & ((chunk_count[slj] >= s.need) | (count[ra[j]] >= b.m))
+      chunk_active = chunk_active.at[slj].set(chunk_active[slj] & ~closes)
+      return s.replace(batch=b.replace(pull_count=count, pull_sums=sums), done=done,
+                       done_count=done_count, chunk_count=chunk_count, chunk_active=chunk_active)
+
+    s = jax.lax.fori_loop(0, played.shape[0], credit, s)
+    return transitions(s.replace(t=s.t + 1))
+
+  return Algorithm(init, act, update)
+
+
+class StackState(struct.PyTreeNode):
+  """SP2-Feedback (one run): per agent a stack of (arm, requests left) entries."""
+  key: jax.Array
+  t: jax.Array           # () int32, rounds played
+  batch: Batch
+  alpha: jax.Array       # (M,) int32
+  known: jax.Array       # (M,) int32, the arm each agent plays
+  entry_arm: jax.Array   # (M, K) int32, entries in the order assigned, -1 when gone
+  entry_left: jax.Array  # (M, K) int32, requests left in each entry
+
+
+ORDERS = ("descending", "ascending")
+
+
+def _stacks(b: Batch, alpha: jax.Array):
+  """The offline assignment of ``BatchSP2Erasure._offline_chunk_assignments`` for batch M_i.
+
+  Active arms in index order fill agent after agent, whole blocks of alpha_m - 1 + M_i
+  requests while an agent's blocks fit in T_i = ceil(M_i n / sum_m M_i / (alpha_m - 1
+  + M_i)) rounds; the k' arms left are cut into chunks (max(1, floor(M / 2k')) per arm)
+  spread over the first half of the agents. Returns (entry_arm, entry_left) (M, K).
+  """
+  n_agents, k = alpha.shape[0], b.active.shape[0]
+  m = b.m
+  n = jnp.sum(b.active.astype(jnp.int32))
+  rank = jnp.cumsum(b.active.astype(jnp.int32)) - 1
+  arm_at = lambda r: jnp.max(jnp.where(b.active & (rank == r), jnp.arange(k), -1))
+  mf = m.astype(jnp.float32)
+  block = alpha - 1 + m
+  t_i = jnp.ceil(mf * n / jnp.sum(mf / block.astype(jnp.float32))).astype(jnp.int32)
+  fits = t_i // block
+  start = jnp.minimum(jnp.cumsum(fits) - fits, n)
+  count = jnp.minimum(fits, n - start)
+  pos = jnp.arange(k)[None, :]
+  whole = pos < count[:, None]
+  arms = jax.vmap(arm_at)(jnp.clip(start[:, None] + pos, 0, k - 1).reshape(-1)).reshape(n_agents, k)
+  entry_arm = jnp.where(whole, arms, -1)
+  entry_left = jnp.where(whole, block[:, None], 0)
+  used = jnp.sum(count)
+  k_hat = n - used
+  per_arm = jnp.maximum(1, n_agents // jnp.maximum(2 * k_hat, 1))
+  chunk = (m + per_arm - 1) // per_arm
+  half = max(1, n_agents // 2)
+  per_agent = (k_hat * per_arm + half - 1) // half
+
+  def push(c):
+    entry_arm, entry_left, length, r, eff, agent, chk = c
+    chks = jnp.minimum(per_agent - chk, per_arm)
+    pulls = jnp.minimum(m - eff, chks * chunk)
+    a = arm_at(r)
+    entry_arm = entry_arm.at[agent, length[agent]].set(a, mode="drop")
+    entry_left = entry_left.at[agent, length[agent]].set(alpha[agent] - 1 + pulls, mode="drop")
+    length = length.at[agent].add(1)
+    eff = eff + pulls
+    chk = chk + chks
+    agent, chk = jnp.where(chk >= per_agent, agent + 1, agent), jnp.where(chk >= per_agent, 0, chk)
+    r, eff = jnp.where(eff >= m, r + 1, r), jnp.where(eff >= m, 0, eff)
+    return entry_arm, entry_left, length, r, eff, agent, chk
+
+  def more(c):
+    _, _, _, r, _, agent, _ = c
+    return (r < n) & (agent < n_agents)
+
+  c = (entry_arm, entry_left, count, used, jnp.int32(0), jnp.int32(0), jnp.int32(0))
+  entry_arm, entry_left, *_ = jax.lax.while_loop(more, push, c)
+  return entry_arm, entry_left
+
+
+def sp2_feedback(*, order: str = "descending") -> Algorithm:
+  """SP2-Feedback (the authors' ``BatchSP2Erasure``): stacks of assigned blocks, with feedback.
+
+  At each batch start every agent gets a stack of (arm, requests) entries
+  (:func:`_stacks`). Each round an agent requests the arm of its top entry; an
+  agent with an empty stack requests a random active arm still short of M_i
+  samples (its last arm if none is). When the arm an agent played is its top
+  entry's, the entry's count drops by one and the entry is popped at zero. An
+  arm that reaches M_i samples leaves every stack. The batch ends when every
+  active arm has M_i samples.
+
+  ``order``: the authors build each stack reversed (``deque(stack[::-1])``), so an
+  agent requests its arms from the highest index down ("descending", the
+  default); "ascending" pops the same stacks from the other end.
+  """
+  if order not in ORDERS:
+    raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
+
+  def top(s: StackState):
+    """(position of each agent's top entry, whether it has one)."""
+    k = s.entry_arm.shape[1]
+    pos = jnp.arange(k)[None, :]
+    valid = s.entry_arm >= 0
+    if order == "descending":
+      p = jnp.max(jnp.where(valid, pos, -1), axis=1)
+    else:
+      p = jnp.min(jnp.where(valid, pos, k), axis=1)
+    has = jnp.any(valid, axis=1)
+    return jnp.clip(p, 0, k - 1), has
+
+  def open_batch(s: StackState) -> StackState:
+    arm, left = _stacks(s.batch, s.alpha)
+    return s.replace(entry_arm=arm, entry_left=left)
+
+  def init(key, spec: ErasureSpec) -> StackState:
+    if spec.initial_arm is None or jnp.ndim(spec.eps) != 1:
+      raise ValueError("sp2_fb needs an ErasureSpec with eps and initial_arm of shape (M,)")
+    n_agents, k = spec.eps.shape[0], spec.arm_mask.shape[0]
+    s = StackState(key=key, t=jnp.int32(0), batch=batch_init(spec),
+                   alpha=repetitions(spec.eps, spec.horizon),
+                   known=jnp.asarray(spec.initial_arm, jnp.int32),
+                   entry_arm=jnp.full((n_agents, k), -1, jnp.int32),
+                   entry_left=jnp.zeros((n_agents, k), jnp.int32))
+    return open_batch(s)
+
+  def act(key, s: StackState) -> jax.Array:
+    del key
+    b = s.batch
+    n_agents, k = s.entry_arm.shape
+    p, has = top(s)
+    top_arm = jnp.take_along_axis(s.entry_arm, p[:, None], axis=1)[:, 0]
+    still = b.active & (b.pull_count < b.m)
+    u = algo_uniforms(s.key, s.t, k, n_agents)[:n_agents, 0]
+    rand = jax.vmap(lambda v: choice(still, v))(u)
+    fallback = jnp.where(jnp.any(still), rand, s.known)
+    return jnp.where(has, top_arm, fallback).astype(jnp.int32)
+
+  def update(s: StackState, action, obs) -> StackState:
+    if obs.ack is None:
+      raise ValueError("sp2_fb needs feedback: run it on an environment with feedback=True")
+    played = jnp.where(obs.ack, action, s.known).astype(jnp.int32)
+    p, has = top(s)
+    rows = jnp.arange(played.shape[0])
+    hit = has & (s.entry_arm[rows, p] == played)
+    left = s.entry_left.at[rows, p].add(-hit.astype(jnp.int32))
+    entry_arm = s.entry_arm.at[rows, p].set(
+        jnp.where(hit & (left[rows, p] <= 0), -1, s.entry_arm[rows, p]))
+
+    def credit(j, c):
+      count, sums, finished = c
+      a = played[j]
+      ok = s.batch.active[a] & (count[a] < s.batch.m)
+      count = count.at[a].add(ok.astype(jnp.int32))
+      sums = sums.at[a].add(jnp.where(ok, obs.reward[j], 0.0))
+      return count, sums, finished.at[a].set(finished[a] | (ok & (count[a] >= s.batch.m)))
+
+    b = s.batch
+    count, sums, finished = jax.lax.fori_loop(
+        0, played.shape[0], credit, (b.pull_count, b.pull_sums, jnp.zeros_like(b.active)))
+    gone = finished[jnp.maximum(entry_arm, 0)] & (entry_arm >= 0)
+    s = s.replace(t=s.t + 1, known=played, batch=b.replace(pull_count=count, pull_sums=sums),
+                  entry_arm=jnp.where(gone, -1, entry_arm), entry_left=left)
+    over = ~jnp.any(s.batch.active & (s.batch.pull_count < s.batch.m))
+    return jax.lax.cond(
+        over, lambda s: open_batch(s.replace(batch=batch_end(s.batch, running_mean=True))),
+        lambda s: s, s)
+
+  return Algorithm(init, act, update)

@@ -1,0 +1,202 @@
+"""Multi-agent erasure schedulers (TPG, SP2-Feedback) and the time-varying, counted channel."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bandits.erasure import env, numpy_ma, schedulers, sim
+
+SCHEDULERS = ("tpg", "tpg_guarded", "sp2_fb")
+
+
+def _spec(means, eps, horizon, initial_arm):
+  return schedulers.ErasureSpec(arm_mask=jnp.ones(len(means), bool),
+                                horizon=jnp.asarray(horizon, jnp.int32),
+                                eps=jnp.asarray(eps, jnp.float32),
+                                initial_arm=jnp.asarray(initial_arm, jnp.int32))
+
+
+def rollout(algo, params, spec, key, horizon):
+  """One run through env.step; returns the draws it used, the played arms and the final env state."""
+  k_algo, k_run = jax.random.split(key)
+  n_agents = spec.eps.shape[0]
+
+  def body(carry, k):
+    env_s, algo_s = carry
+    drawn = env.draw(k, (), params, (n_agents,))
+    action = algo.act(None, algo_s)
+    env_s, obs, played = env.step_drawn(drawn, env_s, action, params)
+    return (env_s, algo.update(algo_s, action, obs)), (drawn.erase_u, drawn.reward_v, played)
+
+  init = (env.reset(None, params), algo.init(k_algo, spec))
+  (env_s, _), (erase_u, reward_v, played) = jax.jit(
+      lambda i, ks: jax.lax.scan(body, i, ks))(init, jax.random.split(k_run, horizon))
+  k, m = len(params.means), n_agents
+  algo_u = jax.vmap(lambda t: schedulers.algo_uniforms(k_algo, t, k, m))(jnp.arange(horizon))
+  return (np.asarray(erase_u), np.asarray(reward_v), np.asarray(algo_u), np.asarray(played),
+          env_s)
+
+
+# --- channel -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["linear", "abrupt"])
+def test_time_varying_eps_follows_the_authors_schedules(kind):
+  """eps_at equals np.interp of the knots, and the authors' linspace-based schedules."""
+  horizon = 1000
+  kt, ke = env.eps_schedule(kind, horizon, [0.1, 0.3], [0.9, 0.5], breakpoint_frac=0.2)
+  params = env.make_params([0.2, 0.8], [0.1, 0.3], knots_t=kt, knots_eps=ke)
+  t = np.arange(horizon)
+  got = np.asarray(jax.vmap(lambda s: env.eps_at(params, s))(jnp.asarray(t)))
+  for m, (start, end) in enumerate([(0.1, 0.9), (0.3, 0.5)]):
+    if kind == "linear":
+      want = np.linspace(start, end, horizon)
+    else:  # utils.generate_varying_erasure_sequence(mode='abrupt')
+      brk = int(horizon * 0.2)
+      want = np.concatenate([np.linspace(start, end, brk), np.full(horizon - brk, end)])
+    np.testing.assert_allclose(got[:, m], want, atol=1e-6)
+    np.testing.assert_allclose(got[:, m], np.interp(t, kt, ke[:, m]), atol=1e-6)
+
+
+def test_erasure_frequency_follows_the_drift():
+  """4000 agents at arm 0 asked for arm 1 at round t: the share still at 0 is eps(t)."""
+  horizon, agents = 2000, 4000
+  kt, ke = env.eps_schedule("linear", horizon, 0.1, 0.9)
+  params = env.make_params([0.2, 0.8], np.full(agents, 0.1), knots_t=kt, knots_eps=ke)
+  for t in (0, 700, 1999):
+    state = env.reset(None, params).replace(time=jnp.int32(t))
+    _, _, played = env.step(jax.random.key(t), state, jnp.ones(agents, jnp.int32), params)
+    want = 0.1 + 0.8 * t / (horizon - 1)
+    got = 1 - np.asarray(played).mean()
+    assert abs(got - want) < 4 * math.sqrt(want * (1 - want) / agents)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(knots_t=[0, 10]), "go together"),
+    (dict(knots_t=[5, 5], knots_eps=[0.1, 0.2]), "strictly increasing"),
+    (dict(knots_t=[0, 10], knots_eps=[0.1, 1.0]), "knots_eps must lie"),
+    (dict(knots_t=[0, 10], knots_eps=[0.1]), "one row per knot"),
+    (dict(feedback=True, feedback_mode="always"), "feedback_mode"),
+])
+def test_make_params_rejects_bad_channels(kwargs, fragment):
+  with pytest.raises(ValueError, match=fragment):
+    env.make_params([0.2, 0.8], 0.1, **kwargs)
+
+
+def test_feedback_counts_in_the_authors_two_modes():
+  """beacon: a bit per transmission; ack_success: a bit per delivery; no feedback: M per round."""
+  means, eps, horizon = [0.2, 0.5, 0.8], [0.4, 0.6], 400
+  counts = {}
+  for mode in ("beacon", "ack_success", None):
+    params = env.make_params(means, eps, initial_arm=[0, 0], feedback=mode is not None,
+                             feedback_mode=mode or "beacon")
+    actions = jnp.asarray(np.random.default_rng(0).integers(3, size=(horizon, 2)), jnp.int32)
+    keys = jax.random.split(jax.random.key(1), horizon)
+
+    def body(s, xs):
+      k, a = xs
+      s2, obs, _ = env.step(k, s, a, params)
+      return s2, (s.pending | (a != s.delivered), obs.ack)
+    final, (sent, ack) = jax.lax.scan(body, env.reset(None, params), (keys, actions))
+    counts[mode] = (int(final.tx), int(final.fb), np.asarray(sent), ack)
+  tx, fb, sent, _ = counts["beacon"]
+  assert tx == fb == sent.sum() < 2 * horizon
+  tx, fb, sent, ack = counts["ack_success"]
+  assert tx == sent.sum() and fb == np.asarray(ack).sum() < tx
+  tx, fb, _, ack = counts[None]
+  assert tx == 2 * horizon and fb == 0 and ack is None
+
+
+# --- schedulers ----------------------------------------------------------------------------
+
+
+def _authors_stacks(active, alpha, m_i, n_agents):
+  """BatchSP2Erasure._offline_chunk_assignments written out as in the authors' loop."""
+  arms = [a for a, on in enumerate(active) if on]
+  t_i = math.ceil(m_i * len(arms) / sum(m_i / (al - 1 + m_i) for al in alpha))
+  stacks = [[] for _ in range(n_agents)]
+  ind = 0
+  for i in range(n_agents):
+    t_end, p = 0, alpha[i] - 1 + m_i
+    while t_end + p <= t_i and ind < len(arms):
+      stacks[i].append((arms[ind], p))
+      t_end += p
+      ind += 1
+  k_hat = len(arms) - ind
+  if k_hat > 0:
+    per_arm = max(1, n_agents // (2 * k_hat))
+    size = math.ceil(m_i / per_arm)
+    half = max(1, n_agents // 2)
+    per_agent = math.ceil(k_hat * per_arm / half)
+    agent, chk = 0, 0
+    for a in arms[ind:]:
+      eff = 0
+      while eff < m_i and agent < n_agents:
+        chks = min(per_agent - chk, per_arm)
+        pulls = min(m_i - eff, chks * size)
+        stacks[agent].append((a, alpha[agent] - 1 + pulls))
+        eff += pulls
+        chk += chks
+        if chk >= per_agent:
+          agent, chk = agent + 1, 0
+  return stacks
+
+
+@pytest.mark.parametrize("k, alpha, m_i, active", [
+    (10, [3, 5, 8, 2], 16, None),
+    (10, [3, 5, 8, 2, 4, 6, 9, 2], 64, [1, 0, 1, 1, 0, 1, 1, 1, 0, 1]),
+    (6, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1], 16, None),
+    (12, [12, 2, 30], 4, None),
+])
+def test_sp2_feedback_stacks_are_the_authors_assignment(k, alpha, m_i, active):
+  active = np.ones(k, bool) if active is None else np.asarray(active, bool)
+  b = schedulers.Batch(active=jnp.asarray(active), sums=jnp.zeros(k), counts=jnp.zeros(k),
+                       qhat=jnp.zeros(k), m=jnp.int32(m_i), log_term=jnp.float32(1.0),
+                       pull_count=jnp.zeros(k, jnp.int32), pull_sums=jnp.zeros(k))
+  arm, left = schedulers._stacks(b, jnp.asarray(alpha, jnp.int32))  # pylint: disable=protected-access
+  arm, left = np.asarray(arm), np.asarray(left)
+  want = _authors_stacks(active, alpha, m_i, len(alpha))
+  for i, stack in enumerate(want):
+    got = [(int(a), int(c)) for a, c in zip(arm[i], left[i]) if a >= 0]
+    assert got == stack, f"agent {i}"
+
+
+def test_choice_picks_the_rank_of_u():
+  mask = jnp.asarray([False, True, True, False, True])
+  for u, want in [(0.0, 1), (0.33, 1), (0.34, 2), (0.67, 4), (0.999, 4)]:
+    assert int(schedulers.choice(mask, jnp.float32(u))) == want
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_jax_matches_float64_port_on_the_same_draws(name, seed):
+  """Same draws in, the same arms played: the JAX scheduler is the float64 numpy one."""
+  rng = np.random.default_rng(seed)
+  k, m, horizon = 8, 5, 3000
+  means = rng.permutation(np.linspace(0.1, 0.8, k))  # gaps 0.1
+  eps = rng.uniform(0.1, 0.6, m)
+  initial = rng.integers(k, size=m)
+  params = env.make_params(means, eps, initial_arm=initial, feedback=True)
+  algo = {"tpg": lambda: schedulers.tpg(), "tpg_guarded": lambda: schedulers.tpg(guarded=True),
+          "sp2_fb": schedulers.sp2_feedback}[name]()
+  erase_u, reward_v, algo_u, played, env_s = rollout(
+      algo, params, _spec(means, eps, horizon, initial), jax.random.key(seed), horizon)
+  ref = numpy_ma.run_port(name, np.asarray(params.means, np.float64),
+                          np.asarray(params.eps, np.float64), horizon, erase_u=erase_u,
+                          reward_v=reward_v, algo_u=algo_u, initial_arm=initial,
+                          feedback_mode="beacon")
+  np.testing.assert_array_equal(played, ref.played)
+  assert int(env_s.tx) == int(ref.tx[-1]) and int(env_s.fb) == int(ref.fb[-1])
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_schedulers_learn(name):
+  """Over seeds: the last fifth of the run costs far less than the first (arms get eliminated)."""
+  inst = sim.make_instances([dict(n_arms=10, eps=[0.2, 0.5, 0.3, 0.1], horizon=20_000)], 8, 0,
+                            means_kind="random_gap", initial_arm="random")
+  res = sim.run(name, inst, jax.random.key(0), feedback=True, n_points=5)
+  first, last = res.regret[..., 0], res.regret[..., -1] - res.regret[..., -2]
+  assert np.all(last < 0.5 * first)
+  assert np.all(res.totals["tx"] <= 4 * 20_000) and np.all(res.totals["fb"] == res.totals["tx"])
