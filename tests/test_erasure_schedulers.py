@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bandits.erasure import env, numpy_ma, schedulers, sim
+from bandits.erasure import algorithms, env, numpy_ma, schedulers, sim
 
-SCHEDULERS = ("tpg", "tpg_guarded", "sp2_fb")
+SCHEDULERS = ("tpg", "tpg_guarded", "sp2_fb", "rrr", "sgreedy", "sp2", "lsae_ver", "lsae_hor",
+              "vanilla_sae")
 
 
 def _spec(means, eps, horizon, initial_arm):
@@ -169,8 +170,12 @@ def test_choice_picks_the_rank_of_u():
     assert int(schedulers.choice(mask, jnp.float32(u))) == want
 
 
-@pytest.mark.parametrize("name", SCHEDULERS)
-@pytest.mark.parametrize("seed", [0, 1])
+FAST = ("tpg", "sp2_fb", "lsae_ver")  # the rest of the cross-checks run in the slow tier
+
+
+@pytest.mark.parametrize("name, seed", [
+    pytest.param(n, s, marks=() if (n in FAST and s == 0) else pytest.mark.slow)
+    for n in SCHEDULERS for s in (0, 1)])
 def test_jax_matches_float64_port_on_the_same_draws(name, seed):
   """Same draws in, the same arms played: the JAX scheduler is the float64 numpy one."""
   rng = np.random.default_rng(seed)
@@ -178,25 +183,30 @@ def test_jax_matches_float64_port_on_the_same_draws(name, seed):
   means = rng.permutation(np.linspace(0.1, 0.8, k))  # gaps 0.1
   eps = rng.uniform(0.1, 0.6, m)
   initial = rng.integers(k, size=m)
-  params = env.make_params(means, eps, initial_arm=initial, feedback=True)
-  algo = {"tpg": lambda: schedulers.tpg(), "tpg_guarded": lambda: schedulers.tpg(guarded=True),
-          "sp2_fb": schedulers.sp2_feedback}[name]()
+  feedback = algorithms.ALGORITHMS[name].needs_feedback
+  params = env.make_params(means, eps, initial_arm=initial, feedback=feedback)
+  algo = algorithms.make(name)
   erase_u, reward_v, algo_u, played, env_s = rollout(
       algo, params, _spec(means, eps, horizon, initial), jax.random.key(seed), horizon)
   ref = numpy_ma.run_port(name, np.asarray(params.means, np.float64),
                           np.asarray(params.eps, np.float64), horizon, erase_u=erase_u,
                           reward_v=reward_v, algo_u=algo_u, initial_arm=initial,
-                          feedback_mode="beacon")
+                          feedback_mode="beacon" if feedback else "none")
   np.testing.assert_array_equal(played, ref.played)
   assert int(env_s.tx) == int(ref.tx[-1]) and int(env_s.fb) == int(ref.fb[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_schedulers_learn(name):
   """Over seeds: the last fifth of the run costs far less than the first (arms get eliminated)."""
   inst = sim.make_instances([dict(n_arms=10, eps=[0.2, 0.5, 0.3, 0.1], horizon=20_000)], 8, 0,
                             means_kind="random_gap", initial_arm="random")
-  res = sim.run(name, inst, jax.random.key(0), feedback=True, n_points=5)
+  feedback = algorithms.ALGORITHMS[name].needs_feedback
+  res = sim.run(name, inst, jax.random.key(0), feedback=feedback, n_points=5)
   first, last = res.regret[..., 0], res.regret[..., -1] - res.regret[..., -2]
   assert np.all(last < 0.5 * first)
-  assert np.all(res.totals["tx"] <= 4 * 20_000) and np.all(res.totals["fb"] == res.totals["tx"])
+  if feedback:
+    assert np.all(res.totals["tx"] < 4 * 20_000) and np.all(res.totals["fb"] == res.totals["tx"])
+  else:
+    assert np.all(res.totals["tx"] == 4 * 20_000) and np.all(res.totals["fb"] == 0)

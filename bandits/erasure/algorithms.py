@@ -20,6 +20,12 @@ Registry names (used by configs and results.json headline keys):
 ``tpg``        Two-Phase Greedy, multi-agent, feedback (``BatchTPG``)
 ``tpg_guarded``  TPG that never takes over a delivered arm (``BatchTPGNew``)
 ``sp2_fb``     SP2-Feedback, multi-agent stacks (``BatchSP2Erasure``)
+``sp2``        SP2, scheduled batch pulls without feedback (``BatchSP2``)
+``rrr``        random round-robin baseline, feedback (``BatchSP2RRR``)
+``sgreedy``    greedy least-pulled baseline, feedback (``BatchSGreedy``)
+``lsae_ver``   multi-agent L-SAE, vertical, as the authors' ``LSAE_ma_ver``
+``lsae_hor``   multi-agent L-SAE, horizontal (``LSAE_ma_hor``)
+``vanilla_sae``  multi-agent SAE without repetition (``Vanilla_SAE_ma``)
 =============  ==========================================================
 
 The multi-agent schedulers of the journal work live in
@@ -259,6 +265,20 @@ ALGORITHMS: dict[str, AlgorithmInfo] = {
                                  native=False),
     "sp2_fb": AlgorithmInfo(schedulers.sp2_feedback, True, successive_elimination,
                             "SP2-Feedback", multi_agent=True, native=False),
+    "sp2": AlgorithmInfo(schedulers.sp2, False, successive_elimination, "SP2",
+                         multi_agent=True, native=False),
+    "rrr": AlgorithmInfo(schedulers.rrr, True, successive_elimination, "Random round-robin",
+                         multi_agent=True, native=False),
+    "sgreedy": AlgorithmInfo(schedulers.sgreedy, True, successive_elimination, "SGreedy",
+                             multi_agent=True, native=False),
+    "lsae_ver": AlgorithmInfo(lambda: schedulers.lsae_multi(vertical=True), False,
+                              successive_elimination, "L-SAE (vertical)", multi_agent=True,
+                              native=False),
+    "lsae_hor": AlgorithmInfo(lambda: schedulers.lsae_multi(vertical=False), False,
+                              successive_elimination, "L-SAE (horizontal)", multi_agent=True,
+                              native=False),
+    "vanilla_sae": AlgorithmInfo(schedulers.vanilla_sae, False, successive_elimination,
+                                 "Vanilla SAE", multi_agent=True, native=False),
 }
 
 

@@ -386,19 +386,24 @@ class StackState(struct.PyTreeNode):
 ORDERS = ("descending", "ascending")
 
 
-def _stacks(b: Batch, alpha: jax.Array):
+def _stacks(b: Batch, alpha: jax.Array, arm_order: jax.Array | None = None):
   """The offline assignment of ``BatchSP2Erasure._offline_chunk_assignments`` for batch M_i.
 
-  Active arms in index order fill agent after agent, whole blocks of alpha_m - 1 + M_i
-  requests while an agent's blocks fit in T_i = ceil(M_i n / sum_m M_i / (alpha_m - 1
-  + M_i)) rounds; the k' arms left are cut into chunks (max(1, floor(M / 2k')) per arm)
-  spread over the first half of the agents. Returns (entry_arm, entry_left) (M, K).
+  Active arms in index order (or in ``arm_order``, (K,) arms with the active ones
+  first) fill agent after agent, whole blocks of alpha_m - 1 + M_i requests while
+  an agent's blocks fit in T_i = ceil(M_i n / sum_m M_i / (alpha_m - 1 + M_i))
+  rounds; the k' arms left are cut into chunks (max(1, floor(M / 2k')) per arm)
+  spread over the first half of the agents (``BatchSP2.schedule`` is the same
+  rule). Returns (entry_arm, entry_left) (M, K), entries in the order assigned.
   """
   n_agents, k = alpha.shape[0], b.active.shape[0]
   m = b.m
   n = jnp.sum(b.active.astype(jnp.int32))
-  rank = jnp.cumsum(b.active.astype(jnp.int32)) - 1
-  arm_at = lambda r: jnp.max(jnp.where(b.active & (rank == r), jnp.arange(k), -1))
+  if arm_order is None:
+    rank = jnp.cumsum(b.active.astype(jnp.int32)) - 1
+    arm_at = lambda r: jnp.max(jnp.where(b.active & (rank == r), jnp.arange(k), -1))
+  else:
+    arm_at = lambda r: arm_order[jnp.clip(r, 0, k - 1)]
   mf = m.astype(jnp.float32)
   block = alpha - 1 + m
   t_i = jnp.ceil(mf * n / jnp.sum(mf / block.astype(jnp.float32))).astype(jnp.int32)
@@ -526,5 +531,360 @@ def sp2_feedback(*, order: str = "descending") -> Algorithm:
     return jax.lax.cond(
         over, lambda s: open_batch(s.replace(batch=batch_end(s.batch, running_mean=True))),
         lambda s: s, s)
+
+  return Algorithm(init, act, update)
+
+
+class PullState(struct.PyTreeNode):
+  """RRR and SGreedy (one run): the batch and each agent's played arm."""
+  key: jax.Array
+  t: jax.Array      # () int32, rounds played
+  batch: Batch
+  known: jax.Array  # (M,) int32, the arm each agent plays (known through feedback)
+
+
+def _credit_played(b: Batch, played: jax.Array, reward: jax.Array) -> Batch:
+  """Credits each agent's reward, in agent order, to the arm it played while the arm is
+  active and short of M_i samples."""
+
+  def credit(j, c):
+    count, sums = c
+    a = played[j]
+    ok = b.active[a] & (count[a] < b.m)
+    return count.at[a].add(ok.astype(jnp.int32)), sums.at[a].add(jnp.where(ok, reward[j], 0.0))
+
+  count, sums = jax.lax.fori_loop(0, played.shape[0], credit, (b.pull_count, b.pull_sums))
+  return b.replace(pull_count=count, pull_sums=sums)
+
+
+def _pull_scheduler(name: str, propose, running_mean: bool) -> Algorithm:
+  """A scheduler that picks each round's requests from the batch counts (``propose``), credits
+  played arms and ends the batch when every active arm has M_i samples."""
+
+  def init(key, spec: ErasureSpec) -> PullState:
+    if spec.initial_arm is None or jnp.ndim(spec.eps) != 1:
+      raise ValueError(f"{name} needs an ErasureSpec with eps and initial_arm of shape (M,)")
+    return PullState(key=key, t=jnp.int32(0), batch=batch_init(spec),
+                     known=jnp.asarray(spec.initial_arm, jnp.int32))
+
+  def act(key, s: PullState) -> jax.Array:
+    del key
+    k, n_agents = s.batch.active.shape[0], s.known.shape[0]
+    return propose(s, algo_uniforms(s.key, s.t, k, n_agents)).astype(jnp.int32)
+
+  def update(s: PullState, action, obs) -> PullState:
+    if obs.ack is None:
+      raise ValueError(f"{name} needs feedback: run it on an environment with feedback=True")
+    played = jnp.where(obs.ack, action, s.known).astype(jnp.int32)
+    b = _credit_played(s.batch, played, obs.reward)
+    over = ~jnp.any(b.active & (b.pull_count < b.m))
+    b = jax.lax.cond(over, lambda b: batch_end(b, running_mean=running_mean), lambda b: b, b)
+    return s.replace(t=s.t + 1, batch=b, known=played)
+
+  return Algorithm(init, act, update)
+
+
+def rrr() -> Algorithm:
+  """Random round-robin (the authors' ``BatchSP2RRR``): each agent requests a random arm
+  still short of M_i samples, ``choice(still, u[m, 0])`` (its last arm when none is)."""
+
+  def propose(s: PullState, u):
+    b = s.batch
+    still = b.active & (b.pull_count < b.m)
+    rand = jax.vmap(lambda v: choice(still, v))(u[:s.known.shape[0], 0])
+    return jnp.where(jnp.any(still), rand, s.known)
+
+  return _pull_scheduler("rrr", propose, running_mean=True)
+
+
+def sgreedy() -> Algorithm:
+  """Greedy spreading (the authors' ``BatchSGreedy``): the least-pulled arms, over the agents.
+
+  With more arms short of M_i than agents: the M with the fewest batch samples, ties
+  broken by the smaller ``u[arm, 1]`` (the authors break ties by a random
+  permutation and ``np.argpartition``: the same law of the chosen set up to how
+  argpartition orders ties), listed by (count, u); otherwise those arms in index
+  order. Agent ``perm[i]``, ``perm = argsort(u[:M, 2])``, requests
+  ``chosen[i % len(chosen)]``, so arms are replicated over agents when few are left.
+  """
+
+  def propose(s: PullState, u):
+    b = s.batch
+    k, n_agents = b.active.shape[0], s.known.shape[0]
+    need = b.active & (b.pull_count < b.m)
+    n = jnp.sum(need.astype(jnp.int32))
+    fewest = jnp.lexsort((u[:k, 1], jnp.where(need, b.pull_count, jnp.iinfo(jnp.int32).max)))
+    ascending = jnp.lexsort((jnp.arange(k), ~need))
+    chosen = jnp.where(n > n_agents, fewest, ascending)
+    n_chosen = jnp.maximum(jnp.minimum(n, n_agents), 1)
+    position = jnp.argsort(jnp.argsort(u[:n_agents, 2], stable=True), stable=True)
+    return chosen[position % n_chosen]
+
+  return _pull_scheduler("sgreedy", propose, running_mean=False)
+
+
+class ScheduleState(struct.PyTreeNode):
+  """SP2 and Vanilla SAE (one run): an offline schedule per batch, no feedback."""
+  key: jax.Array
+  t: jax.Array          # () int32, rounds played
+  batch: Batch
+  alpha: jax.Array      # (M,) int32, repetitions per channel (1 for Vanilla SAE)
+  assigned: jax.Array   # (M, K) int32, requests of each arm in each agent's schedule
+  start: jax.Array      # () int32, the batch's first round
+  length: jax.Array     # () int32, the batch's rounds (the longest agent schedule)
+  reps: jax.Array       # (M,) int32, rounds into the current arm (SP2's discarding)
+  delta: jax.Array      # () float32, Vanilla SAE's gap scale (halved each batch)
+
+
+def _scheduled(s: ScheduleState, t: jax.Array) -> jax.Array:
+  """Each agent's request at round ``t`` of the batch: its arms in index order, each for its
+  assigned count, then a random active arm per round (``choice(active, u[m, 0])``)."""
+  r = t - s.start
+  ends = jnp.cumsum(s.assigned, axis=1)
+  k, n_agents = s.batch.active.shape[0], s.assigned.shape[0]
+  sched = jnp.argmax(ends > r, axis=1)
+  u = algo_uniforms(s.key, t, k, n_agents)[:n_agents, 0]
+  rand = jax.vmap(lambda v: choice(s.batch.active, v))(u)
+  return jnp.where(ends[:, -1] > r, sched, rand).astype(jnp.int32)
+
+
+def sp2() -> Algorithm:
+  """SP2, scheduled batch pulls without feedback (the authors' ``BatchSP2``).
+
+  At each batch start the active arms are shuffled (ordered by ``u[arm, 1]`` of
+  the batch's first round) and assigned to agents by the rule of :func:`_stacks`
+  (whole blocks of alpha_m - 1 + M_i requests, leftover arms in chunks); each
+  agent then requests its arms in index order, each for its block, and a random
+  active arm per round once its schedule is done. The batch lasts as long as the
+  longest schedule. A reward is credited to the requested arm, up to M_i per arm,
+  except for the first alpha_m - 1 rounds of each run of equal requests.
+  """
+
+  def open_batch(s: ScheduleState) -> ScheduleState:
+    b = s.batch
+    k, n_agents = b.active.shape[0], s.alpha.shape[0]
+    u = algo_uniforms(s.key, s.t, k, n_agents)
+    order = jnp.lexsort((u[:k, 1], ~b.active)).astype(jnp.int32)
+    arm, left = _stacks(b, s.alpha, order)
+    rows = jnp.broadcast_to(jnp.arange(n_agents)[:, None], arm.shape)
+    assigned = jnp.zeros((n_agents, k), jnp.int32).at[rows, jnp.maximum(arm, 0)].max(
+        jnp.where(arm >= 0, left, 0))
+    return s.replace(assigned=assigned, start=s.t, length=jnp.max(jnp.sum(assigned, axis=1)),
+                     reps=jnp.zeros(n_agents, jnp.int32))
+
+  def init(key, spec: BanditSpec) -> ScheduleState:
+    if jnp.ndim(spec.eps) != 1:
+      raise ValueError("sp2 needs one erasure probability per agent: eps of shape (M,)")
+    n_agents, k = spec.eps.shape[0], spec.arm_mask.shape[0]
+    s = ScheduleState(key=key, t=jnp.int32(0), batch=batch_init(spec),
+                      alpha=repetitions(spec.eps, spec.horizon),
+                      assigned=jnp.zeros((n_agents, k), jnp.int32), start=jnp.int32(0),
+                      length=jnp.int32(0), reps=jnp.zeros(n_agents, jnp.int32),
+                      delta=jnp.float32(1.0))
+    return open_batch(s)
+
+  def act(key, s: ScheduleState) -> jax.Array:
+    del key
+    return _scheduled(s, s.t)
+
+  def update(s: ScheduleState, action, obs) -> ScheduleState:
+    b = s.batch
+    lingering = s.reps < s.alpha - 1
+
+    def credit(j, c):
+      count, sums = c
+      a = action[j]
+      ok = ~lingering[j] & (count[a] < b.m)
+      return count.at[a].add(ok.astype(jnp.int32)), sums.at[a].add(jnp.where(ok, obs.reward[j], 0.0))
+
+    count, sums = jax.lax.fori_loop(0, action.shape[0], credit, (b.pull_count, b.pull_sums))
+    s = s.replace(batch=b.replace(pull_count=count, pull_sums=sums))
+    last = s.t + 1 - s.start >= s.length
+    changes = _scheduled(s, s.t + 1) != action
+    reps = jnp.where(lingering, s.reps + 1, s.reps)
+    s = s.replace(t=s.t + 1, reps=jnp.where(changes & ~last, 0, reps))
+    return jax.lax.cond(
+        last, lambda s: open_batch(s.replace(batch=batch_end(s.batch, running_mean=True))),
+        lambda s: s, s)
+
+  return Algorithm(init, act, update)
+
+
+def vanilla_sae() -> Algorithm:
+  """Vanilla multi-agent SAE without repetition (the authors' ``Vanilla_SAE_ma``).
+
+  Batch i halves the gap scale, delta_i = 2^-i, and needs n_i = ceil(2 ln(T M
+  delta_i^2) / delta_i^2) samples of every active arm: the active arms' n_i
+  requests each, in index order, are poured into M equal consecutive quotas of
+  ceil(n n_i / M) rounds, one per agent; an agent past its quota requests a random
+  active arm per round. Every reward is credited to the requested arm up to n_i
+  per arm (erasures are ignored). At the batch end q_a = (q_a N + S_a) / (N + n_i)
+  and arm j is eliminated when max_a q_a - q_j > sqrt(2 ln(delta_i^2 T M) / n_i).
+  The authors' class writes the replayed arm of an erased agent into its
+  schedule row (a numpy view) and so credits the arm actually played, which a
+  learner without feedback cannot know; here the requested arm is credited.
+  """
+
+  def open_batch(s: ScheduleState) -> ScheduleState:
+    b = s.batch
+    n_agents = s.alpha.shape[0]
+    delta = s.delta * 0.5
+    n_i = jnp.ceil(2.0 * (b.log_term + 2.0 * jnp.log(delta)) / delta ** 2).astype(jnp.int32)
+    n_act = jnp.sum(b.active.astype(jnp.int32))
+    quota = (n_act * n_i + n_agents - 1) // n_agents
+    start = (jnp.cumsum(b.active.astype(jnp.int32)) - 1) * n_i  # arm a's requests: [start, +n_i)
+    lo = jnp.arange(n_agents)[:, None] * quota
+    overlap = jnp.minimum(lo + quota, start[None, :] + n_i) - jnp.maximum(lo, start[None, :])
+    assigned = jnp.where(b.active[None, :], jnp.maximum(overlap, 0), 0).astype(jnp.int32)
+    return s.replace(batch=b.replace(m=n_i), delta=delta, assigned=assigned, start=s.t,
+                     length=jnp.max(jnp.sum(assigned, axis=1)))
+
+  def end(s: ScheduleState) -> ScheduleState:
+    b = s.batch
+    n = b.counts  # the sum of the finished batches' n_i (the same for every active arm)
+    nf = b.m.astype(jnp.float32)
+    qhat = jnp.where(b.active, (b.qhat * n + b.pull_sums) / (n + nf), b.qhat)
+    best = jnp.max(jnp.where(b.active, qhat, -jnp.inf))
+    radius = jnp.sqrt(2.0 * (b.log_term + 2.0 * jnp.log(s.delta)) / nf)
+    active = b.active & ~(best - qhat > radius)
+    b = b.replace(active=active, qhat=qhat, counts=jnp.where(b.active, n + nf, b.counts),
+                  pull_count=jnp.zeros_like(b.pull_count), pull_sums=jnp.zeros_like(b.pull_sums))
+    return open_batch(s.replace(batch=b))
+
+  def init(key, spec: BanditSpec) -> ScheduleState:
+    if jnp.ndim(spec.eps) != 1:
+      raise ValueError("vanilla_sae needs one erasure probability per agent: eps of shape (M,)")
+    n_agents, k = spec.eps.shape[0], spec.arm_mask.shape[0]
+    s = ScheduleState(key=key, t=jnp.int32(0), batch=batch_init(spec),
+                      alpha=jnp.ones(n_agents, jnp.int32),
+                      assigned=jnp.zeros((n_agents, k), jnp.int32), start=jnp.int32(0),
+                      length=jnp.int32(0), reps=jnp.zeros(n_agents, jnp.int32),
+                      delta=jnp.float32(2.0))
+    return open_batch(s)
+
+  def act(key, s: ScheduleState) -> jax.Array:
+    del key
+    return _scheduled(s, s.t)
+
+  def update(s: ScheduleState, action, obs) -> ScheduleState:
+    b = s.batch
+
+    def credit(j, c):
+      count, sums = c
+      a = action[j]
+      ok = count[a] < b.m
+      return count.at[a].add(ok.astype(jnp.int32)), sums.at[a].add(jnp.where(ok, obs.reward[j], 0.0))
+
+    count, sums = jax.lax.fori_loop(0, action.shape[0], credit, (b.pull_count, b.pull_sums))
+    s = s.replace(t=s.t + 1, batch=b.replace(pull_count=count, pull_sums=sums))
+    return jax.lax.cond(s.t - s.start >= s.length, end, lambda s: s, s)
+
+  return Algorithm(init, act, update)
+
+
+class LingerState(struct.PyTreeNode):
+  """Multi-agent L-SAE in the authors' two forms (one run); the next round is planned ahead."""
+  key: jax.Array
+  t: jax.Array          # () int32, rounds played
+  batch: Batch
+  alpha: jax.Array      # (M,) int32
+  to_assign: jax.Array  # (K,) bool, arms not yet given out (given lowest first)
+  assign: jax.Array     # (M,) int32, each agent's arm; -1 before the first, K for none (vertical)
+  reps: jax.Array       # (M,) int32
+  request: jax.Array    # (M,) int32, the planned requests of round t
+  credited: jax.Array   # (M,) bool, whether round t's reward of each agent is credited
+
+
+def lsae_multi(*, vertical: bool) -> Algorithm:
+  """Multi-agent Lingering SAE: ``vertical`` (``LSAE_ma_ver``) or horizontal (``LSAE_ma_hor``).
+
+  Batch i needs M_i = 4^i samples of every active arm. Before every round, agent
+  after agent: horizontal, an agent takes the lowest arm still to be finished and
+  moves on when its arm has M_i samples (all agents work on the same arm);
+  vertical, an agent takes the lowest arm not yet given out, keeps it until it has
+  M_i samples, and requests a random active arm (``choice(active, u[m, 0])``) when
+  none is left. The first alpha_m - 1 rounds of each arm an agent works on are
+  discarded, the others credited to the requested arm (counted as the agent is
+  planned, as in the authors' loop). The batch ends when every active arm has M_i
+  samples (vertical) or every arm was finished (horizontal), and eliminates with
+  radius 2 sqrt(ln(K T M) / (2 M_i)). No feedback is used.
+  """
+
+  def plan(s: LingerState) -> LingerState:
+    b = s.batch
+    k, n_agents = b.active.shape[0], s.alpha.shape[0]
+    u = algo_uniforms(s.key, s.t, k, n_agents)
+    idx = jnp.arange(k)
+
+    def agent(j, c):
+      to_assign, assign, reps, count, request, credited = c
+      a_j = assign[j]
+      lowest = jnp.min(jnp.where(to_assign, idx, k))
+      any_left = lowest < k
+      finished = (a_j >= 0) & (a_j < k) & (count[jnp.clip(a_j, 0, k - 1)] >= b.m)
+      if vertical:
+        fresh = a_j == -1
+        new = jnp.where(fresh, jnp.where(any_left, lowest, k),
+                        jnp.where(finished & any_left, lowest, a_j))
+        reset = (a_j == k) | finished
+        to_assign = to_assign & ~((fresh | finished) & any_left & (idx == lowest))
+        req = jnp.where(new < k, new, choice(b.active, u[j, 0]))
+      else:
+        to_assign = to_assign & ~(finished & (idx == a_j))
+        lowest = jnp.min(jnp.where(to_assign, idx, k))
+        new = jnp.where(a_j == -1, lowest, jnp.where(finished & (lowest < k), lowest, a_j))
+        reset = finished
+        req = new
+      reps_j = jnp.where(reset, 0, reps[j])
+      linger = reps_j < s.alpha[j] - 1
+      count = count.at[req].add((~linger).astype(jnp.int32))
+      return (to_assign, assign.at[j].set(new), reps.at[j].set(jnp.where(linger, reps_j + 1, reps_j)),
+              count, request.at[j].set(req), credited.at[j].set(~linger))
+
+    c = (s.to_assign, s.assign, s.reps, b.pull_count, s.request, s.credited)
+    to_assign, assign, reps, count, request, credited = jax.lax.fori_loop(0, n_agents, agent, c)
+    return s.replace(to_assign=to_assign, assign=assign, reps=reps,
+                     batch=b.replace(pull_count=count), request=request, credited=credited)
+
+  def open_batch(s: LingerState) -> LingerState:
+    n_agents = s.alpha.shape[0]
+    return s.replace(to_assign=s.batch.active, assign=jnp.full(n_agents, -1, jnp.int32),
+                     reps=jnp.zeros(n_agents, jnp.int32))
+
+  def running(s: LingerState) -> jax.Array:
+    b = s.batch
+    if vertical:
+      return jnp.any(b.active & (b.pull_count < b.m))
+    return jnp.any(s.to_assign)
+
+  def init(key, spec: BanditSpec) -> LingerState:
+    if jnp.ndim(spec.eps) != 1:
+      raise ValueError("lsae_ver/lsae_hor need one erasure probability per agent: eps (M,)")
+    n_agents = spec.eps.shape[0]
+    b = batch_init(spec)
+    b = b.replace(m=jnp.int32(4), log_term=jnp.log(spec.n_arms.astype(jnp.float32)
+                                                     * spec.horizon.astype(jnp.float32) * n_agents))
+    s = LingerState(key=key, t=jnp.int32(0), batch=b, alpha=repetitions(spec.eps, spec.horizon),
+                    to_assign=b.active, assign=jnp.full(n_agents, -1, jnp.int32),
+                    reps=jnp.zeros(n_agents, jnp.int32), request=jnp.zeros(n_agents, jnp.int32),
+                    credited=jnp.zeros(n_agents, bool))
+    return plan(s)
+
+  def act(key, s: LingerState) -> jax.Array:
+    del key
+    return s.request
+
+  def update(s: LingerState, action, obs) -> LingerState:
+    b = s.batch
+
+    def add(j, sums):
+      return sums.at[s.request[j]].add(jnp.where(s.credited[j], obs.reward[j], 0.0))
+
+    sums = jax.lax.fori_loop(0, action.shape[0], add, b.pull_sums)
+    s = s.replace(t=s.t + 1, batch=b.replace(pull_sums=sums))
+    s = jax.lax.cond(running(s), lambda s: s,
+                     lambda s: open_batch(s.replace(batch=batch_end(s.batch, running_mean=True))),
+                     s)
+    return plan(s)
 
   return Algorithm(init, act, update)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bandits import core
-from bandits.core import BanditSpec, SimResult, take
+from bandits.core import SimResult, take
 from bandits.erasure import algorithms, env, schedulers
 
 
