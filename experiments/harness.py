@@ -37,6 +37,7 @@ from experiments.schema import ConfigError, as_container, ge, param, validate
 EXPERIMENTS: dict[str, str] = {
     "tour": "experiments.tour",
     "erasure_bandit": "experiments.erasure_bandit",
+    "erasure_multi_agent": "experiments.erasure_multi_agent",
     "bench_erasure": "experiments.bench_erasure",
     "collab_bandit": "experiments.collab_bandit",
     "bench_collab": "experiments.bench_collab",

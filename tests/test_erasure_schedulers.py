@@ -1,4 +1,5 @@
 """Multi-agent erasure schedulers (TPG, SP2-Feedback) and the time-varying, counted channel."""
+import json
 import math
 
 import jax
@@ -210,3 +211,83 @@ def test_schedulers_learn(name):
     assert np.all(res.totals["tx"] < 4 * 20_000) and np.all(res.totals["fb"] == res.totals["tx"])
   else:
     assert np.all(res.totals["tx"] == 4 * 20_000) and np.all(res.totals["fb"] == 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_single_agent_feedback_sae_is_the_authors_sp2_feedback_with_one_agent(seed):
+  """fb_sae (default order) plays the arms of the float64 SP2-Feedback port with M = 1."""
+  rng = np.random.default_rng(seed)
+  k, horizon = 6, 4000
+  means = rng.permutation(np.linspace(0.1, 0.6, k))
+  eps, initial = 0.7, int(rng.integers(k))
+  params = env.make_params(means, eps, initial_arm=initial, feedback=True)
+  spec = schedulers.ErasureSpec(arm_mask=jnp.ones(k, bool), horizon=jnp.int32(horizon),
+                                eps=jnp.float32(eps), initial_arm=jnp.int32(initial))
+  algo = algorithms.make("fb_sae")
+
+  def body(carry, key):
+    env_s, algo_s = carry
+    drawn = env.draw(key, (), params)
+    action = algo.act(None, algo_s)
+    env_s, obs, played = env.step_drawn(drawn, env_s, action, params)
+    return (env_s, algo.update(algo_s, action, obs)), (drawn.erase_u, drawn.reward_v, played)
+
+  init = (env.reset(None, params), algo.init(jax.random.key(0), spec))
+  _, (erase_u, reward_v, played) = jax.jit(lambda i, ks: jax.lax.scan(body, i, ks))(
+      init, jax.random.split(jax.random.key(seed), horizon))
+  ref = numpy_ma.run_port("sp2_fb", np.asarray(params.means, np.float64), [float(params.eps)],
+                          horizon, erase_u=np.asarray(erase_u)[:, None],
+                          reward_v=np.asarray(reward_v)[:, None], algo_u=np.zeros((horizon, k, 3)),
+                          initial_arm=[initial])
+  np.testing.assert_array_equal(np.asarray(played), ref.played[:, 0])
+  assert len(set(np.asarray(played)[:200].tolist())) > 1  # it explores: not a trivial match
+
+
+# --- the experiment ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, key", [
+    (["agents=[4,7]"], "agents"),
+    (["main_agents=20", "agents=[4]"], "main_agents"),
+    (["schedulers=[tpg,ucb]"], "schedulers"),
+    (["eps_profile=fixed", "agents=[2]", "eps_fixed=[0.1]"], "eps_fixed"),
+    (["feedback_mode=nack"], "feedback_mode"),
+    (["drift=sine"], "drift"),
+])
+def test_multi_agent_config_errors(precheck_cli, tmp_path, args, key):
+  code, lines = precheck_cli(["experiment=erasure_multi_agent", *args])
+  assert code == 2 and len(lines) == 1 and f"key '{key}'" in lines[0], lines
+  assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_multi_agent_experiment_writes_its_headline(tmp_path):
+  """A tiny run: results.json with the headline keys, the CSVs and one figure per M and vs M."""
+  from tests.test_entrypoint import cli  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "run"
+  proc = cli(["experiment=erasure_multi_agent", "schedulers=[sp2,tpg]", "agents=[4,20]",
+              "horizon=600", "n_seeds=2", "n_points=10", "progress=false", "drift=abrupt",
+              f"hydra.run.dir={out}"], tmp_path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  head = json.loads((out / "results.json").read_text())["headline"]
+  for name in ("sp2", "tpg"):
+    assert head[f"regret_{name}"] == head[f"regret_{name}_M20"] > 0
+    assert head[f"tx_{name}_M4"] > 0
+  assert head["tx_sp2_M4"] == 4 * 600 and head["fb_sp2_M4"] == 0  # no feedback: every round
+  assert 0 < head["fb_tpg_M4"] <= head["tx_tpg_M4"] < 4 * 600     # feedback: changes only
+  for f in ("metrics.csv", "curves.csv", "regret_vs_t_M4.png", "regret_vs_t_M20.png",
+            "regret_vs_M.png", "comm_vs_M.png"):
+    assert (out / f).is_file(), f
+
+
+def test_eps_profiles_are_the_authors_draws():
+  """The K=100 nominal vectors: quarters in the four ranges, sorted, and reproducible."""
+  from experiments.erasure_multi_agent import Config, channels  # pylint: disable=import-outside-toplevel
+  chans = channels(Config(n_arms=100, eps_profile="nominal"))
+  for m, (eps, init) in chans.items():
+    q = m // 4
+    assert np.all(np.diff(eps) >= 0) and init.shape == (m,) and np.all((0 <= init) & (init < 100))
+    assert np.all((eps[:q] >= 0.1) & (eps[:q] < 0.5)) and np.all(eps[3 * q:] >= 0.95)
+  hard = channels(Config(n_arms=100, eps_profile="hard", agents=(40,)))[40][0]
+  # the best quarter redrawn in [0.5, 0.8]; the channels above 0.8 are the nominal ones
+  assert np.all(hard >= 0.5) and np.array_equal(hard[20:], chans[40][0][20:])

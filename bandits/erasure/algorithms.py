@@ -11,9 +11,10 @@ Registry names (used by configs and results.json headline keys):
 
 =============  ==========================================================
 ``ucb``        UCB ignoring erasures (credits the requested arm)
-``se``         successive elimination ignoring erasures (L-SAE's base)
+``lsae_nolinger``  L-SAE's schedule and radius without lingering: SE ignoring erasures
+               (not the authors' ``Vanilla_SAE_ma``: that is ``vanilla_sae``)
 ``rep_ucb``    repetition wrapper around ``ucb``
-``rep_se``     repetition wrapper around ``se``
+``rep_se``     repetition wrapper around ``lsae_nolinger``
 ``lsae``       Lingering successive arm elimination (no feedback)
 ``fb_sae``     successive elimination with feedback (send until acknowledged)
 ``ma_lsae``    multi-agent L-SAE (M agents, one channel eps_m each)
@@ -114,7 +115,7 @@ def feedback_constants(spec: BanditSpec) -> tuple[jax.Array, jax.Array]:
   return jnp.maximum(first, 4.0).astype(jnp.int32), log_t
 
 
-def feedback_sae(*, radius_scale: float = 2.0) -> Algorithm:
+def feedback_sae(*, radius_scale: float = 2.0, order: str = "descending") -> Algorithm:
   """Successive elimination with feedback ("send until acknowledged").
 
   With feedback the learner knows which arm was played: the requested one
@@ -126,10 +127,16 @@ def feedback_sae(*, radius_scale: float = 2.0) -> Algorithm:
   2 sqrt(ln T / (2 M_i)). This is the single-agent form shared by the
   authors' ``BatchSP2Erasure`` (SP2-Feedback) and ``BatchTPG`` (TPG), which
   make identical decisions with one agent; that it is the algorithm of arXiv
-  2504.20894 is our reading (its text was not at hand). Before the first
-  acknowledgement the played arm is unknown and nothing is credited. With
-  eps = 0 it is ``successive_elimination(constants=feedback_constants)``.
+  2504.20894 is our reading (its text was not at hand). The learner knows the
+  arm played before any delivery when the spec gives it (``initial_arm``, as
+  the authors' runners pass it); else nothing is credited until the first
+  acknowledgement. ``order``: "descending" requests the arms from the highest
+  index down, as ``BatchSP2Erasure`` does (its request stack is reversed);
+  "ascending" from the lowest up. With eps = 0 and "ascending" it is
+  ``successive_elimination(constants=feedback_constants)``.
   """
+  if order not in ORDERS:
+    raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
 
   # The same schedule and requests as SE with these constants; only the
   # crediting differs (the played arm, known through the acknowledgements).
@@ -150,7 +157,48 @@ def feedback_sae(*, radius_scale: float = 2.0) -> Algorithm:
     s = credit(s, kept, obs.reward).replace(pos=s.pos + 1, known=known)
     return advance(s, radius_scale, follow=False)
 
-  return Algorithm(base.init, base.act, update)
+  def init(key, spec: BanditSpec) -> PhasedState:
+    s = base.init(key, spec)
+    initial = getattr(spec, "initial_arm", None)
+    return s if initial is None else s.replace(known=jnp.asarray(initial, jnp.int32))
+
+  algo = Algorithm(init, base.act, update)
+  return reversed_arms(algo) if order == "descending" else algo
+
+
+ORDERS = ("descending", "ascending")
+
+
+class Flipped(NamedTuple):
+  """State of :func:`reversed_arms`: the wrapped algorithm's state and the run's K."""
+  base: object
+  k: jax.Array  # () int32 (per run), the number of arms
+
+
+def reversed_arms(base: Algorithm) -> Algorithm:
+  """``base`` run with its arms relabelled a -> K - 1 - a (K the run's number of arms).
+
+  An algorithm that visits arms in index order visits them from the highest down
+  under this wrapper; everything else about it is unchanged. Batch-polymorphic
+  when ``base`` is.
+  """
+
+  def flip(spec: BanditSpec, a):
+    return (spec.n_arms - 1 - a).astype(jnp.int32)
+
+  def init(key, spec: BanditSpec) -> Flipped:
+    initial = getattr(spec, "initial_arm", None)
+    if initial is not None:
+      spec = spec.replace(initial_arm=flip(spec, initial))
+    return Flipped(base.init(key, spec), spec.n_arms.astype(jnp.int32))
+
+  def act(key, state: Flipped, *context) -> jax.Array:
+    return (state.k - 1 - base.act(key, state.base, *context)).astype(jnp.int32)
+
+  def update(state: Flipped, action, obs) -> Flipped:
+    return state._replace(base=base.update(state.base, state.k - 1 - action, obs))
+
+  return Algorithm(init, act, update, lambda s: base.export(s.base))
 
 
 class MultiAgentState(struct.PyTreeNode):
@@ -247,14 +295,15 @@ class AlgorithmInfo(NamedTuple):
 
 ALGORITHMS: dict[str, AlgorithmInfo] = {
     "ucb": AlgorithmInfo(ucb, False, ucb, "UCB (ignores erasures)"),
-    "se": AlgorithmInfo(successive_elimination, False, successive_elimination,
-                        "SE (ignores erasures)"),
+    "lsae_nolinger": AlgorithmInfo(successive_elimination, False, successive_elimination,
+                                   "L-SAE without lingering (ignores erasures)"),
     "rep_ucb": AlgorithmInfo(lambda: repetition(ucb()), False, ucb, "Repetition + UCB"),
     "rep_se": AlgorithmInfo(lambda: repetition(successive_elimination()), False,
                             successive_elimination, "Repetition + SE"),
     "lsae": AlgorithmInfo(lingering_sae, False, successive_elimination, "L-SAE"),
     "fb_sae": AlgorithmInfo(feedback_sae, True,
-                            lambda: successive_elimination(constants=feedback_constants),
+                            lambda: reversed_arms(
+                                successive_elimination(constants=feedback_constants)),
                             "SAE with feedback"),
     "ma_lsae": AlgorithmInfo(multi_agent_lsae, False, successive_elimination,
                              "Multi-agent L-SAE", multi_agent=True),
@@ -282,9 +331,16 @@ ALGORITHMS: dict[str, AlgorithmInfo] = {
 }
 
 
-def make(name: str) -> Algorithm:
+ORDERED = {"fb_sae": feedback_sae, "sp2_fb": schedulers.sp2_feedback}  # take an arm order
+
+
+def make(name: str, order: str | None = None) -> Algorithm:
+  """The algorithm ``name``; ``order`` ('descending', the authors', or 'ascending') sets the
+  request order of the stack-based algorithms (``ORDERED``) and is ignored by the others."""
   if name not in ALGORITHMS:
     raise ValueError(f"unknown algorithm {name!r}; allowed: {', '.join(ALGORITHMS)}")
+  if order is not None and name in ORDERED:
+    return ORDERED[name](order=order)
   return ALGORITHMS[name].make()
 
 

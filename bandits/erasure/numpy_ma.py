@@ -39,11 +39,14 @@ delivers it, and that arm is credited (the agent is still unassigned).
 Everything else as the class, including its quirks: every played arm, also
 an eliminated one or the agent's old arm, is credited while its batch count is
 below M_i (an eliminated arm reaching M_i counts towards ``done_threshold``);
-in phase 2 an agent given a chunk with ``cid = -1`` never leaves it; a
+an agent whose arm is done and finds nothing to take keeps requesting it; in
+phase 2 an agent given a chunk with ``cid = -1`` never leaves it, and an agent
+moving to its next chunk keeps the delivery state of the previous one; a
 taken-over agent keeps requesting its arm until the phase ends.
 
 ``tpg_guarded``: ``BatchTPGNew`` (TPG that never takes over an agent whose arm
-was delivered and is unfinished). Same differences as ``tpg``.
+was delivered and is unfinished; in its phase 2 a ``cid = -1`` chunk counts as
+done, so those agents move on at once). Same differences as ``tpg``.
 
 ``sp2``: ``BatchSP2`` (offline schedule, no feedback; credits the requested
 arm after discarding the first alpha_m - 1 rounds of each arm). The
@@ -71,7 +74,9 @@ the chosen list is ordered by (count, ``algo_u[t, arm, 1]``); otherwise the
 arms needing pulls, ascending. Agent ``perm[i]``, ``perm =
 argsort(algo_u[t, :M, 2])``, requests ``chosen[i % len(chosen)]``.
 
-``lsae_hor``: ``LSAE_ma_hor`` (no feedback). No random choice.
+``lsae_hor``: ``LSAE_ma_hor`` (no feedback). No random choice. As the class,
+credits are not capped at M_i, and an agent that finds the last arm done in
+the round the list of arms empties requests (and credits) it once more.
 
 ``lsae_ver``: ``LSAE_ma_ver`` (no feedback). An agent with no arm left requests
 ``choice(active, algo_u[t, m, 0])``.
@@ -81,12 +86,13 @@ tail of the schedule is drawn round by round as for ``sp2``. The class writes
 the erased agents' replayed arms into its schedule (``arms`` is a view of the
 schedule's row) and then credits the schedule's entry, i.e. it credits the
 arm actually played, which a learner without feedback cannot know; here the
-requested arm is credited, as the class evidently intends (the private
-``credit_played`` flag of :func:`vanilla_sae` reproduces the class).
+requested arm is credited, as the class evidently intends (the
+``credit_played`` argument of :func:`vanilla_sae` reproduces the class).
 
-Common to all: the authors' TPG, RRR and SGreedy always draw Gaussian rewards
-(and SP2-Feedback draws a Bernoulli with its own generator); here every
-scheduler gets the rewards of ``reward_kind``. The channel's eps may follow
+Common to all: the classes draw rewards with their own generator (TPG, RRR,
+SGreedy, L-SAE and Vanilla SAE always Gaussian, even with ``bernoulli=True``;
+SP2 and SP2-Feedback a Bernoulli when it is set); here every scheduler's
+reward is of ``reward_kind``, from ``reward_v``. The channel's eps may follow
 ``eps_knots``; the learner knows only the nominal ``eps`` (its alphas,
 ``ceil(2 ln T / ln(1 / eps_m))``, 1 when eps_m = 0, as
 ``calculate_repetitions``). Schedulers without feedback always run with

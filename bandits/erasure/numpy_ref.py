@@ -39,13 +39,22 @@ def constants(name: str, n_arms: int, horizon: int, eps: float) -> tuple[int, fl
 
 
 def phased_loop(name: str, means, eps: float, horizon: int, *, erase_u, noise, noise_std=1.0,
-                initial_arm: int = 0, radius_scale: float = 2.0, n_points: int | None = None):
+                initial_arm: int = 0, radius_scale: float = 2.0, n_points: int | None = None,
+                order: str = "ascending"):
   """One run of ``name`` ('lsae' or 'fb_sae'); a plain per-round Python loop.
+
+  Arms are visited in index order; ``order="descending"`` visits them from the
+  highest down (the run on the mirrored instance: the same regret). With
+  feedback the learner knows ``initial_arm`` (what is played before any delivery).
 
   Returns:
     (final pseudo-regret, regret at each multiple of ceil(T / n_points) rounds
     and at T when ``n_points`` is given, else None).
   """
+  if order == "descending":
+    return phased_loop(name, list(means)[::-1], eps, horizon, erase_u=erase_u, noise=noise,
+                       noise_std=noise_std, initial_arm=len(means) - 1 - initial_arm,
+                       radius_scale=radius_scale, n_points=n_points)
   means = [float(m) for m in means]
   k = len(means)
   best = max(means)
@@ -53,7 +62,7 @@ def phased_loop(name: str, means, eps: float, horizon: int, *, erase_u, noise, n
   feedback = name == FB_SAE
   active = [True] * k
   cnt, total, qhat = [0.0] * k, [0.0] * k, [0.0] * k
-  pulls, m, arm, pos, known = 0.0, first, 0, 0, -1
+  pulls, m, arm, pos, known = 0.0, first, 0, 0, initial_arm
   last = initial_arm
   regret = 0.0
   every = math.ceil(horizon / n_points) if n_points else 0
@@ -111,7 +120,7 @@ def phased_loop_numpy(name: str, means, eps: float, horizon: int, rng: np.random
   feedback = name == FB_SAE
   active = np.ones(k, bool)
   cnt, total, qhat = np.zeros(k), np.zeros(k), np.zeros(k)
-  pulls, m, arm, pos, known, last, regret = 0.0, first, 0, 0, -1, initial_arm, 0.0
+  pulls, m, arm, pos, known, last, regret = 0.0, first, 0, 0, initial_arm, initial_arm, 0.0
   for _ in range(horizon):
     received = rng.random() >= eps
     played = arm if received else last
@@ -170,7 +179,7 @@ def phased_vectorized(name: str, means: np.ndarray, eps: float, horizon: int,
   m = np.full(s, first, np.int64)
   arm = np.zeros(s, np.int64)
   pos = np.zeros(s, np.int64)
-  known = np.full(s, -1, np.int64)
+  known = np.full(s, initial_arm, np.int64)
   last = np.full(s, initial_arm, np.int64)
   regret = np.zeros(s)
   for start in range(0, horizon, chunk):

@@ -118,7 +118,7 @@ def make_instances(grid: list[dict], n_seeds: int, seed: int, *, means_kind: str
 def _system(data, how):
   """The run's pieces for :func:`bandits.core.run`: batch axes trailing, means and mask
   (K, G, S), eps (G, S) or (M, G, S); regret is the gap of the arm played."""
-  name, reward_kind, feedback, feedback_mode = how
+  name, reward_kind, feedback, feedback_mode, order = how
   means, mask, eps, horizon_arr, initial_arm, noise_std, knots = data
   knots_t, knots_eps = (None, None) if knots is None else knots
   params = env.EnvParams(means=means, eps=eps,
@@ -129,12 +129,13 @@ def _system(data, how):
                                 initial_arm=jnp.broadcast_to(initial_arm, eps.shape))
   best = jnp.max(jnp.where(mask, means, -jnp.inf), axis=0)
   gaps = jnp.where(mask, best - means, 0.0)
-  return env.ENV, algorithms.make(name), params, spec, lambda played: take(gaps, played)
+  return env.ENV, algorithms.make(name, order), params, spec, lambda played: take(gaps, played)
 
 
 def run(name: str, inst: Instances, key: jax.Array, *, reward_kind: str = env.GAUSSIAN,
         noise_std: float = 1.0, feedback: bool = False, feedback_mode: str = "beacon",
-        knots: tuple | None = None, n_points: int = 1000, native_batch: bool = True,
+        knots: tuple | None = None, order: str | None = None, n_points: int = 1000,
+        native_batch: bool = True,
         progress: Callable[[int], None] | None = None) -> SimResult:
   """Simulates algorithm ``name`` on every instance of ``inst`` (axes G, S).
 
@@ -145,6 +146,7 @@ def run(name: str, inst: Instances, key: jax.Array, *, reward_kind: str = env.GA
   ``knots`` = (knots_t (n,), knots_eps (n,) or (n, M)), shared by every run, makes
   the channel time-varying (``inst.eps`` is then what the learner is told); the
   result's ``totals`` holds the transmissions (``tx``) and feedback bits (``fb``).
+  ``order`` sets the request order of ``fb_sae`` and ``sp2_fb`` (default the authors').
   """
   info = algorithms.ALGORITHMS[name]
   if info.needs_feedback and not feedback:
@@ -165,7 +167,8 @@ def run(name: str, inst: Instances, key: jax.Array, *, reward_kind: str = env.GA
                          jnp.float32))
   data = (f32(inst.means), jnp.asarray(lead(inst.arm_mask)), f32(inst.eps), i32(inst.horizon),
           i32(inst.initial_arm), f32(noise_std), knots)
-  return core.run(_system, (name, reward_kind, bool(feedback), feedback_mode), data, key,
+  how = (name, reward_kind, bool(feedback), feedback_mode, order)
+  return core.run(_system, how, data, key,
                   batch_shape=batch, horizon=horizon, chunks=core.chunking(horizon, n_points),
                   ragged=bool(np.any(inst.horizon != horizon)),
                   native_batch=native_batch and info.native, progress=progress)
