@@ -13,9 +13,11 @@ Public functions (one entry point per product, the same on every backend):
 
 Each takes ``impl``: ``"pallas"`` (the Pallas kernel, compiled for the GPU
 through the Triton backend), ``"interpret"`` (the same kernel run by Pallas's
-interpreter: any backend, slow, how the tests check it on CPU), ``"reference"``
-(plain JAX: unpack, einsum) or ``"auto"`` (``pallas`` on GPU, ``reference``
-elsewhere). All of them compute in the dtype of the weights' values (bf16 or
+interpreter: any backend, slow, how the tests check it on CPU), ``"mosaic"`` /
+``"mosaic_interpret"`` (the Mosaic GPU kernels of :mod:`armor_jax.kernels_mgpu`,
+compiled for Hopper or in GPU interpret mode with race detection), ``"reference"``
+(plain JAX: unpack, einsum) or ``"auto"`` (``mosaic`` on a Hopper GPU, ``pallas``
+on other GPUs, ``reference`` elsewhere; :func:`resolve_impl`). All of them compute in the dtype of the weights' values (bf16 or
 fp16; f32 works too) with f32 accumulation, and return ``x.dtype``.
 
 Byte floor (why this can win at all)
@@ -132,6 +134,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Literal
 
 import jax
@@ -144,8 +147,11 @@ from jax.experimental.pallas import triton as pltriton
 from armor_jax.solver import sparsity
 from armor_jax.solver.layer import PrunedLayer
 
-Impl = Literal["auto", "pallas", "interpret", "reference"]
-IMPLS = ("auto", "pallas", "interpret", "reference")
+Impl = Literal["auto", "pallas", "interpret", "reference", "mosaic", "mosaic_interpret"]
+IMPLS = ("auto", "pallas", "interpret", "reference", "mosaic", "mosaic_interpret")
+#: The Mosaic GPU (Hopper) kernels of :mod:`armor_jax.kernels_mgpu`: compiled, and in GPU
+#: interpret mode with race detection.
+MOSAIC_IMPLS = ("mosaic", "mosaic_interpret")
 
 #: Smallest tile dimension a Triton dot accepts.
 MIN_DOT = 16
@@ -649,13 +655,38 @@ def on_gpu() -> bool:
   return jax.default_backend() == "gpu"
 
 
-def resolve_impl(impl: str) -> str:
-  """``"auto"`` -> ``"pallas"`` on GPU, ``"reference"`` elsewhere; checks the name."""
+def device_kind() -> str:
+  """The first device's kind, e.g. ``"NVIDIA H100 80GB HBM3"`` (``""`` if it has none)."""
+  return getattr(jax.devices()[0], "device_kind", "")
+
+
+def is_hopper(kind: str) -> bool:
+  """Whether a device kind names a Hopper GPU (H100, H200, H800, H20, GH200)."""
+  return re.search(r"(^|[\s_-])G?H(100|200|800|20)\b", kind, re.IGNORECASE) is not None
+
+
+def resolve_impl(impl: str, *, gpu: bool | None = None, kind: str | None = None) -> str:
+  """``"auto"`` -> ``"mosaic"`` on Hopper, ``"pallas"`` (Triton) on other GPUs, ``"reference"``
+  elsewhere; checks the name. ``gpu`` and ``kind`` default to :func:`on_gpu` and
+  :func:`device_kind` (tests pass fakes)."""
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
   if impl == "auto":
-    return "pallas" if on_gpu() else "reference"
+    if not (on_gpu() if gpu is None else gpu):
+      return "reference"
+    return "mosaic" if is_hopper(device_kind() if kind is None else kind) else "pallas"
   return impl
+
+
+def _mosaic(impl: str):
+  """:mod:`armor_jax.kernels_mgpu` and its ``interpret`` argument for a Mosaic impl."""
+  from armor_jax import kernels_mgpu  # pylint: disable=import-outside-toplevel
+  return kernels_mgpu, (kernels_mgpu.interpret_params() if impl == "mosaic_interpret" else None)
+
+
+def _mosaic_tiles(tiles):
+  """Tiles for the Mosaic path: its own ``MgpuTiles``; Triton :class:`Tiles` are dropped."""
+  return None if tiles is None or isinstance(tiles, Tiles) else tiles
 
 
 def _as_2d(x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
@@ -674,7 +705,7 @@ def sparse24_matmul(x: jax.Array, w: sparsity.Packed24, *, impl: Impl = "auto",
   Args:
     x: (..., K) activations (any float dtype; cast to S's values dtype).
     w: the compressed matrix; its values dtype is the compute dtype.
-    impl: ``"auto"``, ``"pallas"``, ``"interpret"`` or ``"reference"``.
+    impl: one of :data:`IMPLS` (see the module docstring).
     tiles: kernel tiles (default :func:`default_tiles`); must divide the
       padded problem.
 
@@ -687,6 +718,9 @@ def sparse24_matmul(x: jax.Array, w: sparsity.Packed24, *, impl: Impl = "auto",
     raise ValueError(f"x has {x.shape[-1]} columns, S is {n} x {k}")
   if impl == "reference":
     return sparse24_reference(x, w)
+  if impl in MOSAIC_IMPLS:
+    mgpu, interpret = _mosaic(impl)
+    return mgpu.sparse24_matmul(x, w, tiles=_mosaic_tiles(tiles), interpret=interpret)
   x2, lead = _as_2d(x)
   n_pad, k_pad = _round_up(n, MIN_DOT), _round_up(k, MIN_DOT)
   w = pad_packed(w, n_pad, k_pad)
@@ -711,7 +745,7 @@ def blockdiag_matmul(x: jax.Array, blocks: jax.Array, in_scale: jax.Array | None
     blocks: (d / b, b, b); their dtype is the compute dtype.
     in_scale: optional (d,) scale applied to x first (f32).
     out_scale: optional (d,) scale applied to the result (f32).
-    impl: ``"auto"``, ``"pallas"``, ``"interpret"`` or ``"reference"``.
+    impl: one of :data:`IMPLS` (see the module docstring).
     bm: rows per program (default 16 for M <= 16, else 64 or 128).
 
   Returns:
@@ -724,6 +758,9 @@ def blockdiag_matmul(x: jax.Array, blocks: jax.Array, in_scale: jax.Array | None
                      f"[{MIN_DOT}, {MAX_FUSED_BLOCK}]; got {b} (use impl='reference')")
   if impl == "reference":
     return blockdiag_reference(x, blocks, in_scale, out_scale).astype(x.dtype)
+  if impl in MOSAIC_IMPLS:
+    mgpu, interpret = _mosaic(impl)
+    return mgpu.blockdiag_matmul(x, blocks, in_scale, out_scale, interpret=interpret)
   x2, lead = _as_2d(x)
   y = _blockdiag_call(x2, blocks, in_scale=in_scale, out_scale=out_scale, out_dtype=x.dtype,
                       interpret=impl == "interpret", bm=bm or _bm_for(x2.shape[0]))
@@ -797,7 +834,7 @@ def armor_linear(x: jax.Array, layer: PrunedLayer | ArmorWeights, *, impl: Impl 
     layer: :class:`ArmorWeights` (made once by :func:`prepare`; the fast way) or
       a :class:`~armor_jax.solver.layer.PrunedLayer`, converted on every call with
       ``prepare(layer, dtype)``.
-    impl: ``"auto"``, ``"pallas"``, ``"interpret"`` or ``"reference"``.
+    impl: one of :data:`IMPLS` (see the module docstring).
     tiles: sparse-kernel tiles (default :func:`default_tiles`, with ``bn``
       equal to A's block when A is fused); ``tiles.fuse_b`` selects the fused
       B stage.
@@ -812,6 +849,9 @@ def armor_linear(x: jax.Array, layer: PrunedLayer | ArmorWeights, *, impl: Impl 
     raise ValueError(f"x has {x.shape[-1]} columns, the layer is {w.d_out} x {w.d_in}")
   if impl == "reference":
     return armor_reference(x, w)
+  if impl in MOSAIC_IMPLS:
+    mgpu, interpret = _mosaic(impl)
+    return mgpu.armor_linear(x, w, tiles=_mosaic_tiles(tiles), interpret=interpret)
   x2, lead = _as_2d(x)
   y = _armor_pallas(x2, w, tiles=tiles, interpret=impl == "interpret")
   return y.reshape(lead + (w.d_out,))

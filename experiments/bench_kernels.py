@@ -22,7 +22,8 @@ bandwidth of a ``copy_mb`` MB elementwise pass (bytes read + written); the CSV's
 ``peak_fraction`` divides it by the device's nominal peak bandwidth instead
 (``peak_bandwidth_gbs``, or the datasheet figure of a known GPU, :data:`PEAK_GBS`).
 
-On a GPU ``impl=auto`` times the Pallas kernels (and, with
+On a GPU ``impl=auto`` times the Pallas kernels (Mosaic GPU on Hopper, Triton
+elsewhere; ``armor_fused_b`` is a Triton tiling, timed with ``impl=pallas``) (and, with
 ``compare_reference``, the plain-XLA paths too, in the CSV). Elsewhere it
 times the plain-JAX reference paths: those numbers say nothing about the
 kernels, and the log and ``info.note`` say so. ``impl=interpret`` runs the
@@ -93,9 +94,10 @@ class Config:
   block_size: int = param(ArmorConfig.block_size, "ARMOR's A and B block size (a divisor of "
                           "both dims; the default is ArmorConfig's)",
                           check=ge(1))
-  impl: str = param("auto", "auto (Pallas on GPU, reference elsewhere), pallas, reference, or "
-                    "interpret (the kernels in Pallas's interpreter: a CPU check, tiny shapes)",
-                    check=one_of("auto", "pallas", "reference", "interpret"))
+  impl: str = param("auto", "auto (Mosaic GPU on Hopper, Pallas Triton on other GPUs, reference "
+                    "elsewhere), pallas, mosaic, reference, or interpret (the Triton kernels in "
+                    "Pallas's interpreter: a CPU check, tiny shapes)",
+                    check=one_of("auto", "pallas", "mosaic", "reference", "interpret"))
   fuse_b: bool = param(True, "with the kernels, also time ARMOR with B fused into the sparse "
                        "kernel (kind armor_fused_b) next to the B pre-pass (kind armor)")
   peak_bandwidth_gbs: float = param(0.0, "the device's peak memory bandwidth, GB/s (0 = the "
@@ -182,7 +184,7 @@ def run(cfg: Config, ctx) -> dict:
   dev = jax.devices()[0]
   ctx.info["device"] = f"{dev.platform}: {getattr(dev, 'device_kind', str(dev))}"
   ctx.info["impl"] = impl
-  if impl != "pallas":
+  if impl not in ("pallas", "mosaic"):
     ctx.info["note"] = (f"backend {backend}: timed the plain-JAX reference paths (unpack + XLA "
                         "dot), not the compiled Pallas kernels" if impl == "reference" else
                         "timed the kernels in Pallas's interpreter: a functional check, the "
@@ -200,7 +202,7 @@ def run(cfg: Config, ctx) -> dict:
                           "bandwidth_fraction", "peak_fraction", "speedup_vs_dense")}
   dense_dot = lambda x, w: jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())))  # noqa: E731
   sparse_fn = {p: (lambda x, s, p=p: kernels.sparse24_matmul(x, s, impl=p))
-               for p in ("pallas", "interpret", "reference")}
+               for p in ("pallas", "mosaic", "interpret", "reference")}
   tiles = {}
 
   def armor_fn(p, fused):
@@ -213,7 +215,8 @@ def run(cfg: Config, ctx) -> dict:
     return fn
 
   impls = [impl] + (["reference"] if impl != "reference" and cfg.compare_reference else [])
-  fused = cfg.fuse_b and impl != "reference"
+  # B fused into the sparse kernel is a Triton tiling; the Mosaic ARMOR fuses A only
+  fused = cfg.fuse_b and impl in ("pallas", "interpret")
   errors: dict[str, float] = {}
   for shape in cfg.shapes:
     d_out, d_in = _shape(shape)

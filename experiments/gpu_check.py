@@ -12,8 +12,10 @@ text from outside the repository. Each step is a subprocess with its own time li
 ``--budget-s`` (a step that would start with too little time left is skipped and reported):
 
 1. ``tests``: ``pytest tests/test_kernels.py`` (on a GPU every case also runs the compiled
-   kernels, ``impl="pallas"``, against the references) and the fast tier of
-   ``tests/test_kernel_ir.py`` (lowering and the pinned IR).
+   kernels, ``impl="pallas"``, against the references), the fast tier of
+   ``tests/test_kernel_ir.py`` (lowering and the pinned IR) and of
+   ``tests/test_kernels_mgpu.py`` (the Mosaic GPU kernels in GPU interpret mode; on a Hopper
+   every case also runs them compiled, ``impl="mosaic"``).
 2. ``bench``: ``experiment=bench_kernels`` once per layer shape (4096x4096, 4096x14336,
    14336x4096), batches 1, 8, 16, 128 and 2048, both ARMOR variants.
 3. ``prune``: a random Llama written on the spot (:func:`armor_jax.model.synthetic.write_llama`,
@@ -58,8 +60,9 @@ def _plan(dry_run: bool) -> dict:
   """Each step's arguments and time limit (seconds)."""
   if dry_run:
     return {
-        "tests": (["tests/test_kernels.py", "tests/test_kernel_ir.py", "-m", "not slow", "-k",
-                   "expand_tile or block_diagonal_kernel_lowers"], 300),
+        "tests": (["tests/test_kernels.py", "tests/test_kernel_ir.py", "tests/test_kernels_mgpu.py",
+                   "-m", "not slow", "-k",
+                   "expand_tile or block_diagonal_kernel_lowers or words_layout"], 300),
         "bench": ({"64x128": ["impl=interpret", "shapes=[64x128]", "batches=[1]", "copy_mb=1",
                               "repeats=1", "calls=1", "weight_sets=1", "block_size=16"]}, 300),
         "prune": (dict(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=1,
@@ -67,7 +70,8 @@ def _plan(dry_run: bool) -> dict:
                              "armor.block_size=16", "armor.iters=1"]), 300)}
   bench = ["impl=pallas", "batches=[1,8,16,128,2048]", "compare_reference=false", "repeats=10"]
   return {
-      "tests": (["tests/test_kernels.py", "tests/test_kernel_ir.py", "-m", "not slow"], 120),
+      "tests": (["tests/test_kernels.py", "tests/test_kernel_ir.py", "tests/test_kernels_mgpu.py",
+                 "-m", "not slow"], 150),
       "bench": ({s: bench + [f"shapes=[{s}]"] for s in SHAPES}, 75),
       "prune": (dict(hidden=1024, intermediate=2816, heads=16, kv_heads=4, layers=2,
                      keys=["n_calib=16", "calib_len=256", "eval_len=256", "eval_windows=8"]),
