@@ -181,73 +181,115 @@ def tpg(*, guarded: bool = False) -> Algorithm:
   environment's rule), where their code keeps the old one.
   """
 
-  def plan_phase1(s: TPGState) -> TPGState:
-    b = s.batch
+  def takeovers(s: TPGState, tries: jax.Array, eta: jax.Array, eligible: jax.Array, mine,
+                allowed, reverse: bool) -> TPGState:
+    """The takeover attempts of the agents in ``tries``, one after another (from the last
+    agent down when ``reverse``), each on the state the earlier ones left.
+
+    Agent j targets the first agent with the largest ``eta`` among the ``eligible`` others
+    and takes its arm (and chunk) when that eta is positive and ``mine(s, target)[j]`` is
+    smaller; the target is marked taken over. Attempts that fail change nothing, so the loop
+    runs once per successful takeover (plus one): it applies the first success in order and
+    goes on from there. ``eta``, ``eligible`` and ``mine`` are functions of the state.
+    """
     n_agents = s.arm.shape[0]
-    agents = jnp.arange(n_agents)
+    idx = jnp.arange(n_agents)
 
-    def fill(j, s: TPGState) -> TPGState:
-      a_now = s.arm[j]
-      a_safe = jnp.maximum(a_now, 0)
-      needs = ~s.taken[j] & ((a_now < 0) | s.done[a_safe] | (b.pull_count[a_safe] >= b.m))
-      k = s.unassigned.shape[0]
-      top = jnp.max(jnp.where(s.unassigned, jnp.arange(k), -1))
-      # A new arm: the highest unassigned one.
-      picked = _reset_agent(s, j, top).replace(unassigned=s.unassigned & (jnp.arange(k) != top))
-      # Else a takeover of the slowest agent's arm.
+    def outcome(s, ptr):
+      e = jnp.where(eligible(s), eta(s), -1)
+      best = jnp.max(e)
+      first = jnp.argmax(e == best)
+      e2 = jnp.where(idx == first, -1, e)
+      best2 = jnp.max(e2)
+      second = jnp.argmax(e2 == best2)
+      target = jnp.where(idx == first, second, first)
+      t_eta = jnp.where(idx == first, best2, best)
+      after = idx < ptr if reverse else idx > ptr
+      ok = tries & after & (t_eta > 0) & (mine(s, target) < t_eta) & allowed(s, target)
+      return ok, target
+
+    def body(c):
+      s, ptr, _ = c
+      ok, target = outcome(s, ptr)
+      j = (n_agents - 1 - jnp.argmax(ok[::-1]) if reverse else jnp.argmax(ok)).astype(jnp.int32)
+      tgt = target[j]
+      any_ok = jnp.any(ok)
+      moved = _reset_agent(s, j, s.arm[tgt], s.slot[tgt]).replace(taken=s.taken.at[tgt].set(True))
+      s = jax.tree.map(lambda x, y: jnp.where(any_ok, x, y), moved, s)
+      return s, jnp.where(any_ok, j, ptr), any_ok
+
+    start = jnp.int32(n_agents if reverse else -1)
+    s, _, _ = jax.lax.while_loop(lambda c: c[2], body, (s, start, jnp.bool_(True)))
+    return s
+
+  def plan_phase1(s: TPGState) -> TPGState:
+    """Before a phase-1 round, in agent order: an agent that is idle or whose arm is done
+    (and not taken over) gets the highest unassigned arm, else tries a takeover."""
+    b = s.batch
+    k = s.unassigned.shape[0]
+    arm_safe = jnp.maximum(s.arm, 0)
+    needs = ~s.taken & ((s.arm < 0) | s.done[arm_safe] | (b.pull_count[arm_safe] >= b.m))
+    rank = jnp.cumsum(needs.astype(jnp.int32)) - 1
+    n_un = jnp.sum(s.unassigned.astype(jnp.int32))
+    # the r-th needer (in agent order) gets the r-th highest unassigned arm
+    arm_rank = n_un - jnp.cumsum(s.unassigned.astype(jnp.int32))
+    hit = s.unassigned[None, :] & (arm_rank[None, :] == rank[:, None])
+    picked = needs & (rank < n_un)
+    new_arm = jnp.max(jnp.where(hit, jnp.arange(k)[None, :], -1), axis=1)
+    n_picked = jnp.sum(picked.astype(jnp.int32))
+    s = s.replace(arm=jnp.where(picked, new_arm, s.arm).astype(jnp.int32),
+                  delivered=s.delivered & ~picked, attempts=jnp.where(picked, 0, s.attempts),
+                  succ=jnp.where(picked, 0, s.succ),
+                  unassigned=s.unassigned & (arm_rank >= n_picked))
+    tries = needs & ~picked
+
+    def eta(s):
+      pulls = b.pull_count[jnp.maximum(s.arm, 0)]
+      return jnp.where(s.delivered, jnp.maximum(0, b.m - s.succ),
+                       jnp.maximum(0, s.alpha + (b.m - pulls) - s.attempts))
+
+    def eligible(s):
       arm_safe = jnp.maximum(s.arm, 0)
-      pulls = b.pull_count[arm_safe]
-      eta = jnp.where(s.delivered, jnp.maximum(0, b.m - s.succ),
-                      jnp.maximum(0, s.alpha + (b.m - pulls) - s.attempts))
-      eligible = (~s.taken & (agents != j) & (s.arm >= 0) & ~s.done[arm_safe])
+      e = ~s.taken & (s.arm >= 0) & ~s.done[arm_safe]
       if guarded:
-        eligible &= ~(s.delivered & (pulls < b.m))
-      slow, slow_eta = _slowest(eta, eligible)
-      take = (slow >= 0) & (slow_eta > 0) & (s.alpha[j] + b.m < slow_eta)
-      slow_safe = jnp.maximum(slow, 0)
-      taken_over = _reset_agent(s, j, s.arm[slow_safe]).replace(
-          taken=s.taken.at[slow_safe].set(True))
-      new = jax.tree.map(lambda x, y, z: jnp.where(top >= 0, x, jnp.where(take, y, z)),
-                         picked, taken_over, s)
-      return jax.tree.map(lambda x, y: jnp.where(needs, x, y), new, s)
+        e &= ~(s.delivered & (b.pull_count[arm_safe] < b.m))
+      return e
 
-    return jax.lax.fori_loop(0, n_agents, fill, s)
+    return jax.lax.cond(jnp.any(tries), lambda s: takeovers(
+        s, tries, eta, eligible, lambda s, tgt: s.alpha + b.m,
+        lambda s, tgt: jnp.ones(tgt.shape, bool), reverse=False), lambda s: s, s)
 
   def plan_phase2(s: TPGState) -> TPGState:
+    """Before a phase-2 round, from the last agent to the first: an agent (not taken over)
+    with no chunk or a finished one tries a takeover."""
     b = s.batch
-    n_agents = s.arm.shape[0]
-    agents = jnp.arange(n_agents)
+    sl_safe = jnp.maximum(s.slot, 0)
+    open_chunk = ((s.slot >= 0) & s.chunk_active[sl_safe] & (s.chunk_count[sl_safe] < s.need)
+                  & (b.pull_count[jnp.maximum(s.arm, 0)] < b.m))
+    # TPG: an agent on a random arm (no chunk) is not done; guarded TPG: it is.
+    chunk_done = ~open_chunk if guarded else ((s.slot >= 0) & ~open_chunk)
+    tries = ~s.taken & ((s.arm < 0) | chunk_done)
 
-    def fill(i, s: TPGState) -> TPGState:
-      j = n_agents - 1 - i  # from the last agent to the first
-      ra, sl = s.arm[j], s.slot[j]
-      sl_safe = jnp.maximum(sl, 0)
-      open_chunk = ((sl >= 0) & s.chunk_active[sl_safe] & (s.chunk_count[sl_safe] < s.need)
-                    & (b.pull_count[jnp.maximum(ra, 0)] < b.m))
-      # TPG: an agent on a random arm (no chunk) is not done; guarded TPG: it is.
-      chunk_done = ~open_chunk if guarded else ((sl >= 0) & ~open_chunk)
-      tries = ~s.taken[j] & ((ra < 0) | chunk_done)
-      arm_safe = jnp.maximum(s.arm, 0)
-      slot_safe = jnp.maximum(s.slot, 0)
-      pulls = b.pull_count[arm_safe]
-      eta = jnp.where(s.chunk_count[slot_safe] >= s.need, 0,
-                      jnp.where(s.delivered, jnp.maximum(0, s.need - s.succ),
-                                jnp.maximum(0, s.alpha + (s.need - pulls) - s.attempts)))
-      eligible = (~s.taken & (agents != j) & (s.arm >= 0) & (s.slot >= 0)
-                  & s.chunk_active[slot_safe])
-      if guarded:
-        eligible &= ~(s.delivered & (pulls < b.m))
-      slow, slow_eta = _slowest(eta, eligible)
-      slow_safe = jnp.maximum(slow, 0)
-      mine = s.alpha[j] + (s.need - b.pull_count[arm_safe[slow_safe]])
-      take = tries & (slow >= 0) & (slow_eta > 0) & (mine < slow_eta)
-      if guarded:
-        take &= ~s.done[arm_safe[slow_safe]]
-      new = _reset_agent(s, j, s.arm[slow_safe], s.slot[slow_safe]).replace(
-          taken=s.taken.at[slow_safe].set(True))
-      return jax.tree.map(lambda x, y: jnp.where(take, x, y), new, s)
+    def eta(s):
+      pulls = b.pull_count[jnp.maximum(s.arm, 0)]
+      return jnp.where(s.chunk_count[jnp.maximum(s.slot, 0)] >= s.need, 0,
+                       jnp.where(s.delivered, jnp.maximum(0, s.need - s.succ),
+                                 jnp.maximum(0, s.alpha + (s.need - pulls) - s.attempts)))
 
-    return jax.lax.fori_loop(0, n_agents, fill, s)
+    def eligible(s):
+      e = (~s.taken & (s.arm >= 0) & (s.slot >= 0) & s.chunk_active[jnp.maximum(s.slot, 0)])
+      if guarded:
+        e &= ~(s.delivered & (b.pull_count[jnp.maximum(s.arm, 0)] < b.m))
+      return e
+
+    def mine(s, tgt):
+      return s.alpha + (s.need - b.pull_count[jnp.maximum(s.arm[tgt], 0)])
+
+    def allowed(s, tgt):
+      return ~s.done[jnp.maximum(s.arm[tgt], 0)] if guarded else jnp.ones(tgt.shape, bool)
+
+    return jax.lax.cond(jnp.any(tries), lambda s: takeovers(s, tries, eta, eligible, mine, allowed,
+                                                            reverse=True), lambda s: s, s)
 
   def start_phase2(s: TPGState) -> TPGState:
     b = s.batch
@@ -347,26 +389,38 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     s = s.replace(known=played, attempts=attempts, succ=succ, delivered=s.delivered | first,
                   arm=jnp.where(over, -1, s.arm), slot=jnp.where(over, -1, s.slot))
 
-    def credit(j, s: TPGState) -> TPGState:
-      b = s.batch
-      a = played[j]
-      room = b.pull_count[a] < b.m
-      count = b.pull_count.at[a].add(room.astype(jnp.int32))
-      sums = b.pull_sums.at[a].add(jnp.where(room, obs.reward[j], 0.0))
-      finished = room & (count[a] >= b.m)
-      phase1 = s.phase == 1
-      done = s.done.at[a].set(s.done[a] | (finished & phase1))
-      done_count = s.done_count + (finished & phase1).astype(jnp.int32)
-      chunk_active = jnp.where(finished & ~phase1 & (s.chunk_arm == a), False, s.chunk_active)
-      slj = jnp.maximum(sl[j], 0)
-      counts = (~phase1 & (sl[j] >= 0) & (a == ra[j]) & chunk_active[slj])
-      chunk_count = s.chunk_count.at[slj].add(counts.astype(jnp.int32))
-      closes = counts & ((chunk_count[slj] >= s.need) | (count[ra[j]] >= b.m))
-      chunk_active = chunk_active.at[slj].set(chunk_active[slj] & ~closes)
-      return s.replace(batch=b.replace(pull_count=count, pull_sums=sums), done=done,
-                       done_count=done_count, chunk_count=chunk_count, chunk_active=chunk_active)
-
-    s = jax.lax.fori_loop(0, played.shape[0], credit, s)
+    # Credits in agent order, vectorized: agent j's sample counts when its arm's batch count
+    # plus the earlier agents on the same arm is below M_i.
+    n_agents, k = played.shape[0], b.active.shape[0]
+    idx = jnp.arange(n_agents)
+    same = (played[:, None] == played[None, :]) & (idx[:, None] < idx[None, :])
+    before = jnp.sum(same.astype(jnp.int32), axis=0)
+    count0 = b.pull_count[played]
+    credited = count0 + before < b.m
+    onehot = (played[:, None] == jnp.arange(k)[None, :]) & credited[:, None]
+    count = b.pull_count + jnp.sum(onehot.astype(jnp.int32), axis=0)
+    sums = b.pull_sums + jnp.sum(jnp.where(onehot, obs.reward[:, None], 0.0), axis=0)
+    finished = (b.pull_count < b.m) & (count >= b.m)
+    phase1 = s.phase == 1
+    # Phase 2: a chunk counts its agents' samples of its arm while it is open; an arm that
+    # reaches M_i closes its chunks from the agent that finished it on.
+    finisher = credited & (count0 + before == b.m - 1)  # the agent whose sample finishes its arm
+    closed_by = jnp.where(finisher[:, None] & (played[:, None] == played[None, :]), idx[:, None],
+                          n_agents)
+    finished_at = jnp.min(closed_by, axis=0)  # per agent: when its played arm finished (or M)
+    sl_safe = jnp.maximum(sl, 0)
+    counts = ((sl >= 0) & (played == ra) & s.chunk_active[sl_safe] & (finished_at > idx)
+              & ~phase1)
+    per_slot = jnp.sum(((sl_safe[:, None] == idx[None, :]) & counts[:, None]).astype(jnp.int32),
+                       axis=0)
+    chunk_count = jnp.where(s.chunk_active, jnp.minimum(s.chunk_count + per_slot, s.need),
+                            s.chunk_count)
+    chunk_active = (s.chunk_active & (chunk_count < s.need)
+                    & ~(finished[jnp.maximum(s.chunk_arm, 0)] & ~phase1))
+    s = s.replace(batch=b.replace(pull_count=count, pull_sums=sums),
+                  done=s.done | (finished & phase1),
+                  done_count=s.done_count + jnp.where(phase1, jnp.sum(finished.astype(jnp.int32)), 0),
+                  chunk_count=chunk_count, chunk_active=chunk_active)
     return transitions(s.replace(t=s.t + 1))
 
   return Algorithm(init, act, update)
