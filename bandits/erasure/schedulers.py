@@ -27,11 +27,13 @@ Conventions: ``choice(S, u)`` over an ascending set S of arms is
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from bandits.core import Algorithm, BanditSpec
+from bandits.core import Algorithm, BanditSpec, per_run, tree_select
 from bandits.erasure.policies import repetitions
 
 N_ALGO_FIELDS = 3  # uniforms per slot and round: agent choice, arm priority, agent priority
@@ -56,6 +58,42 @@ def first_batch(spec: BanditSpec) -> jax.Array:
   n_agents = spec.eps.shape[0]
   log_tm = jnp.log(spec.horizon.astype(jnp.float32) * n_agents)
   return (jnp.ceil(2.0 * log_tm) // 4).astype(jnp.int32)
+
+
+def batched(init, act, step, rare) -> Algorithm:
+  """A batch-polymorphic algorithm from one-run pieces, skipping rare work for the batch.
+
+  ``init(key, spec)``, ``act(state)`` and ``step(state, action, obs)`` are written for one
+  run and mapped over the trailing batch axes (the layout of :mod:`bandits.core`); ``rare``
+  lists ``(needs(state) -> bool, fix(state) -> state)`` pairs applied after ``step`` in
+  order, each under one ``lax.cond`` for the whole batch: ``fix`` runs (mapped over the runs,
+  kept where ``needs``) only in rounds where some run of the device's batch needs it. Under
+  ``vmap`` a per-run ``cond`` computes both branches every round; here batch ends and
+  planning cost only the rounds that have them. The state must hold a per-run scalar ``t``
+  (its number of batch axes tells the wrapper the batch's).
+  """
+
+  def mapped(fn, nb):
+    return per_run(fn, nb)
+
+  def b_init(key, spec):
+    return mapped(init, jnp.ndim(key))(key, spec)
+
+  def b_act(key, state):
+    del key
+    return mapped(act, jnp.ndim(state.t))(state)
+
+  def b_update(state, action, obs):
+    nb = jnp.ndim(state.t)
+    state = mapped(step, nb)(state, action, obs)
+    for needs, fix in rare:
+      flag = mapped(needs, nb)(state)
+      state = jax.lax.cond(jnp.any(flag),
+                           lambda s, flag=flag, fix=fix: tree_select(flag, mapped(fix, nb)(s), s),
+                           lambda s: s, state)
+    return state
+
+  return Algorithm(b_init, b_act, b_update)
 
 
 class ErasureSpec(BanditSpec):
@@ -181,50 +219,58 @@ def tpg(*, guarded: bool = False) -> Algorithm:
   environment's rule), where their code keeps the old one.
   """
 
-  def takeovers(s: TPGState, tries: jax.Array, eta: jax.Array, eligible: jax.Array, mine,
-                allowed, reverse: bool) -> TPGState:
-    """The takeover attempts of the agents in ``tries``, one after another (from the last
-    agent down when ``reverse``), each on the state the earlier ones left.
+  class Rules(NamedTuple):
+    """A phase's takeover rules: who tries, in which order, and on what terms."""
+    tries: jax.Array  # (M,) bool, agents that try (fixed for the round's plan)
+    reverse: bool     # from the last agent down
+    eta: Callable     # state -> (M,) estimated rounds each agent needs
+    eligible: Callable  # state -> (M,) bool, possible targets
+    mine: Callable    # (state, target (M,)) -> (M,) each trier's own estimate
+    allowed: Callable  # (state, target) -> (M,) bool, extra condition on the target
 
-    Agent j targets the first agent with the largest ``eta`` among the ``eligible`` others
-    and takes its arm (and chunk) when that eta is positive and ``mine(s, target)[j]`` is
-    smaller; the target is marked taken over. Attempts that fail change nothing, so the loop
-    runs once per successful takeover (plus one): it applies the first success in order and
-    goes on from there. ``eta``, ``eligible`` and ``mine`` are functions of the state.
-    """
+  def outcome(s: TPGState, r: Rules, ptr):
+    """(which triers past ``ptr`` would take over, each one's target) on state ``s``: agent j
+    targets the first agent with the largest eta among the eligible others and takes it when
+    that eta is positive and larger than its own estimate."""
+    idx = jnp.arange(s.arm.shape[0])
+    e = jnp.where(r.eligible(s), r.eta(s), -1)
+    best = jnp.max(e)
+    first = jnp.argmax(e == best)
+    e2 = jnp.where(idx == first, -1, e)
+    best2 = jnp.max(e2)
+    second = jnp.argmax(e2 == best2)
+    target = jnp.where(idx == first, second, first)
+    t_eta = jnp.where(idx == first, best2, best)
+    after = idx < ptr if r.reverse else idx > ptr
+    ok = r.tries & after & (t_eta > 0) & (r.mine(s, target) < t_eta) & r.allowed(s, target)
+    return ok, target
+
+  def start_ptr(r: Rules):
+    return jnp.int32(r.tries.shape[0] if r.reverse else -1)
+
+  def takeovers(s: TPGState, r: Rules) -> TPGState:
+    """The triers' attempts one after another, each on the state the earlier ones left.
+    Failed attempts change nothing, so the loop runs once per success (plus one): it applies
+    the first success in order and goes on from there; the target is marked taken over."""
     n_agents = s.arm.shape[0]
-    idx = jnp.arange(n_agents)
-
-    def outcome(s, ptr):
-      e = jnp.where(eligible(s), eta(s), -1)
-      best = jnp.max(e)
-      first = jnp.argmax(e == best)
-      e2 = jnp.where(idx == first, -1, e)
-      best2 = jnp.max(e2)
-      second = jnp.argmax(e2 == best2)
-      target = jnp.where(idx == first, second, first)
-      t_eta = jnp.where(idx == first, best2, best)
-      after = idx < ptr if reverse else idx > ptr
-      ok = tries & after & (t_eta > 0) & (mine(s, target) < t_eta) & allowed(s, target)
-      return ok, target
 
     def body(c):
       s, ptr, _ = c
-      ok, target = outcome(s, ptr)
-      j = (n_agents - 1 - jnp.argmax(ok[::-1]) if reverse else jnp.argmax(ok)).astype(jnp.int32)
+      ok, target = outcome(s, r, ptr)
+      j = (n_agents - 1 - jnp.argmax(ok[::-1]) if r.reverse else jnp.argmax(ok)).astype(jnp.int32)
       tgt = target[j]
       any_ok = jnp.any(ok)
       moved = _reset_agent(s, j, s.arm[tgt], s.slot[tgt]).replace(taken=s.taken.at[tgt].set(True))
       s = jax.tree.map(lambda x, y: jnp.where(any_ok, x, y), moved, s)
       return s, jnp.where(any_ok, j, ptr), any_ok
 
-    start = jnp.int32(n_agents if reverse else -1)
-    s, _, _ = jax.lax.while_loop(lambda c: c[2], body, (s, start, jnp.bool_(True)))
+    s, _, _ = jax.lax.while_loop(lambda c: c[2], body, (s, start_ptr(r), jnp.bool_(True)))
     return s
 
-  def plan_phase1(s: TPGState) -> TPGState:
-    """Before a phase-1 round, in agent order: an agent that is idle or whose arm is done
-    (and not taken over) gets the highest unassigned arm, else tries a takeover."""
+  def phase1_picks(s: TPGState):
+    """Phase 1, in agent order: an agent that is idle or whose arm is done (and not taken
+    over) gets the highest unassigned arm; the needers left over try takeovers. Returns the
+    state after the picks, whether any pick happened, and the takeover rules."""
     b = s.batch
     k = s.unassigned.shape[0]
     arm_safe = jnp.maximum(s.arm, 0)
@@ -241,7 +287,6 @@ def tpg(*, guarded: bool = False) -> Algorithm:
                   delivered=s.delivered & ~picked, attempts=jnp.where(picked, 0, s.attempts),
                   succ=jnp.where(picked, 0, s.succ),
                   unassigned=s.unassigned & (arm_rank >= n_picked))
-    tries = needs & ~picked
 
     def eta(s):
       pulls = b.pull_count[jnp.maximum(s.arm, 0)]
@@ -255,20 +300,20 @@ def tpg(*, guarded: bool = False) -> Algorithm:
         e &= ~(s.delivered & (b.pull_count[arm_safe] < b.m))
       return e
 
-    return jax.lax.cond(jnp.any(tries), lambda s: takeovers(
-        s, tries, eta, eligible, lambda s, tgt: s.alpha + b.m,
-        lambda s, tgt: jnp.ones(tgt.shape, bool), reverse=False), lambda s: s, s)
+    rules = Rules(tries=needs & ~picked, reverse=False, eta=eta, eligible=eligible,
+                  mine=lambda s, tgt: s.alpha + b.m,
+                  allowed=lambda s, tgt: jnp.ones(tgt.shape, bool))
+    return s, n_picked > 0, rules
 
-  def plan_phase2(s: TPGState) -> TPGState:
-    """Before a phase-2 round, from the last agent to the first: an agent (not taken over)
-    with no chunk or a finished one tries a takeover."""
+  def phase2_rules(s: TPGState) -> Rules:
+    """Phase 2, from the last agent to the first: an agent (not taken over) with no chunk or
+    a finished one tries a takeover."""
     b = s.batch
     sl_safe = jnp.maximum(s.slot, 0)
     open_chunk = ((s.slot >= 0) & s.chunk_active[sl_safe] & (s.chunk_count[sl_safe] < s.need)
                   & (b.pull_count[jnp.maximum(s.arm, 0)] < b.m))
     # TPG: an agent on a random arm (no chunk) is not done; guarded TPG: it is.
     chunk_done = ~open_chunk if guarded else ((s.slot >= 0) & ~open_chunk)
-    tries = ~s.taken & ((s.arm < 0) | chunk_done)
 
     def eta(s):
       pulls = b.pull_count[jnp.maximum(s.arm, 0)]
@@ -288,8 +333,24 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     def allowed(s, tgt):
       return ~s.done[jnp.maximum(s.arm[tgt], 0)] if guarded else jnp.ones(tgt.shape, bool)
 
-    return jax.lax.cond(jnp.any(tries), lambda s: takeovers(s, tries, eta, eligible, mine, allowed,
-                                                            reverse=True), lambda s: s, s)
+    return Rules(tries=~s.taken & ((s.arm < 0) | chunk_done), reverse=True, eta=eta,
+                 eligible=eligible, mine=mine, allowed=allowed)
+
+  def plan_phase1(s: TPGState) -> TPGState:
+    s, _, rules = phase1_picks(s)
+    return jax.lax.cond(jnp.any(rules.tries), lambda s: takeovers(s, rules), lambda s: s, s)
+
+  def plan_phase2(s: TPGState) -> TPGState:
+    rules = phase2_rules(s)
+    return jax.lax.cond(jnp.any(rules.tries), lambda s: takeovers(s, rules), lambda s: s, s)
+
+  def plan_changes(s: TPGState) -> jax.Array:
+    """Whether the plan of the next round changes anything: a pick, or a first takeover."""
+    s1, picked, rules1 = phase1_picks(s)
+    ok1, _ = outcome(s1, rules1, start_ptr(rules1))
+    rules2 = phase2_rules(s)
+    ok2, _ = outcome(s, rules2, start_ptr(rules2))
+    return jnp.where(s.phase == 1, picked | jnp.any(ok1), jnp.any(ok2))
 
   def start_phase2(s: TPGState) -> TPGState:
     b = s.batch
@@ -341,18 +402,22 @@ def tpg(*, guarded: bool = False) -> Algorithm:
   def plan(s: TPGState) -> TPGState:
     return jax.lax.cond(s.phase == 1, plan_phase1, plan_phase2, s)
 
-  def transitions(s: TPGState) -> TPGState:
-    """Phase and batch ends after a round, then the plan of the next round."""
-    s = jax.lax.cond((s.phase == 1) & (s.done_count >= s.threshold), after_phase1,
-                     lambda s: s, s)
-    b = s.batch
-    pulls = b.pull_count[jnp.maximum(s.chunk_arm, 0)]
-    open_chunks = jnp.any((s.chunk_arm >= 0) & s.chunk_active & (s.chunk_count < s.need)
-                          & (pulls < b.m))
-    over = (s.phase == 0) | ((s.phase == 2) & ~open_chunks)
-    s = jax.lax.cond(over, lambda s: open_batch(s.replace(batch=batch_end(s.batch))),
-                     lambda s: s, s)
-    return plan(s)
+  def open_chunks(s: TPGState) -> jax.Array:
+    pulls = s.batch.pull_count[jnp.maximum(s.chunk_arm, 0)]
+    return jnp.any((s.chunk_arm >= 0) & s.chunk_active & (s.chunk_count < s.need)
+                   & (pulls < s.batch.m))
+
+  def phase_over(s: TPGState) -> jax.Array:
+    """Whether phase 1 reached its threshold or phase 2 has no open chunk."""
+    return (((s.phase == 1) & (s.done_count >= s.threshold))
+            | ((s.phase == 2) & ~open_chunks(s)))
+
+  def end_phase(s: TPGState) -> TPGState:
+    """Phase 2 after phase 1 when it applies, else the batch's end and the next batch."""
+    s = jax.lax.cond(s.phase == 1, after_phase1, lambda s: s.replace(phase=jnp.int32(0)), s)
+    return jax.lax.cond(s.phase == 0,
+                        lambda s: open_batch(s.replace(batch=batch_end(s.batch))),
+                        lambda s: s, s)
 
   def init(key, spec: ErasureSpec) -> TPGState:
     if spec.initial_arm is None or jnp.ndim(spec.eps) != 1:
@@ -370,13 +435,11 @@ def tpg(*, guarded: bool = False) -> Algorithm:
                  need=jnp.int32(1))
     return plan(open_batch(s))
 
-  def act(key, s: TPGState) -> jax.Array:
-    del key
+  def act(s: TPGState) -> jax.Array:
     return jnp.where(s.arm >= 0, s.arm, s.known)
 
-  def update(s: TPGState, action, obs) -> TPGState:
-    if obs.ack is None:
-      raise ValueError("tpg needs feedback: run it on an environment with feedback=True")
+  def step(s: TPGState, action, obs) -> TPGState:
+    """The round's deliveries and credits (the plan and phase changes are the rare pieces)."""
     b = s.batch
     played = jnp.where(obs.ack, action, s.known).astype(jnp.int32)
     has = s.arm >= 0
@@ -421,9 +484,16 @@ def tpg(*, guarded: bool = False) -> Algorithm:
                   done=s.done | (finished & phase1),
                   done_count=s.done_count + jnp.where(phase1, jnp.sum(finished.astype(jnp.int32)), 0),
                   chunk_count=chunk_count, chunk_active=chunk_active)
-    return transitions(s.replace(t=s.t + 1))
+    return s.replace(t=s.t + 1)
 
-  return Algorithm(init, act, update)
+  algo = batched(init, act, step, [(phase_over, end_phase), (plan_changes, plan)])
+
+  def update(s: TPGState, action, obs) -> TPGState:
+    if obs.ack is None:
+      raise ValueError("tpg needs feedback: run it on an environment with feedback=True")
+    return algo.update(s, action, obs)
+
+  return algo._replace(update=update)
 
 
 class StackState(struct.PyTreeNode):
@@ -435,6 +505,7 @@ class StackState(struct.PyTreeNode):
   known: jax.Array       # (M,) int32, the arm each agent plays
   entry_arm: jax.Array   # (M, K) int32, entries in the order assigned, -1 when gone
   entry_left: jax.Array  # (M, K) int32, requests left in each entry
+  fallback: jax.Array    # (M,) int32, the request of an agent whose stack is empty
 
 
 ORDERS = ("descending", "ascending")
@@ -533,6 +604,25 @@ def sp2_feedback(*, order: str = "descending") -> Algorithm:
     arm, left = _stacks(s.batch, s.alpha)
     return s.replace(entry_arm=arm, entry_left=left)
 
+  def with_fallback(s: StackState) -> StackState:
+    """The requests of agents with an empty stack this round: a random active arm short of
+    M_i samples, ``choice(still, u[m, 0])``, or the agent's own arm when none is."""
+    b = s.batch
+    n_agents, k = s.entry_arm.shape
+    still = b.active & (b.pull_count < b.m)
+    u = algo_uniforms(s.key, s.t, k, n_agents)[:n_agents, 0]
+    rand = jax.vmap(lambda v: choice(still, v))(u)
+    return s.replace(fallback=jnp.where(jnp.any(still), rand, s.known).astype(jnp.int32))
+
+  def empty_stack(s: StackState) -> jax.Array:
+    return ~jnp.all(jnp.any(s.entry_arm >= 0, axis=1))
+
+  def batch_over(s: StackState) -> jax.Array:
+    return ~jnp.any(s.batch.active & (s.batch.pull_count < s.batch.m))
+
+  def next_batch(s: StackState) -> StackState:
+    return open_batch(s.replace(batch=batch_end(s.batch, running_mean=True)))
+
   def init(key, spec: ErasureSpec) -> StackState:
     if spec.initial_arm is None or jnp.ndim(spec.eps) != 1:
       raise ValueError("sp2_fb needs an ErasureSpec with eps and initial_arm of shape (M,)")
@@ -541,52 +631,50 @@ def sp2_feedback(*, order: str = "descending") -> Algorithm:
                    alpha=repetitions(spec.eps, spec.horizon),
                    known=jnp.asarray(spec.initial_arm, jnp.int32),
                    entry_arm=jnp.full((n_agents, k), -1, jnp.int32),
-                   entry_left=jnp.zeros((n_agents, k), jnp.int32))
-    return open_batch(s)
+                   entry_left=jnp.zeros((n_agents, k), jnp.int32),
+                   fallback=jnp.asarray(spec.initial_arm, jnp.int32))
+    return with_fallback(open_batch(s))
 
-  def act(key, s: StackState) -> jax.Array:
-    del key
-    b = s.batch
-    n_agents, k = s.entry_arm.shape
+  def act(s: StackState) -> jax.Array:
     p, has = top(s)
-    top_arm = jnp.take_along_axis(s.entry_arm, p[:, None], axis=1)[:, 0]
-    still = b.active & (b.pull_count < b.m)
-    u = algo_uniforms(s.key, s.t, k, n_agents)[:n_agents, 0]
-    rand = jax.vmap(lambda v: choice(still, v))(u)
-    fallback = jnp.where(jnp.any(still), rand, s.known)
-    return jnp.where(has, top_arm, fallback).astype(jnp.int32)
+    at_top = jnp.arange(s.entry_arm.shape[1])[None, :] == p[:, None]
+    top_arm = jnp.max(jnp.where(at_top, s.entry_arm, -1), axis=1)
+    return jnp.where(has, top_arm, s.fallback).astype(jnp.int32)
+
+  def step(s: StackState, action, obs) -> StackState:
+    """The round's stack pops and credits (batch ends and fallbacks are the rare pieces)."""
+    played = jnp.where(obs.ack, action, s.known).astype(jnp.int32)
+    p, has = top(s)
+    at_top = has[:, None] & (jnp.arange(s.entry_arm.shape[1])[None, :] == p[:, None])
+    # the top entry loses a request when its arm was played, and goes at zero (masks, not
+    # scatters: cheaper on CPU)
+    hit = at_top & (s.entry_arm == played[:, None])
+    left = s.entry_left - hit.astype(jnp.int32)
+    entry_arm = jnp.where(hit & (left <= 0), -1, s.entry_arm)
+    b = s.batch
+    # Credits in agent order, vectorized: agent j's sample counts when its (active) arm's
+    # batch count plus the earlier agents' samples of it is below M_i.
+    n_agents, k = played.shape[0], b.active.shape[0]
+    idx = jnp.arange(n_agents)
+    same = (played[:, None] == played[None, :]) & (idx[:, None] < idx[None, :])
+    before = jnp.sum(same.astype(jnp.int32), axis=0)
+    credited = b.active[played] & (b.pull_count[played] + before < b.m)
+    onehot = (played[:, None] == jnp.arange(k)[None, :]) & credited[:, None]
+    count = b.pull_count + jnp.sum(onehot.astype(jnp.int32), axis=0)
+    sums = b.pull_sums + jnp.sum(jnp.where(onehot, obs.reward[:, None], 0.0), axis=0)
+    finished = (b.pull_count < b.m) & (count >= b.m)
+    gone = finished[jnp.maximum(entry_arm, 0)] & (entry_arm >= 0)
+    return s.replace(t=s.t + 1, known=played, batch=b.replace(pull_count=count, pull_sums=sums),
+                     entry_arm=jnp.where(gone, -1, entry_arm), entry_left=left)
+
+  algo = batched(init, act, step, [(batch_over, next_batch), (empty_stack, with_fallback)])
 
   def update(s: StackState, action, obs) -> StackState:
     if obs.ack is None:
       raise ValueError("sp2_fb needs feedback: run it on an environment with feedback=True")
-    played = jnp.where(obs.ack, action, s.known).astype(jnp.int32)
-    p, has = top(s)
-    rows = jnp.arange(played.shape[0])
-    hit = has & (s.entry_arm[rows, p] == played)
-    left = s.entry_left.at[rows, p].add(-hit.astype(jnp.int32))
-    entry_arm = s.entry_arm.at[rows, p].set(
-        jnp.where(hit & (left[rows, p] <= 0), -1, s.entry_arm[rows, p]))
+    return algo.update(s, action, obs)
 
-    def credit(j, c):
-      count, sums, finished = c
-      a = played[j]
-      ok = s.batch.active[a] & (count[a] < s.batch.m)
-      count = count.at[a].add(ok.astype(jnp.int32))
-      sums = sums.at[a].add(jnp.where(ok, obs.reward[j], 0.0))
-      return count, sums, finished.at[a].set(finished[a] | (ok & (count[a] >= s.batch.m)))
-
-    b = s.batch
-    count, sums, finished = jax.lax.fori_loop(
-        0, played.shape[0], credit, (b.pull_count, b.pull_sums, jnp.zeros_like(b.active)))
-    gone = finished[jnp.maximum(entry_arm, 0)] & (entry_arm >= 0)
-    s = s.replace(t=s.t + 1, known=played, batch=b.replace(pull_count=count, pull_sums=sums),
-                  entry_arm=jnp.where(gone, -1, entry_arm), entry_left=left)
-    over = ~jnp.any(s.batch.active & (s.batch.pull_count < s.batch.m))
-    return jax.lax.cond(
-        over, lambda s: open_batch(s.replace(batch=batch_end(s.batch, running_mean=True))),
-        lambda s: s, s)
-
-  return Algorithm(init, act, update)
+  return algo._replace(update=update)
 
 
 class PullState(struct.PyTreeNode):
