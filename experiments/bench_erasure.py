@@ -76,8 +76,9 @@ class Config:
   ma_loop_seeds: int = param(2, "runs of the multi-agent per-round port", check=ge(1))
   ma_loop_horizon: int = param(5_000, "rounds per run of the multi-agent per-round port",
                                check=gt(1))
-  ma_vectorized_horizon: int = param(5_000, "rounds of the multi-agent vectorized numpy "
-                                     "baseline", check=gt(1))
+  ma_vectorized_horizon: int = param(50_000, "rounds of the multi-agent vectorized numpy "
+                                     "baseline (as many as the jitted call's: batch ends are "
+                                     "rarer per round in longer runs)", check=gt(1))
   ma_repeats: int = param(1, "timed repetitions of each multi-agent jitted call (after the "
                           "compiling one)", check=ge(1))
 
