@@ -452,7 +452,8 @@ def _run(key, data, *, system, how, batch_shape, horizon, chunks, ragged, native
     res = simulate(env, algo, params, spec, keys, horizon=horizon, chunks=chunks,
                    regret_of=regret_of, ragged=ragged, native_batch=native_batch,
                    every_round=every_round, keep_state=keep_state, progress=progress)
-    return res if keep_state else res._replace(state=())   # () has no leaves to map
+    res = res if keep_state else res._replace(state=())   # () has no leaves to map
+    return res._replace(totals={} if res.totals is None else res.totals)
 
   run_axis = len(batch_shape) - 1
   shapes = jax.eval_shape(local, keys, data)
@@ -460,6 +461,7 @@ def _run(key, data, *, system, how, batch_shape, horizon, chunks, ragged, native
                            state=jax.tree.map(lambda x: -1 if x.ndim else None, shapes.state),
                            totals=jax.tree.map(lambda x: run_axis, shapes.totals))
   res = on_each_device(local, batch_shape[-1], out_run_axes)(keys, data)
+  res = res._replace(totals=res.totals or None)
   return res if keep_state else res._replace(state=None)
 
 
