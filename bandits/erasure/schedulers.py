@@ -60,7 +60,7 @@ def first_batch(spec: BanditSpec) -> jax.Array:
   return (jnp.ceil(2.0 * log_tm) // 4).astype(jnp.int32)
 
 
-def batched(init, act, step, rare) -> Algorithm:
+def batched(init, act, step, rare, *, feedback: str | None = None) -> Algorithm:
   """A batch-polymorphic algorithm from one-run pieces, skipping rare work for the batch.
 
   ``init(key, spec)``, ``act(state)`` and ``step(state, action, obs)`` are written for one
@@ -70,7 +70,8 @@ def batched(init, act, step, rare) -> Algorithm:
   kept where ``needs``) only in rounds where some run of the device's batch needs it. Under
   ``vmap`` a per-run ``cond`` computes both branches every round; here batch ends and
   planning cost only the rounds that have them. The state must hold a per-run scalar ``t``
-  (its number of batch axes tells the wrapper the batch's).
+  (its number of batch axes tells the wrapper the batch's). ``feedback``: the algorithm's
+  name when it needs the acknowledgements (an observation without them is refused).
   """
 
   def mapped(fn, nb):
@@ -84,6 +85,8 @@ def batched(init, act, step, rare) -> Algorithm:
     return mapped(act, jnp.ndim(state.t))(state)
 
   def b_update(state, action, obs):
+    if feedback and obs.ack is None:
+      raise ValueError(f"{feedback} needs feedback: run it on an environment with feedback=True")
     nb = jnp.ndim(state.t)
     state = mapped(step, nb)(state, action, obs)
     for needs, fix in rare:
@@ -486,14 +489,8 @@ def tpg(*, guarded: bool = False) -> Algorithm:
                   chunk_count=chunk_count, chunk_active=chunk_active)
     return s.replace(t=s.t + 1)
 
-  algo = batched(init, act, step, [(phase_over, end_phase), (plan_changes, plan)])
-
-  def update(s: TPGState, action, obs) -> TPGState:
-    if obs.ack is None:
-      raise ValueError("tpg needs feedback: run it on an environment with feedback=True")
-    return algo.update(s, action, obs)
-
-  return algo._replace(update=update)
+  return batched(init, act, step, [(phase_over, end_phase), (plan_changes, plan)],
+                 feedback="tpg")
 
 
 class StackState(struct.PyTreeNode):
@@ -667,14 +664,8 @@ def sp2_feedback(*, order: str = "descending") -> Algorithm:
     return s.replace(t=s.t + 1, known=played, batch=b.replace(pull_count=count, pull_sums=sums),
                      entry_arm=jnp.where(gone, -1, entry_arm), entry_left=left)
 
-  algo = batched(init, act, step, [(batch_over, next_batch), (empty_stack, with_fallback)])
-
-  def update(s: StackState, action, obs) -> StackState:
-    if obs.ack is None:
-      raise ValueError("sp2_fb needs feedback: run it on an environment with feedback=True")
-    return algo.update(s, action, obs)
-
-  return algo._replace(update=update)
+  return batched(init, act, step, [(batch_over, next_batch), (empty_stack, with_fallback)],
+                 feedback="sp2_fb")
 
 
 class PullState(struct.PyTreeNode):
