@@ -17,8 +17,11 @@ feedback), up to M_i per arm; at the batch end the running means are updated
 and arm j is eliminated when max_a q_a - q_j > 2 sqrt(ln(T M) / (2 M_i))
 (``BanditBase.eliminate_arms``).
 
-Written for one run (arrays (K,) per arm, (M,) per agent); the simulator maps
-them over runs (``native_batch=False``). Randomness: a scheduler that draws
+Written for one run (arrays (K,) per arm, (M,) per agent). TPG and SP2-Feedback
+go through :func:`batched`, which maps the one-run pieces over a device's runs
+and runs their rare branches (batch ends, plans) only in rounds where some run
+needs them; the others are mapped over runs by the simulator
+(``native_batch=False``). Randomness: a scheduler that draws
 uses :func:`algo_uniforms` (key, t), uniforms fixed by the round, so a float64
 reference (:mod:`bandits.erasure.numpy_ma`) can replay the same choices.
 Conventions: ``choice(S, u)`` over an ascending set S of arms is
