@@ -309,7 +309,7 @@ def test_oracle_with_sigma_zero_has_no_regret():
 @pytest.fixture(scope="module")
 def extremes():
   """Final regret of collab, pooled and independent OFUL at sigma = 0 and sigma = 3 (same seeds)."""
-  inst = sim.make_instances([dict(m=10, sigma=0.0), dict(m=10, sigma=3.0)], 4, 5, d=4)
+  inst = sim.make_instances([dict(m=10, sigma=0.0), dict(m=10, sigma=3.0)], 16, 5, d=4)
   return {name: sim.run(name, inst, jax.random.key(2), horizon=1500).final_regret.mean(axis=1)
           for name in ("collab", "pooled_oful", "ind_oful")}
 
@@ -317,7 +317,8 @@ def extremes():
 @pytest.mark.slow
 def test_collab_is_pooled_when_agents_are_identical(extremes):
   """sigma = 0: within a factor 3 of pooled OFUL and closer to it than to independent OFUL
-  (log ratio); measured (4 seeds): collab / pooled 1.46, collab / independent 0.54."""
+  (log ratio); measured (16 seeds): collab / pooled 1.61, collab / independent 0.57 (with 4
+  seeds the two log ratios came within 1% of each other)."""
   c, p, i = extremes["collab"][0], extremes["pooled_oful"][0], extremes["ind_oful"][0]
   assert p / 3 <= c <= 3 * p, (c, p)
   assert abs(math.log(c / p)) < abs(math.log(c / i)), (c, p, i)
@@ -326,7 +327,7 @@ def test_collab_is_pooled_when_agents_are_identical(extremes):
 @pytest.mark.slow
 def test_collab_is_independent_when_agents_differ_wildly(extremes):
   """sigma = 3: within a factor 2 of independent OFUL and closer to it than to pooled OFUL
-  (which is then far worse: linear regret); measured: collab / independent 0.86."""
+  (which is then far worse: linear regret); measured: collab / independent 0.84."""
   c, p, i = extremes["collab"][1], extremes["pooled_oful"][1], extremes["ind_oful"][1]
   assert i / 2 <= c <= 2 * i, (c, i)
   assert abs(math.log(c / i)) < abs(math.log(c / p)), (c, p, i)
