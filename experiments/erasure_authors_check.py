@@ -19,7 +19,8 @@ scheduler of :mod:`bandits.erasure.numpy_ma` against the class it ports:
     numpy generator and N of the port with numpy draws; Welch t-test of the
     final regret per (scheduler, instance) at a Bonferroni-corrected 5% level,
     N from a pilot's variance so that a 10% difference in mean regret is
-    detected with power 0.8 (capped by ``--episodes``).
+    detected with power 0.8, sized again on all episodes so far (and topped up)
+    while the variance was underestimated (capped by ``--episodes``).
 
 Writes ``results.json`` and ``results.md`` into ``--out``.
 """
@@ -279,13 +280,21 @@ def main(argv=None):
       delta = 0.1 * (pa.mean() + pp.mean()) / 2
       n_need = math.ceil(2 * (z * sd / delta) ** 2) if delta > 0 else args.pilot
       n = int(min(max(n_need, args.pilot), args.episodes))
-      if n > args.pilot:
-        pa = np.concatenate([pa, final_regrets(classes, name, inst, args.horizon, n - args.pilot,
-                                               10_000 + args.pilot, "authors", args.var)])
-        pp = np.concatenate([pp, final_regrets(classes, name, inst, args.horizon, n - args.pilot,
-                                               10_000 + args.pilot, "port", args.var)])
+      while True:
+        if n > len(pa):  # top up both sides to n episodes
+          extra = n - len(pa)
+          pa = np.concatenate([pa, final_regrets(classes, name, inst, args.horizon, extra,
+                                                 10_000 + len(pa), "authors", args.var)])
+          pp = np.concatenate([pp, final_regrets(classes, name, inst, args.horizon, extra,
+                                                 10_000 + len(pp), "port", args.var)])
+        se = math.sqrt(pa.var(ddof=1) / n + pp.var(ddof=1) / n)
+        # a second stage when the pilot underestimated the variance: size N again on all
+        # the episodes so far, until a 10% difference is detectable or the cap is reached
+        if z * se <= delta or n >= args.episodes:
+          break
+        sd = math.sqrt((pa.var(ddof=1) + pp.var(ddof=1)) / 2)
+        n = int(min(max(math.ceil(2 * (z * sd / delta) ** 2), n + 10), args.episodes))
       test = stats.ttest_ind(pa, pp, equal_var=False)
-      se = math.sqrt(pa.var(ddof=1) / n + pp.var(ddof=1) / n)
       row = {"scheduler": name, "instance": iname, "n_needed": n_need, "n": n,
              "authors_mean": float(pa.mean()), "authors_sd": float(pa.std(ddof=1)),
              "port_mean": float(pp.mean()), "port_sd": float(pp.std(ddof=1)),
