@@ -161,6 +161,27 @@ def batch_end(b: Batch, *, running_mean: bool = False) -> Batch:
                    pull_count=jnp.zeros_like(b.pull_count), pull_sums=zeros)
 
 
+def credit(b: Batch, arms: jax.Array, reward: jax.Array, eligible: jax.Array | None = None):
+  """Credits agent j's ``reward[j]`` to ``arms[j]`` in agent order, up to M_i per arm.
+
+  Sequentially, agent j's sample counts when it is ``eligible`` and its arm's batch count,
+  with the earlier agents' counted samples, is below M_i; the same test written for all agents
+  at once (an earlier eligible agent on the same arm counts exactly while the count has room).
+  Returns (the batch with the counts and sums, credited (M,), each agent's arm count before its
+  own sample (M,)).
+  """
+  n_agents, k = arms.shape[0], b.pull_count.shape[0]
+  ok = jnp.ones(arms.shape, bool) if eligible is None else eligible
+  idx = jnp.arange(n_agents)
+  earlier = (arms[:, None] == arms[None, :]) & (idx[:, None] < idx[None, :]) & ok[:, None]
+  before = b.pull_count[arms] + jnp.sum(earlier.astype(jnp.int32), axis=0)
+  credited = ok & (before < b.m)
+  onehot = (arms[:, None] == jnp.arange(k)[None, :]) & credited[:, None]
+  b = b.replace(pull_count=b.pull_count + jnp.sum(onehot.astype(jnp.int32), axis=0),
+                pull_sums=b.pull_sums + jnp.sum(jnp.where(onehot, reward[:, None], 0.0), axis=0))
+  return b, credited, before
+
+
 class TPGState(struct.PyTreeNode):
   """Two-Phase Greedy (one run). Per agent (M,), per arm (K,), per chunk slot (M,)."""
   key: jax.Array
@@ -458,22 +479,15 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     s = s.replace(known=played, attempts=attempts, succ=succ, delivered=s.delivered | first,
                   arm=jnp.where(over, -1, s.arm), slot=jnp.where(over, -1, s.slot))
 
-    # Credits in agent order, vectorized: agent j's sample counts when its arm's batch count
-    # plus the earlier agents on the same arm is below M_i.
-    n_agents, k = played.shape[0], b.active.shape[0]
+    # every played arm is credited (also an eliminated one, as in the authors' code)
+    n_agents = played.shape[0]
     idx = jnp.arange(n_agents)
-    same = (played[:, None] == played[None, :]) & (idx[:, None] < idx[None, :])
-    before = jnp.sum(same.astype(jnp.int32), axis=0)
-    count0 = b.pull_count[played]
-    credited = count0 + before < b.m
-    onehot = (played[:, None] == jnp.arange(k)[None, :]) & credited[:, None]
-    count = b.pull_count + jnp.sum(onehot.astype(jnp.int32), axis=0)
-    sums = b.pull_sums + jnp.sum(jnp.where(onehot, obs.reward[:, None], 0.0), axis=0)
-    finished = (b.pull_count < b.m) & (count >= b.m)
+    nb, credited, before = credit(b, played, obs.reward)
+    finished = (b.pull_count < b.m) & (nb.pull_count >= b.m)
     phase1 = s.phase == 1
     # Phase 2: a chunk counts its agents' samples of its arm while it is open; an arm that
     # reaches M_i closes its chunks from the agent that finished it on.
-    finisher = credited & (count0 + before == b.m - 1)  # the agent whose sample finishes its arm
+    finisher = credited & (before == b.m - 1)  # the agent whose sample finishes its arm
     closed_by = jnp.where(finisher[:, None] & (played[:, None] == played[None, :]), idx[:, None],
                           n_agents)
     finished_at = jnp.min(closed_by, axis=0)  # per agent: when its played arm finished (or M)
@@ -486,8 +500,7 @@ def tpg(*, guarded: bool = False) -> Algorithm:
                             s.chunk_count)
     chunk_active = (s.chunk_active & (chunk_count < s.need)
                     & ~(finished[jnp.maximum(s.chunk_arm, 0)] & ~phase1))
-    s = s.replace(batch=b.replace(pull_count=count, pull_sums=sums),
-                  done=s.done | (finished & phase1),
+    s = s.replace(batch=nb, done=s.done | (finished & phase1),
                   done_count=s.done_count + jnp.where(phase1, jnp.sum(finished.astype(jnp.int32)), 0),
                   chunk_count=chunk_count, chunk_active=chunk_active)
     return s.replace(t=s.t + 1)
@@ -652,19 +665,10 @@ def sp2_feedback(*, order: str = "descending") -> Algorithm:
     left = s.entry_left - hit.astype(jnp.int32)
     entry_arm = jnp.where(hit & (left <= 0), -1, s.entry_arm)
     b = s.batch
-    # Credits in agent order, vectorized: agent j's sample counts when its (active) arm's
-    # batch count plus the earlier agents' samples of it is below M_i.
-    n_agents, k = played.shape[0], b.active.shape[0]
-    idx = jnp.arange(n_agents)
-    same = (played[:, None] == played[None, :]) & (idx[:, None] < idx[None, :])
-    before = jnp.sum(same.astype(jnp.int32), axis=0)
-    credited = b.active[played] & (b.pull_count[played] + before < b.m)
-    onehot = (played[:, None] == jnp.arange(k)[None, :]) & credited[:, None]
-    count = b.pull_count + jnp.sum(onehot.astype(jnp.int32), axis=0)
-    sums = b.pull_sums + jnp.sum(jnp.where(onehot, obs.reward[:, None], 0.0), axis=0)
-    finished = (b.pull_count < b.m) & (count >= b.m)
+    nb, _, _ = credit(b, played, obs.reward, b.active[played])
+    finished = (b.pull_count < b.m) & (nb.pull_count >= b.m)
     gone = finished[jnp.maximum(entry_arm, 0)] & (entry_arm >= 0)
-    return s.replace(t=s.t + 1, known=played, batch=b.replace(pull_count=count, pull_sums=sums),
+    return s.replace(t=s.t + 1, known=played, batch=nb,
                      entry_arm=jnp.where(gone, -1, entry_arm), entry_left=left)
 
   return batched(init, act, step, [(batch_over, next_batch), (empty_stack, with_fallback)],
@@ -677,20 +681,6 @@ class PullState(struct.PyTreeNode):
   t: jax.Array      # () int32, rounds played
   batch: Batch
   known: jax.Array  # (M,) int32, the arm each agent plays (known through feedback)
-
-
-def _credit_played(b: Batch, played: jax.Array, reward: jax.Array) -> Batch:
-  """Credits each agent's reward, in agent order, to the arm it played while the arm is
-  active and short of M_i samples."""
-
-  def credit(j, c):
-    count, sums = c
-    a = played[j]
-    ok = b.active[a] & (count[a] < b.m)
-    return count.at[a].add(ok.astype(jnp.int32)), sums.at[a].add(jnp.where(ok, reward[j], 0.0))
-
-  count, sums = jax.lax.fori_loop(0, played.shape[0], credit, (b.pull_count, b.pull_sums))
-  return b.replace(pull_count=count, pull_sums=sums)
 
 
 def _pull_scheduler(name: str, propose, running_mean: bool) -> Algorithm:
@@ -712,7 +702,7 @@ def _pull_scheduler(name: str, propose, running_mean: bool) -> Algorithm:
     if obs.ack is None:
       raise ValueError(f"{name} needs feedback: run it on an environment with feedback=True")
     played = jnp.where(obs.ack, action, s.known).astype(jnp.int32)
-    b = _credit_played(s.batch, played, obs.reward)
+    b, _, _ = credit(s.batch, played, obs.reward, s.batch.active[played])
     over = ~jnp.any(b.active & (b.pull_count < b.m))
     b = jax.lax.cond(over, lambda b: batch_end(b, running_mean=running_mean), lambda b: b, b)
     return s.replace(t=s.t + 1, batch=b, known=played)
@@ -784,6 +774,22 @@ def _scheduled(s: ScheduleState, t: jax.Array) -> jax.Array:
   return jnp.where(ends[:, -1] > r, sched, rand).astype(jnp.int32)
 
 
+def _schedule_init(name: str, key, spec: BanditSpec, alpha, delta: float) -> ScheduleState:
+  """A :class:`ScheduleState` before its first batch is opened."""
+  if jnp.ndim(spec.eps) != 1:
+    raise ValueError(f"{name} needs one erasure probability per agent: eps of shape (M,)")
+  n_agents, k = spec.eps.shape[0], spec.arm_mask.shape[0]
+  return ScheduleState(key=key, t=jnp.int32(0), batch=batch_init(spec), alpha=alpha,
+                       assigned=jnp.zeros((n_agents, k), jnp.int32), start=jnp.int32(0),
+                       length=jnp.int32(0), reps=jnp.zeros(n_agents, jnp.int32),
+                       delta=jnp.float32(delta))
+
+
+def _act_scheduled(key, s: ScheduleState) -> jax.Array:
+  del key
+  return _scheduled(s, s.t)
+
+
 def sp2() -> Algorithm:
   """SP2, scheduled batch pulls without feedback (the authors' ``BatchSP2``).
 
@@ -809,32 +815,11 @@ def sp2() -> Algorithm:
                      reps=jnp.zeros(n_agents, jnp.int32))
 
   def init(key, spec: BanditSpec) -> ScheduleState:
-    if jnp.ndim(spec.eps) != 1:
-      raise ValueError("sp2 needs one erasure probability per agent: eps of shape (M,)")
-    n_agents, k = spec.eps.shape[0], spec.arm_mask.shape[0]
-    s = ScheduleState(key=key, t=jnp.int32(0), batch=batch_init(spec),
-                      alpha=repetitions(spec.eps, spec.horizon),
-                      assigned=jnp.zeros((n_agents, k), jnp.int32), start=jnp.int32(0),
-                      length=jnp.int32(0), reps=jnp.zeros(n_agents, jnp.int32),
-                      delta=jnp.float32(1.0))
-    return open_batch(s)
-
-  def act(key, s: ScheduleState) -> jax.Array:
-    del key
-    return _scheduled(s, s.t)
+    return open_batch(_schedule_init("sp2", key, spec, repetitions(spec.eps, spec.horizon), 1.0))
 
   def update(s: ScheduleState, action, obs) -> ScheduleState:
-    b = s.batch
     lingering = s.reps < s.alpha - 1
-
-    def credit(j, c):
-      count, sums = c
-      a = action[j]
-      ok = ~lingering[j] & (count[a] < b.m)
-      return count.at[a].add(ok.astype(jnp.int32)), sums.at[a].add(jnp.where(ok, obs.reward[j], 0.0))
-
-    count, sums = jax.lax.fori_loop(0, action.shape[0], credit, (b.pull_count, b.pull_sums))
-    s = s.replace(batch=b.replace(pull_count=count, pull_sums=sums))
+    s = s.replace(batch=credit(s.batch, action, obs.reward, ~lingering)[0])
     last = s.t + 1 - s.start >= s.length
     changes = _scheduled(s, s.t + 1) != action
     reps = jnp.where(lingering, s.reps + 1, s.reps)
@@ -843,7 +828,7 @@ def sp2() -> Algorithm:
         last, lambda s: open_batch(s.replace(batch=batch_end(s.batch, running_mean=True))),
         lambda s: s, s)
 
-  return Algorithm(init, act, update)
+  return Algorithm(init, _act_scheduled, update)
 
 
 def vanilla_sae() -> Algorithm:
@@ -888,34 +873,14 @@ def vanilla_sae() -> Algorithm:
     return open_batch(s.replace(batch=b))
 
   def init(key, spec: BanditSpec) -> ScheduleState:
-    if jnp.ndim(spec.eps) != 1:
-      raise ValueError("vanilla_sae needs one erasure probability per agent: eps of shape (M,)")
-    n_agents, k = spec.eps.shape[0], spec.arm_mask.shape[0]
-    s = ScheduleState(key=key, t=jnp.int32(0), batch=batch_init(spec),
-                      alpha=jnp.ones(n_agents, jnp.int32),
-                      assigned=jnp.zeros((n_agents, k), jnp.int32), start=jnp.int32(0),
-                      length=jnp.int32(0), reps=jnp.zeros(n_agents, jnp.int32),
-                      delta=jnp.float32(2.0))
-    return open_batch(s)
-
-  def act(key, s: ScheduleState) -> jax.Array:
-    del key
-    return _scheduled(s, s.t)
+    ones = jnp.ones(jnp.shape(spec.eps), jnp.int32)  # no repetition
+    return open_batch(_schedule_init("vanilla_sae", key, spec, ones, 2.0))
 
   def update(s: ScheduleState, action, obs) -> ScheduleState:
-    b = s.batch
-
-    def credit(j, c):
-      count, sums = c
-      a = action[j]
-      ok = count[a] < b.m
-      return count.at[a].add(ok.astype(jnp.int32)), sums.at[a].add(jnp.where(ok, obs.reward[j], 0.0))
-
-    count, sums = jax.lax.fori_loop(0, action.shape[0], credit, (b.pull_count, b.pull_sums))
-    s = s.replace(t=s.t + 1, batch=b.replace(pull_count=count, pull_sums=sums))
+    s = s.replace(t=s.t + 1, batch=credit(s.batch, action, obs.reward)[0])
     return jax.lax.cond(s.t - s.start >= s.length, end, lambda s: s, s)
 
-  return Algorithm(init, act, update)
+  return Algorithm(init, _act_scheduled, update)
 
 
 class LingerState(struct.PyTreeNode):
