@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bandits import core
-from bandits.core import BanditSpec, counter_uniforms
+from bandits.core import BanditSpec, counter_uniforms, threefry2x32
 from bandits.erasure import algorithms, env, numpy_ref, sim
 from experiments.stats import loglog_slope
 
@@ -150,6 +150,22 @@ def test_counter_stream_matches_threefry_and_ignores_chunking():
   words = np.stack([w0[:, 0], w1[:, 0], w0[:, 1]])  # fields 0, 1 (pair 0) and 2 (pair 1)
   np.testing.assert_array_equal(batch[..., 0], (words >> 9).astype(np.float64) / 2.0 ** 23)
   assert 0.0 <= batch.min() and batch.max() < 1.0
+
+
+def test_threefry2x32_known_answers_and_jax_hash():
+  """The unrolled hash gives Random123's known answers for Threefry-2x32-20 and equals
+  JAX's own threefry2x32 primitive on random words."""
+  from jax.extend.random import threefry2x32_p  # pylint: disable=import-outside-toplevel
+  cases = [((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+           ((0xFFFFFFFF,) * 2, (0xFFFFFFFF,) * 2, (0x1CB996FC, 0xBB002BE7)),
+           ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0))]
+  for key, ctr, want in cases:
+    got = threefry2x32(*(jnp.uint32(v) for v in key + ctr))
+    assert tuple(int(w) for w in got) == want
+  words = np.random.default_rng(0).integers(0, 2 ** 32, (4, 257), dtype=np.uint64)
+  words = [jnp.asarray(w.astype(np.uint32)) for w in words]
+  for mine, theirs in zip(jax.jit(threefry2x32)(*words), threefry2x32_p.bind(*words)):
+    np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
 
 
 @pytest.mark.parametrize("name", ["lsae", "fb_sae"])
