@@ -262,7 +262,12 @@ def counter_uniforms(keys: jax.Array, start: jax.Array, n_rounds: int, n_fields:
   words = jnp.stack([w0, w1], axis=2).reshape((n_rounds, n_lead, 2 * n_pairs) + keys.shape)
   words = jnp.moveaxis(words[:, :, :n_fields], 2, 0)
   words = words.reshape((n_fields, n_rounds) + tuple(lead_shape) + keys.shape)
-  one = jax.lax.bitcast_convert_type((words >> 9) | jnp.uint32(0x3F800000), jnp.float32)
+  return unit_float(words)
+
+
+def unit_float(bits: jax.Array) -> jax.Array:
+  """Uniforms on [0, 1) from uint32 words: the top 23 bits as a mantissa (as ``jax.random``)."""
+  one = jax.lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
   return one - 1.0
 
 

@@ -41,6 +41,15 @@ def rollout(algo, params, spec, key, horizon):
           env_s)
 
 
+def test_algo_uniforms_are_jax_random_uniform_of_the_folded_key():
+  """The unrolled scheduler draws equal jax.random.uniform(fold_in(key, t), (max(K, M), 3))."""
+  for seed, t, k, m in [(0, 0, 10, 20), (1, 7, 12, 5), (2, 12_345, 3, 3), (3, 2 ** 31 - 1, 2, 9)]:
+    key = jax.random.key(seed)
+    want = jax.random.uniform(jax.random.fold_in(key, t), (max(k, m), 3))
+    got = jax.jit(schedulers.algo_uniforms, static_argnums=(2, 3))(key, jnp.int32(t), k, m)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 # --- channel -------------------------------------------------------------------------------
 
 

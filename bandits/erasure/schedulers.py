@@ -36,15 +36,25 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from bandits.core import Algorithm, BanditSpec, per_run, tree_select
+from bandits.core import Algorithm, BanditSpec, per_run, threefry2x32, tree_select, unit_float
 from bandits.erasure.policies import repetitions
 
 N_ALGO_FIELDS = 3  # uniforms per slot and round: agent choice, arm priority, agent priority
 
 
 def algo_uniforms(key: jax.Array, t: jax.Array, n_arms: int, n_agents: int) -> jax.Array:
-  """The scheduler's uniforms for the decisions of round ``t``: (max(K, M), 3) float32."""
-  return jax.random.uniform(jax.random.fold_in(key, t), (max(n_arms, n_agents), N_ALGO_FIELDS))
+  """The scheduler's uniforms for the decisions of round ``t``: (max(K, M), 3) float32.
+
+  ``jax.random.uniform(jax.random.fold_in(key, t), (max(K, M), 3))`` bit for bit (with
+  JAX's default partitionable Threefry), computed with the unrolled hash
+  (:func:`bandits.core.threefry2x32`): fold_in hashes (0, t) under the key, and word i
+  of the draw is the xor of the hash of (0, i) under the folded key.
+  """
+  n = max(n_arms, n_agents) * N_ALGO_FIELDS
+  data = jax.random.key_data(key)
+  f0, f1 = threefry2x32(data[0], data[1], jnp.uint32(0), jnp.asarray(t, jnp.uint32))
+  w0, w1 = threefry2x32(f0, f1, jnp.zeros(n, jnp.uint32), jnp.arange(n, dtype=jnp.uint32))
+  return unit_float(w0 ^ w1).reshape(-1, N_ALGO_FIELDS)
 
 
 def choice(mask: jax.Array, u: jax.Array) -> jax.Array:
