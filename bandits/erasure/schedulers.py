@@ -47,14 +47,21 @@ def algo_uniforms(key: jax.Array, t: jax.Array, n_arms: int, n_agents: int) -> j
 
   ``jax.random.uniform(jax.random.fold_in(key, t), (max(K, M), 3))`` bit for bit (with
   JAX's default partitionable Threefry), computed with the unrolled hash
-  (:func:`bandits.core.threefry2x32`): fold_in hashes (0, t) under the key, and word i
-  of the draw is the xor of the hash of (0, i) under the folded key.
+  (:func:`bandits.core.threefry2x32`); :func:`algo_uniform_at` gives single entries.
   """
   n = max(n_arms, n_agents) * N_ALGO_FIELDS
+  return algo_uniform_at(key, t, jnp.arange(n, dtype=jnp.uint32)).reshape(-1, N_ALGO_FIELDS)
+
+
+def algo_uniform_at(key: jax.Array, t: jax.Array, index: jax.Array) -> jax.Array:
+  """Entries ``index`` (flat, row-major) of :func:`algo_uniforms` ``(key, t, ...)``: fold_in
+  hashes (0, t) under the key, and word i of the draw is the xor of the hash of (0, i)
+  under the folded key."""
   data = jax.random.key_data(key)
   f0, f1 = threefry2x32(data[0], data[1], jnp.uint32(0), jnp.asarray(t, jnp.uint32))
-  w0, w1 = threefry2x32(f0, f1, jnp.zeros(n, jnp.uint32), jnp.arange(n, dtype=jnp.uint32))
-  return unit_float(w0 ^ w1).reshape(-1, N_ALGO_FIELDS)
+  index = jnp.asarray(index, jnp.uint32)
+  w0, w1 = threefry2x32(f0, f1, jnp.zeros_like(index), index)
+  return unit_float(w0 ^ w1)
 
 
 def choice(mask: jax.Array, u: jax.Array) -> jax.Array:
@@ -528,7 +535,6 @@ class StackState(struct.PyTreeNode):
   known: jax.Array       # (M,) int32, the arm each agent plays
   entry_arm: jax.Array   # (M, K) int32, entries in the order assigned, -1 when gone
   entry_left: jax.Array  # (M, K) int32, requests left in each entry
-  fallback: jax.Array    # (M,) int32, the request of an agent whose stack is empty
 
 
 ORDERS = ("descending", "ascending")
@@ -627,18 +633,16 @@ def sp2_feedback(*, order: str = "descending") -> Algorithm:
     arm, left = _stacks(s.batch, s.alpha)
     return s.replace(entry_arm=arm, entry_left=left)
 
-  def with_fallback(s: StackState) -> StackState:
+  def fallback(s: StackState) -> jax.Array:
     """The requests of agents with an empty stack this round: a random active arm short of
-    M_i samples, ``choice(still, u[m, 0])``, or the agent's own arm when none is."""
+    M_i samples, ``choice(still, u[m, 0])`` (u = ``algo_uniforms`` of the round), or the
+    agent's own arm when none is."""
     b = s.batch
-    n_agents, k = s.entry_arm.shape
+    n_agents = s.entry_arm.shape[0]
     still = b.active & (b.pull_count < b.m)
-    u = algo_uniforms(s.key, s.t, k, n_agents)[:n_agents, 0]
+    u = algo_uniform_at(s.key, s.t, N_ALGO_FIELDS * jnp.arange(n_agents))
     rand = jax.vmap(lambda v: choice(still, v))(u)
-    return s.replace(fallback=jnp.where(jnp.any(still), rand, s.known).astype(jnp.int32))
-
-  def empty_stack(s: StackState) -> jax.Array:
-    return ~jnp.all(jnp.any(s.entry_arm >= 0, axis=1))
+    return jnp.where(jnp.any(still), rand, s.known).astype(jnp.int32)
 
   def batch_over(s: StackState) -> jax.Array:
     return ~jnp.any(s.batch.active & (s.batch.pull_count < s.batch.m))
@@ -654,18 +658,17 @@ def sp2_feedback(*, order: str = "descending") -> Algorithm:
                    alpha=repetitions(spec.eps, spec.horizon),
                    known=jnp.asarray(spec.initial_arm, jnp.int32),
                    entry_arm=jnp.full((n_agents, k), -1, jnp.int32),
-                   entry_left=jnp.zeros((n_agents, k), jnp.int32),
-                   fallback=jnp.asarray(spec.initial_arm, jnp.int32))
-    return with_fallback(open_batch(s))
+                   entry_left=jnp.zeros((n_agents, k), jnp.int32))
+    return open_batch(s)
 
   def act(s: StackState) -> jax.Array:
     p, has = top(s)
     at_top = jnp.arange(s.entry_arm.shape[1])[None, :] == p[:, None]
     top_arm = jnp.max(jnp.where(at_top, s.entry_arm, -1), axis=1)
-    return jnp.where(has, top_arm, s.fallback).astype(jnp.int32)
+    return jnp.where(has, top_arm, fallback(s)).astype(jnp.int32)
 
   def step(s: StackState, action, obs) -> StackState:
-    """The round's stack pops and credits (batch ends and fallbacks are the rare pieces)."""
+    """The round's stack pops and credits (batch ends are the rare piece)."""
     played = jnp.where(obs.ack, action, s.known).astype(jnp.int32)
     p, has = top(s)
     at_top = has[:, None] & (jnp.arange(s.entry_arm.shape[1])[None, :] == p[:, None])
@@ -681,7 +684,7 @@ def sp2_feedback(*, order: str = "descending") -> Algorithm:
     return s.replace(t=s.t + 1, known=played, batch=nb,
                      entry_arm=jnp.where(gone, -1, entry_arm), entry_left=left)
 
-  return batched(init, act, step, [(batch_over, next_batch), (empty_stack, with_fallback)],
+  return batched(init, act, step, [(batch_over, next_batch)],
                  feedback="sp2_fb")
 
 
