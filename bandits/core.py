@@ -258,11 +258,13 @@ def counter_uniforms(keys: jax.Array, start: jax.Array, n_rounds: int, n_fields:
   rounds = jnp.asarray(start, jnp.uint32) + jax.lax.broadcasted_iota(jnp.uint32, shape, 0)
   slots = jax.lax.broadcasted_iota(jnp.uint32, shape, 1)
   w0, w1 = threefry2x32(k1, k2, rounds, slots)
-  # (rounds, lead * pairs, 2, *batch) -> (fields, rounds, *lead, *batch)
-  words = jnp.stack([w0, w1], axis=2).reshape((n_rounds, n_lead, 2 * n_pairs) + keys.shape)
-  words = jnp.moveaxis(words[:, :, :n_fields], 2, 0)
-  words = words.reshape((n_fields, n_rounds) + tuple(lead_shape) + keys.shape)
-  return unit_float(words)
+  # Field 2p + h of a lead element is word h of its pair p: (rounds, lead * pairs, *batch)
+  # -> (fields, rounds, *lead, *batch), each field read from one word array (a field that
+  # mixed both would make XLA compute the hash twice per element).
+  by_pair = lambda w: w.reshape((n_rounds, n_lead, n_pairs) + keys.shape)
+  words = (by_pair(w0), by_pair(w1))
+  fields = [unit_float(words[f % 2][:, :, f // 2]) for f in range(n_fields)]
+  return jnp.stack(fields).reshape((n_fields, n_rounds) + tuple(lead_shape) + keys.shape)
 
 
 def unit_float(bits: jax.Array) -> jax.Array:
