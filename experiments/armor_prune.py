@@ -51,7 +51,6 @@ Files: ``layers.csv`` (per-layer proxy loss, output error, time),
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import json
@@ -277,25 +276,13 @@ def prune_config(cfg: Config, method: str) -> PruneConfig:
                      compute_dtype=cfg.compute_dtype)
 
 
-def return_freed_memory() -> None:
-  """Makes glibc give large freed buffers back to the system at once: it maps each
-  allocation above 128 KiB on its own (by default it raises that threshold after the first
-  large free and keeps later ones in its heap, so a streamed run's resident size would
-  grow past what it holds by the size of the XLA temporaries of every block). No-op
-  elsewhere."""
-  try:
-    ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)      # M_MMAP_THRESHOLD
-  except (OSError, AttributeError):
-    pass
-
-
 class Workload:
   """The model's weight source and the token windows every method shares; no weight is held
   (blocks are read when a pass needs them)."""
 
   def __init__(self, cfg: Config, seed: int, say=print):
-    from armor_jax.model import loaders, text  # pylint: disable=import-outside-toplevel
-    return_freed_memory()
+    from armor_jax.model import heap, loaders, text  # pylint: disable=import-outside-toplevel
+    heap.return_freed_memory()
     preflight(cfg)    # done by the entry point already; cached, and needed by library callers
     with _as_input_errors():
       self.source = loaders.open_model(cfg.model)

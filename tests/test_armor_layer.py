@@ -342,3 +342,33 @@ def test_working_bytes_bound_what_xla_allocates(scheme, objective, d_out, d_in, 
          + m.temp_size_in_bytes)
   assert m.alias_size_in_bytes > 0            # the state is donated
   assert xla <= armor.working_bytes(d_out, d_in, cfg) <= 1.25 * xla
+
+
+@pytest.mark.parametrize("objective", ["diagonal", "output"])
+def test_armor_many_gives_each_layer_what_armor_gives_it(objective):
+  """Three same-shape layers solved as one vmapped program against armor() on each, in
+  float64 (in float32 the two programs' roundings steer a few group choices apart): the
+  same curves, each stopping on its own, and the same layers."""
+  with jax.enable_x64(True):
+    ws, stats = [], []
+    for i in range(3):
+      w, x = synthetic.layer_and_inputs(jax.random.PRNGKey(10 + i), 32, 48, 512)
+      ws.append(jnp.asarray(w, jnp.float64))
+      stats.append(calibration.from_activations(jnp.asarray(x, jnp.float64), full=True))
+    stats[2] = stats[1]                     # a statistics shared by two linears, as k and v
+    cfg = armor.ArmorConfig(block_size=16, iters=30, rtol=0.05, patience=1,
+                            objective=objective)
+    keys = [jax.random.PRNGKey(i) for i in range(3)]
+    many = armor.armor_many(ws, stats, cfg, keys)
+    lengths = set()
+    for w, st, k, (got, curve) in zip(ws, stats, keys, many):
+      want, want_curve = armor.armor(w, st, cfg, key=k)
+      lengths.add(len(curve))
+      assert len(curve) == len(want_curve)
+      np.testing.assert_allclose(curve, want_curve, rtol=1e-9)
+      for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(r, np.float64),
+                                   rtol=1e-7, atol=1e-9)
+    assert len(lengths) > 1, "the stop rule should fire at different iterations here"
+    with pytest.raises(ValueError, match="one shape"):
+      armor.armor_many([ws[0], ws[0][:16]], stats[:2], cfg)

@@ -214,3 +214,47 @@ def test_long_texts_are_encoded_in_pieces_with_the_ids_of_the_whole():
     whole = np.asarray(tok.tok.encode(ev, add_special_tokens=False).ids, np.int32)
     for chunk in (50, 700, 10_000):
       np.testing.assert_array_equal(tok.encode(ev, chunk=chunk), whole)
+
+
+def test_armor_solves_the_same_shape_linears_of_a_block_together():
+  cfg = TINY
+  assert pipeline.linear_groups(cfg, "armor") == [("q", "o"), ("k", "v"), ("gate", "up"),
+                                                  ("down",)]
+  assert pipeline.linear_groups(cfg, "sparsegpt") == [(n,) for n in llama.LINEARS]
+  src = loaders.from_params(loaders.Model(cfg, llama.init_params(cfg, jax.random.PRNGKey(0)),
+                                          None, "memory"))
+  p = pipeline.plan(src, n_calib=4, calib_len=16, n_eval=2, eval_len=16, batch=2,
+                    method="armor")
+  assert p["solver"] == pipeline.solver_bytes((128, 64), 2, "armor")    # gate and up
+  assert p["solver"] > 2 * pipeline.solver_bytes((128, 64), 1, "armor")
+
+
+def test_heap_is_kept_while_iterating_and_returned_after():
+  """Under the pin, a 1 MiB malloc is mapped on its own (glibc's mallinfo2 counts it);
+  inside :func:`heap.iterating` it comes from the heap; after, it is mapped again."""
+  import ctypes    # pylint: disable=import-outside-toplevel
+  from armor_jax.model import heap    # pylint: disable=import-outside-toplevel
+  libc = ctypes.CDLL("libc.so.6")
+  if not hasattr(libc, "mallinfo2"):
+    pytest.skip("glibc without mallinfo2")
+
+  class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                               "usmblks", "fsmblks", "uordblks", "fordblks",
+                                               "keepcost")]
+  libc.mallinfo2.restype = Info
+  libc.malloc.restype = ctypes.c_void_p
+  libc.free.argtypes = [ctypes.c_void_p]
+
+  def mapped_by_a_malloc():
+    before = libc.mallinfo2().hblks
+    p = libc.malloc(2**20)
+    grew = libc.mallinfo2().hblks - before
+    libc.free(p)
+    return grew
+
+  heap.return_freed_memory()
+  assert mapped_by_a_malloc() == 1
+  with heap.iterating():
+    assert mapped_by_a_malloc() == 0
+  assert mapped_by_a_malloc() == 1

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from armor_jax.errors import InputError, check_settings
-from armor_jax.model import checkpoint, llama, text
+from armor_jax.model import checkpoint, heap, llama, text
 from armor_jax.model.llama import INPUT_OF, LINEARS, LlamaConfig
 from armor_jax.model.loaders import Source
 from armor_jax.solver import armor as armor_lib, baselines, calibration, layer as layer_lib
@@ -302,14 +302,32 @@ _as_float32 = jax.jit(lambda w: w.astype(jnp.float32))
 def solve_linear(w, stats: calibration.Stats, pcfg: PruneConfig,
                  key: jax.Array, phases: Phases | None = None) -> layer_lib.PrunedLayer:
   """One linear pruned (weight in any float dtype, solved in float32): a baseline as one
-  compiled program; ARMOR as its own compiled iterations, the loss read between them.
+  compiled program; ARMOR as its own compiled iterations, the loss read between them
+  (with the heap kept for reuse meanwhile: :func:`armor_jax.model.heap.iterating`).
   ``phases`` (:class:`Phases`) gets the solver's seconds."""
   if phases is not None:
     phases.count("layers")
   if pcfg.method in ARMOR_METHODS:
-    return prune_linear(_as_float32(w), stats, pcfg, key, phases)
+    with heap.iterating():
+      return prune_linear(_as_float32(w), stats, pcfg, key, phases)
   with (phases or _no_phases)("solve"):
     return jax.block_until_ready(_solve(w, stats, key, pcfg))
+
+
+def solve_linears(ws, stats, pcfg: PruneConfig, keys, phases: Phases | None = None
+                  ) -> list[layer_lib.PrunedLayer]:
+  """Same-shape linears pruned together by ARMOR (:func:`armor_jax.solver.armor.armor_many`,
+  float32, the heap kept meanwhile); one statistics per linear, ``keys`` one each."""
+  if pcfg.method not in ARMOR_METHODS:
+    raise ValueError(f"linears are solved together by ARMOR only, not {pcfg.method!r}")
+  if phases is not None:
+    phases.count("layers", len(ws))
+  with heap.iterating():
+    res = armor_lib.armor_many([_as_float32(w) for w in ws], stats, armor_settings(pcfg),
+                               keys, phase=phases)
+  if phases is not None:
+    phases.count("iterations", sum(len(curve) - 1 for _, curve in res))
+  return [pl for pl, _ in res]
 
 
 @jax.jit
@@ -317,54 +335,79 @@ def _errors(pl, w, stats):
   return layer_lib.errors(pl, w, stats.h, stats.second_moment)
 
 
-def _prune_block(bp: Mapping, stats: Mapping, pcfg: PruneConfig, key: jax.Array, block: int,
-                 devices: list, on_layer, phases: Phases | None = None
-                 ) -> tuple[dict, list[dict]]:
-  """Block ``block``'s seven linears pruned, linear j on ``devices[j % len(devices)]``
-  (concurrently, one thread per device, on accelerators); returns (compressed block,
-  records in order)."""
+def linear_groups(cfg: LlamaConfig, method: str) -> list[tuple[str, ...]]:
+  """The groups of a block's linears solved together: for ARMOR, the linears of one shape
+  (one vmapped program each: :func:`armor_jax.solver.armor.armor_many`), in the order of
+  their first member; for the other methods, each linear alone."""
+  if method not in ARMOR_METHODS:
+    return [(name,) for name in LINEARS]
+  groups: dict[tuple[int, int], list[str]] = {}
+  for name in LINEARS:
+    groups.setdefault(cfg.linear_shape(name), []).append(name)
+  return [tuple(g) for g in groups.values()]
+
+
+def _prune_block(bp: Mapping, stats: Mapping, cfg: LlamaConfig, pcfg: PruneConfig,
+                 key: jax.Array, block: int, devices: list, on_layer,
+                 phases: Phases | None = None) -> tuple[dict, list[dict]]:
+  """Block ``block``'s seven linears pruned in the groups of :func:`linear_groups`, group g
+  on ``devices[g % len(devices)]`` (concurrently, one thread per device, on accelerators);
+  returns (compressed block, records in the order of :data:`LINEARS`). A group's
+  ``seconds`` are shared equally by its records."""
 
   phase = phases or _no_phases
 
-  def one(j: int, name: str):
-    dev = devices[j % len(devices)]
-    sub, lin = llama.linear_path(name)
+  def one(g: int, names: tuple[str, ...]):
+    dev = devices[g % len(devices)]
     with jax.default_device(dev):
       with phase("transfer"):
-        w = jax.block_until_ready(jax.device_put(bp[sub][lin]["kernel"], dev))
-        st = jax.block_until_ready(jax.device_put(stats[INPUT_OF[name]], dev))
-      k = jax.random.fold_in(jax.random.fold_in(key, block), j)
+        ws = [jax.block_until_ready(jax.device_put(bp[sub][lin]["kernel"], dev))
+              for sub, lin in map(llama.linear_path, names)]
+        inputs = sorted({INPUT_OF[name] for name in names})
+        on_dev = {i: jax.block_until_ready(jax.device_put(stats[i], dev)) for i in inputs}
+      sts = [on_dev[INPUT_OF[name]] for name in names]
+      keys = [jax.random.fold_in(jax.random.fold_in(key, block), LINEARS.index(name))
+              for name in names]
       t0 = time.perf_counter()
-      pl = jax.block_until_ready(solve_linear(w, st, pcfg, k, phases))
-      dt = time.perf_counter() - t0
-      with phase("report"):
-        rep = layer_lib.summary(pl, _errors(pl, w, st), w)
-    rec = {"block": block, "linear": name, "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
-           "proxy_loss": rep["proxy_loss"], "output_error": rep["output_error"],
-           "overhead": rep["overhead"], "seconds": dt}
-    with phase("transfer"):
-      return jax.device_get(pl), rec
+      if len(names) == 1:
+        pls = [jax.block_until_ready(solve_linear(ws[0], sts[0], pcfg, keys[0], phases))]
+      else:
+        pls = solve_linears(ws, sts, pcfg, keys, phases)
+      dt = (time.perf_counter() - t0) / len(names)
+      out = []
+      for name, w, st, pl in zip(names, ws, sts, pls):
+        with phase("report"):
+          rep = layer_lib.summary(pl, _errors(pl, w, st), w)
+        rec = {"block": block, "linear": name, "d_out": int(w.shape[0]),
+               "d_in": int(w.shape[1]), "proxy_loss": rep["proxy_loss"],
+               "output_error": rep["output_error"], "overhead": rep["overhead"], "seconds": dt}
+        with phase("transfer"):
+          out.append((name, jax.device_get(pl), rec))
+    return out
+
+  groups = linear_groups(cfg, pcfg.method)
+  done: dict[str, tuple] = {}
+
+  def finished(results):
+    for name, pl, rec in results:
+      done[name] = (pl, rec)
+      if on_layer is not None:
+        on_layer(rec)
 
   if len(devices) == 1 or devices[0].platform == "cpu":
     # host devices share the host's cores (and executing on two from two threads can
-    # deadlock XLA's CPU client): one linear after another, each on its device
-    results = []
-    for j, name in enumerate(LINEARS):
-      results.append(one(j, name))
-      if on_layer is not None:
-        on_layer(results[-1][1])
+    # deadlock XLA's CPU client): one group after another, each on its device
+    for g, names in enumerate(groups):
+      finished(one(g, names))
   else:
     with concurrent.futures.ThreadPoolExecutor(len(devices)) as ex:
-      futures = [ex.submit(one, j, name) for j, name in enumerate(LINEARS)]
-      results = []
+      futures = [ex.submit(one, g, names) for g, names in enumerate(groups)]
       for f in futures:
-        results.append(f.result())
-        if on_layer is not None:
-          on_layer(results[-1][1])
+        finished(f.result())
   cblk = dict(bp)
-  for name, (pl, _) in zip(LINEARS, results):
-    cblk = llama.set_block_linear(cblk, name, llama.linear_params(pl))
-  return cblk, [rec for _, rec in results]
+  for name in LINEARS:
+    cblk = llama.set_block_linear(cblk, name, llama.linear_params(done[name][0]))
+  return cblk, [done[name][1] for name in LINEARS]
 
 
 def digest(tree: Mapping) -> str:
@@ -611,7 +654,8 @@ def prune(source: Source, calib: np.ndarray, pcfg: PruneConfig, key: jax.Array,
       with phase("statistics"):
         stats = block_statistics(bp, states, cfg, pcfg.batch, cfg.window(i),
                                  pcfg.compute_dtype, propagate=dense)
-      cblk, block_records = _prune_block(bp, stats, pcfg, key, i, devices, on_layer, phases)
+      cblk, block_records = _prune_block(bp, stats, cfg, pcfg, key, i, devices, on_layer,
+                                          phases)
       del stats
       if not dense:
         with phase("propagate"):
@@ -776,6 +820,22 @@ def forward_bytes(cfg: LlamaConfig, seqs: int, seq: int, capture: bool) -> int:
   return 4 * (batch + one)
 
 
+def solver_bytes(shape: tuple[int, int], n: int, method: str,
+                 armor: armor_lib.ArmorConfig = armor_lib.ArmorConfig()) -> int:
+  """Bytes the solver holds for ``n`` linears of ``shape`` solved together
+  (:func:`linear_groups`): a baseline's four float32 copies of its weight; for ARMOR the
+  weight in float32 and :func:`armor_jax.solver.armor.working_bytes` per linear and, for
+  a group, the stacked weights (and full-covariance statistics) besides."""
+  m = 4 * math.prod(shape)
+  if method not in ARMOR_METHODS:
+    return 4 * m
+  acfg = armor_settings(PruneConfig(method, armor=armor))
+  one = m + armor_lib.working_bytes(*shape, acfg)
+  if n == 1:
+    return one
+  return n * (one + m + (4 * shape[1] ** 2 if acfg.objective == "output" else 0))
+
+
 def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: int,
          batch: int, method: str, dtype: str = "float32",
          armor: armor_lib.ArmorConfig = armor_lib.ArmorConfig()) -> dict[str, int]:
@@ -786,9 +846,8 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
   stored otherwise), pruned (compressed, float32) and reconstructed dense in float32 for
   propagation; the calibration hidden states; one block's statistics
   (a float32 X^T X per distinct input); one batch of a forward pass
-  (:func:`forward_bytes`); the solver on the largest linear (its weight in float32 and,
-  for ARMOR with settings ``armor``, :func:`armor_jax.solver.armor.working_bytes`; a
-  baseline's four float32 copies); the evaluation hidden states; the embedding as stored (read to
+  (:func:`forward_bytes`); the solver on the largest group of linears solved together
+  (:func:`solver_bytes`); the evaluation hidden states; the embedding as stored (read to
   embed, then dropped); the head as stored, in float32 and one window's logits. The peak
   (``total``) is the largest of four phases: the statistics pass, the solvers, propagation
   and evaluation.
@@ -797,7 +856,6 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
   compute = COMPUTE_DTYPES[dtype]
   f32, h = 4, cfg.hidden_size
   n_block = cfg.block_params() // cfg.num_layers     # one block's linears
-  largest = max((cfg.linear_shape(n) for n in LINEARS), key=math.prod)
   head_name = "embed" if cfg.tie_embeddings else "lm_head"
   parts = {
       "block_stored": source.nbytes("layers_0"),
@@ -813,9 +871,8 @@ def plan(source: Source, n_calib: int, calib_len: int, n_eval: int, eval_len: in
       "statistics": f32 * sum(d * d for d in input_widths(cfg).values()),
       "forward_capture": forward_bytes(cfg, batch, calib_len, True),
       "forward": forward_bytes(cfg, batch, calib_len, False),
-      "solver": f32 * math.prod(largest) + (
-          armor_lib.working_bytes(*largest, armor_settings(PruneConfig(method, armor=armor)))
-          if method in ARMOR_METHODS else 3 * f32 * math.prod(largest)),
+      "solver": max(solver_bytes(cfg.linear_shape(g[0]), len(g), method, armor)
+                    for g in linear_groups(cfg, method)),
       "evaluation_states": f32 * n_eval * eval_len * h,
       "embedding": source.nbytes("embed"),
       # the head as stored, cast to float32 inside its compiled call, one window's logits

@@ -654,16 +654,28 @@ def iteration(prob: Problem, cfg: ArmorConfig, state: State) -> State:
                       lambda st: _stall(cfg, st, step(prob, cfg, st)), state)
 
 
+def _iterations(prob, cfg: ArmorConfig, state: State, n: int):
+  def body(state, _):
+    state = iteration(prob, cfg, state)
+    return state, state.loss
+  return jax.lax.scan(body, state, None, length=n)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "n"), donate_argnames=("state",))
 def run_iterations(prob: Problem, cfg: ArmorConfig, state: State, n: int):
   """``n`` iterations in one jitted scan; returns the state and the (n,) loss curve.
 
   ``state`` is donated: the new state takes its buffers, and the one passed in must not be
   used again (copy it first to keep it)."""
-  def body(state, _):
-    state = iteration(prob, cfg, state)
-    return state, state.loss
-  return jax.lax.scan(body, state, None, length=n)
+  return _iterations(prob, cfg, state, n)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "n"), donate_argnames=("state",))
+def run_iterations_many(prob, cfg: ArmorConfig, state: State, n: int):
+  """:func:`run_iterations` on problems and states stacked along a leading axis (one
+  vmapped program); returns the states and the (batch, n) loss curves. A problem whose
+  stop rule has fired stays put while the others go on."""
+  return jax.vmap(lambda p, s: _iterations(p, cfg, s, n))(prob, state)
 
 
 def to_layer(prob: Problem, x: Factors, w: jax.Array) -> layer.PrunedLayer:
@@ -671,21 +683,32 @@ def to_layer(prob: Problem, x: Factors, w: jax.Array) -> layer.PrunedLayer:
   return layer.PrunedLayer(sparsity.pack(x.core, x.mask), r2, r1, a=x.a, b=x.b, method="armor")
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _start(w, h, cfg, key):
+def _start_diagonal(w, h, cfg, key):
   prob = make_problem(w, h, cfg.block_size)
   return prob, init_state(prob, cfg, key)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _start_output(w, stats, cfg, key):
+def _start_full(w, stats, cfg, key):
   from armor_jax.solver import armor_output  # pylint: disable=import-outside-toplevel
   prob = armor_output.make_problem(w, stats.second_moment, cfg.damp, cfg.block_size)
   x = armor_output.start(prob, w, stats, cfg.damp)
   return prob, init_state(prob, cfg, key, x, armor_output.loss(prob, x))
 
 
+_start = jax.jit(_start_diagonal, static_argnames=("cfg",))
+_start_output = jax.jit(_start_full, static_argnames=("cfg",))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _start_many(w, stats, cfg, key):
+  """The start of each stacked problem (``stats``: stacked ``h`` for the diagonal
+  objective, stacked :class:`calibration.Stats` for ``output``)."""
+  start = _start_full if cfg.objective == "output" else _start_diagonal
+  return jax.vmap(lambda w, st, k: start(w, st, cfg, k))(w, stats, key)
+
+
 _to_layer = jax.jit(to_layer)
+_to_layer_many = jax.jit(jax.vmap(to_layer))
 
 # run_iterations' scratch per byte of a float32 (d_out, d_in) matrix, per byte of A and B and
 # per byte of a float32 (d_in, d_in) matrix, by scheme (objective output: by objective): bounds
@@ -761,6 +784,50 @@ def armor(w: jax.Array, stats: calibration.Stats, cfg: ArmorConfig = ArmorConfig
   with phase("armor_finish"):
     out = jax.block_until_ready(_to_layer(prob, state.best, w))
   return out, np.asarray(curve)
+
+
+def armor_many(ws, stats, cfg: ArmorConfig = ArmorConfig(), keys=None,
+               phase=None) -> list[tuple[layer.PrunedLayer, np.ndarray]]:
+  """ARMOR on several layers of one shape at once: their problems stacked and every
+  iteration run as one vmapped program (on a CPU, two 1536x576 layers take about a sixth
+  less time together than one after the other; on an accelerator, small layers fill it
+  better). Each layer's result is what :func:`armor` gives it, to rounding: the same
+  start, steps and stop rule, each problem stopping on its own.
+
+  Args:
+    ws: same-shape (d_out, d_in) weights.
+    stats: their calibration statistics (one :class:`calibration.Stats` each; a shared
+      one may be passed more than once).
+    cfg: settings.
+    keys: one PRNG key per layer; default key 0 for each.
+    phase: as in :func:`armor`.
+
+  Returns:
+    [(the best layer seen, the loss curve)] in the order of ``ws``, as :func:`armor`.
+  """
+  phase = phase or (lambda name: contextlib.nullcontext())
+  if len({tuple(w.shape) for w in ws}) != 1:
+    raise ValueError(f"armor_many needs layers of one shape; got {[tuple(w.shape) for w in ws]}")
+  keys = [jax.random.PRNGKey(0)] * len(ws) if keys is None else list(keys)
+  if cfg.objective == "output" and any(st.xtx is None for st in stats):
+    raise ValueError("ARMOR's objective=output needs the full X^T X (statistics with full=True)")
+  if len(ws) == 1:
+    return [armor(ws[0], stats[0], cfg, key=keys[0], phase=phase)]
+  stack = lambda *x: jnp.stack(x)
+  w = jnp.stack(ws)
+  with phase("armor_start"):
+    st = (jax.tree.map(stack, *stats) if cfg.objective == "output"
+          else jnp.stack([s.h for s in stats]))
+    prob, state = jax.block_until_ready(_start_many(w, st, cfg, jnp.stack(keys)))
+    del st
+  first = np.asarray(state.loss, np.float64)
+  with phase("armor_iterations"):
+    state, losses = run_iterations_many(prob, cfg, state, cfg.iters)
+    steps, losses = np.asarray(state.steps), np.asarray(losses, np.float64)
+  curves = [np.concatenate([[first[i]], losses[i, :steps[i]]]) for i in range(len(ws))]
+  with phase("armor_finish"):
+    out = jax.block_until_ready(_to_layer_many(prob, state.best, w))
+  return [(jax.tree.map(lambda x, i=i: x[i], out), c) for i, c in enumerate(curves)]
 
 
 def step_seconds(prob, cfg: ArmorConfig, state: State, repeats: int = 3) -> dict:
