@@ -4,7 +4,8 @@
 
 POINT, counted over the whole process:
 
-* ``layer``: inside a block, as the N-th linear is pruned (armor_jax.model.pipeline.solve_linear);
+* ``layer``: inside a block, as the N-th linear is pruned (armor_jax.model.pipeline.solve_linear,
+  or the group of linears solved together that holds it: solve_linears);
 * ``block``: between blocks, right after the N-th block checkpoint is saved;
 * ``eval``: during an evaluation, at the N-th trace of the head's loss (armor_jax.model.text.nll_sums,
   traced once per process and window shape);
@@ -29,15 +30,19 @@ def _kill() -> None:
   os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _counting(fn, n: int, before: bool = True):
-  calls = [0]
+def _counting(fn, n: int, before: bool = True, calls=None, weight=lambda *a: 1):
+  """``fn``, killing the process at its call that brings the count (``calls[0]``, shared
+  between wrappers; each call adds ``weight(*args)``) to ``n`` or past it."""
+  calls = [0] if calls is None else calls
 
   def wrapped(*args, **kwargs):
-    calls[0] += 1
-    if before and calls[0] == n:
+    seen = calls[0]
+    calls[0] += weight(*args)
+    hit = seen < n <= calls[0]
+    if before and hit:
       _kill()
     out = fn(*args, **kwargs)
-    if not before and calls[0] == n:
+    if not before and hit:
       _kill()
     return out
 
@@ -47,7 +52,10 @@ def _counting(fn, n: int, before: bool = True):
 def install(point: str, n: int, substr: str = "") -> None:
   from armor_jax.model import pipeline, text
   if point == "layer":
-    pipeline.solve_linear = _counting(pipeline.solve_linear, n)
+    calls = [0]     # a linear alone, or same-shape linears solved together (ARMOR)
+    pipeline.solve_linear = _counting(pipeline.solve_linear, n, calls=calls)
+    pipeline.solve_linears = _counting(pipeline.solve_linears, n, calls=calls,
+                                       weight=lambda ws, *_: len(ws))
   elif point == "block":
     pipeline.Checkpoint.put = _counting(pipeline.Checkpoint.put, n, before=False)
   elif point == "eval":

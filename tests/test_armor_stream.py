@@ -229,32 +229,44 @@ def test_armor_solves_the_same_shape_linears_of_a_block_together():
   assert p["solver"] > 2 * pipeline.solver_bytes((128, 64), 1, "armor")
 
 
+_HEAP = """
+import ctypes, json
+from armor_jax.model import heap
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+  _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                             "usmblks", "fsmblks", "uordblks", "fordblks",
+                                             "keepcost")]
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+out = {}
+def alloc(name):   # an 8 MiB malloc: mapped on its own, or from the heap (whose size is arena)
+  before = libc.mallinfo2().hblks
+  p = libc.malloc(8 << 20)
+  out[name + "_mapped"] = libc.mallinfo2().hblks - before
+  libc.free(p)
+  out[name + "_heap"] = libc.mallinfo2().arena
+heap.return_freed_memory()
+alloc("pinned")
+with heap.iterating():
+  alloc("iterating")
+alloc("after")
+print(json.dumps(out))
+"""
+
+
 def test_heap_is_kept_while_iterating_and_returned_after():
-  """Under the pin, a 1 MiB malloc is mapped on its own (glibc's mallinfo2 counts it);
-  inside :func:`heap.iterating` it comes from the heap; after, it is mapped again."""
-  import ctypes    # pylint: disable=import-outside-toplevel
-  from armor_jax.model import heap    # pylint: disable=import-outside-toplevel
-  libc = ctypes.CDLL("libc.so.6")
-  if not hasattr(libc, "mallinfo2"):
+  """In a fresh process (glibc's free lists empty): under the pin an 8 MiB malloc is mapped
+  on its own; inside :func:`heap.iterating` it comes from the heap, which keeps it once
+  freed; on exit the heap gives it back and the pin holds again."""
+  r = subprocess.run([sys.executable, "-c", _HEAP], capture_output=True, text=True, timeout=120,
+                     env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  if "mallinfo2" in r.stderr:
     pytest.skip("glibc without mallinfo2")
-
-  class Info(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                               "usmblks", "fsmblks", "uordblks", "fordblks",
-                                               "keepcost")]
-  libc.mallinfo2.restype = Info
-  libc.malloc.restype = ctypes.c_void_p
-  libc.free.argtypes = [ctypes.c_void_p]
-
-  def mapped_by_a_malloc():
-    before = libc.mallinfo2().hblks
-    p = libc.malloc(2**20)
-    grew = libc.mallinfo2().hblks - before
-    libc.free(p)
-    return grew
-
-  heap.return_freed_memory()
-  assert mapped_by_a_malloc() == 1
-  with heap.iterating():
-    assert mapped_by_a_malloc() == 0
-  assert mapped_by_a_malloc() == 1
+  assert r.returncode == 0, r.stderr[-2000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out["pinned_mapped"] == 1 and out["iterating_mapped"] == 0
+  assert out["iterating_heap"] >= out["pinned_heap"] + (8 << 20)      # kept once freed
+  assert out["after_heap"] < out["iterating_heap"] - (8 << 20)        # returned on exit
+  assert out["after_mapped"] == 1
