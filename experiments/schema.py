@@ -89,8 +89,10 @@ def one_of(*choices) -> Check:
   return Check(lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
 
 
-def each(check: Check) -> Check:
-  """Applies ``check`` to every element of a sequence (an empty one fails)."""
+def each(check: Check, empty: bool = False) -> Check:
+  """Applies ``check`` to every element of a sequence (an empty one fails unless ``empty``)."""
+  if empty:
+    return Check(lambda vs: all(check(v) for v in vs), f"a list, each {check.allowed}")
   return Check(lambda vs: len(vs) > 0 and all(check(v) for v in vs),
                f"a non-empty list, each {check.allowed}")
 

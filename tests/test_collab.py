@@ -393,3 +393,27 @@ def test_middle_regime_check_reads_regret_at_the_abstracts_n():
     assert shift == pytest.approx(gamma, abs=0.05)   # n rounded: 3 rounds at m = 8
   rows = out["rows"]
   assert list(rows["n"]) == list(ns.ravel()) and np.all(np.asarray(rows["regret"]) > 0)
+
+
+@pytest.mark.slow
+def test_regime_one_slope_is_flat_only_where_the_regime_is_short():
+  """Regime 1 (n < d/(m sigma^2)) at the default sigma = 0.07 spans n in [40, 102], just
+  after collab's stage 1, whose cost is a large constant there: the slope's interval lies
+  below R(n)'s local slope. With sigma = 0.02 the regime spans [40, 1250] and the interval
+  holds R(n)'s local slope over the same points. Fails if the flat slope were collab's own
+  rate rather than the short window."""
+  import dataclasses
+  from experiments import collab_bandit as exp
+  from experiments.stats import mean_ci
+  n1 = algorithms.explore_rounds(10, "ball", 20)
+  found = {}
+  for sigma in (0.07, 0.02):
+    cfg = dataclasses.replace(exp.Config(), sigma=sigma, horizon=1500, n_seeds=6)
+    inst = sim.make_instances([dict(m=cfg.n_agents, sigma=sigma)], cfg.n_seeds, 0, d=cfg.d)
+    res = sim.run("collab", inst, jax.random.key(0), horizon=cfg.horizon, n_points=10)
+    ns, per_seed, theory = exp.regime_slopes(res.regret[0], cfg, max(2 * n1, 10))[0]
+    found[sigma] = (ns, mean_ci(per_seed), theory)
+  (ns, (_, lo, hi), theory) = found[0.07]
+  assert ns[-1] <= 102 and hi < theory
+  (ns, (_, lo, hi), theory) = found[0.02]
+  assert ns[-1] >= 1000 and lo <= theory <= hi
