@@ -270,3 +270,25 @@ def test_heap_is_kept_while_iterating_and_returned_after():
   assert out["iterating_heap"] >= out["pinned_heap"] + (8 << 20)      # kept once freed
   assert out["after_heap"] < out["iterating_heap"] - (8 << 20)        # returned on exit
   assert out["after_mapped"] == 1
+
+
+@pytest.mark.parametrize("objective", ["diagonal", "output"])
+def test_solver_bytes_of_a_group_bound_what_xla_allocates(objective):
+  """Two same-shape linears solved together hold their float32 weights, the stack and XLA's
+  buffers of the vmapped iterations (arguments, outputs not aliased onto the donated state,
+  scratch): the plan's group term is at least that, at most 1.25x."""
+  from armor_jax.solver import armor, calibration
+  d_out, d_in = 512, 256
+  acfg = armor.ArmorConfig(objective=objective, iters=2)
+  f32 = lambda *shape: jax.ShapeDtypeStruct(shape, np.float32)
+  stats = (calibration.Stats(f32(2), f32(2, d_in), f32(2, d_in, d_in)) if objective == "output"
+           else f32(2, d_in))
+  prob, state = jax.eval_shape(lambda w, st, k: armor._start_many(w, st, acfg, k),
+                               f32(2, d_out, d_in), stats, jax.ShapeDtypeStruct((2, 2), np.uint32))
+  m = armor.run_iterations_many.lower(prob, acfg, state, 2).compile().memory_analysis()
+  xla = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+         + m.temp_size_in_bytes)
+  held = xla + 2 * 2 * 4 * d_out * d_in + (2 * 4 * d_in * d_in if objective == "output" else 0)
+  method = "armor_output" if objective == "output" else "armor"
+  bound = pipeline.solver_bytes((d_out, d_in), 2, method, acfg)
+  assert held <= bound <= 1.25 * held
