@@ -344,7 +344,8 @@ def test_working_bytes_bound_what_xla_allocates(scheme, objective, d_out, d_in, 
   assert xla <= armor.working_bytes(d_out, d_in, cfg) <= 1.25 * xla
 
 
-@pytest.mark.parametrize("objective", ["diagonal", "output"])
+@pytest.mark.parametrize("objective", ["diagonal",
+                                       pytest.param("output", marks=pytest.mark.slow)])
 def test_armor_many_gives_each_layer_what_armor_gives_it(objective):
   """Three same-shape layers solved as one vmapped program against armor() on each, in
   float64 (in float32 the two programs' roundings steer a few group choices apart): the

@@ -272,7 +272,8 @@ def test_heap_is_kept_while_iterating_and_returned_after():
   assert out["after_mapped"] == 1
 
 
-@pytest.mark.parametrize("objective", ["diagonal", "output"])
+@pytest.mark.parametrize("objective", ["diagonal",
+                                       pytest.param("output", marks=pytest.mark.slow)])
 def test_solver_bytes_of_a_group_bound_what_xla_allocates(objective):
   """Two same-shape linears solved together hold their float32 weights, the stack and XLA's
   buffers of the vmapped iterations (arguments, outputs not aliased onto the donated state,
