@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 PINNED_MMAP = 128 * 1024            # glibc's default trim threshold as well
@@ -25,6 +26,7 @@ ITERATING_TRIM = 64 * 2**20
 _state = {"pinned": False}
 
 
+@functools.cache
 def _libc():
   try:
     return ctypes.CDLL("libc.so.6")

@@ -739,6 +739,11 @@ def working_bytes(d_out: int, d_in: int, cfg: ArmorConfig = ArmorConfig()) -> in
              + per_square * 4 * d_in * d_in)
 
 
+def _check_statistics(cfg: ArmorConfig, stats) -> None:
+  if cfg.objective == "output" and any(st.xtx is None for st in stats):
+    raise ValueError("ARMOR's objective=output needs the full X^T X (statistics with full=True)")
+
+
 def armor(w: jax.Array, stats: calibration.Stats, cfg: ArmorConfig = ArmorConfig(),
           key: jax.Array | None = None, chunk: int | None = None,
           progress=None, phase=None) -> tuple[layer.PrunedLayer, np.ndarray]:
@@ -763,8 +768,7 @@ def armor(w: jax.Array, stats: calibration.Stats, cfg: ArmorConfig = ArmorConfig
   """
   phase = phase or (lambda name: contextlib.nullcontext())
   key = jax.random.PRNGKey(0) if key is None else key
-  if cfg.objective == "output" and stats.xtx is None:
-    raise ValueError("ARMOR's objective=output needs the full X^T X (statistics with full=True)")
+  _check_statistics(cfg, [stats])
   with phase("armor_start"):
     prob, state = jax.block_until_ready(
         _start_output(w, stats, cfg, key) if cfg.objective == "output"
@@ -809,8 +813,7 @@ def armor_many(ws, stats, cfg: ArmorConfig = ArmorConfig(), keys=None,
   if len({tuple(w.shape) for w in ws}) != 1:
     raise ValueError(f"armor_many needs layers of one shape; got {[tuple(w.shape) for w in ws]}")
   keys = [jax.random.PRNGKey(0)] * len(ws) if keys is None else list(keys)
-  if cfg.objective == "output" and any(st.xtx is None for st in stats):
-    raise ValueError("ARMOR's objective=output needs the full X^T X (statistics with full=True)")
+  _check_statistics(cfg, stats)
   if len(ws) == 1:
     return [armor(ws[0], stats[0], cfg, key=keys[0], phase=phase)]
   stack = lambda *x: jnp.stack(x)
