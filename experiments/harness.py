@@ -45,6 +45,7 @@ EXPERIMENTS: dict[str, str] = {
     "bench_camdp": "experiments.bench_camdp",
     "bench_armor_layer": "experiments.bench_armor_layer",
     "linear_cmdp_sample_complexity": "experiments.linear_cmdp_sample_complexity",
+    "linear_cmdp_hypercube": "experiments.linear_cmdp_hypercube",
     "bench_linear_cmdp": "experiments.bench_linear_cmdp",
     "armor_prune": "experiments.armor_prune",
     "armor_assemble": "experiments.armor_assemble",

@@ -139,59 +139,82 @@ def sweep_points(cfg: Config) -> tuple[list[dict], dict[str, list[int]]]:
       {k: (k, getattr(cfg, f"{k}_grid")) for k in SWEEPS})
 
 
-class _Truth:
-  """Instances, designs and exact solutions, built once per (d, H, zeta, tabular)."""
+class Truth:
+  """Instances, designs and exact solutions of a family's sweep points, built once each.
 
-  def __init__(self, cfg: Config):
-    self.cfg = cfg
+  ``build(point)`` makes the linear CMDP of a point (a mapping with ``d``, ``horizon``,
+  ``eps``, ``zeta``); ``fields`` are the point's keys the instance depends on (points that
+  agree on them share one instance and run in the same batches)."""
+
+  def __init__(self, build, fields=("d", "horizon", "zeta")):
+    self.build, self.fields = build, tuple(fields)
     self.cache: dict = {}
 
-  def get(self, d, H, zeta, tabular=False):
+  def key(self, point) -> tuple:
+    return tuple(point[f] for f in self.fields)
+
+  def get(self, point, tabular: bool = False):
+    """(model, learner instance, exact solution, design) of ``point``."""
     from cmdp import linear  # pylint: disable=import-outside-toplevel
-    key = (d, H, zeta, tabular)
+    key = (*self.key(point), tabular)
     if key not in self.cache:
-      m = linear.hard_instance(d, 1.0 - 1.0 / H, zeta, self.cfg.n_actions, twins=self.cfg.twins)
+      m = self.build(point)
       if tabular:
         m = linear.from_tabular(m.tabular(), float(m.gamma))
       design = linear.g_optimal_design(m.phi.reshape(-1, m.dim))
       self.cache[key] = (m, linear.make_instance(m, design), linear.solve(m), design)
     return self.cache[key]
 
+  def info(self) -> list[dict]:
+    """What was built, one entry per instance (for results.json)."""
+    return [dict(zip(self.fields, k[:-1]), tabular=k[-1], S=m.n_states, A=m.n_actions,
+                 b=float(m.b), v_star=sol.value, lam_star=sol.dual, core_size=len(des.core),
+                 design_max_variance=des.max_variance)
+            for k, (m, _, sol, des) in self.cache.items()]
 
-def _family(cfg: Config, ctx, truth: _Truth, points: list[dict], tabular: bool) -> sc.Family:
+
+def gadget_truth(cfg: Config) -> Truth:
+  """The :class:`Truth` of :func:`cmdp.linear.hard_instance` at ``cfg``'s A and twins."""
+  from cmdp import linear  # pylint: disable=import-outside-toplevel
+  return Truth(lambda pt: linear.hard_instance(pt["d"], 1.0 - 1.0 / pt["horizon"], pt["zeta"],
+                                               cfg.n_actions, twins=cfg.twins))
+
+
+def family(cfg, ctx, truth: Truth, points: list[dict], tabular: bool = False) -> sc.Family:
   """The linear CMDPs of ``points`` as a :class:`experiments.sample_complexity.Family`: runs
   grouped by instance (group g keyed ``fold_in(key, g)``), each group in chunks of
   ``batch_size`` (the last one padded, so that each instance shape compiles once); N is the
-  total number of samples at the core set."""
+  total number of samples at the core set. ``cfg`` needs the learner's keys (``n_grid``,
+  ``n_dual``, ``k_factor``, ``c_beta``, ``batch_size``)."""
   from cmdp import linear, primal_dual  # pylint: disable=import-outside-toplevel
-  get = lambda p: truth.get(points[p]["d"], points[p]["horizon"], points[p]["zeta"], tabular)
 
   def run(strict: bool, point: np.ndarray, n: np.ndarray, key, label: str):
     groups: dict = {}
     for i, p in enumerate(point):
-      pt = points[p]
-      groups.setdefault((pt["d"], pt["horizon"], pt["zeta"]), []).append(i)
+      groups.setdefault(truth.key(points[p]), []).append(i)
     subopt, violation = np.zeros(len(n)), np.zeros(len(n))
-    for g, ((d, H, z), runs) in enumerate(groups.items()):
-      m, inst, sol, _ = truth.get(d, H, z, tabular)
+    for g, runs in enumerate(groups.values()):
       runs = np.asarray(runs)
-      vr, vc = _run_chunks(m, inst, primal_dual.Runs(
-          n[runs], np.array([points[p]["eps"] for p in point[runs]]), np.full(runs.size, z),
-          np.full(runs.size, strict)), jax.random.fold_in(key, g), cfg, ctx,
-                           f"{'tabular ' if tabular else ''}{label} d={m.dim} H={H:g} "
-                           f"zeta={z:g}")
+      pt = points[point[runs[0]]]
+      m, inst, sol, _ = truth.get(pt, tabular)
+      vr, vc = run_chunks(m, inst, primal_dual.Runs(
+          n[runs], np.array([points[p]["eps"] for p in point[runs]]),
+          np.full(runs.size, pt["zeta"]), np.full(runs.size, strict)),
+                          jax.random.fold_in(key, g), cfg, ctx,
+                          f"{'tabular ' if tabular else ''}{label} "
+                          + " ".join(f"{f}={pt[f]:g}" for f in truth.fields))
       subopt[runs], violation[runs] = sol.value - vr, float(m.b) - vc
     return subopt, violation
 
   def n_axis(p: int, n):
-    design = get(p)[3]
+    design = truth.get(points[p], tabular)[3]
     n = np.asarray(n, np.float64)
     return linear.samples_per_core_point(design.weights, n[..., None]).sum(-1)
 
   return sc.Family(points, run, n_axis, "linear_cmdp")
 
 
-def _run_chunks(m, inst, runs, key, cfg: Config, ctx, label: str):
+def run_chunks(m, inst, runs, key, cfg, ctx, label: str):
   """Exact (V_r, V_c) of every run on one instance, in padded chunks of ``batch_size``."""
   from cmdp import linear  # pylint: disable=import-outside-toplevel
   R = len(runs.n)
@@ -218,11 +241,11 @@ def _run_chunks(m, inst, runs, key, cfg: Config, ctx, label: str):
 
 def run(cfg: Config, ctx) -> dict:
   points, where = sweep_points(cfg)
-  truth = _Truth(cfg)
+  truth = gadget_truth(cfg)
   k_main, k_tabular = jax.random.split(jax.random.key(ctx.seed))
   opts = dict(success_fit="probit", say=ctx.say, progress=ctx.progress)
-  family = _family(cfg, ctx, truth, points, False)
-  result = sc.measure(family, cfg, k_main, check_2x=True, **opts)
+  fam = family(cfg, ctx, truth, points)
+  result = sc.measure(fam, cfg, k_main, check_2x=True, **opts)
   xs = {k: [points[p][k] for p in where[k]] for k in SWEEPS}
   headline: dict[str, float] = {"d": cfg.d, "horizon": cfg.horizon, "eps": cfg.eps,
                                 "zeta": cfg.zeta, "A": cfg.n_actions, "n_seeds": cfg.n_seeds,
@@ -242,12 +265,12 @@ def run(cfg: Config, ctx) -> dict:
   if cfg.tabular:
     # The same instances with one-hot features (d = S A), at the base point over the H grid.
     tab_points = [dict(d=cfg.d, horizon=H, eps=cfg.eps, zeta=cfg.zeta) for H in h_grid]
-    tab = sc.measure(_family(cfg, ctx, truth, tab_points, True), cfg, k_tabular, **opts)
+    tab = sc.measure(family(cfg, ctx, truth, tab_points, True), cfg, k_tabular, **opts)
     base = int(np.flatnonzero(hs == cfg.horizon)[0])
     tab_head = sc.headline(tab, {"horizon": hs}, {"horizon": range(len(hs))}, base,
                            prefix="tabular_")
     headline.update(tab_head)
-    m = truth.get(cfg.d, cfg.horizon, cfg.zeta, True)[0]
+    m = truth.get(points[where["base"][0]], True)[0]
     SA = m.n_states * m.n_actions
     for setting, res in tab.items():
       rate = SA * hs ** TABULAR[setting] / cfg.eps ** 2 / (cfg.zeta ** 2 if res.strict else 1)
@@ -262,11 +285,7 @@ def run(cfg: Config, ctx) -> dict:
                                 {k: lambda s, w: TABULAR[s] for k in theory},
                                 prefix="tabular_", label="tabular_"))
   headline["runs"] = runs
-  ctx.info["instances"] = [dict(d=k[0], horizon=k[1], zeta=k[2], tabular=k[3],
-                                S=m.n_states, A=m.n_actions, b=float(m.b), v_star=sol.value,
-                                lam_star=sol.dual, core_size=len(des.core),
-                                design_max_variance=des.max_variance)
-                           for k, (m, _, sol, des) in truth.cache.items()]
+  ctx.info["instances"] = truth.info()
   ctx.write_csv("metrics.csv", sc.merge_rows(*metrics))
   ctx.write_csv("n_star.csv", sc.merge_rows(*n_stars))
   ctx.write_csv("slopes.csv", sc.merge_rows(*slopes))
@@ -297,7 +316,7 @@ def run(cfg: Config, ctx) -> dict:
                "upper bound's exponent through the data (strict lower bound "
                "d^2/((1-gamma)^5 eps^2 zeta^2))")
   headline.update(sc.run_checks(
-      ctx, io.pyplot(), family, cfg, k_main, result, xs, where,
+      ctx, io.pyplot(), fam, cfg, k_main, result, xs, where,
       dict(d=cfg.d, horizon=cfg.horizon, eps=cfg.eps, zeta=cfg.zeta),
       lambda s, w: THEORY[s][w], labels=labels, n_label="N (total generative samples)",
       title=f"d={cfg.d}, H={cfg.horizon:g}, eps={cfg.eps:g}, zeta={cfg.zeta:g}"))

@@ -87,6 +87,128 @@ def test_hard_instance_closed_forms(twins, d):
   assert V[0] == pytest.approx(0.75 * H)
 
 
+@pytest.mark.parametrize("d, gap", [(4, 0.0), (6, 1.0)])
+def test_hypercube_instance_closed_forms(d, gap):
+  H, eps, zeta, kappa = 8.0, 0.5, 0.6, 0.5
+  gamma, q = 1 - 1 / H, d - 3
+  m = linear.hypercube_instance(d, gamma, zeta, eps, gap, kappa)
+  t = m.tabular()
+  assert m.n_actions == 2 ** q and m.n_states == 2
+  assert np.linalg.norm(m.phi, axis=-1) == pytest.approx(np.ones((2, 2 ** q)))
+  # Reach probabilities delta + <a, theta>: the corners' signs set by a's bits.
+  Delta = gap * eps * (1 - gamma + gamma * (1 - gamma)) ** 2 / gamma
+  signs = np.array([[1 - 2 * ((a >> j) & 1) for j in range(q)] for a in range(2 ** q)])
+  np.testing.assert_allclose(t.P[0, :, 1], (1 - gamma) + signs.sum(1) * Delta / q, atol=1e-12)
+  np.testing.assert_allclose(t.P[1, :, 1], 1.0, atol=1e-12)
+  # W(p) is the discounted time at the goal from the start (exact policy evaluation).
+  at_goal = np.zeros((2, 2 ** q))
+  at_goal[1] = 1.0
+  for a in (0, 2 ** q - 1):
+    pi = np.zeros((2, 2 ** q))
+    pi[:, a] = 1.0
+    V = tabular.discounted_values(t.P, at_goal, pi, gamma)
+    assert V[0] == pytest.approx(linear.hypercube_reach(gamma, t.P[0, a, 1]), rel=1e-12)
+  # The best corner (all +1, a = 0) reaches W(delta + Delta) = W*; b = W* - zeta.
+  w_star = linear.hypercube_reach(gamma, 1 - gamma + Delta)
+  assert float(m.b) == pytest.approx(w_star - zeta)
+  sol = linear.solve(m)
+  assert sol.value == pytest.approx(zeta / kappa) and sol.zeta == pytest.approx(zeta)
+  assert sol.dual == pytest.approx(1 / kappa, rel=1e-6)
+  # W' by a central difference.
+  h = 1e-6
+  assert linear.hypercube_reach_slope(gamma) == pytest.approx(
+      (linear.hypercube_reach(gamma, 1 - gamma + h) - linear.hypercube_reach(gamma, 1 - gamma - h))
+      / (2 * h), rel=1e-6)
+  design = linear.g_optimal_design(m.phi.reshape(-1, d))
+  assert len(design.core) == 2 ** q + 2 and design.max_variance == pytest.approx(d, rel=1e-6)
+
+
+def test_hypercube_instance_arguments_are_checked():
+  with pytest.raises(ValueError, match="d >= 4"):
+    linear.hypercube_instance(3, 0.9, 0.5, 0.5)
+  with pytest.raises(ValueError, match="zeta"):
+    linear.hypercube_instance(5, 0.9, 5.0, 0.5)
+  with pytest.raises(ValueError, match="Delta"):
+    linear.hypercube_instance(5, 0.9, 0.5, 0.5, gap=10.0)
+
+
+def test_curse_quantile_against_its_limits():
+  """The closed form's quantile of e_0 + sum_j sign(rho + e_j) e_j: N(0, 1 + q) for a strong
+  signal; for none, a sum whose mean is 2 q phi(0) and variance 1 + q (1 - 2 / pi), normal
+  for large q."""
+  from experiments.linear_cmdp_hypercube import curse_quantile
+  from scipy import stats
+  z = stats.norm.ppf(0.9)
+  assert curse_quantile(3, 50.0, 0.1) == pytest.approx(z * 2.0, rel=0.01)
+  q = 60
+  normal = q * np.sqrt(2 / np.pi) + z * np.sqrt(1 + q * (1 - 2 / np.pi))
+  assert curse_quantile(q, 0.0, 0.1, draws=100_000) == pytest.approx(normal, rel=0.01)
+  assert curse_quantile(0, 0.0, 0.5) == pytest.approx(0.0, abs=0.01)
+
+
+def _hypercube_runs(d, n, strict, k_factor, r=64, eps=0.5, zeta=0.5, H=10.0):
+  m = linear.hypercube_instance(d, 1 - 1 / H, zeta, eps)
+  inst = linear.make_instance(m)
+  runs = primal_dual.Runs(np.full(r, n), np.full(r, eps), np.full(r, zeta), np.full(r, strict))
+  out = linear.run_batch(jax.random.key(3), inst, runs, n_grid=64, n_dual=2 ** 17,
+                         n_iters=linear.default_iters(1 - 1 / H, k_factor))
+  return m, out
+
+
+@pytest.mark.slow
+def test_the_learner_pays_the_winners_curse_over_the_hypercube():
+  """The chosen corner's constraint value is optimistic by W' c1 sigma 2 q phi(0): linear in
+  q (the d^2 of the bounds), with a spread of only sqrt(q) sigma."""
+  H, eps, n = 10.0, 0.5, 1e5
+  gamma = 1 - 1 / H
+  bias, model = {}, {}
+  for d in (5, 9):
+    m, out = _hypercube_runs(d, n, False, 12.0)
+    _, out0 = _hypercube_runs(d, 1e15, False, 12.0)   # same keys: same perturbations
+    vc = linear.evaluate_outputs(m, out)[1]
+    vc0 = linear.evaluate_outputs(m, out0)[1]
+    q, u = d - 3, 2 ** (d - 3) + 2
+    sigma = np.sqrt(gamma * (1 - gamma) / (np.ceil(n / u) * (u - 2)))
+    c1 = (float(m.b) - eps / 2) / linear.hypercube_reach(gamma, 1 - gamma)
+    expected = linear.hypercube_reach_slope(gamma) * c1 * sigma * 2 * q / np.sqrt(2 * np.pi)
+    bias[q], model[q] = np.mean(vc0 - vc), expected
+    assert bias[q] == pytest.approx(expected, rel=0.1)
+    spread = linear.hypercube_reach_slope(gamma) * c1 * sigma * np.sqrt(1 + q * (1 - 2 / np.pi))
+    assert np.std(vc0 - vc) == pytest.approx(spread, rel=0.3)
+  # 3x the coordinates, at 0.83x the sigma (more core points share N): 2.49x the bias, where a
+  # bias growing like the spread, sqrt(q), would give 1.4x.
+  assert bias[6] / bias[2] == pytest.approx(model[6] / model[2], rel=0.12)
+
+
+@pytest.mark.parametrize("k_factor", [6.0, 12.0])
+def test_strict_margin_is_the_tightening_plus_the_ls_pe_truncation(k_factor):
+  """On an exact model the strict output's true margin V_c - b is the tightening eps zeta /
+  (4H) plus what LS-PE's K = k_factor H steps leave out of the mixture's value (numpy
+  K-step evaluation); at k_factor 6 that tail is several times the tightening."""
+  eps, zeta, H = 0.5, 0.5, 10.0
+  gamma = 1 - 1 / H
+  m, out = _hypercube_runs(5, 1e15, True, k_factor, r=4)
+  t = m.tabular()
+  K = linear.default_iters(gamma, k_factor)
+  tail = np.zeros(4)
+  for i in range(4):
+    for w, pi in zip(out.weights[i], out.policies[i]):
+      if w == 0:
+        continue
+      P_pi, c_pi = np.einsum("sa,sat->st", pi, t.P), np.einsum("sa,sa->s", pi, t.c)
+      v = np.zeros(2)
+      for _ in range(K):
+        v = c_pi + gamma * P_pi @ v
+      tail[i] += w * (tabular.discounted_values(t.P, t.c, pi, gamma)[0] - v[0])
+  tighten = linear.TIGHTEN * eps * zeta / H
+  margin = linear.evaluate_outputs(m, out)[1] - float(m.b)
+  np.testing.assert_allclose(margin, tighten + tail, rtol=0.05)
+  if k_factor == 6.0:
+    assert tail.min() > 1.5 * tighten
+  else:
+    assert tail.max() < 0.05 * tighten
+
+
 # --- exact ground truth -------------------------------------------------------------------------
 
 def test_discounted_values_match_the_power_series_and_mixtures_are_linear():
@@ -381,4 +503,34 @@ def test_experiment_end_to_end(tmp_path):
   for f in ("metrics.csv", "n_star.csv", "slopes.csv", "error_vs_n.png", "n_star.png",
             "strict_failure_curves.png", "rate.csv", "rate_vs_n.png", "scaled.csv",
             "scaled_check.png"):
+    assert (tmp_path / f).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_hypercube_experiment_end_to_end(tmp_path):
+  from experiments import linear_cmdp_hypercube as exp
+  from experiments.harness import RunContext
+  cfg = dataclasses.replace(
+      exp.Config(), d=5, d_grid=(4, 5), horizon=5.0, horizon_grid=(4.0, 5.0), zeta=0.5,
+      eps_grid=(1.0, 0.5), zeta_grid=(0.25, 0.5), relaxed_n_range=(2 ** 6, 2 ** 14),
+      strict_n_range=(2 ** 14, 2 ** 28), n_per_octave=1, n_seeds=4, n_check_seeds=4, n_grid=32,
+      n_dual=2 ** 12, k_factor=4.0, batch_size=128,
+      rate_seeds=4, rate_n_range=(256, 4096), scaled_seeds=4, predict_seeds=4)
+  head = exp.run(cfg, RunContext(tmp_path, seed=0))
+  for sweep in exp.SWEEPS:
+    for pre in ("", "relaxed_", "strict_smooth_", "scaled_", "relaxed_predicted_",
+                "instance_", "relaxed_instance_"):
+      assert f"{pre}slope_{sweep}" in head
+  # The closed form's own exponents: H^5 / (eps^2 zeta^2) strict, up to the mild H and zeta
+  # dependence of b' / W*; q^2 bent by the spread term at small q. (Relaxed, b' = b - eps / 2
+  # moves b' / W* with eps too: steeper than -2 at small H.)
+  assert head["relaxed_instance_slope_hard_eps"] < -2.0
+  assert head["instance_slope_hard_eps"] == pytest.approx(-2.0, abs=0.05)
+  assert head["instance_slope_hard_zeta"] == pytest.approx(-2.0, abs=0.5)
+  assert 4.5 < head["instance_slope_hard_horizon"] < 7.0   # H^5 as H grows; 6.1 at H = 4-5
+  assert 0.5 < head["instance_slope_hard_q"] < 2.0
+  assert head["strict_violations"] == 0 and head["A"] == 4
+  rows = (tmp_path / "n_star.csv").read_text().splitlines()
+  assert rows[0].endswith("n_star_closed_form") and len(rows) > 8
+  for f in ("metrics.csv", "slopes.csv", "error_vs_n.png", "n_star.png", "scaled.csv"):
     assert (tmp_path / f).stat().st_size > 0

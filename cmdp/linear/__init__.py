@@ -106,7 +106,8 @@ costs at most eps / 4 in reward).
 
 from cmdp.linear.design import Design, core_counts, g_optimal_design, samples_per_core_point
 from cmdp.linear.exact import evaluate_outputs, solve
-from cmdp.linear.instances import hard_instance, random_instance
+from cmdp.linear.instances import (hard_instance, hypercube_instance, hypercube_reach,
+                                    hypercube_reach_slope, random_instance)
 from cmdp.linear.learner import (C_BETA, C_OMEGA, RELAX, TIGHTEN, U_RELAXED, U_STRICT, Constants,
                                  Instance, MDVIState, best_responses, constants, default_iters,
                                  fit_next_state_measure, ls_mdvi, ls_pe, make_instance, run_batch,
@@ -118,7 +119,8 @@ __all__ = [
     "C_BETA", "C_OMEGA", "RELAX", "TIGHTEN", "U_RELAXED", "U_STRICT", "Constants", "Design",
     "Instance", "LinearCMDP", "MDVIState", "best_responses", "constants", "core_counts",
     "default_iters", "evaluate_outputs", "fit_next_state_measure", "from_tabular",
-    "g_optimal_design", "hard_instance", "ls_mdvi", "ls_pe", "make_instance",
+    "g_optimal_design", "hard_instance", "hypercube_instance", "hypercube_reach",
+    "hypercube_reach_slope", "ls_mdvi", "ls_pe", "make_instance",
     "make_linear_cmdp", "random_instance", "run_batch", "run_one", "run_one_numpy",
     "samples_per_core_point", "solve", "validate", "with_slater",
 ]

@@ -111,3 +111,103 @@ def hard_instance(dim: int, gamma: float, zeta: float, n_actions: int = 5, kappa
   mu0[:k] = 1.0 / k
   m = make_linear_cmdp(phi, psi, theta_r, theta_c, 0.0, gamma, mu0)
   return with_slater(m, zeta)
+
+
+def hypercube_instance(dim: int, gamma: float, zeta: float, eps: float, gap: float = 0.0,
+                       kappa: float = 0.5) -> LinearCMDP:
+  """The hypercube linear CMDP, in which d enters as d^2 (recon).
+
+  The hard linear MDP of the linear-mixture lower bounds (Zhou, He & Gu 2021, in
+  turn Jaksch et al.'s two-state MDP), with a constraint gadget at its goal state;
+  Liu et al.'s own lower-bound instance was not at hand. ``q = d - 3`` hypercube
+  coordinates. Two states: the start x0 and an absorbing goal x1.
+
+  * At x0 every action is a corner ``a in {-1, +1}^q`` (A = 2^q), feature
+    ``(alpha a, beta, 0, 0)`` with ``alpha = 1/sqrt(2q)``, ``beta = 1/sqrt(2)``;
+    r = c = 0; it reaches x1 w.p. ``p(a) = delta + <a, theta>`` with ``delta = 1 -
+    gamma`` (one step of the horizon) and ``theta = (Delta / q) 1``, ``Delta = gap
+    eps / W'(delta)``, where ``W(p) = gamma p / ((1 - gamma)(1 - gamma + gamma p))``
+    is the discounted time spent at x1 from x0 (``W' ~ H^2 / 4``): the best corner
+    stays at x1 ``gap eps`` longer than the average one.
+  * At x1 the actions alternate "reward" (feature e_{q+1}: r = 1, c = 1 - kappa)
+    and "safe" (e_{q+2}: r = 0, c = 1), both staying.
+
+  ``b = W(delta + Delta) - zeta``: the optimum plays the best corner and the reward
+  action w.p. ``w* = zeta / (kappa W*)``; ``V_r* = zeta / kappa``, ``lambda* = 1 /
+  kappa``; a corner with a fraction f of wrong signs loses ``~2 f gap eps / kappa``
+  of reward.
+
+  Why d^2. A G-optimal design puts nearly every sample at the 2^q corners, so each
+  coordinate of ``theta`` is estimated with error ``sigma = sqrt(v / N)``, ``v =
+  delta (1 - delta) ~ 1/H``, whatever q. A learner takes the corner whose estimated
+  reach is best, ``sign(theta_j + err_j)`` per coordinate, and then overestimates
+  that corner's reach by ``sum_j E[sign(theta_j + err_j) err_j] = 2 q sigma
+  phi(Delta / (q sigma))`` (phi the normal density; the winner's curse over 2^q
+  corners, which the bounds' union bounds pay for), with a spread of only
+  ``sqrt(q) sigma``. Its constraint value is then optimistic by ``W'`` times that,
+  and the settings' slack (``eps / 2`` relaxed, ``eps zeta / (4 H)`` strict, see
+  :mod:`cmdp.linear`) must absorb it, so ``N* ~ v W'^2 q^2 / eps^2 ~ q^2 H^3 /
+  eps^2`` (relaxed) and ``q^2 H^5 / (eps^2 zeta^2)`` (strict; the strict lower
+  bound's H^5). The per-coordinate signal-to-noise ratio at N* does not depend on
+  q (Delta / q against sigma ~ eps / (W' q)), so the q^2 holds at every q, the
+  spread adding a ``sqrt(q)`` term that fades as q grows
+  (:func:`hypercube_prediction`). The instance depends on eps through Delta, as
+  the lower bounds' instances do.
+
+  Args:
+    dim: d = q + 3 >= 4.
+    gamma: discount factor in (1/2, 1).
+    zeta: Slater constant, in (0, kappa W*].
+    eps: the target accuracy the instance is built for (> 0).
+    gap: the best corner's extra time at x1, in units of eps (>= 0; 0: all corners
+      equal, only the winner's curse left).
+    kappa: constraint cost of the reward action, in (0, 1].
+  """
+  q = dim - 3
+  if q < 1:
+    raise ValueError(f"the hypercube instance needs d >= 4; got d = {dim}")
+  if not 0.5 < gamma < 1:
+    raise ValueError(f"gamma must be in (1/2, 1) for the hypercube instance; got {gamma}")
+  if not 0 < kappa <= 1:
+    raise ValueError(f"kappa must be in (0, 1]; got {kappa}")
+  if eps <= 0 or gap < 0:
+    raise ValueError(f"need eps > 0 and gap >= 0; got eps = {eps}, gap = {gap}")
+  delta = 1.0 - gamma
+  Delta = gap * eps / hypercube_reach_slope(gamma)
+  if Delta > delta:
+    raise ValueError(f"gap eps = {gap * eps:g} is too large for gamma = {gamma}: the corners' "
+                     f"reach probabilities delta +- Delta need Delta = {Delta:g} <= delta = "
+                     f"{delta:g}")
+  w_star = hypercube_reach(gamma, delta + Delta)
+  if not 0 < zeta <= kappa * w_star:
+    raise ValueError(f"zeta must be in (0, kappa W*] = (0, {kappa * w_star:g}]; got {zeta}")
+  A, d = 2 ** q, dim
+  corners = 1.0 - 2.0 * ((np.arange(A)[:, None] >> np.arange(q)) & 1)      # (A, q) of +-1
+  alpha, beta = 1.0 / np.sqrt(2 * q), 1.0 / np.sqrt(2.0)
+  phi = np.zeros((2, A, d))
+  phi[0, :, :q] = alpha * corners
+  phi[0, :, q] = beta
+  phi[1, :, q + 1] = np.arange(A) % 2 == 0
+  phi[1, :, q + 2] = np.arange(A) % 2 == 1
+  theta = np.full(q, Delta / q)
+  psi = np.zeros((d, 2))
+  psi[:q] = np.stack([-theta, theta], 1) / alpha
+  psi[q] = np.array([1.0 - delta, delta]) / beta
+  psi[q + 1:, 1] = 1.0
+  theta_r, theta_c = np.zeros(d), np.zeros(d)
+  theta_r[q + 1] = 1.0
+  theta_c[q + 1], theta_c[q + 2] = 1.0 - kappa, 1.0
+  m = make_linear_cmdp(phi, psi, theta_r, theta_c, 0.0, gamma, 0)
+  return m.replace(b=np.asarray(w_star - zeta, np.float64))
+
+
+def hypercube_reach(gamma, p):
+  """W(p) = gamma p / ((1 - gamma)(1 - gamma + gamma p)): the discounted time at x1 from x0
+  of the hypercube instance, reaching x1 w.p. p per step."""
+  return gamma * p / ((1.0 - gamma) * (1.0 - gamma + gamma * p))
+
+
+def hypercube_reach_slope(gamma, p=None):
+  """W'(p) = gamma / (1 - gamma + gamma p)^2, at ``p = delta = 1 - gamma`` by default."""
+  p = 1.0 - gamma if p is None else p
+  return gamma / (1.0 - gamma + gamma * p) ** 2
