@@ -24,6 +24,11 @@ zeta and multiplier lambda* = 1/(4 zeta).
 
 ``b`` is always ``max_pi rho_c^pi - zeta`` (computed by the LP), so zeta is the
 Slater constant exactly.
+
+``communicating_instance`` (recon): k copies of the core made communicating, with gaps
+proportional to eps, in the spirit of the lower-bound families (Azar et al. 2013; Zurek
+& Chen 2024; Vaswani et al. 2022); see its docstring. S = 19, A = 4 (the paper's figure)
+is the member with k = 9 copies and a hub.
 """
 
 from __future__ import annotations
@@ -83,6 +88,114 @@ def hard_instance(n_states: int, n_actions: int, H: float, zeta: float, B: float
     P[entry, 2:, z] = 0.5 / B
   P[first_feeder:, :, on] = 1.0
   return with_slater(P, r, c, start, zeta)
+
+
+FAMILY_COST = 1.5   # a wrong (copy, action) pair costs FAMILY_COST * eps in rho_r (exact)
+
+
+def family_gap(eps: float, zeta: float, cost: float = FAMILY_COST) -> float:
+  """The relative leave-probability gap Delta of :func:`communicating_instance` (recon):
+  ``32 zeta cost eps / (1 - 4 cost eps)``, the gap at which a wrong pair's constrained
+  optimum is exactly ``1/4 - cost eps`` (``2 zeta / (8 zeta + Delta)``)."""
+  if not 0 < 4 * cost * eps < 1:
+    raise ValueError(f"need 0 < 4 cost eps < 1; got cost={cost}, eps={eps}")
+  return 32.0 * zeta * cost * eps / (1.0 - 4.0 * cost * eps)
+
+
+def communicating_instance(n_states: int, n_actions: int, H: float, zeta: float, eps: float,
+                           cost: float = FAMILY_COST, gap_zeta: float | None = None
+                           ) -> tabular.TabularCMDP:
+  """A hard communicating CMDP: k copies of the on/off core with eps-gaps (recon).
+
+  A reconstruction in the spirit of the lower-bound families (Azar et al. 2013;
+  Zurek & Chen 2024; Vaswani et al. 2022): the paper's own hard instance is known only
+  from a figure caption ("a hard communicating CAMDP with A = 4, S = 19"), which this
+  family contains (k = 9, with the hub).
+
+  Structure. k = S // 2 copies i = 0..k-1 of the core, on_i = 2i and off_i = 2i + 1;
+  when S is odd, state S - 1 is a hub (the start; else on_0 is). p = q = 1/H.
+
+  * on_i, action 0 "safe": r = 0, c = 1, to off_i w.p. p (else stay).
+  * on_i, actions a >= 1 "reward": r = 1, c = 1 - 4 zeta, to off_i w.p. p (1 + Delta),
+    except the one best pair (copy k-1, action A-1), which leaves w.p. p. Delta =
+    :func:`family_gap` (eps, zeta, cost) = 32 zeta cost eps / (1 - 4 cost eps).
+  * off_i (r = c = 0): action 0 and actions >= 2 return to on_i w.p. q; action 1 moves
+    to off_{i+1} in one step (off_{k-1} to the hub, if any, else to off_0); the hub
+    moves to off_0 under every action. So every state reaches every other (the off
+    states form a ring, each off_i reaches on_i): communicating.
+
+  Exact solution (closed form, float64, tested against the LP): max_pi rho_c = 1/2
+  (safe everywhere: on half the time), b = 1/2 - zeta (``with_slater``), rho* = 1/4
+  (best pair and safe half-half in copy k-1, lambda* = 1/(4 zeta)). Using only wrong
+  pairs (any other copy, or another reward action), the best mixture puts x = 2 zeta /
+  (4 zeta + Delta (1/2 - zeta)) on the reward action and gets rho_r = 2 zeta / (8 zeta +
+  Delta) = 1/4 - cost eps: a wrong pair costs exactly cost * eps > eps (cost = 1.5).
+  Delta is proportional to eps zeta because lambda* = 1/(4 zeta) turns a relative
+  leave-probability error into a reward loss 1/(4 zeta) times larger than its
+  constraint-gain effect (Vaswani et al.'s strict construction: constraint gains must be
+  known to eps zeta).
+
+  What the lower bounds' symbols are here: S = 2k (+ hub), A = the actions at every
+  state, H = the core time scale (the optimal bias span is (1 - 2 zeta)(H + (S - 1) // 2)
+  / 2, :func:`communicating_span`: the core plus the hops between copies), eps = the
+  target (the gaps scale with it), zeta = the Slater constant (exact). Predicted N* per
+  (s, a) for a model-based learner: H / (eps^2 zeta^2) strict (constraint gains to
+  precision ~eps zeta, leave probabilities to relative precision ~eps zeta), H / eps^2
+  relaxed, each times a factor growing with log(SA) from picking the best of the ~SA
+  pairs whose estimates are equally noisy (their maximum is biased up by ~sqrt(2 ln SA)
+  standard deviations, so N* ~ (z + sqrt(2 ln SA))^2 with z the failure level's
+  quantile); total samples SA times that. Two caveats (recon): telling the best pair from the wrong ones
+  needs a relative precision Delta / 2 = 24 zeta eps (cost 1.5), far coarser than the
+  constraint's ~eps zeta / 4, so for the learner of :mod:`cmdp.average_reward` the strict
+  N* is set by the constraint precision at the chosen pairs, and S and A enter only
+  through the maximum over equally noisy estimates; and in the relaxed setting the slack
+  eps in the constraint is worth up to lambda* eps = eps / (4 zeta) in reward, so a wrong
+  pick can be compensated there at small zeta (the relaxed lower bound is the
+  unconstrained one; these gaps are made for the strict one).
+
+  Args:
+    n_states: S >= 4 (k = S // 2 >= 2 copies; odd S adds the hub).
+    n_actions: A >= 2.
+    H: core time scale (>= 2; p (1 + Delta) must stay <= 1).
+    zeta: Slater constant in (0, 1/4).
+    eps: the target accuracy the gaps are made for.
+    cost: a wrong pair's exact loss in units of eps (> 1).
+    gap_zeta: the zeta the gaps are made for (None: ``zeta``; another value is an
+      ablation: a wrong pair then costs Delta / (4 (8 zeta + Delta)), not cost * eps).
+  """
+  if n_actions < 2 or n_states < 4:
+    raise ValueError(f"need A >= 2 and S >= 4; got S={n_states}, A={n_actions}")
+  if not 0 < zeta < 0.25:
+    raise ValueError(f"zeta must be in (0, 1/4); got {zeta}")
+  if H < 2:
+    raise ValueError(f"H must be >= 2; got {H}")
+  gap = family_gap(eps, zeta if gap_zeta is None else gap_zeta, cost)
+  if (1 + gap) / H > 1:
+    raise ValueError(f"leave probability (1 + Delta) / H = {(1 + gap) / H:.3g} > 1 "
+                     f"(H={H}, eps={eps}, zeta={zeta}); use a larger H")
+  S, A = n_states, n_actions
+  k, hub = S // 2, S % 2 == 1
+  p = q = 1.0 / H
+  P = np.zeros((S, A, S))
+  r = np.zeros((S, A))
+  c = np.zeros((S, A))
+  on, off = 2 * np.arange(k), 2 * np.arange(k) + 1
+  leave = np.full((k, A), p * (1 + gap))
+  leave[:, 0] = p
+  leave[k - 1, A - 1] = p
+  P[on, :, off] = leave
+  P[on, :, on] = 1 - leave
+  r[on, 1:] = 1.0
+  c[on, 0] = 1.0
+  c[on, 1:] = 1 - 4 * zeta
+  P[off, :, on] = q
+  P[off, :, off] = 1 - q
+  P[off, 1] = 0.0
+  nxt = np.append(off[1:], S - 1 if hub else off[0])
+  P[off, 1, nxt] = 1.0
+  if hub:
+    P[S - 1, :, off[0]] = 1.0
+  return with_slater(P, r, c, S - 1 if hub else on[0], zeta)
 
 
 def with_slater(P, r, c, start, zeta: float, *, multichain: bool = True
@@ -168,3 +281,29 @@ def random_instance(rng: np.random.Generator, n_states: int, n_actions: int, kin
   top = lp.occupancy_lp(m.P, m.c, m.mu0).value
   bottom = -lp.occupancy_lp(m.P, -m.c, m.mu0).value
   return m.replace(b=np.asarray(top - zeta_frac * (top - bottom), np.float64))
+
+
+def communicating_optimal_policy(n_states: int, n_actions: int) -> np.ndarray:
+  """An optimal (S, A) policy of :func:`communicating_instance` (recon), stationary: safe and
+  the best reward action half-half at every on state (copy k-1: the best pair), off states
+  hop towards copy k-1 (off_{k-1} returns), the hub moves on. Its bias span is
+  :func:`communicating_span`."""
+  S, A = n_states, n_actions
+  k = S // 2
+  on, off = 2 * np.arange(k), 2 * np.arange(k) + 1
+  pi = np.zeros((S, A))
+  pi[on, 0] = 0.5
+  pi[on[:-1], 1] = 0.5
+  pi[on[-1], A - 1] = 0.5
+  pi[off[:-1], 1] = 1.0
+  pi[off[-1], 0] = 1.0
+  if S % 2:
+    pi[S - 1, 0] = 1.0
+  return pi
+
+
+def communicating_span(n_states: int, H: float, zeta: float) -> float:
+  """The bias span of :func:`communicating_optimal_policy` (recon): (1 - 2 zeta)(H + h) / 2
+  with h = (S - 1) // 2 the longest walk of one-step hops (the constraint's bias; the
+  reward's is (H + h) / 4): H for the core, h for the hops along the ring of off states."""
+  return (1.0 - 2.0 * zeta) * (H + (n_states - 1) // 2) / 2.0

@@ -24,6 +24,18 @@ with t intervals; theory: -2, +1, and -2 (strict) / 0 (relaxed).
 
     python -m experiments.main experiment=camdp_sample_complexity
     python -m experiments.main experiment=camdp_sample_complexity n_seeds=32 transient_B=10
+    python -m experiments.main experiment=camdp_sample_complexity family=communicating \
+        n_states=19 n_actions=4
+
+``family`` picks the instances: ``gadget`` (the default, above) or ``communicating``
+(recon): :func:`cmdp.instances.communicating_instance`, k = S // 2 copies of the core
+joined by a ring of one-step hops (odd S adds a hub; S = 19, A = 4 is the paper's
+figure's size), every wrong (copy, action) pair costing exactly 1.5 eps (gaps
+proportional to eps zeta), communicating. Its sweeps are ``hard_eps``, ``hard_span`` (over
+``H_grid``; x axis: the optimal bias span (1 - 2 zeta)(H + (S - 1) // 2) / 2, also the
+algorithm's input), ``hard_zeta``, ``hard_S`` (``S_grid``) and ``hard_A`` (``A_grid``), one
+instance per point. N stays samples per (s, a); theory exponents of that N*: eps -2, span
++1, zeta -2 strict / 0 relaxed, S 0, A 0 (total samples S A N*: +1 each for S and A).
 
 Headline: the protocol's keys (:func:`experiments.sample_complexity.headline`) over the
 sweeps eps, span, zeta: ``slope_<sweep>`` (strict, with ``_lo``/``_hi``),
@@ -34,7 +46,10 @@ sweeps eps, span, zeta: ``slope_<sweep>`` (strict, with ``_lo``/``_hi``),
 ``strict_unsettled``, ``strict_violation_rate_ub95``, ``strict_max_violation``,
 ``strict_max_violation_at_success_n``, ``strict_smooth_level``); ``S``, ``A``,
 ``n_seeds``, ``delta``, ``transient_B`` and ``runs`` (the runs on the N grid; the fresh
-ones are ``strict_check_runs``). Files: ``metrics.csv``, ``n_star.csv``,
+ones are ``strict_check_runs``); the checks' ``scaled_slope_*``, ``predicted_slope_*`` (each
+also ``relaxed_``) and ``rate_slope_*``. With ``family=communicating`` every sweep key carries
+``hard_`` (``slope_hard_eps``, ``relaxed_slope_hard_span``, ``strict_smooth_slope_hard_S``,
+``scaled_slope_hard_A``, ...) and ``span_base`` is added. Files: ``metrics.csv``, ``n_star.csv``,
 ``slopes.csv``, ``error_vs_n.png``, ``n_star.png``, ``strict_failure_curves.png``.
 """
 
@@ -52,7 +67,10 @@ from experiments import sample_complexity as sc
 from experiments.schema import Check, ConfigError, each, ge, in_range, one_of, param
 from experiments.stats import one_at_a_time
 
-THEORY = {"eps": -2.0, "span": 1.0, "zeta": {"strict": -2.0, "relaxed": 0.0}}
+THEORY = {"eps": -2.0, "span": 1.0, "zeta": {"strict": -2.0, "relaxed": 0.0}, "S": 0.0,
+          "A": 0.0}   # of N* per (s, a); total samples S A N*: S and A +1
+FAMILIES = ("gadget", "communicating")
+FAMILY_COST = 1.5   # cmdp.instances.FAMILY_COST (imported late; checked equal in the tests)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +101,17 @@ class Config(sc.Protocol):
                        "residual ~ 1/(16 sqrt T) must stay well below the strict tightening "
                        "eps zeta / 4)", check=ge(1))
   batch_size: int = param(2048, "runs per jitted call", check=ge(1))
+  family: str = param("gadget", "instances: 'gadget' (cmdp.instances.hard_instance, the "
+                      "sweeps eps, span, zeta) or 'communicating' (recon: "
+                      "cmdp.instances.communicating_instance, k copies with eps-gaps; the "
+                      "sweeps hard_eps, hard_span, hard_zeta, hard_S, hard_A)",
+                      check=one_of(*FAMILIES))
+  S_grid: tuple[int, ...] = param((5, 9, 19, 33), "family=communicating: S sweep (k = S // 2 "
+                                  "copies, odd S adds the hub)", check=each(ge(4)))
+  A_grid: tuple[int, ...] = param((2, 4, 8), "family=communicating: A sweep", check=each(ge(2)))
+  gap_zeta: float = param(0.0, "family=communicating: the zeta the gaps are made for (0: "
+                          "each point's own zeta; > 0: this one at every point, an ablation)",
+                          check=in_range(0, 0.25, hi_open=True))
   hold_span: bool = param(False, "zeta sweep at the base point's span: the instance's core "
                           "time scale is rescaled per zeta so that its computed B + H does "
                           "not move with zeta (the hard instance's bias span is "
@@ -92,10 +121,39 @@ class Config(sc.Protocol):
     super().check()
     if self.transient_B >= 1 and self.n_states < 4:
       raise ConfigError("n_states", "must be >= 4 for the multichain instance")
+    if self.family != "communicating" and self.gap_zeta:
+      raise ConfigError("gap_zeta", "is for family=communicating only")
+    if self.family == "communicating":
+      if self.transient_B != 0:
+        raise ConfigError("transient_B", "must be 0 with family=communicating (it is "
+                          f"communicating); got {self.transient_B:g}")
+      if self.hold_span:
+        raise ConfigError("hold_span", "is for family=gadget only")
+      for p in sweep_points(self)[0]:   # every point's leave probability (1 + Delta) / H <= 1
+        key = next((k for k, v in (("eps_grid", p["eps"] != self.eps),
+                                   ("zeta_grid", p["zeta"] != self.zeta),
+                                   ("H_grid", p["H"] != self.H)) if v), "eps")
+        if not 4 * FAMILY_COST * p["eps"] < 1:
+          raise ConfigError(key if key == "eps_grid" else "eps",
+                            f"must be < {1 / (4 * FAMILY_COST):g} with family=communicating "
+                            f"(the gaps need 4 * {FAMILY_COST:g} eps < 1); got {p['eps']:g}")
+        gap = (32 * (self.gap_zeta or p["zeta"]) * FAMILY_COST * p["eps"]
+               / (1 - 4 * FAMILY_COST * p["eps"]))
+        if (1 + gap) / p["H"] > 1:
+          raise ConfigError(key, f"the point eps={p['eps']:g}, zeta={p['zeta']:g}, "
+                            f"H={p['H']:g} has leave probability (1 + Delta) / H = "
+                            f"{(1 + gap) / p['H']:.3g} > 1 with family=communicating")
 
 
 def sweep_points(cfg: Config) -> tuple[list[dict], dict[str, list[int]]]:
-  """Unique (eps, H, zeta) points and, per sweep, the indices of its points."""
+  """Unique (eps, H, zeta) points (family=communicating: also S and A) and, per sweep, the
+  indices of its points."""
+  if cfg.family == "communicating":
+    return one_at_a_time(dict(eps=cfg.eps, H=cfg.H, zeta=cfg.zeta, S=cfg.n_states,
+                              A=cfg.n_actions),
+                         {"hard_eps": ("eps", cfg.eps_grid), "hard_span": ("H", cfg.H_grid),
+                          "hard_zeta": ("zeta", cfg.zeta_grid), "hard_S": ("S", cfg.S_grid),
+                          "hard_A": ("A", cfg.A_grid)})
   return one_at_a_time(dict(eps=cfg.eps, H=cfg.H, zeta=cfg.zeta),
                        {"eps": ("eps", cfg.eps_grid), "span": ("H", cfg.H_grid),
                         "zeta": ("zeta", cfg.zeta_grid)})
@@ -170,33 +228,113 @@ class _Problems:
     return rstar - rho_r, b - rho_c
 
 
+class _FamilyProblems:
+  """The communicating family's instances (one per sweep point: the gaps depend on eps), their
+  exact solutions, and the batched runner, one batch per (S, A) shape (recon)."""
+
+  def __init__(self, cfg: Config, points: list[dict], ctx):
+    from cmdp import average_reward, instances, lp  # pylint: disable=import-outside-toplevel
+    self.cfg, self.points, self.ctx = cfg, points, ctx
+    gap_zeta = lambda p: cfg.gap_zeta or p["zeta"]
+    self.models = [instances.communicating_instance(p["S"], p["A"], p["H"], p["zeta"], p["eps"],
+                                                    gap_zeta=gap_zeta(p))
+                   for p in points]
+    self.sols = [lp.solve_cmdp(m) for m in self.models]
+    # The bounds' span: the bias span of the family's optimal policy (closed form, tested).
+    self.span_of_point = np.array([instances.communicating_span(p["S"], p["H"], p["zeta"])
+                                   for p in points])
+    self.instance_of_point = np.arange(len(points))
+    self.shapes = sorted({(p["S"], p["A"]) for p in points})
+    self.group_of_point = np.array([self.shapes.index((p["S"], p["A"])) for p in points])
+    self.batches = []
+    for shape in self.shapes:
+      idx = [i for i, p in enumerate(points) if (p["S"], p["A"]) == shape]
+      self.batches.append((np.asarray(idx), jax.tree.map(lambda *x: np.stack(x), *[
+          average_reward.instance(self.models[i], self.span_of_point[i], self.sols[i].dual)
+          for i in idx])))
+    self.info = [dict(S=p["S"], A=p["A"], eps=p["eps"], H=p["H"], zeta=p["zeta"],
+                      gap=instances.family_gap(p["eps"], gap_zeta(p)), span=float(s),
+                      rho_star=sol.value, lam_star=sol.dual, b=float(m.b))
+                 for p, s, sol, m in zip(points, self.span_of_point, self.sols, self.models)]
+
+  def run(self, strict: bool, point: np.ndarray, n: np.ndarray, key, label: str):
+    """(subopt, violation) of every run: per (S, A) shape one flat batch (key
+    ``fold_in(key, shape index)``), in chunks as :meth:`_Problems.run`."""
+    from cmdp import average_reward, primal_dual  # pylint: disable=import-outside-toplevel
+    point = np.asarray(point)
+    R = len(n)
+    eps = np.array([self.points[i]["eps"] for i in point])
+    zeta = np.array([self.points[i]["zeta"] for i in point])
+    rho_r, rho_c = np.zeros(R), np.zeros(R)
+    for g, (idx, batch) in enumerate(self.batches):
+      runs = np.flatnonzero(self.group_of_point[point] == g)
+      if not runs.size:
+        continue
+      local = np.searchsorted(idx, point[runs])      # index into this shape's batch
+      bs = min(self.cfg.batch_size, 1 << max(runs.size - 1, 1).bit_length())
+      n_chunks = -(-runs.size // bs)
+      for j in range(n_chunks):
+        sl = np.arange(j * bs, min((j + 1) * bs, runs.size))
+        pad = np.concatenate([sl, np.full(bs - sl.size, sl[-1])])
+        start = time.perf_counter()
+        out = average_reward.run_batch(
+            jax.random.fold_in(jax.random.fold_in(key, g), j),
+            jax.tree.map(lambda x: x[local[pad]], batch),
+            primal_dual.Runs(n[runs[pad]], eps[runs[pad]], zeta[runs[pad]],
+                             np.full(bs, strict)),
+            n_grid=self.cfg.n_grid, variant=self.cfg.constants, n_iters=self.cfg.n_iters)
+        t_alg = time.perf_counter() - start
+        out = jax.tree.map(lambda x: x[:sl.size], out)
+        rho_r[runs[sl]], rho_c[runs[sl]] = average_reward.evaluate_outputs(
+            self.models, point[runs[sl]], out)
+        if self.ctx.progress:
+          self.ctx.say(f"[camdp] {label}: S={self.shapes[g][0]}, A={self.shapes[g][1]}: chunk "
+                       f"{j + 1}/{n_chunks} ({bs} runs: algorithm {t_alg:.1f}s, exact "
+                       f"evaluation {time.perf_counter() - start - t_alg:.1f}s)")
+    rstar = np.array([self.sols[i].value for i in point])
+    b = np.array([float(self.models[i].b) for i in point])
+    return rstar - rho_r, b - rho_c
+
+
 def run(cfg: Config, ctx) -> dict:
   points, where = sweep_points(cfg)
-  problems = _Problems(cfg, points, ctx)
+  hard = cfg.family == "communicating"
+  problems = (_FamilyProblems if hard else _Problems)(cfg, points, ctx)
   ctx.info["instances"] = problems.info
   family = sc.Family(points, problems.run, lambda p, n: n, "camdp")
   result = sc.measure(family, cfg, jax.random.key(ctx.seed), say=ctx.say,
                       progress=ctx.progress)
 
   span = problems.span_of_point
-  xs = {"eps": [points[p]["eps"] for p in where["eps"]], "span": span[where["span"]],
-        "zeta": [points[p]["zeta"] for p in where["zeta"]]}
+  base = where["base"][0]
+  pre = "hard_" if hard else ""
+  param_of = {f"{pre}eps": "eps", f"{pre}span": "H", f"{pre}zeta": "zeta",
+              **({"hard_S": "S", "hard_A": "A"} if hard else {})}
+  xs = {sweep: (span[where[sweep]] if key == "H" else
+                [float(points[p][key]) for p in where[sweep]])
+        for sweep, key in param_of.items()}
   headline: dict[str, float] = {"S": cfg.n_states, "A": cfg.n_actions, "n_seeds": cfg.n_seeds,
                                 "delta": cfg.delta, "transient_B": cfg.transient_B}
-  headline.update(sc.headline(result, xs, where, where["base"][0]))
+  if hard:
+    headline["span_base"] = float(span[base])
+  headline.update(sc.headline(result, xs, where, base))
   headline["runs"] = sum(res.runs for res in result.values())
-  columns = lambda p: dict(eps=points[p]["eps"], H_param=points[p]["H"],
+  columns = lambda p: dict(**({"S": points[p]["S"], "A": points[p]["A"]} if hard else {}),
+                           eps=points[p]["eps"], H_param=points[p]["H"],
                            zeta=points[p]["zeta"], span=span[p])
   sweeps = {k: where[k] for k in xs}
   ctx.write_csv("metrics.csv", sc.metrics_rows(result, columns))
   ctx.write_csv("n_star.csv", sc.n_star_rows(result, sweeps, columns))
   ctx.write_csv("slopes.csv", sc.slope_rows(result, headline, list(xs), {"theory": _theory}))
-  labels = {"eps": "eps", "span": "H (computed; B + H if multichain)",
-            "zeta": "Slater constant zeta"}
-  sweep_label = lambda sweep, p: (f"span={span[p]:g}" if sweep == "span"
-                                  else f"{sweep}={points[p][sweep]:g}")
+  labels = {f"{pre}eps": "eps", f"{pre}zeta": "Slater constant zeta",
+            f"{pre}span": ("span (1 - 2 zeta)(H + (S - 1) // 2) / 2" if hard
+                           else "H (computed; B + H if multichain)"),
+            "hard_S": "S (copies S // 2)", "hard_A": "A"}
+  sweep_label = lambda sweep, p: (f"span={span[p]:g}" if param_of[sweep] == "H"
+                                  else f"{param_of[sweep]}={points[p][param_of[sweep]]:g}")
+  shape = lambda p: f"S={points[p]['S']}, A={points[p]['A']}, " if hard else ""
   sc.figures(
-      ctx, io.pyplot(), result, points, eps_points=where["eps"],
+      ctx, io.pyplot(), result, points, eps_points=where[f"{pre}eps"],
       panels=[(labels[sweep], sc.curves(result, headline, sweep, np.asarray(xs[sweep], float),
                                         where[sweep], _theory, cfg.strict_smooth_level))
               for sweep in xs],
@@ -204,17 +342,23 @@ def run(cfg: Config, ctx) -> dict:
                      for sweep in xs],
       delta=cfg.delta, level=cfg.strict_smooth_level, n_label="N (samples per (s, a))",
       error_labels=("reward suboptimality rho* - rho_r", "constraint violation b - rho_c"),
-      error_title=lambda setting, p: (f"{setting}: H={points[p]['H']:g}, "
+      error_title=lambda setting, p: (f"{setting}: {shape(p)}H={points[p]['H']:g}, "
                                       f"zeta={points[p]['zeta']:g}"),
-      suptitle=f"S={cfg.n_states}, A={cfg.n_actions}, {cfg.n_seeds} seeds; dashed: theory slope")
-  base = where["base"][0]
+      suptitle=(f"communicating family (base S={cfg.n_states}, A={cfg.n_actions}), "
+                f"{cfg.n_seeds} seeds; dashed: theory slope of N* per (s, a)" if hard else
+                f"S={cfg.n_states}, A={cfg.n_actions}, {cfg.n_seeds} seeds; dashed: theory "
+                "slope"))
+  title_family = f"communicating family: S={cfg.n_states}, A={cfg.n_actions}, " if hard else ""
+  x_base = {f"{pre}eps": cfg.eps, f"{pre}span": span[base], f"{pre}zeta": cfg.zeta,
+            "hard_S": cfg.n_states, "hard_A": cfg.n_actions}
   headline.update(sc.run_checks(
       ctx, io.pyplot(), family, cfg, jax.random.key(ctx.seed), result, xs, where,
-      dict(eps=cfg.eps, span=span[base], zeta=cfg.zeta), _theory, labels=labels,
-      n_label="N (samples per (s, a))",
-      title=f"eps={cfg.eps:g}, H={cfg.H:g}, zeta={cfg.zeta:g}, {cfg.constants} constants"))
+      {k: x_base[k] for k in xs}, _theory, labels=labels, n_label="N (samples per (s, a))",
+      title=(title_family + f"eps={cfg.eps:g}, H={cfg.H:g}, zeta={cfg.zeta:g}, "
+             f"{cfg.constants} constants")))
   return headline
 
 
 def _theory(setting: str, sweep: str) -> float:
+  sweep = sweep.removeprefix("hard_")
   return THEORY[sweep][setting] if sweep == "zeta" else THEORY[sweep]

@@ -228,3 +228,124 @@ def test_the_hard_instance_s_constraint_noise_grows_as_zeta_shrinks():
       rc.append(ar.evaluate_outputs([m], np.zeros(R, int), out)[1])
     sd[z] = np.std(rc[0] - rc[1])
   assert 1.12 < sd[0.05] / sd[0.2] < 1.4, sd
+
+
+# --- the communicating hard family (recon) -----------------------------------------------------
+
+def _strongly_connected(P) -> bool:
+  """Every state reaches every other under some policy: the union graph of all actions'
+  transitions is one strongly connected component (scipy, independent of cmdp.tabular)."""
+  from scipy.sparse import csgraph  # pylint: disable=import-outside-toplevel
+  n, _ = csgraph.connected_components((P > 0).any(1).astype(int), directed=True,
+                                      connection="strong")
+  return n == 1
+
+
+@pytest.mark.parametrize("S, A, H, zeta, eps", [(19, 4, 10.0, 0.1, 0.05), (4, 2, 4.0, 0.2, 0.1),
+                                                (20, 3, 7.0, 0.05, 0.035),
+                                                (33, 8, 40.0, 0.14, 0.07)])
+def test_the_communicating_family_is_a_valid_communicating_cmdp_with_a_closed_form_optimum(
+    S, A, H, zeta, eps):
+  from cmdp import tabular
+  m = instances.communicating_instance(S, A, H, zeta, eps)
+  tabular.validate(m)
+  assert m.P.shape == (S, A, S) and _strongly_connected(m.P)
+  no_hop = m.P.copy()
+  no_hop[1::2][: S // 2, 1] = no_hop[1::2][: S // 2, 0]
+  assert not _strongly_connected(no_hop)      # the check can fail: the copies then split
+  sol = lp.solve_cmdp(m)
+  # Closed form: max rho_c = 1/2, b = 1/2 - zeta, rho* = 1/4, lambda* = 1/(4 zeta).
+  assert sol.max_c == pytest.approx(0.5, abs=1e-8)
+  assert float(m.b) == pytest.approx(0.5 - zeta, abs=1e-8)
+  assert sol.zeta == pytest.approx(zeta, abs=1e-12)
+  assert sol.value == pytest.approx(0.25, abs=1e-8)
+  assert sol.dual == pytest.approx(1 / (4 * zeta), rel=1e-6)
+  # The stated optimal policy reaches it from every state, with the stated bias span.
+  pi = instances.communicating_optimal_policy(S, A)
+  er, ec = tabular.evaluate(m.P, m.r, pi), tabular.evaluate(m.P, m.c, pi)
+  np.testing.assert_allclose(er.gain, 0.25, atol=1e-12)
+  np.testing.assert_allclose(ec.gain, 0.5 - zeta, atol=1e-12)
+  assert max(er.span, ec.span) == pytest.approx(instances.communicating_span(S, H, zeta),
+                                                rel=1e-9)
+
+
+@pytest.mark.parametrize("eps, zeta", [(0.035, 0.05), (0.05, 0.1), (0.1, 0.2), (0.07, 0.14)])
+def test_a_wrong_action_or_copy_of_the_family_costs_more_than_eps(eps, zeta):
+  """With the best pair degraded to a wrong one, every (copy, reward action) is wrong: the
+  exact LP optimum is 2 zeta / (8 zeta + Delta) = 1/4 - 1.5 eps. So is the optimum of a
+  single wrong copy alone (copy 0's two states, the ring cut)."""
+  S, A, H = 19, 4, 10.0
+  m = instances.communicating_instance(S, A, H, zeta, eps)
+  gap = instances.family_gap(eps, zeta)
+  wrong = 2 * zeta / (8 * zeta + gap)
+  assert wrong == pytest.approx(0.25 - instances.FAMILY_COST * eps, abs=1e-12)
+  best_on = 2 * (S // 2 - 1)
+  P = m.P.copy()
+  P[best_on, A - 1] = P[best_on, 1]
+  value = lp.solve_cmdp(m.replace(P=P)).value
+  assert value == pytest.approx(wrong, abs=1e-8) and value < 0.25 - eps
+  # One wrong copy (copy 0) alone, each of its reward actions: the same value.
+  for a in range(1, A):
+    keep = [0, a]
+    P0 = m.P[np.ix_([0, 1], keep, [0, 1])].copy()
+    P0[1, :] = [[1 / H, 1 - 1 / H]] * 2          # off_0: return or stay (no hop)
+    sub = instances.with_slater(P0, m.r[np.ix_([0, 1], keep)], m.c[np.ix_([0, 1], keep)], 0,
+                                zeta)
+    assert float(sub.b) == pytest.approx(float(m.b), abs=1e-9)
+    assert lp.solve_cmdp(sub).value == pytest.approx(wrong, abs=1e-8)
+
+
+def test_the_family_refuses_what_it_cannot_build():
+  with pytest.raises(ValueError, match="S >= 4"):
+    instances.communicating_instance(3, 4, 10.0, 0.1, 0.05)
+  with pytest.raises(ValueError, match="leave probability"):
+    instances.communicating_instance(19, 4, 2.0, 0.2, 0.1)
+  with pytest.raises(ValueError, match="4 cost eps"):
+    instances.family_gap(0.2, 0.1)
+
+
+def test_the_experiment_uses_the_family_s_cost():
+  from experiments import camdp_sample_complexity as exp
+  assert exp.FAMILY_COST == instances.FAMILY_COST
+
+
+@pytest.mark.parametrize("args, key", [
+    (["family=nope"], "family"),
+    (["family=communicating", "transient_B=5"], "transient_B"),
+    (["family=communicating", "hold_span=true"], "hold_span"),
+    (["family=communicating", "S_grid=[3,9]"], "S_grid"),
+    (["family=communicating", "A_grid=[1,4]"], "A_grid"),
+    (["family=communicating", "eps_grid=[0.2,0.05]"], "eps_grid"),
+    (["family=communicating", "eps=0.1", "zeta=0.2", "H_grid=[2.0,10.0]"], "H_grid"),
+    (["gap_zeta=0.1"], "gap_zeta"),          # an ablation of the family only
+])
+def test_family_config_errors_exit_2_with_one_line(precheck_cli, tmp_path, args, key):
+  code, lines = precheck_cli(["experiment=camdp_sample_complexity", *args])
+  assert code == 2 and len(lines) == 1 and f"key '{key}'" in lines[0], lines
+  assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_family_experiment_end_to_end(tmp_path):
+  from experiments import camdp_sample_complexity as exp
+  from experiments.harness import RunContext
+  cfg = dataclasses.replace(
+      exp.Config(), family="communicating", n_states=9, n_actions=3, eps_grid=(0.1, 0.05),
+      H_grid=(5.0, 10.0), zeta_grid=(0.1, 0.2), S_grid=(9,), A_grid=(3,),   # one shape: one compile
+      relaxed_n_range=(16, 4096), strict_n_range=(2 ** 12, 2 ** 24), n_per_octave=1,
+      n_seeds=4, n_check_seeds=4, n_grid=64, n_iters=2 ** 12, batch_size=256,
+      strict_smooth_level=0.25, rate_seeds=4, rate_n_range=(64, 4096), scaled_seeds=4,
+      predict_seeds=4)
+  cfg.check()
+  head = exp.run(cfg, RunContext(tmp_path, seed=0))
+  for sweep in ("hard_eps", "hard_span", "hard_zeta", "hard_S", "hard_A"):
+    for pre in ("", "relaxed_", "strict_smooth_", "scaled_", "relaxed_scaled_", "predicted_"):
+      assert f"{pre}slope_{sweep}" in head and f"{pre}slope_{sweep}_hi" in head, (pre, sweep)
+  assert not any(k.endswith(("slope_eps", "slope_span", "slope_zeta")) for k in head)
+  assert head["S"] == 9 and head["span_base"] == pytest.approx(
+      instances.communicating_span(9, 10.0, 0.1))
+  assert head["strict_violations"] == 0 and head["strict_unsettled"] == 0
+  rows = (tmp_path / "slopes.csv").read_text().splitlines()
+  assert any(",hard_S," in r and r.endswith(",0.0") for r in rows), rows
+  for f in ("metrics.csv", "n_star.csv", "n_star.png", "scaled.csv", "rate.csv"):
+    assert (tmp_path / f).stat().st_size > 0
