@@ -68,9 +68,10 @@ CURSE_DRAWS = 400_000   # Monte Carlo draws of the closed form's quantile
 
 def _reach_limit(H: float, kappa: float, gap: float, eps: float) -> float:
   """kappa W* of the instance at H: the largest Slater constant it admits."""
-  from cmdp.linear.instances import hypercube_reach, hypercube_reach_slope  # pylint: disable=import-outside-toplevel
+  from cmdp import linear  # pylint: disable=import-outside-toplevel
   gamma = 1.0 - 1.0 / H
-  return kappa * hypercube_reach(gamma, 1.0 / H + gap * eps / hypercube_reach_slope(gamma))
+  return kappa * linear.hypercube_reach(
+      gamma, 1.0 / H + gap * eps / linear.hypercube_reach_slope(gamma))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +106,10 @@ class Config(sc.Protocol):
 
   def check(self) -> None:
     super().check()
-    from cmdp.linear.instances import hypercube_reach_slope  # pylint: disable=import-outside-toplevel
+    from cmdp import linear  # pylint: disable=import-outside-toplevel
     for H in (self.horizon, *self.horizon_grid):
       for e in (self.eps, *self.eps_grid):
-        if self.gap * e / hypercube_reach_slope(1.0 - 1.0 / H) > 1.0 / H:
+        if self.gap * e / linear.hypercube_reach_slope(1.0 - 1.0 / H) > 1.0 / H:
           raise ConfigError("gap", f"gap eps = {self.gap * e:g} at H = {H:g} moves the "
                             "corners' reach probabilities delta +- Delta below 0; lower gap")
       for z in (self.zeta, *self.zeta_grid):
@@ -164,13 +165,12 @@ def closed_form_n_star(point: dict, cfg: Config, setting: str, level: float) -> 
   are left out.
   """
   from cmdp import linear  # pylint: disable=import-outside-toplevel
-  from cmdp.linear.instances import hypercube_reach, hypercube_reach_slope  # pylint: disable=import-outside-toplevel
   q, H, eps, zeta = point["d"] - 3, point["horizon"], point["eps"], point["zeta"]
   gamma = 1.0 - 1.0 / H
   delta = 1.0 - gamma
-  slope = hypercube_reach_slope(gamma)
+  slope = linear.hypercube_reach_slope(gamma)
   Delta = cfg.gap * eps / slope
-  w_star = hypercube_reach(gamma, delta + Delta)
+  w_star = linear.hypercube_reach(gamma, delta + Delta)
   b = w_star - zeta
   if setting == "strict":
     margin = linear.TIGHTEN * eps * zeta / H
@@ -251,9 +251,9 @@ def run(cfg: Config, ctx) -> dict:
                                       f"zeta={cfg.zeta:g}"),
       suptitle=f"hypercube linear CMDP (gap={cfg.gap:g}), {cfg.n_seeds} seeds; dashed: the "
                "upper bound's exponent through the data")
+  x_base = {s: points[base][PARAM[s]] - (3 if s == "hard_q" else 0) for s in SWEEPS}
   headline.update(sc.run_checks(
-      ctx, io.pyplot(), fam, cfg, key, result, xs, where,
-      {s: points[base][PARAM[s]] - (3 if s == "hard_q" else 0) for s in SWEEPS}, theory_of, labels=labels,
+      ctx, io.pyplot(), fam, cfg, key, result, xs, where, x_base, theory_of, labels=labels,
       n_label="N (total generative samples)",
       title=f"d={cfg.d}, H={cfg.horizon:g}, eps={cfg.eps:g}, zeta={cfg.zeta:g}"))
   return headline

@@ -1,5 +1,6 @@
-"""Linear CMDP instances: random ones (Dirichlet features) and the hard family whose errors
-are those of Azar et al.'s tabular construction (reconstructed; see :mod:`cmdp.linear`)."""
+"""Linear CMDP instances: random ones (Dirichlet features), the hard gadget family whose errors
+are those of Azar et al.'s tabular construction, and the hypercube family in which d enters as
+d^2 (both reconstructed; see :mod:`cmdp.linear`)."""
 
 from __future__ import annotations
 
@@ -150,9 +151,9 @@ def hypercube_instance(dim: int, gamma: float, zeta: float, eps: float, gap: flo
   eps^2`` (relaxed) and ``q^2 H^5 / (eps^2 zeta^2)`` (strict; the strict lower
   bound's H^5). The per-coordinate signal-to-noise ratio at N* does not depend on
   q (Delta / q against sigma ~ eps / (W' q)), so the q^2 holds at every q, the
-  spread adding a ``sqrt(q)`` term that fades as q grows
-  (:func:`hypercube_prediction`). The instance depends on eps through Delta, as
-  the lower bounds' instances do.
+  spread adding a ``sqrt(q)`` term that fades as q grows (the closed form
+  ``closed_form_n_star`` of ``experiments/linear_cmdp_hypercube.py``). With ``gap > 0``
+  the instance depends on eps through Delta, as the lower bounds' instances do.
 
   Args:
     dim: d = q + 3 >= 4.
