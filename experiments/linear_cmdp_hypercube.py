@@ -23,7 +23,10 @@ q = d - 3 (``hard_q``), which the bound's d^2 becomes as d grows.
     python -m experiments.main experiment=linear_cmdp_hypercube delta=0.5 strict_smooth_level=0.5
 
 The second command is the ablation that removes the spread term (the median run has
-no quantile of the spread to pay): its q slopes should be 2.
+no quantile of the spread to pay): its q slopes should follow the closed form's, q^2 times
+the corners' share (u - 2)/u of the design's u = 2^q + 2 points. LS-PE runs K = 12 H steps
+(``k_factor`` 12, not the gadget experiment's 6): its truncation adds ~e^-k_factor V_c to
+the strict margin, which the closed form leaves out.
 
 Headline: the protocol's keys (:func:`experiments.sample_complexity.headline` and
 :func:`experiments.sample_complexity.run_checks`) over the sweeps ``hard_d``,
