@@ -103,8 +103,8 @@ def family_gap(eps: float, zeta: float, cost: float = FAMILY_COST) -> float:
 
 
 def communicating_instance(n_states: int, n_actions: int, H: float, zeta: float, eps: float,
-                           cost: float = FAMILY_COST, gap_zeta: float | None = None
-                           ) -> tabular.TabularCMDP:
+                           cost: float = FAMILY_COST, gap_zeta: float | None = None,
+                           distinct: bool = False) -> tabular.TabularCMDP:
   """A hard communicating CMDP: k copies of the on/off core with eps-gaps (recon).
 
   A reconstruction in the spirit of the lower-bound families (Azar et al. 2013;
@@ -162,6 +162,11 @@ def communicating_instance(n_states: int, n_actions: int, H: float, zeta: float,
     cost: a wrong pair's exact loss in units of eps (> 1).
     gap_zeta: the zeta the gaps are made for (None: ``zeta``; another value is an
       ablation: a wrong pair then costs Delta / (4 (8 zeta + Delta)), not cost * eps).
+    distinct: an ablation that leaves no two pairs equal in truth, so that no choice among
+      equal pairs is left to the estimates' noise (a winner's curse): the safe actions of
+      copies other than k-1 leave w.p. p (1 + Delta), and the off states' actions >= 2 return
+      w.p. q / (1 + Delta) (action 0 still q). The optimum (copy k-1, its off state's action
+      0) is unchanged.
   """
   if n_actions < 2 or n_states < 4:
     raise ValueError(f"need A >= 2 and S >= 4; got S={n_states}, A={n_actions}")
@@ -181,15 +186,18 @@ def communicating_instance(n_states: int, n_actions: int, H: float, zeta: float,
   c = np.zeros((S, A))
   on, off = 2 * np.arange(k), 2 * np.arange(k) + 1
   leave = np.full((k, A), p * (1 + gap))
-  leave[:, 0] = p
+  leave[k - 1 if distinct else slice(None), 0] = p
   leave[k - 1, A - 1] = p
   P[on, :, off] = leave
   P[on, :, on] = 1 - leave
   r[on, 1:] = 1.0
   c[on, 0] = 1.0
   c[on, 1:] = 1 - 4 * zeta
-  P[off, :, on] = q
-  P[off, :, off] = 1 - q
+  back = np.full(A, q)
+  if distinct:
+    back[2:] = q / (1 + gap)
+  P[off, :, on] = back
+  P[off, :, off] = 1 - back
   P[off, 1] = 0.0
   nxt = np.append(off[1:], S - 1 if hub else off[0])
   P[off, 1, nxt] = 1.0

@@ -112,6 +112,9 @@ class Config(sc.Protocol):
   gap_zeta: float = param(0.0, "family=communicating: the zeta the gaps are made for (0: "
                           "each point's own zeta; > 0: this one at every point, an ablation)",
                           check=in_range(0, 0.25, hi_open=True))
+  distinct_pairs: bool = param(False, "family=communicating: an ablation with no two pairs "
+                               "equal in truth (cmdp.instances.communicating_instance's "
+                               "distinct): no winner's curse among equal pairs")
   hold_span: bool = param(False, "zeta sweep at the base point's span: the instance's core "
                           "time scale is rescaled per zeta so that its computed B + H does "
                           "not move with zeta (the hard instance's bias span is "
@@ -123,6 +126,8 @@ class Config(sc.Protocol):
       raise ConfigError("n_states", "must be >= 4 for the multichain instance")
     if self.family != "communicating" and self.gap_zeta:
       raise ConfigError("gap_zeta", "is for family=communicating only")
+    if self.family != "communicating" and self.distinct_pairs:
+      raise ConfigError("distinct_pairs", "is for family=communicating only")
     if self.family == "communicating":
       if self.transient_B != 0:
         raise ConfigError("transient_B", "must be 0 with family=communicating (it is "
@@ -237,7 +242,8 @@ class _FamilyProblems:
     self.cfg, self.points, self.ctx = cfg, points, ctx
     gap_zeta = lambda p: cfg.gap_zeta or p["zeta"]
     self.models = [instances.communicating_instance(p["S"], p["A"], p["H"], p["zeta"], p["eps"],
-                                                    gap_zeta=gap_zeta(p))
+                                                    gap_zeta=gap_zeta(p),
+                                                    distinct=cfg.distinct_pairs)
                    for p in points]
     self.sols = [lp.solve_cmdp(m) for m in self.models]
     # The bounds' span: the bias span of the family's optimal policy (closed form, tested).

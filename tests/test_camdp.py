@@ -269,6 +269,36 @@ def test_the_communicating_family_is_a_valid_communicating_cmdp_with_a_closed_fo
                                                 rel=1e-9)
 
 
+@pytest.mark.parametrize("S, A", [(19, 4), (5, 2), (33, 8)])
+def test_the_distinct_ablation_keeps_the_optimum_and_leaves_no_equal_pairs(S, A):
+  """``distinct=True`` changes no optimum (value, b, lambda*) and leaves no two (s, a) pairs
+  with the same law and rewards but the deterministic hub and hop moves."""
+  from cmdp import tabular
+  H, zeta, eps = 10.0, 0.1, 0.05
+  m = instances.communicating_instance(S, A, H, zeta, eps, distinct=True)
+  tabular.validate(m)
+  assert _strongly_connected(m.P)
+  sol, base = lp.solve_cmdp(m), lp.solve_cmdp(instances.communicating_instance(S, A, H, zeta, eps))
+  assert sol.value == pytest.approx(base.value, abs=1e-9)
+  assert float(m.b) == pytest.approx(0.5 - zeta, abs=1e-9)
+  assert sol.dual == pytest.approx(base.dual, rel=1e-6)
+  # The roles the learner chooses among by its estimates: the copies' safe actions (leave
+  # probabilities) and each off state's returning actions (return probabilities). Equal
+  # candidates tie without the ablation; with it, one candidate is best in each role.
+  k = S // 2
+  on, off = 2 * np.arange(k), 2 * np.arange(k) + 1
+  returning = [0] + list(range(2, A))
+  for mm, ties in ((m, 1), (instances.communicating_instance(S, A, H, zeta, eps), None)):
+    safe_leave = mm.P[on, 0, off]
+    back = mm.P[off[0], returning, on[0]]
+    best_safe = np.isclose(safe_leave, safe_leave.min()).sum()
+    best_back = np.isclose(back, back.max()).sum()
+    if ties:
+      assert best_safe == 1 and best_back == 1
+    else:
+      assert best_safe == k and best_back == len(returning)
+
+
 @pytest.mark.parametrize("eps, zeta", [(0.035, 0.05), (0.05, 0.1), (0.1, 0.2), (0.07, 0.14)])
 def test_a_wrong_action_or_copy_of_the_family_costs_more_than_eps(eps, zeta):
   """With the best pair degraded to a wrong one, every (copy, reward action) is wrong: the
@@ -318,6 +348,7 @@ def test_the_experiment_uses_the_family_s_cost():
     (["family=communicating", "eps_grid=[0.2,0.05]"], "eps_grid"),
     (["family=communicating", "eps=0.1", "zeta=0.2", "H_grid=[2.0,10.0]"], "H_grid"),
     (["gap_zeta=0.1"], "gap_zeta"),          # an ablation of the family only
+    (["distinct_pairs=true"], "distinct_pairs"),
 ])
 def test_family_config_errors_exit_2_with_one_line(precheck_cli, tmp_path, args, key):
   code, lines = precheck_cli(["experiment=camdp_sample_complexity", *args])
@@ -349,3 +380,41 @@ def test_family_experiment_end_to_end(tmp_path):
   assert any(",hard_S," in r and r.endswith(",0.0") for r in rows), rows
   for f in ("metrics.csv", "n_star.csv", "n_star.png", "scaled.csv", "rate.csv"):
     assert (tmp_path / f).stat().st_size > 0
+
+
+def _optimism(S, A, distinct, n=3e6, runs=128, eps=0.05, zeta=0.1, H=10.0):
+  """Mean over strict runs of the output mixture's estimated constraint value minus the same
+  policies' discounted-surrogate values on the true model (float64 linear solves)."""
+  from cmdp import average_reward, primal_dual
+  m = instances.communicating_instance(S, A, H, zeta, eps, distinct=distinct)
+  sol = lp.solve_cmdp(m)
+  span = instances.communicating_span(S, H, zeta)
+  inst = jax.tree.map(lambda x: np.stack([x] * runs),
+                      average_reward.instance(m, span, sol.dual))
+  out = average_reward.run_batch(
+      jax.random.key(1), inst, primal_dual.Runs(np.full(runs, n), np.full(runs, eps),
+                                                np.full(runs, zeta), np.full(runs, True)),
+      n_grid=64)
+  gamma = float(average_reward.constants(eps, zeta, span, float(m.b), True, "recovered",
+                                         lam_star=sol.dual).gamma)
+  states = np.arange(S)
+  bias = np.zeros(runs)
+  for i in range(runs):
+    for j in np.flatnonzero(out.weights[i] > 0):
+      pol = out.policies[i, j]
+      v = np.linalg.solve(np.eye(S) - gamma * m.P[states, pol], m.c[states, pol])
+      bias[i] += out.weights[i, j] * (out.vc[i, j] - (1 - gamma) * v @ m.mu0)
+  return bias.mean(), bias.std() / np.sqrt(runs)
+
+
+@pytest.mark.slow
+def test_the_family_s_a_dependence_is_a_winners_curse_over_equal_pairs():
+  """With A - 1 equal returning actions per off state, the learner's estimated constraint value
+  is optimistic by more as A grows (it plans with the best-looking one); with the ``distinct``
+  ablation, where one candidate is best in truth, the growth goes."""
+  grow = {}
+  for distinct in (False, True):
+    (lo, se_lo), (hi, se_hi) = _optimism(5, 2, distinct), _optimism(5, 8, distinct)
+    grow[distinct] = (hi - lo, np.hypot(se_lo, se_hi))
+  assert grow[False][0] > 3 * grow[False][1]
+  assert grow[True][0] < grow[False][0] / 2
