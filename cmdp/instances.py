@@ -144,8 +144,8 @@ def communicating_instance(n_states: int, n_actions: int, H: float, zeta: float,
   relaxed, each times a factor growing with log(SA) from picking the best of the ~SA
   pairs whose estimates are equally noisy (their maximum is biased up by ~sqrt(2 ln SA)
   standard deviations, so N* ~ (z + sqrt(2 ln SA))^2 with z the failure level's
-  quantile); total samples SA times that. Two caveats (recon): telling the best pair from the wrong ones
-  needs a relative precision Delta / 2 = 24 zeta eps (cost 1.5), far coarser than the
+  quantile); total samples SA times that. Two caveats (recon): telling the best pair from
+  the wrong ones needs a relative precision Delta / 2 = 24 zeta eps (cost 1.5), far coarser than the
   constraint's ~eps zeta / 4, so for the learner of :mod:`cmdp.average_reward` the strict
   N* is set by the constraint precision at the chosen pairs, and S and A enter only
   through the maximum over equally noisy estimates; and in the relaxed setting the slack

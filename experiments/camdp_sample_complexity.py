@@ -62,6 +62,7 @@ import jax
 import numpy as np
 
 from cmdp.average_reward import VARIANTS
+from cmdp.instances import FAMILY_COST, family_gap
 from experiments import io
 from experiments import sample_complexity as sc
 from experiments.schema import Check, ConfigError, each, ge, in_range, one_of, param
@@ -70,7 +71,6 @@ from experiments.stats import one_at_a_time
 THEORY = {"eps": -2.0, "span": 1.0, "zeta": {"strict": -2.0, "relaxed": 0.0}, "S": 0.0,
           "A": 0.0}   # of N* per (s, a); total samples S A N*: S and A +1
 FAMILIES = ("gadget", "communicating")
-FAMILY_COST = 1.5   # cmdp.instances.FAMILY_COST (imported late; checked equal in the tests)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,8 +142,7 @@ class Config(sc.Protocol):
           raise ConfigError(key if key == "eps_grid" else "eps",
                             f"must be < {1 / (4 * FAMILY_COST):g} with family=communicating "
                             f"(the gaps need 4 * {FAMILY_COST:g} eps < 1); got {p['eps']:g}")
-        gap = (32 * (self.gap_zeta or p["zeta"]) * FAMILY_COST * p["eps"]
-               / (1 - 4 * FAMILY_COST * p["eps"]))
+        gap = family_gap(p["eps"], self.gap_zeta or p["zeta"])
         if (1 + gap) / p["H"] > 1:
           raise ConfigError(key, f"the point eps={p['eps']:g}, zeta={p['zeta']:g}, "
                             f"H={p['H']:g} has leave probability (1 + Delta) / H = "
@@ -203,34 +202,48 @@ class _Problems:
                  for (H, z), h, q, m in zip(keys, core, self.params, self.models)]
 
   def run(self, strict: bool, point: np.ndarray, n: np.ndarray, key, label: str):
-    """(subopt, violation) of every run: all instances in one flat batch, in chunks of one
-    shape (the batch size, or the next power of two for small batches, padded)."""
-    from cmdp import average_reward, primal_dual  # pylint: disable=import-outside-toplevel
+    """(subopt, violation) of every run: all instances in one flat batch (:func:`_run_chunked`)."""
     inst_idx = self.instance_of_point[point]
-    R = len(n)
-    eps = np.array([self.points[i]["eps"] for i in point])
-    zeta = np.array([self.points[i]["zeta"] for i in point])
-    rho_r, rho_c = np.zeros(R), np.zeros(R)
-    bs = min(self.cfg.batch_size, 1 << max(R - 1, 1).bit_length())
-    n_chunks = -(-R // bs)
-    for j in range(n_chunks):
-      sl = np.arange(j * bs, min((j + 1) * bs, R))
-      pad = np.concatenate([sl, np.full(bs - sl.size, sl[-1])])
-      start = time.perf_counter()
-      out = average_reward.run_batch(
-          jax.random.fold_in(key, j), jax.tree.map(lambda x: x[inst_idx[pad]], self.batch),
-          primal_dual.Runs(n[pad], eps[pad], zeta[pad], np.full(bs, strict)),
-          n_grid=self.cfg.n_grid, variant=self.cfg.constants, n_iters=self.cfg.n_iters)
-      t_alg = time.perf_counter() - start
-      out = jax.tree.map(lambda x: x[:sl.size], out)
-      rho_r[sl], rho_c[sl] = average_reward.evaluate_outputs(self.models, inst_idx[sl], out)
-      if self.ctx.progress:
-        self.ctx.say(f"[camdp] {label}: chunk {j + 1}/{n_chunks} ({bs} runs: algorithm "
-                     f"{t_alg:.1f}s, exact evaluation "
-                     f"{time.perf_counter() - start - t_alg:.1f}s)")
-    rstar = np.array([self.sols[i].value for i in inst_idx])
-    b = np.array([float(self.models[i].b) for i in inst_idx])
-    return rstar - rho_r, b - rho_c
+    return _run_chunked(self, self.batch, inst_idx, inst_idx, n, _point_values(self, point),
+                        strict, key, label)
+
+
+def _point_values(problems, point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(eps, zeta) of every run's sweep point."""
+  return (np.array([problems.points[i]["eps"] for i in point]),
+          np.array([problems.points[i]["zeta"] for i in point]))
+
+
+def _run_chunked(problems, batch, local: np.ndarray, model: np.ndarray, n: np.ndarray,
+                 eps_zeta: tuple[np.ndarray, np.ndarray], strict: bool, key, label: str):
+  """(subopt, violation) of runs on stacked instances: run i on ``batch[local[i]]``, evaluated
+  exactly on ``problems.models[model[i]]`` against ``problems.sols[model[i]]``, in chunks of one
+  shape (the batch size, or the next power of two for small batches, padded); chunk j is keyed
+  ``fold_in(key, j)``."""
+  from cmdp import average_reward, primal_dual  # pylint: disable=import-outside-toplevel
+  cfg, ctx = problems.cfg, problems.ctx
+  eps, zeta = eps_zeta
+  R = len(n)
+  rho_r, rho_c = np.zeros(R), np.zeros(R)
+  bs = min(cfg.batch_size, 1 << max(R - 1, 1).bit_length())
+  n_chunks = -(-R // bs)
+  for j in range(n_chunks):
+    sl = np.arange(j * bs, min((j + 1) * bs, R))
+    pad = np.concatenate([sl, np.full(bs - sl.size, sl[-1])])
+    start = time.perf_counter()
+    out = average_reward.run_batch(
+        jax.random.fold_in(key, j), jax.tree.map(lambda x: x[local[pad]], batch),
+        primal_dual.Runs(n[pad], eps[pad], zeta[pad], np.full(bs, strict)),
+        n_grid=cfg.n_grid, variant=cfg.constants, n_iters=cfg.n_iters)
+    t_alg = time.perf_counter() - start
+    out = jax.tree.map(lambda x: x[:sl.size], out)
+    rho_r[sl], rho_c[sl] = average_reward.evaluate_outputs(problems.models, model[sl], out)
+    if ctx.progress:
+      ctx.say(f"[camdp] {label}: chunk {j + 1}/{n_chunks} ({bs} runs: algorithm "
+              f"{t_alg:.1f}s, exact evaluation {time.perf_counter() - start - t_alg:.1f}s)")
+  rstar = np.array([problems.sols[i].value for i in model])
+  b = np.array([float(problems.models[i].b) for i in model])
+  return rstar - rho_r, b - rho_c
 
 
 class _FamilyProblems:
@@ -249,7 +262,6 @@ class _FamilyProblems:
     # The bounds' span: the bias span of the family's optimal policy (closed form, tested).
     self.span_of_point = np.array([instances.communicating_span(p["S"], p["H"], p["zeta"])
                                    for p in points])
-    self.instance_of_point = np.arange(len(points))
     self.shapes = sorted({(p["S"], p["A"]) for p in points})
     self.group_of_point = np.array([self.shapes.index((p["S"], p["A"])) for p in points])
     self.batches = []
@@ -264,42 +276,20 @@ class _FamilyProblems:
                  for p, s, sol, m in zip(points, self.span_of_point, self.sols, self.models)]
 
   def run(self, strict: bool, point: np.ndarray, n: np.ndarray, key, label: str):
-    """(subopt, violation) of every run: per (S, A) shape one flat batch (key
-    ``fold_in(key, shape index)``), in chunks as :meth:`_Problems.run`."""
-    from cmdp import average_reward, primal_dual  # pylint: disable=import-outside-toplevel
+    """(subopt, violation) of every run: per (S, A) shape one flat batch (:func:`_run_chunked`,
+    key ``fold_in(key, shape index)``)."""
     point = np.asarray(point)
-    R = len(n)
-    eps = np.array([self.points[i]["eps"] for i in point])
-    zeta = np.array([self.points[i]["zeta"] for i in point])
-    rho_r, rho_c = np.zeros(R), np.zeros(R)
+    eps, zeta = _point_values(self, point)
+    subopt, violation = np.zeros(len(n)), np.zeros(len(n))
     for g, (idx, batch) in enumerate(self.batches):
       runs = np.flatnonzero(self.group_of_point[point] == g)
       if not runs.size:
         continue
       local = np.searchsorted(idx, point[runs])      # index into this shape's batch
-      bs = min(self.cfg.batch_size, 1 << max(runs.size - 1, 1).bit_length())
-      n_chunks = -(-runs.size // bs)
-      for j in range(n_chunks):
-        sl = np.arange(j * bs, min((j + 1) * bs, runs.size))
-        pad = np.concatenate([sl, np.full(bs - sl.size, sl[-1])])
-        start = time.perf_counter()
-        out = average_reward.run_batch(
-            jax.random.fold_in(jax.random.fold_in(key, g), j),
-            jax.tree.map(lambda x: x[local[pad]], batch),
-            primal_dual.Runs(n[runs[pad]], eps[runs[pad]], zeta[runs[pad]],
-                             np.full(bs, strict)),
-            n_grid=self.cfg.n_grid, variant=self.cfg.constants, n_iters=self.cfg.n_iters)
-        t_alg = time.perf_counter() - start
-        out = jax.tree.map(lambda x: x[:sl.size], out)
-        rho_r[runs[sl]], rho_c[runs[sl]] = average_reward.evaluate_outputs(
-            self.models, point[runs[sl]], out)
-        if self.ctx.progress:
-          self.ctx.say(f"[camdp] {label}: S={self.shapes[g][0]}, A={self.shapes[g][1]}: chunk "
-                       f"{j + 1}/{n_chunks} ({bs} runs: algorithm {t_alg:.1f}s, exact "
-                       f"evaluation {time.perf_counter() - start - t_alg:.1f}s)")
-    rstar = np.array([self.sols[i].value for i in point])
-    b = np.array([float(self.models[i].b) for i in point])
-    return rstar - rho_r, b - rho_c
+      subopt[runs], violation[runs] = _run_chunked(
+          self, batch, local, point[runs], n[runs], (eps[runs], zeta[runs]), strict,
+          jax.random.fold_in(key, g), f"{label}: S={self.shapes[g][0]}, A={self.shapes[g][1]}")
+    return subopt, violation
 
 
 def run(cfg: Config, ctx) -> dict:

@@ -115,8 +115,8 @@ class Config(sc.Protocol):
         if self.gap * e / linear.hypercube_reach_slope(1.0 - 1.0 / H) > 1.0 / H:
           raise ConfigError("gap", f"gap eps = {self.gap * e:g} at H = {H:g} moves the "
                             "corners' reach probabilities delta +- Delta below 0; lower gap")
+      top = _reach_limit(H, self.kappa, self.gap, min((self.eps, *self.eps_grid)))
       for z in (self.zeta, *self.zeta_grid):
-        top = _reach_limit(H, self.kappa, self.gap, min((self.eps, *self.eps_grid)))
         if z > top:
           raise ConfigError("zeta_grid" if z != self.zeta else "zeta",
                             f"zeta = {z:g} exceeds kappa W* = {top:g} at H = {H:g}")
@@ -237,23 +237,9 @@ def run(cfg: Config, ctx) -> dict:
             "hard_horizon": "H = 1/(1-gamma)", "hard_eps": "eps",
             "hard_zeta": "Slater constant zeta"}
   theory_of = lambda s, w: THEORY[s][w]
-  panels = []
-  for sweep in SWEEPS:
-    cs = sc.curves(result, headline, sweep, np.asarray(xs[sweep], float), where[sweep],
-                   theory_of, cfg.strict_smooth_level)
-    cs = [c._replace(note=f", lower bound {LOWER[sweep]:g}") if c.name.startswith("strict")
-          else c for c in cs]
-    panels.append((labels[sweep], cs))
-  sc.figures(
-      ctx, io.pyplot(), result, points, eps_points=where["hard_eps"], panels=panels,
-      sweep_members=[(f"{PARAM[s]} sweep", [(p, f"{PARAM[s]}={points[p][PARAM[s]]:g}")
-                                            for p in where[s]]) for s in sweeps],
-      delta=cfg.delta, level=cfg.strict_smooth_level, n_label="N (total generative samples)",
-      error_labels=("reward suboptimality V_r* - V_r", "constraint violation b - V_c"),
-      error_title=lambda setting, p: (f"{setting}: d={cfg.d}, H={cfg.horizon:g}, "
-                                      f"zeta={cfg.zeta:g}"),
-      suptitle=f"hypercube linear CMDP (gap={cfg.gap:g}), {cfg.n_seeds} seeds; dashed: the "
-               "upper bound's exponent through the data")
+  lc.figures(ctx, cfg, result, headline, points, xs, where, labels, theory_of, LOWER,
+             f"hypercube linear CMDP (gap={cfg.gap:g}), {cfg.n_seeds} seeds; dashed: the upper "
+             "bound's exponent through the data", param_of=PARAM, members=list(sweeps))
   x_base = {s: points[base][PARAM[s]] - (3 if s == "hard_q" else 0) for s in SWEEPS}
   headline.update(sc.run_checks(
       ctx, io.pyplot(), fam, cfg, key, result, xs, where, x_base, theory_of, labels=labels,

@@ -239,6 +239,33 @@ def run_chunks(m, inst, runs, key, cfg, ctx, label: str):
   return vr, vc
 
 
+def figures(ctx, cfg, result, headline, points, xs, where, labels, theory_of, lower, suptitle,
+            *, param_of=None, members=None, extra=lambda sweep: []) -> None:
+  """The protocol's figures of a linear-CMDP experiment: one N* panel per sweep of
+  ``labels`` (strict curves noting ``lower[sweep]``, plus ``extra(sweep)``), the error-vs-N
+  figure at the base point's eps sweep, and the strict failure curves of the sweeps
+  ``members`` (default: all), each labelled by its parameter ``param_of[sweep]``."""
+  param_of = param_of or {sweep: sweep for sweep in labels}
+  panels = []
+  for sweep in labels:
+    cs = sc.curves(result, headline, sweep, np.asarray(xs[sweep], float), where[sweep],
+                   theory_of, cfg.strict_smooth_level)
+    cs = [c._replace(note=f", lower bound {lower[sweep]:g}") if c.name.startswith("strict")
+          else c for c in cs]
+    panels.append((labels[sweep], cs + extra(sweep)))
+  eps_sweep = next(sweep for sweep in labels if param_of[sweep] == "eps")
+  sc.figures(
+      ctx, io.pyplot(), result, points, eps_points=where[eps_sweep], panels=panels,
+      sweep_members=[(f"{param_of[s]} sweep", [(p, f"{param_of[s]}={points[p][param_of[s]]:g}")
+                                                for p in where[s]])
+                     for s in (members or labels)],
+      delta=cfg.delta, level=cfg.strict_smooth_level, n_label="N (total generative samples)",
+      error_labels=("reward suboptimality V_r* - V_r", "constraint violation b - V_c"),
+      error_title=lambda setting, p: (f"{setting}: d={cfg.d}, H={cfg.horizon:g}, "
+                                      f"zeta={cfg.zeta:g}"),
+      suptitle=suptitle)
+
+
 def run(cfg: Config, ctx) -> dict:
   points, where = sweep_points(cfg)
   truth = gadget_truth(cfg)
@@ -293,28 +320,18 @@ def run(cfg: Config, ctx) -> dict:
   labels = {"d": "feature dimension d", "horizon": "H = 1/(1-gamma)", "eps": "eps",
             "zeta": "Slater constant zeta"}
   theory_of = lambda s, w: THEORY[s][w]
-  panels = []
-  for sweep in SWEEPS:
-    cs = sc.curves(result, headline, sweep, np.asarray(xs[sweep], float), where[sweep],
-                   theory_of, cfg.strict_smooth_level)
-    cs = [c._replace(note=f", lower bound {LOWER[sweep]:g}") if c.name.startswith("strict")
-          else c for c in cs]
-    if sweep == "horizon" and tab:
-      cs += [c._replace(style=":") for c in sc.curves(
-          tab, headline, "horizon", hs, range(len(hs)), lambda s, w: TABULAR[s],
-          cfg.strict_smooth_level, prefix="tabular_", label="tabular ") if "smooth" not in c.name]
-    panels.append((labels[sweep], cs))
-  sc.figures(
-      ctx, io.pyplot(), result, points, eps_points=where["eps"], panels=panels,
-      sweep_members=[(f"{sweep} sweep", [(p, f"{sweep}={points[p][sweep]:g}")
-                                         for p in where[sweep]]) for sweep in SWEEPS],
-      delta=cfg.delta, level=cfg.strict_smooth_level, n_label="N (total generative samples)",
-      error_labels=("reward suboptimality V_r* - V_r", "constraint violation b - V_c"),
-      error_title=lambda setting, p: (f"{setting}: d={cfg.d}, H={cfg.horizon:g}, "
-                                      f"zeta={cfg.zeta:g}"),
-      suptitle=f"hard linear CMDP (A={cfg.n_actions}), {cfg.n_seeds} seeds; dashed: the "
-               "upper bound's exponent through the data (strict lower bound "
-               "d^2/((1-gamma)^5 eps^2 zeta^2))")
+
+  def tabular_curves(sweep):
+    if sweep != "horizon" or not tab:
+      return []
+    return [c._replace(style=":") for c in sc.curves(
+        tab, headline, "horizon", hs, range(len(hs)), lambda s, w: TABULAR[s],
+        cfg.strict_smooth_level, prefix="tabular_", label="tabular ") if "smooth" not in c.name]
+
+  figures(ctx, cfg, result, headline, points, xs, where, labels, theory_of, LOWER,
+          f"hard linear CMDP (A={cfg.n_actions}), {cfg.n_seeds} seeds; dashed: the upper "
+          "bound's exponent through the data (strict lower bound d^2/((1-gamma)^5 eps^2 "
+          "zeta^2))", extra=tabular_curves)
   headline.update(sc.run_checks(
       ctx, io.pyplot(), fam, cfg, k_main, result, xs, where,
       dict(d=cfg.d, horizon=cfg.horizon, eps=cfg.eps, zeta=cfg.zeta),
