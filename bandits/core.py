@@ -140,7 +140,7 @@ def _arm_iota(k: int, ndim: int, dtype) -> jax.Array:
   return jnp.arange(k, dtype=dtype).reshape((k,) + (1,) * ndim)
 
 
-def take(x: jax.Array, i: jax.Array) -> jax.Array:
+def take(x: jax.Array, i: jax.Array, *, unroll: int = UNROLL_ARMS) -> jax.Array:
   """``x[i]`` along the arm axis 0, for every run of a batch.
 
   Args:
@@ -154,11 +154,12 @@ def take(x: jax.Array, i: jax.Array) -> jax.Array:
     about as much as the arithmetic on a device's runs); for more arms a
     one-hot masked sum over axis 0. Both are several times faster on CPU than
     a batched gather. Out-of-range indices give ``x[0]`` (chain) or 0 (sum).
+    ``unroll`` moves the threshold (e.g. for lookups over a few dozen agents).
   """
   i = jnp.asarray(i)
   lead = i.ndim - (x.ndim - 1)
   xb = x.reshape(x.shape[:1] + (1,) * lead + x.shape[1:])
-  if x.shape[0] <= UNROLL_ARMS:
+  if x.shape[0] <= unroll:
     out = jnp.broadcast_to(xb[0], jnp.broadcast_shapes(xb.shape[1:], i.shape))
     for k in range(1, x.shape[0]):
       out = jnp.where(i == k, xb[k], out)

@@ -174,6 +174,62 @@ def test_sp2_feedback_stacks_are_the_authors_assignment(k, alpha, m_i, active):
     assert got == stack, f"agent {i}"
 
 
+@pytest.mark.parametrize("n_agents", [pytest.param(n, marks=() if n == 8 else pytest.mark.slow)
+                                      for n in (1, 3, 8, 20)])
+def test_sp2_feedback_requests_by_arm_are_the_stacks(n_agents):
+  """The batch-polymorphic table of requests by (agent, arm) holds exactly the entries of
+  :func:`_stacks` (each arm at most once per agent), for one run and for a batch of runs."""
+  rng = np.random.default_rng(n_agents)
+  runs = []
+  for _ in range(12):
+    k = int(rng.integers(2, 12))
+    active = rng.random(k) < 0.6
+    active[rng.integers(k)] = True
+    runs.append((k, active, int(rng.choice([4, 7, 16, 28, 64, 448])),
+                 rng.integers(1, 30, n_agents)))
+  for k, active, m_i, alpha in runs:
+    b = schedulers.Batch(active=jnp.asarray(active), sums=jnp.zeros(k), counts=jnp.zeros(k),
+                         qhat=jnp.zeros(k), m=jnp.int32(m_i), log_term=jnp.float32(1.0),
+                         pull_count=jnp.zeros(k, jnp.int32), pull_sums=jnp.zeros(k))
+    arm, left = schedulers._stacks(b, jnp.asarray(alpha, jnp.int32))  # pylint: disable=protected-access
+    want = np.zeros((n_agents, k), np.int64)
+    for g in range(n_agents):
+      for a, c in zip(np.asarray(arm[g]), np.asarray(left[g])):
+        if a >= 0:
+          assert want[g, a] == 0 and c > 0
+          want[g, a] = c
+    got = schedulers._stack_requests(b, jnp.asarray(alpha, jnp.int32))  # pylint: disable=protected-access
+    np.testing.assert_array_equal(np.asarray(got), want)
+  # a batch of runs (runs trailing) with K = 10, against the one-run answers
+  k = 10
+  active = np.stack([rng.random(k) < 0.7 for _ in range(6)], -1)
+  active[0] = True
+  m_i = np.array([4, 28, 112, 448, 7, 1792], np.int32)
+  alpha = rng.integers(1, 20, (n_agents, 6)).astype(np.int32)
+  b = schedulers.Batch(active=jnp.asarray(active), sums=jnp.zeros((k, 6)),
+                       counts=jnp.zeros((k, 6)), qhat=jnp.zeros((k, 6)), m=jnp.asarray(m_i),
+                       log_term=jnp.ones(6), pull_count=jnp.zeros((k, 6), jnp.int32),
+                       pull_sums=jnp.zeros((k, 6)))
+  got = np.asarray(schedulers._stack_requests(b, jnp.asarray(alpha)))  # pylint: disable=protected-access
+  for r in range(6):
+    one = jax.tree.map(lambda x, r=r: x[..., r], b)
+    want = schedulers._stack_requests(one, jnp.asarray(alpha[:, r]))  # pylint: disable=protected-access
+    np.testing.assert_array_equal(got[..., r], np.asarray(want))
+
+
+@pytest.mark.parametrize("name", [pytest.param("tpg", marks=pytest.mark.slow), "sp2_fb"])
+def test_multi_agent_native_batch_equals_vmap_over_runs(name):
+  """TPG's and SP2-Feedback's batch-polymorphic rounds give the numbers of the one-run code
+  mapped over the runs (a ragged grid of two channel profiles)."""
+  grid = [dict(n_arms=8, eps=[0.1, 0.4, 0.3, 0.2, 0.5], horizon=2500),
+          dict(n_arms=8, eps=[0.6, 0.1, 0.1, 0.3, 0.2], horizon=1800)]
+  inst = sim.make_instances(grid, 4, 0, means_kind="random_gap", initial_arm="random")
+  a = sim.run(name, inst, jax.random.key(1), feedback=True, n_points=25, native_batch=True)
+  b = sim.run(name, inst, jax.random.key(1), feedback=True, n_points=25, native_batch=False)
+  np.testing.assert_allclose(np.asarray(a.regret), np.asarray(b.regret), rtol=1e-6)
+  np.testing.assert_array_equal(a.totals["tx"], b.totals["tx"])
+
+
 def test_choice_picks_the_rank_of_u():
   mask = jnp.asarray([False, True, True, False, True])
   for u, want in [(0.0, 1), (0.33, 1), (0.34, 2), (0.67, 4), (0.999, 4)]:

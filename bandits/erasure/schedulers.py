@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from bandits.core import Algorithm, BanditSpec, per_run, threefry2x32, tree_select, unit_float
+from bandits.core import (Algorithm, BanditSpec, per_run, take, threefry2x32, tree_select,
+                          unit_float)
 from bandits.erasure.policies import repetitions
 
 N_ALGO_FIELDS = 3  # uniforms per slot and round: agent choice, arm priority, agent priority
@@ -56,21 +57,30 @@ def algo_uniforms(key: jax.Array, t: jax.Array, n_arms: int, n_agents: int) -> j
 def algo_uniform_at(key: jax.Array, t: jax.Array, index: jax.Array) -> jax.Array:
   """Entries ``index`` (flat, row-major) of :func:`algo_uniforms` ``(key, t, ...)``: fold_in
   hashes (0, t) under the key, and word i of the draw is the xor of the hash of (0, i)
-  under the folded key."""
+  under the folded key. Batch-polymorphic: ``key`` and ``t`` of shape (*b) and ``index``
+  of shape (*lead) give (*lead, *b)."""
   data = jax.random.key_data(key)
-  f0, f1 = threefry2x32(data[0], data[1], jnp.uint32(0), jnp.asarray(t, jnp.uint32))
+  f0, f1 = threefry2x32(data[..., 0], data[..., 1], jnp.uint32(0), jnp.asarray(t, jnp.uint32))
   index = jnp.asarray(index, jnp.uint32)
+  index = index.reshape(index.shape + (1,) * f0.ndim)
   w0, w1 = threefry2x32(f0, f1, jnp.zeros_like(index), index)
   return unit_float(w0 ^ w1)
 
 
 def choice(mask: jax.Array, u: jax.Array) -> jax.Array:
-  """``S[min(floor(u |S|), |S| - 1)]`` for the ascending set S of ``mask`` (K,); 0 if empty."""
-  n = jnp.sum(mask.astype(jnp.int32))
+  """``S[min(floor(u |S|), |S| - 1)]`` for the ascending set S of ``mask`` (K, *b); 0 if empty.
+
+  ``u`` is (*lead, *b): one pick per lead element (e.g. per agent) and run.
+  """
+  k = mask.shape[0]
+  lead = u.ndim - (mask.ndim - 1)
+  m = mask.astype(jnp.int32)
+  n = jnp.sum(m, axis=0)
   idx = jnp.minimum(jnp.floor(u * n).astype(jnp.int32), jnp.maximum(n - 1, 0))
-  rank = jnp.cumsum(mask.astype(jnp.int32)) - 1
-  hit = mask & (rank == idx)
-  return jnp.max(jnp.where(hit, jnp.arange(mask.shape[0]), 0)).astype(jnp.int32)
+  arm_axis = lambda x: x.reshape((k,) + (1,) * lead + x.shape[1:])
+  hit = arm_axis(mask) & (arm_axis(jnp.cumsum(m, axis=0) - 1) == idx[None])
+  iota = jnp.arange(k, dtype=jnp.int32).reshape((k,) + (1,) * (idx.ndim))
+  return jnp.max(jnp.where(hit, iota, 0), axis=0)
 
 
 def first_batch(spec: BanditSpec) -> jax.Array:
@@ -80,39 +90,48 @@ def first_batch(spec: BanditSpec) -> jax.Array:
   return (jnp.ceil(2.0 * log_tm) // 4).astype(jnp.int32)
 
 
-def batched(init, act, step, rare, *, feedback: str | None = None) -> Algorithm:
-  """A batch-polymorphic algorithm from one-run pieces, skipping rare work for the batch.
+class Rare(NamedTuple):
+  """Rare work of a :func:`batched` algorithm: ``fix(state)`` where ``needs(state)``.
 
-  ``init(key, spec)``, ``act(state)`` and ``step(state, action, obs)`` are written for one
-  run and mapped over the trailing batch axes (the layout of :mod:`bandits.core`); ``rare``
-  lists ``(needs(state) -> bool, fix(state) -> state)`` pairs applied after ``step`` in
-  order, each under one ``lax.cond`` for the whole batch: ``fix`` runs (mapped over the runs,
-  kept where ``needs``) only in rounds where some run of the device's batch needs it. Under
-  ``vmap`` a per-run ``cond`` computes both branches every round; here batch ends and
+  ``needs`` is batch-polymorphic ((*b) bool); ``fix`` is written for one run (mapped over
+  the runs) unless ``native``, when it is batch-polymorphic too.
+  """
+  needs: Callable
+  fix: Callable
+  native: bool = False
+
+
+def batched(init, act, step, rare: list[Rare], *, feedback: str | None = None) -> Algorithm:
+  """A batch-polymorphic algorithm whose rare work runs only in rounds that need it.
+
+  ``act(state)`` and ``step(state, action, obs)`` are batch-polymorphic (arrays (K, *b),
+  (M, *b), (*b): the layout of :mod:`bandits.core`); ``init(key, spec)`` is written for one
+  run and mapped over the trailing batch axes. ``rare`` lists :class:`Rare` pieces applied
+  after ``step`` in order, each under one ``lax.cond`` for the whole batch: ``fix`` runs
+  (kept where ``needs``) only in rounds where some run of the device's batch needs it.
+  Under ``vmap`` a per-run ``cond`` computes both branches every round; here batch ends and
   planning cost only the rounds that have them. The state must hold a per-run scalar ``t``
   (its number of batch axes tells the wrapper the batch's). ``feedback``: the algorithm's
   name when it needs the acknowledgements (an observation without them is refused).
   """
 
-  def mapped(fn, nb):
-    return per_run(fn, nb)
-
   def b_init(key, spec):
-    return mapped(init, jnp.ndim(key))(key, spec)
+    return per_run(init, jnp.ndim(key))(key, spec)
 
   def b_act(key, state):
     del key
-    return mapped(act, jnp.ndim(state.t))(state)
+    return act(state)
 
   def b_update(state, action, obs):
     if feedback and obs.ack is None:
       raise ValueError(f"{feedback} needs feedback: run it on an environment with feedback=True")
     nb = jnp.ndim(state.t)
-    state = mapped(step, nb)(state, action, obs)
-    for needs, fix in rare:
-      flag = mapped(needs, nb)(state)
+    state = step(state, action, obs)
+    for needs, fix, native in rare:
+      flag = needs(state)
+      fix = fix if native else per_run(fix, nb)
       state = jax.lax.cond(jnp.any(flag),
-                           lambda s, flag=flag, fix=fix: tree_select(flag, mapped(fix, nb)(s), s),
+                           lambda s, flag=flag, fix=fix: tree_select(flag, fix(s), s),
                            lambda s: s, state)
     return state
 
@@ -152,6 +171,7 @@ def batch_init(spec: BanditSpec) -> Batch:
 
 def batch_end(b: Batch, *, running_mean: bool = False) -> Batch:
   """Merges the batch into the means, eliminates, and opens the next batch (M_{i+1} = 4 M_i).
+  Batch-polymorphic.
 
   ``running_mean=False`` (TPG, SGreedy): q_a = all credited rewards / all credited
   samples, over arms credited this batch. ``running_mean=True`` (SP2, SP2-Feedback,
@@ -169,7 +189,7 @@ def batch_end(b: Batch, *, running_mean: bool = False) -> Batch:
     sums = jnp.where(hit, b.sums + b.pull_sums, b.sums)
     counts = jnp.where(hit, b.counts + pc, b.counts)
     qhat = jnp.where(hit, sums / jnp.maximum(counts, 1.0), b.qhat)
-  best = jnp.max(jnp.where(b.active, qhat, -jnp.inf))
+  best = jnp.max(jnp.where(b.active, qhat, -jnp.inf), axis=0)
   radius = 2.0 * jnp.sqrt(b.log_term / (2.0 * b.m.astype(jnp.float32)))
   active = b.active & ~(best - qhat > radius)
   zeros = jnp.zeros_like(b.pull_sums)
@@ -184,18 +204,24 @@ def credit(b: Batch, arms: jax.Array, reward: jax.Array, eligible: jax.Array | N
   Sequentially, agent j's sample counts when it is ``eligible`` and its arm's batch count,
   with the earlier agents' counted samples, is below M_i; the same test written for all agents
   at once (an earlier eligible agent on the same arm counts exactly while the count has room).
-  Returns (the batch with the counts and sums, credited (M,), each agent's arm count before its
-  own sample (M,)).
+  Batch-polymorphic: ``arms``, ``reward`` and ``eligible`` are (M, *b) for a batch of
+  (K, *b) arms. Returns (the batch with the counts and sums, credited (M, *b), each agent's
+  arm count before its own sample (M, *b)).
   """
   n_agents, k = arms.shape[0], b.pull_count.shape[0]
   ok = jnp.ones(arms.shape, bool) if eligible is None else eligible
-  idx = jnp.arange(n_agents)
-  earlier = (arms[:, None] == arms[None, :]) & (idx[:, None] < idx[None, :]) & ok[:, None]
-  before = b.pull_count[arms] + jnp.sum(earlier.astype(jnp.int32), axis=0)
+  # Unrolled over the agents: elementwise ops over the runs, which XLA fuses. On CPU a sum
+  # over the leading axis of an (M, M, *b) or (M, K, *b) array is a strided loop per run,
+  # several times slower inside the simulator's round.
+  before = take(b.pull_count, arms)
+  before = jnp.stack([before[j] + sum(((arms[i] == arms[j]) & ok[i]).astype(jnp.int32)
+                                      for i in range(j)) for j in range(n_agents)])
   credited = ok & (before < b.m)
-  onehot = (arms[:, None] == jnp.arange(k)[None, :]) & credited[:, None]
-  b = b.replace(pull_count=b.pull_count + jnp.sum(onehot.astype(jnp.int32), axis=0),
-                pull_sums=b.pull_sums + jnp.sum(jnp.where(onehot, reward[:, None], 0.0), axis=0))
+  iota = jnp.arange(k).reshape((k,) + (1,) * (arms.ndim - 1))
+  hits = [(arms[j] == iota) & credited[j] for j in range(n_agents)]
+  b = b.replace(pull_count=b.pull_count + sum(h.astype(jnp.int32) for h in hits),
+                pull_sums=b.pull_sums + sum(jnp.where(h, reward[j], 0.0)
+                                            for j, h in enumerate(hits)))
   return b, credited, before
 
 
@@ -237,6 +263,26 @@ def _slowest(eta: jax.Array, eligible: jax.Array):
   return jnp.where(best >= 0, idx, -1), best
 
 
+def _lead(n: int, nb: int) -> jax.Array:
+  """arange(n) shaped (n, 1, ..., 1) against (n, *batch) with ``nb`` batch axes."""
+  return jnp.arange(n, dtype=jnp.int32).reshape((n,) + (1,) * nb)
+
+
+def _cumsum(x: jax.Array) -> jax.Array:
+  """Inclusive cumulative sum over axis 0, unrolled (XLA's CPU cumsum is a windowed
+  reduction; a running sum of slices fuses into its consumers)."""
+  out, run = [], jnp.zeros(x.shape[1:], x.dtype)
+  for i in range(x.shape[0]):
+    run = run + x[i]
+    out.append(run)
+  return jnp.stack(out)
+
+
+def _at(x: jax.Array, i: jax.Array) -> jax.Array:
+  """``x[i]`` along axis 0 for every run (a chain of selects: agents and arms are few)."""
+  return take(x, i, unroll=64)
+
+
 def tpg(*, guarded: bool = False) -> Algorithm:
   """Two-Phase Greedy (the authors' ``BatchTPG``; ``guarded=True``: ``BatchTPGNew``).
 
@@ -275,14 +321,15 @@ def tpg(*, guarded: bool = False) -> Algorithm:
   def outcome(s: TPGState, r: Rules, ptr):
     """(which triers past ``ptr`` would take over, each one's target) on state ``s``: agent j
     targets the first agent with the largest eta among the eligible others and takes it when
-    that eta is positive and larger than its own estimate."""
-    idx = jnp.arange(s.arm.shape[0])
+    that eta is positive and larger than its own estimate. Batch-polymorphic."""
+    n_agents = s.arm.shape[0]
+    idx = _lead(n_agents, s.t.ndim)
     e = jnp.where(r.eligible(s), r.eta(s), -1)
-    best = jnp.max(e)
-    first = jnp.argmax(e == best)
+    best = jnp.max(e, axis=0)
+    first = jnp.min(jnp.where(e == best, idx, n_agents), axis=0)
     e2 = jnp.where(idx == first, -1, e)
-    best2 = jnp.max(e2)
-    second = jnp.argmax(e2 == best2)
+    best2 = jnp.max(e2, axis=0)
+    second = jnp.min(jnp.where(e2 == best2, idx, n_agents), axis=0)
     target = jnp.where(idx == first, second, first)
     t_eta = jnp.where(idx == first, best2, best)
     after = idx < ptr if r.reverse else idx > ptr
@@ -314,34 +361,36 @@ def tpg(*, guarded: bool = False) -> Algorithm:
   def phase1_picks(s: TPGState):
     """Phase 1, in agent order: an agent that is idle or whose arm is done (and not taken
     over) gets the highest unassigned arm; the needers left over try takeovers. Returns the
-    state after the picks, whether any pick happened, and the takeover rules."""
+    state after the picks, whether any pick happened, and the takeover rules.
+    Batch-polymorphic."""
     b = s.batch
-    k = s.unassigned.shape[0]
+    k, nb = s.unassigned.shape[0], s.t.ndim
     arm_safe = jnp.maximum(s.arm, 0)
-    needs = ~s.taken & ((s.arm < 0) | s.done[arm_safe] | (b.pull_count[arm_safe] >= b.m))
-    rank = jnp.cumsum(needs.astype(jnp.int32)) - 1
-    n_un = jnp.sum(s.unassigned.astype(jnp.int32))
+    needs = ~s.taken & ((s.arm < 0) | _at(s.done, arm_safe) | (_at(b.pull_count, arm_safe) >= b.m))
+    rank = _cumsum(needs.astype(jnp.int32)) - 1
+    unassigned = s.unassigned.astype(jnp.int32)
+    n_un = jnp.sum(unassigned, axis=0)
     # the r-th needer (in agent order) gets the r-th highest unassigned arm
-    arm_rank = n_un - jnp.cumsum(s.unassigned.astype(jnp.int32))
-    hit = s.unassigned[None, :] & (arm_rank[None, :] == rank[:, None])
+    arm_rank = n_un - _cumsum(unassigned)
+    hit = s.unassigned[None] & (arm_rank[None] == rank[:, None])
     picked = needs & (rank < n_un)
-    new_arm = jnp.max(jnp.where(hit, jnp.arange(k)[None, :], -1), axis=1)
-    n_picked = jnp.sum(picked.astype(jnp.int32))
+    new_arm = jnp.max(jnp.where(hit, _lead(k, nb)[None], -1), axis=1)
+    n_picked = jnp.sum(picked.astype(jnp.int32), axis=0)
     s = s.replace(arm=jnp.where(picked, new_arm, s.arm).astype(jnp.int32),
                   delivered=s.delivered & ~picked, attempts=jnp.where(picked, 0, s.attempts),
                   succ=jnp.where(picked, 0, s.succ),
                   unassigned=s.unassigned & (arm_rank >= n_picked))
 
     def eta(s):
-      pulls = b.pull_count[jnp.maximum(s.arm, 0)]
+      pulls = _at(b.pull_count, jnp.maximum(s.arm, 0))
       return jnp.where(s.delivered, jnp.maximum(0, b.m - s.succ),
                        jnp.maximum(0, s.alpha + (b.m - pulls) - s.attempts))
 
     def eligible(s):
       arm_safe = jnp.maximum(s.arm, 0)
-      e = ~s.taken & (s.arm >= 0) & ~s.done[arm_safe]
+      e = ~s.taken & (s.arm >= 0) & ~_at(s.done, arm_safe)
       if guarded:
-        e &= ~(s.delivered & (b.pull_count[arm_safe] < b.m))
+        e &= ~(s.delivered & (_at(b.pull_count, arm_safe) < b.m))
       return e
 
     rules = Rules(tries=needs & ~picked, reverse=False, eta=eta, eligible=eligible,
@@ -351,31 +400,31 @@ def tpg(*, guarded: bool = False) -> Algorithm:
 
   def phase2_rules(s: TPGState) -> Rules:
     """Phase 2, from the last agent to the first: an agent (not taken over) with no chunk or
-    a finished one tries a takeover."""
+    a finished one tries a takeover. Batch-polymorphic."""
     b = s.batch
     sl_safe = jnp.maximum(s.slot, 0)
-    open_chunk = ((s.slot >= 0) & s.chunk_active[sl_safe] & (s.chunk_count[sl_safe] < s.need)
-                  & (b.pull_count[jnp.maximum(s.arm, 0)] < b.m))
+    open_chunk = ((s.slot >= 0) & _at(s.chunk_active, sl_safe) & (_at(s.chunk_count, sl_safe) < s.need)
+                  & (_at(b.pull_count, jnp.maximum(s.arm, 0)) < b.m))
     # TPG: an agent on a random arm (no chunk) is not done; guarded TPG: it is.
     chunk_done = ~open_chunk if guarded else ((s.slot >= 0) & ~open_chunk)
 
     def eta(s):
-      pulls = b.pull_count[jnp.maximum(s.arm, 0)]
-      return jnp.where(s.chunk_count[jnp.maximum(s.slot, 0)] >= s.need, 0,
+      pulls = _at(b.pull_count, jnp.maximum(s.arm, 0))
+      return jnp.where(_at(s.chunk_count, jnp.maximum(s.slot, 0)) >= s.need, 0,
                        jnp.where(s.delivered, jnp.maximum(0, s.need - s.succ),
                                  jnp.maximum(0, s.alpha + (s.need - pulls) - s.attempts)))
 
     def eligible(s):
-      e = (~s.taken & (s.arm >= 0) & (s.slot >= 0) & s.chunk_active[jnp.maximum(s.slot, 0)])
+      e = (~s.taken & (s.arm >= 0) & (s.slot >= 0) & _at(s.chunk_active, jnp.maximum(s.slot, 0)))
       if guarded:
-        e &= ~(s.delivered & (b.pull_count[jnp.maximum(s.arm, 0)] < b.m))
+        e &= ~(s.delivered & (_at(b.pull_count, jnp.maximum(s.arm, 0)) < b.m))
       return e
 
     def mine(s, tgt):
-      return s.alpha + (s.need - b.pull_count[jnp.maximum(s.arm[tgt], 0)])
+      return s.alpha + (s.need - _at(b.pull_count, jnp.maximum(_at(s.arm, tgt), 0)))
 
     def allowed(s, tgt):
-      return ~s.done[jnp.maximum(s.arm[tgt], 0)] if guarded else jnp.ones(tgt.shape, bool)
+      return ~_at(s.done, jnp.maximum(_at(s.arm, tgt), 0)) if guarded else jnp.ones(tgt.shape, bool)
 
     return Rules(tries=~s.taken & ((s.arm < 0) | chunk_done), reverse=True, eta=eta,
                  eligible=eligible, mine=mine, allowed=allowed)
@@ -394,7 +443,7 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     ok1, _ = outcome(s1, rules1, start_ptr(rules1))
     rules2 = phase2_rules(s)
     ok2, _ = outcome(s, rules2, start_ptr(rules2))
-    return jnp.where(s.phase == 1, picked | jnp.any(ok1), jnp.any(ok2))
+    return jnp.where(s.phase == 1, picked | jnp.any(ok1, axis=0), jnp.any(ok2, axis=0))
 
   def start_phase2(s: TPGState) -> TPGState:
     b = s.batch
@@ -411,7 +460,7 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     owner = unf[None, :] & (rank[None, :] == (slots // per_arm)[:, None])
     chunk_arm = jnp.where(used, jnp.max(jnp.where(owner, jnp.arange(k)[None, :], -1), 1), -1)
     u = algo_uniforms(s.key, s.t, k, n_agents)
-    rand_arm = jax.vmap(lambda v: choice(unf, v))(u[:n_agents, 0])
+    rand_arm = choice(unf, u[:n_agents, 0])
     zeros = jnp.zeros(n_agents, jnp.int32)
     return s.replace(phase=jnp.int32(2), need=need.astype(jnp.int32),
                      chunk_arm=chunk_arm.astype(jnp.int32), chunk_count=zeros,
@@ -447,12 +496,12 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     return jax.lax.cond(s.phase == 1, plan_phase1, plan_phase2, s)
 
   def open_chunks(s: TPGState) -> jax.Array:
-    pulls = s.batch.pull_count[jnp.maximum(s.chunk_arm, 0)]
+    pulls = _at(s.batch.pull_count, jnp.maximum(s.chunk_arm, 0))
     return jnp.any((s.chunk_arm >= 0) & s.chunk_active & (s.chunk_count < s.need)
-                   & (pulls < s.batch.m))
+                   & (pulls < s.batch.m), axis=0)
 
   def phase_over(s: TPGState) -> jax.Array:
-    """Whether phase 1 reached its threshold or phase 2 has no open chunk."""
+    """Whether phase 1 reached its threshold or phase 2 has no open chunk (batch-polymorphic)."""
     return (((s.phase == 1) & (s.done_count >= s.threshold))
             | ((s.phase == 2) & ~open_chunks(s)))
 
@@ -483,7 +532,8 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     return jnp.where(s.arm >= 0, s.arm, s.known)
 
   def step(s: TPGState, action, obs) -> TPGState:
-    """The round's deliveries and credits (the plan and phase changes are the rare pieces)."""
+    """The round's deliveries and credits (the plan and phase changes are the rare pieces).
+    Batch-polymorphic."""
     b = s.batch
     played = jnp.where(obs.ack, action, s.known).astype(jnp.int32)
     has = s.arm >= 0
@@ -497,44 +547,50 @@ def tpg(*, guarded: bool = False) -> Algorithm:
                   arm=jnp.where(over, -1, s.arm), slot=jnp.where(over, -1, s.slot))
 
     # every played arm is credited (also an eliminated one, as in the authors' code)
-    n_agents = played.shape[0]
-    idx = jnp.arange(n_agents)
+    n_agents, nb_axes = played.shape[0], s.t.ndim
+    idx = _lead(n_agents, nb_axes)
     nb, credited, before = credit(b, played, obs.reward)
     finished = (b.pull_count < b.m) & (nb.pull_count >= b.m)
     phase1 = s.phase == 1
     # Phase 2: a chunk counts its agents' samples of its arm while it is open; an arm that
     # reaches M_i closes its chunks from the agent that finished it on.
     finisher = credited & (before == b.m - 1)  # the agent whose sample finishes its arm
-    closed_by = jnp.where(finisher[:, None] & (played[:, None] == played[None, :]), idx[:, None],
-                          n_agents)
-    finished_at = jnp.min(closed_by, axis=0)  # per agent: when its played arm finished (or M)
+    k = b.pull_count.shape[0]
+    closer = jnp.min(jnp.where(finisher[:, None] & (played[:, None] == _lead(k, nb_axes)[None]),
+                               idx[:, None], n_agents), axis=0)  # (K,): who finished each arm
+    finished_at = _at(closer, played)  # per agent: when its played arm finished (or M)
     sl_safe = jnp.maximum(sl, 0)
-    counts = ((sl >= 0) & (played == ra) & s.chunk_active[sl_safe] & (finished_at > idx)
+    counts = ((sl >= 0) & (played == ra) & _at(s.chunk_active, sl_safe) & (finished_at > idx)
               & ~phase1)
-    per_slot = jnp.sum(((sl_safe[:, None] == idx[None, :]) & counts[:, None]).astype(jnp.int32),
-                       axis=0)
+    per_slot = sum(((sl_safe[j] == idx) & counts[j]).astype(jnp.int32) for j in range(n_agents))
     chunk_count = jnp.where(s.chunk_active, jnp.minimum(s.chunk_count + per_slot, s.need),
                             s.chunk_count)
     chunk_active = (s.chunk_active & (chunk_count < s.need)
-                    & ~(finished[jnp.maximum(s.chunk_arm, 0)] & ~phase1))
+                    & ~(_at(finished, jnp.maximum(s.chunk_arm, 0)) & ~phase1))
     s = s.replace(batch=nb, done=s.done | (finished & phase1),
-                  done_count=s.done_count + jnp.where(phase1, jnp.sum(finished.astype(jnp.int32)), 0),
+                  done_count=s.done_count + jnp.where(
+                      phase1, jnp.sum(finished.astype(jnp.int32), axis=0), 0),
                   chunk_count=chunk_count, chunk_active=chunk_active)
     return s.replace(t=s.t + 1)
 
-  return batched(init, act, step, [(phase_over, end_phase), (plan_changes, plan)],
+  return batched(init, act, step, [Rare(phase_over, end_phase), Rare(plan_changes, plan)],
                  feedback="tpg")
 
 
 class StackState(struct.PyTreeNode):
-  """SP2-Feedback (one run): per agent a stack of (arm, requests left) entries."""
+  """SP2-Feedback (one run): per agent a stack of (arm, requests left) entries, by arm.
+
+  An agent's stack holds each arm at most once, in ascending arm order (see
+  :func:`_stacks`), so it is stored by arm: ``left[m, a]`` requests are left in agent m's
+  entry of arm a, and the entry is in the stack while that is positive and arm a is short
+  of M_i samples (an arm that reaches M_i leaves every stack).
+  """
   key: jax.Array
   t: jax.Array           # () int32, rounds played
   batch: Batch
   alpha: jax.Array       # (M,) int32
   known: jax.Array       # (M,) int32, the arm each agent plays
-  entry_arm: jax.Array   # (M, K) int32, entries in the order assigned, -1 when gone
-  entry_left: jax.Array  # (M, K) int32, requests left in each entry
+  left: jax.Array        # (M, K) int32, requests left in each agent's entry of each arm
 
 
 ORDERS = ("descending", "ascending")
@@ -599,6 +655,61 @@ def _stacks(b: Batch, alpha: jax.Array, arm_order: jax.Array | None = None):
   return entry_arm, entry_left
 
 
+def _stack_requests(b: Batch, alpha: jax.Array) -> jax.Array:
+  """:func:`_stacks` (active arms in index order) by arm, batch-polymorphic: (M, K, *b)
+  requests of each agent's entry of each arm (0: no entry).
+
+  An agent's stack holds each arm at most once (every push of the chunk rule moves on to the
+  next agent or the next arm), so the entries can be stored by arm. The chunk rule's loop is
+  unrolled over its at most K + M pushes, each a few operations per run, and the entries are
+  placed in one pass: on CPU that is many times faster than the loop mapped over runs.
+  """
+  n_agents, k = alpha.shape[0], b.active.shape[0]
+  m = b.m
+  act = b.active.astype(jnp.int32)
+  n = jnp.sum(act, axis=0)
+  rank = jnp.where(b.active, jnp.cumsum(act, axis=0) - 1, -1)  # (K, *b), -1 when inactive
+  mf = m.astype(jnp.float32)
+  block = alpha - 1 + m
+  t_i = jnp.ceil(mf * n / jnp.sum(mf / block.astype(jnp.float32), axis=0)).astype(jnp.int32)
+  fits = t_i // block
+  start = jnp.minimum(jnp.cumsum(fits, axis=0) - fits, n)
+  count = jnp.minimum(fits, n - start)
+  in_block = (rank[None] >= start[:, None]) & (rank[None] < (start + count)[:, None])
+  left = jnp.where(in_block, block[:, None], 0)
+  used = jnp.sum(count, axis=0)
+  k_hat = n - used
+  per_arm = jnp.maximum(1, n_agents // jnp.maximum(2 * k_hat, 1))
+  chunk = (m + per_arm - 1) // per_arm
+  half = max(1, n_agents // 2)
+  per_agent = (k_hat * per_arm + half - 1) // half
+  r, eff = used, jnp.zeros_like(used)
+  agent, chk = jnp.zeros_like(used), jnp.zeros_like(used)
+  pushes = []
+  for _ in range(k + n_agents):
+    live = (r < n) & (agent < n_agents)
+    chks = jnp.minimum(per_agent - chk, per_arm)
+    pulls = jnp.minimum(m - eff, chks * chunk)
+    pushes.append((live, agent, r, take(alpha, agent, unroll=64) - 1 + pulls))
+    eff = jnp.where(live, eff + pulls, eff)
+    chk = jnp.where(live, chk + chks, chk)
+    full = live & (chk >= per_agent)
+    agent, chk = jnp.where(full, agent + 1, agent), jnp.where(full, 0, chk)
+    done = live & (eff >= m)
+    r, eff = jnp.where(done, r + 1, r), jnp.where(done, 0, eff)
+  # one scatter of every push into the (agent, arm) table of its run
+  batch = m.shape
+  flat = lambda x: jnp.reshape(x, (-1,))
+  arm_of = lambda r: sum(jnp.where(rank[a] == r, a, 0) for a in range(k))
+  cell = jnp.stack([flat(jnp.where(live, agent * k + arm_of(r), n_agents * k))
+                    for live, agent, r, _ in pushes])
+  run = jnp.broadcast_to(jnp.arange(cell.shape[1]), cell.shape)
+  values = jnp.stack([flat(v) for *_, v in pushes])
+  table = jnp.zeros((n_agents * k, cell.shape[1]), left.dtype).at[cell, run].add(
+      values, mode="drop")
+  return left + table.reshape((n_agents, k) + batch)
+
+
 def sp2_feedback(*, order: str = "descending") -> Algorithm:
   """SP2-Feedback (the authors' ``BatchSP2Erasure``): stacks of assigned blocks, with feedback.
 
@@ -618,34 +729,33 @@ def sp2_feedback(*, order: str = "descending") -> Algorithm:
     raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
 
   def top(s: StackState):
-    """(position of each agent's top entry, whether it has one)."""
-    k = s.entry_arm.shape[1]
-    pos = jnp.arange(k)[None, :]
-    valid = s.entry_arm >= 0
+    """(each agent's top arm, whether it has one), (M, *b): its highest arm with an entry
+    ("descending"), or its lowest ("ascending")."""
+    b = s.batch
+    k = s.left.shape[1]
+    arm = jnp.arange(k).reshape((1, k) + (1,) * s.t.ndim)
+    valid = (s.left > 0) & (b.pull_count < b.m)[None]
     if order == "descending":
-      p = jnp.max(jnp.where(valid, pos, -1), axis=1)
-    else:
-      p = jnp.min(jnp.where(valid, pos, k), axis=1)
-    has = jnp.any(valid, axis=1)
-    return jnp.clip(p, 0, k - 1), has
+      p = jnp.max(jnp.where(valid, arm, -1), axis=1)
+      return p, p >= 0
+    p = jnp.min(jnp.where(valid, arm, k), axis=1)
+    return p, p < k
 
   def open_batch(s: StackState) -> StackState:
-    arm, left = _stacks(s.batch, s.alpha)
-    return s.replace(entry_arm=arm, entry_left=left)
+    return s.replace(left=_stack_requests(s.batch, s.alpha))
 
   def fallback(s: StackState) -> jax.Array:
     """The requests of agents with an empty stack this round: a random active arm short of
     M_i samples, ``choice(still, u[m, 0])`` (u = ``algo_uniforms`` of the round), or the
     agent's own arm when none is."""
     b = s.batch
-    n_agents = s.entry_arm.shape[0]
+    n_agents = s.left.shape[0]
     still = b.active & (b.pull_count < b.m)
     u = algo_uniform_at(s.key, s.t, N_ALGO_FIELDS * jnp.arange(n_agents))
-    rand = jax.vmap(lambda v: choice(still, v))(u)
-    return jnp.where(jnp.any(still), rand, s.known).astype(jnp.int32)
+    return jnp.where(jnp.any(still, axis=0), choice(still, u), s.known).astype(jnp.int32)
 
   def batch_over(s: StackState) -> jax.Array:
-    return ~jnp.any(s.batch.active & (s.batch.pull_count < s.batch.m))
+    return ~jnp.any(s.batch.active & (s.batch.pull_count < s.batch.m), axis=0)
 
   def next_batch(s: StackState) -> StackState:
     return open_batch(s.replace(batch=batch_end(s.batch, running_mean=True)))
@@ -657,34 +767,26 @@ def sp2_feedback(*, order: str = "descending") -> Algorithm:
     s = StackState(key=key, t=jnp.int32(0), batch=batch_init(spec),
                    alpha=repetitions(spec.eps, spec.horizon),
                    known=jnp.asarray(spec.initial_arm, jnp.int32),
-                   entry_arm=jnp.full((n_agents, k), -1, jnp.int32),
-                   entry_left=jnp.zeros((n_agents, k), jnp.int32))
+                   left=jnp.zeros((n_agents, k), jnp.int32))
     return open_batch(s)
 
   def act(s: StackState) -> jax.Array:
-    p, has = top(s)
-    at_top = jnp.arange(s.entry_arm.shape[1])[None, :] == p[:, None]
-    top_arm = jnp.max(jnp.where(at_top, s.entry_arm, -1), axis=1)
-    return jnp.where(has, top_arm, fallback(s)).astype(jnp.int32)
+    arm, has = top(s)
+    return jnp.where(has, arm, fallback(s)).astype(jnp.int32)
 
   def step(s: StackState, action, obs) -> StackState:
     """The round's stack pops and credits (batch ends are the rare piece)."""
     played = jnp.where(obs.ack, action, s.known).astype(jnp.int32)
-    p, has = top(s)
-    at_top = has[:, None] & (jnp.arange(s.entry_arm.shape[1])[None, :] == p[:, None])
-    # the top entry loses a request when its arm was played, and goes at zero (masks, not
-    # scatters: cheaper on CPU)
-    hit = at_top & (s.entry_arm == played[:, None])
-    left = s.entry_left - hit.astype(jnp.int32)
-    entry_arm = jnp.where(hit & (left <= 0), -1, s.entry_arm)
+    arm, has = top(s)
+    # the top entry loses a request when its arm was played (it leaves the stack at zero)
+    k = s.left.shape[1]
+    hit = (has & (played == arm))[:, None] & (
+        played[:, None] == jnp.arange(k).reshape((1, k) + (1,) * s.t.ndim))
     b = s.batch
-    nb, _, _ = credit(b, played, obs.reward, b.active[played])
-    finished = (b.pull_count < b.m) & (nb.pull_count >= b.m)
-    gone = finished[jnp.maximum(entry_arm, 0)] & (entry_arm >= 0)
-    return s.replace(t=s.t + 1, known=played, batch=nb,
-                     entry_arm=jnp.where(gone, -1, entry_arm), entry_left=left)
+    nb, _, _ = credit(b, played, obs.reward, take(b.active, played))
+    return s.replace(t=s.t + 1, known=played, batch=nb, left=s.left - hit.astype(jnp.int32))
 
-  return batched(init, act, step, [(batch_over, next_batch)],
+  return batched(init, act, step, [Rare(batch_over, next_batch, native=True)],
                  feedback="sp2_fb")
 
 
@@ -730,7 +832,7 @@ def rrr() -> Algorithm:
   def propose(s: PullState, u):
     b = s.batch
     still = b.active & (b.pull_count < b.m)
-    rand = jax.vmap(lambda v: choice(still, v))(u[:s.known.shape[0], 0])
+    rand = choice(still, u[:s.known.shape[0], 0])
     return jnp.where(jnp.any(still), rand, s.known)
 
   return _pull_scheduler("rrr", propose, running_mean=True)
@@ -783,7 +885,7 @@ def _scheduled(s: ScheduleState, t: jax.Array) -> jax.Array:
   k, n_agents = s.batch.active.shape[0], s.assigned.shape[0]
   sched = jnp.argmax(ends > r, axis=1)
   u = algo_uniforms(s.key, t, k, n_agents)[:n_agents, 0]
-  rand = jax.vmap(lambda v: choice(s.batch.active, v))(u)
+  rand = choice(s.batch.active, u)
   return jnp.where(ends[:, -1] > r, sched, rand).astype(jnp.int32)
 
 
