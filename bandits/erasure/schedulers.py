@@ -49,9 +49,11 @@ def algo_uniforms(key: jax.Array, t: jax.Array, n_arms: int, n_agents: int) -> j
   ``jax.random.uniform(jax.random.fold_in(key, t), (max(K, M), 3))`` bit for bit (with
   JAX's default partitionable Threefry), computed with the unrolled hash
   (:func:`bandits.core.threefry2x32`); :func:`algo_uniform_at` gives single entries.
+  Batch-polymorphic: ``key`` and ``t`` of shape (*b) give (max(K, M), 3, *b).
   """
   n = max(n_arms, n_agents) * N_ALGO_FIELDS
-  return algo_uniform_at(key, t, jnp.arange(n, dtype=jnp.uint32)).reshape(-1, N_ALGO_FIELDS)
+  return algo_uniform_at(key, t, jnp.arange(n, dtype=jnp.uint32)).reshape(
+      (-1, N_ALGO_FIELDS) + jnp.shape(t))
 
 
 def algo_uniform_at(key: jax.Array, t: jax.Array, index: jax.Array) -> jax.Array:
@@ -249,20 +251,6 @@ class TPGState(struct.PyTreeNode):
   need: jax.Array         # () int32, samples per chunk
 
 
-def _reset_agent(s: TPGState, j, arm, slot=None) -> TPGState:
-  s = s.replace(arm=s.arm.at[j].set(arm), delivered=s.delivered.at[j].set(False),
-                attempts=s.attempts.at[j].set(0), succ=s.succ.at[j].set(0))
-  return s if slot is None else s.replace(slot=s.slot.at[j].set(slot))
-
-
-def _slowest(eta: jax.Array, eligible: jax.Array):
-  """(first agent with the largest eta among the eligible, that eta); (-1, -1) if none."""
-  e = jnp.where(eligible, eta, -1)
-  best = jnp.max(e)
-  idx = jnp.argmax(e == best).astype(jnp.int32)
-  return jnp.where(best >= 0, idx, -1), best
-
-
 def _lead(n: int, nb: int) -> jax.Array:
   """arange(n) shaped (n, 1, ..., 1) against (n, *batch) with ``nb`` batch axes."""
   return jnp.arange(n, dtype=jnp.int32).reshape((n,) + (1,) * nb)
@@ -325,11 +313,14 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     n_agents = s.arm.shape[0]
     idx = _lead(n_agents, s.t.ndim)
     e = jnp.where(r.eligible(s), r.eta(s), -1)
-    best = jnp.max(e, axis=0)
-    first = jnp.min(jnp.where(e == best, idx, n_agents), axis=0)
-    e2 = jnp.where(idx == first, -1, e)
-    best2 = jnp.max(e2, axis=0)
-    second = jnp.min(jnp.where(e2 == best2, idx, n_agents), axis=0)
+    # the largest eta and its first agent, then the runner-up, in one pass over the agents
+    best, first = e[0], jnp.zeros(e.shape[1:], jnp.int32)
+    best2, second = jnp.full(e.shape[1:], -2, e.dtype), jnp.zeros(e.shape[1:], jnp.int32)
+    for j in range(1, n_agents):
+      top, up = e[j] > best, e[j] > best2
+      best2, second = (jnp.where(top, best, jnp.where(up, e[j], best2)),
+                       jnp.where(top, first, jnp.where(up, j, second)))
+      best, first = jnp.where(top, e[j], best), jnp.where(top, j, first)
     target = jnp.where(idx == first, second, first)
     t_eta = jnp.where(idx == first, best2, best)
     after = idx < ptr if r.reverse else idx > ptr
@@ -342,20 +333,29 @@ def tpg(*, guarded: bool = False) -> Algorithm:
   def takeovers(s: TPGState, r: Rules) -> TPGState:
     """The triers' attempts one after another, each on the state the earlier ones left.
     Failed attempts change nothing, so the loop runs once per success (plus one): it applies
-    the first success in order and goes on from there; the target is marked taken over."""
+    the first success in order and goes on from there; the target is marked taken over.
+    Batch-polymorphic: each pass applies every run's next success."""
     n_agents = s.arm.shape[0]
+    idx = _lead(n_agents, s.t.ndim)
 
     def body(c):
       s, ptr, _ = c
       ok, target = outcome(s, r, ptr)
-      j = (n_agents - 1 - jnp.argmax(ok[::-1]) if r.reverse else jnp.argmax(ok)).astype(jnp.int32)
-      tgt = target[j]
-      any_ok = jnp.any(ok)
-      moved = _reset_agent(s, j, s.arm[tgt], s.slot[tgt]).replace(taken=s.taken.at[tgt].set(True))
-      s = jax.tree.map(lambda x, y: jnp.where(any_ok, x, y), moved, s)
+      j = (jnp.max(jnp.where(ok, idx, -1), axis=0) if r.reverse
+           else jnp.min(jnp.where(ok, idx, n_agents), axis=0))
+      any_ok = jnp.any(ok, axis=0)
+      j = jnp.clip(j, 0, n_agents - 1)
+      tgt = _at(target, j)
+      is_j, is_tgt = (idx == j) & any_ok, (idx == tgt) & any_ok
+      s = s.replace(arm=jnp.where(is_j, _at(s.arm, tgt), s.arm),
+                    slot=jnp.where(is_j, _at(s.slot, tgt), s.slot),
+                    delivered=s.delivered & ~is_j, attempts=jnp.where(is_j, 0, s.attempts),
+                    succ=jnp.where(is_j, 0, s.succ), taken=s.taken | is_tgt)
       return s, jnp.where(any_ok, j, ptr), any_ok
 
-    s, _, _ = jax.lax.while_loop(lambda c: c[2], body, (s, start_ptr(r), jnp.bool_(True)))
+    ptr = jnp.full(s.t.shape, start_ptr(r), jnp.int32)
+    s, _, _ = jax.lax.while_loop(lambda c: jnp.any(c[2]), body,
+                                 (s, ptr, jnp.ones(s.t.shape, bool)))
     return s
 
   def phase1_picks(s: TPGState):
@@ -429,14 +429,6 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     return Rules(tries=~s.taken & ((s.arm < 0) | chunk_done), reverse=True, eta=eta,
                  eligible=eligible, mine=mine, allowed=allowed)
 
-  def plan_phase1(s: TPGState) -> TPGState:
-    s, _, rules = phase1_picks(s)
-    return jax.lax.cond(jnp.any(rules.tries), lambda s: takeovers(s, rules), lambda s: s, s)
-
-  def plan_phase2(s: TPGState) -> TPGState:
-    rules = phase2_rules(s)
-    return jax.lax.cond(jnp.any(rules.tries), lambda s: takeovers(s, rules), lambda s: s, s)
-
   def plan_changes(s: TPGState) -> jax.Array:
     """Whether the plan of the next round changes anything: a pick, or a first takeover."""
     s1, picked, rules1 = phase1_picks(s)
@@ -447,53 +439,54 @@ def tpg(*, guarded: bool = False) -> Algorithm:
 
   def start_phase2(s: TPGState) -> TPGState:
     b = s.batch
-    n_agents = s.arm.shape[0]
+    n_agents, k, nb = s.arm.shape[0], b.active.shape[0], s.t.ndim
     unf = b.active & (b.pull_count < b.m)
-    n_unf = jnp.sum(unf.astype(jnp.int32))
+    n_unf = jnp.sum(unf.astype(jnp.int32), axis=0)
     per_arm = jnp.maximum(1, n_agents // jnp.maximum(n_unf, 1))
     need = (b.m + per_arm - 1) // per_arm
-    slots = jnp.arange(n_agents)
+    slots = _lead(n_agents, nb)
     used = slots < n_unf * per_arm
-    rank = jnp.cumsum(unf.astype(jnp.int32)) - 1
-    k = unf.shape[0]
+    rank = jnp.cumsum(unf.astype(jnp.int32), axis=0) - 1
     # chunk s belongs to the (s // per_arm)-th unfinished arm
-    owner = unf[None, :] & (rank[None, :] == (slots // per_arm)[:, None])
-    chunk_arm = jnp.where(used, jnp.max(jnp.where(owner, jnp.arange(k)[None, :], -1), 1), -1)
+    owner = unf[None] & (rank[None] == (slots // per_arm)[:, None])
+    chunk_arm = jnp.where(used, jnp.max(jnp.where(owner, _lead(k, nb)[None], -1), axis=1), -1)
     u = algo_uniforms(s.key, s.t, k, n_agents)
     rand_arm = choice(unf, u[:n_agents, 0])
-    zeros = jnp.zeros(n_agents, jnp.int32)
-    return s.replace(phase=jnp.int32(2), need=need.astype(jnp.int32),
+    zeros = jnp.zeros_like(s.attempts)
+    no = jnp.zeros_like(s.taken)
+    return s.replace(phase=jnp.full_like(s.phase, 2), need=need.astype(jnp.int32),
                      chunk_arm=chunk_arm.astype(jnp.int32), chunk_count=zeros,
                      chunk_active=used, arm=jnp.where(used, chunk_arm, rand_arm).astype(jnp.int32),
                      slot=jnp.where(used, slots, -1).astype(jnp.int32),
-                     taken=jnp.zeros(n_agents, bool), delivered=jnp.zeros(n_agents, bool),
-                     attempts=zeros, succ=zeros)
+                     taken=no, delivered=no, attempts=zeros, succ=zeros)
 
   def start_batch(s: TPGState) -> TPGState:
     b = s.batch
     n_agents = s.arm.shape[0]
-    n_active = jnp.sum(b.active.astype(jnp.int32))
-    zeros = jnp.zeros(n_agents, jnp.int32)
-    return s.replace(phase=jnp.int32(1), done=jnp.zeros_like(b.active),
-                     done_count=jnp.int32(0), threshold=jnp.maximum(0, n_active - n_agents),
-                     unassigned=b.active, arm=jnp.full(n_agents, -1, jnp.int32),
-                     taken=jnp.zeros(n_agents, bool), delivered=jnp.zeros(n_agents, bool),
-                     attempts=zeros, succ=zeros, slot=jnp.full(n_agents, -1, jnp.int32))
+    n_active = jnp.sum(b.active.astype(jnp.int32), axis=0)
+    zeros, no, none = jnp.zeros_like(s.attempts), jnp.zeros_like(s.taken), jnp.full_like(s.arm, -1)
+    return s.replace(phase=jnp.ones_like(s.phase), done=jnp.zeros_like(b.active),
+                     done_count=jnp.zeros_like(s.done_count),
+                     threshold=jnp.maximum(0, n_active - n_agents).astype(jnp.int32),
+                     unassigned=b.active, arm=none, taken=no, delivered=no, attempts=zeros,
+                     succ=zeros, slot=none)
 
   def after_phase1(s: TPGState) -> TPGState:
     """Phase 2 when 0 < U <= M active arms are unfinished, else the batch is over (phase 0)."""
     b = s.batch
-    n_unf = jnp.sum((b.active & (b.pull_count < b.m)).astype(jnp.int32))
-    return jax.lax.cond((n_unf > 0) & (n_unf <= s.arm.shape[0]), start_phase2,
-                        lambda s: s.replace(phase=jnp.int32(0)), s)
+    n_unf = jnp.sum((b.active & (b.pull_count < b.m)).astype(jnp.int32), axis=0)
+    return tree_select((n_unf > 0) & (n_unf <= s.arm.shape[0]), start_phase2(s),
+                       s.replace(phase=jnp.zeros_like(s.phase)))
 
   def open_batch(s: TPGState) -> TPGState:
     """Phase 1 of a new batch, skipped when it has nothing to do (at most M active arms)."""
     s = start_batch(s)
-    return jax.lax.cond(s.threshold <= 0, after_phase1, lambda s: s, s)
+    return tree_select(s.threshold <= 0, after_phase1(s), s)
 
   def plan(s: TPGState) -> TPGState:
-    return jax.lax.cond(s.phase == 1, plan_phase1, plan_phase2, s)
+    """Phase 1's picks then takeovers, or phase 2's takeovers (batch-polymorphic)."""
+    s1, _, rules1 = phase1_picks(s)
+    return tree_select(s.phase == 1, takeovers(s1, rules1), takeovers(s, phase2_rules(s)))
 
   def open_chunks(s: TPGState) -> jax.Array:
     pulls = _at(s.batch.pull_count, jnp.maximum(s.chunk_arm, 0))
@@ -506,11 +499,10 @@ def tpg(*, guarded: bool = False) -> Algorithm:
             | ((s.phase == 2) & ~open_chunks(s)))
 
   def end_phase(s: TPGState) -> TPGState:
-    """Phase 2 after phase 1 when it applies, else the batch's end and the next batch."""
-    s = jax.lax.cond(s.phase == 1, after_phase1, lambda s: s.replace(phase=jnp.int32(0)), s)
-    return jax.lax.cond(s.phase == 0,
-                        lambda s: open_batch(s.replace(batch=batch_end(s.batch))),
-                        lambda s: s, s)
+    """Phase 2 after phase 1 when it applies, else the batch's end and the next batch
+    (batch-polymorphic)."""
+    s = tree_select(s.phase == 1, after_phase1(s), s.replace(phase=jnp.zeros_like(s.phase)))
+    return tree_select(s.phase == 0, open_batch(s.replace(batch=batch_end(s.batch))), s)
 
   def init(key, spec: ErasureSpec) -> TPGState:
     if spec.initial_arm is None or jnp.ndim(spec.eps) != 1:
@@ -573,7 +565,8 @@ def tpg(*, guarded: bool = False) -> Algorithm:
                   chunk_count=chunk_count, chunk_active=chunk_active)
     return s.replace(t=s.t + 1)
 
-  return batched(init, act, step, [Rare(phase_over, end_phase), Rare(plan_changes, plan)],
+  return batched(init, act, step, [Rare(phase_over, end_phase, native=True),
+                                   Rare(plan_changes, plan, native=True)],
                  feedback="tpg")
 
 
