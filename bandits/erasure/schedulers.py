@@ -303,8 +303,8 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     reverse: bool     # from the last agent down
     eta: Callable     # state -> (M,) estimated rounds each agent needs
     eligible: Callable  # state -> (M,) bool, possible targets
-    mine: Callable    # (state, target (M,)) -> (M,) each trier's own estimate
-    allowed: Callable  # (state, target) -> (M,) bool, extra condition on the target
+    mine: Callable    # (state, target (*b) agent) -> (M, *b) each trier's own estimate
+    allowed: Callable  # (state, target (*b) agent) -> bool, extra condition on the target
 
   def outcome(s: TPGState, r: Rules, ptr):
     """(which triers past ``ptr`` would take over, each one's target) on state ``s``: agent j
@@ -324,7 +324,11 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     target = jnp.where(idx == first, second, first)
     t_eta = jnp.where(idx == first, best2, best)
     after = idx < ptr if r.reverse else idx > ptr
-    ok = r.tries & after & (t_eta > 0) & (r.mine(s, target) < t_eta) & r.allowed(s, target)
+    # the target is one of two agents per run: evaluate the rules on those two, not per trier
+    at_first = idx == first
+    mine = jnp.where(at_first, r.mine(s, second), r.mine(s, first))
+    allowed = jnp.where(at_first, r.allowed(s, second), r.allowed(s, first))
+    ok = r.tries & after & (t_eta > 0) & (mine < t_eta) & allowed
     return ok, target
 
   def start_ptr(r: Rules):
