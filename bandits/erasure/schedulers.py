@@ -433,13 +433,26 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     return Rules(tries=~s.taken & ((s.arm < 0) | chunk_done), reverse=True, eta=eta,
                  eligible=eligible, mine=mine, allowed=allowed)
 
+  def in_phase(phase: int, fn: Callable) -> Callable:
+    """``fn`` on the batch when some run is in ``phase``, else the state unchanged (or no
+    flag): with K <= M every batch skips phase 1, and a batch of runs often has no run in
+    one of the phases."""
+    def wrapped(s, default):
+      return jax.lax.cond(jnp.any(s.phase == phase), fn, lambda s: default(s), s)
+    return wrapped
+
   def plan_changes(s: TPGState) -> jax.Array:
     """Whether the plan of the next round changes anything: a pick, or a first takeover."""
-    s1, picked, rules1 = phase1_picks(s)
-    ok1, _ = outcome(s1, rules1, start_ptr(rules1))
-    rules2 = phase2_rules(s)
-    ok2, _ = outcome(s, rules2, start_ptr(rules2))
-    return jnp.where(s.phase == 1, picked | jnp.any(ok1, axis=0), jnp.any(ok2, axis=0))
+    def phase1(s):
+      s1, picked, rules1 = phase1_picks(s)
+      return picked | jnp.any(outcome(s1, rules1, start_ptr(rules1))[0], axis=0)
+
+    def phase2(s):
+      rules2 = phase2_rules(s)
+      return jnp.any(outcome(s, rules2, start_ptr(rules2))[0], axis=0)
+
+    no = lambda s: jnp.zeros(s.t.shape, bool)
+    return jnp.where(s.phase == 1, in_phase(1, phase1)(s, no), in_phase(2, phase2)(s, no))
 
   def start_phase2(s: TPGState) -> TPGState:
     b = s.batch
@@ -489,8 +502,13 @@ def tpg(*, guarded: bool = False) -> Algorithm:
 
   def plan(s: TPGState) -> TPGState:
     """Phase 1's picks then takeovers, or phase 2's takeovers (batch-polymorphic)."""
-    s1, _, rules1 = phase1_picks(s)
-    return tree_select(s.phase == 1, takeovers(s1, rules1), takeovers(s, phase2_rules(s)))
+    def phase1(s):
+      s1, _, rules1 = phase1_picks(s)
+      return takeovers(s1, rules1)
+
+    same = lambda s: s
+    return tree_select(s.phase == 1, in_phase(1, phase1)(s, same),
+                       in_phase(2, lambda s: takeovers(s, phase2_rules(s)))(s, same))
 
   def open_chunks(s: TPGState) -> jax.Array:
     pulls = _at(s.batch.pull_count, jnp.maximum(s.chunk_arm, 0))
