@@ -217,7 +217,8 @@ def test_sp2_feedback_requests_by_arm_are_the_stacks(n_agents):
     np.testing.assert_array_equal(got[..., r], np.asarray(want))
 
 
-@pytest.mark.parametrize("name", [pytest.param("tpg", marks=pytest.mark.slow), "sp2_fb"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tpg", "sp2_fb"])
 def test_multi_agent_native_batch_equals_vmap_over_runs(name):
   """TPG's and SP2-Feedback's batch-polymorphic rounds give the numbers of the one-run code
   mapped over the runs (a ragged grid of two channel profiles)."""
