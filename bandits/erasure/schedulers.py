@@ -17,11 +17,11 @@ feedback), up to M_i per arm; at the batch end the running means are updated
 and arm j is eliminated when max_a q_a - q_j > 2 sqrt(ln(T M) / (2 M_i))
 (``BanditBase.eliminate_arms``).
 
-Written for one run (arrays (K,) per arm, (M,) per agent). TPG and SP2-Feedback
-go through :func:`batched`, which maps the one-run pieces over a device's runs
-and runs their rare branches (batch ends, plans) only in rounds where some run
-needs them; the others are mapped over runs by the simulator
-(``native_batch=False``). Randomness: a scheduler that draws
+TPG and SP2-Feedback are batch-polymorphic (arrays (K, *b) per arm, (M, *b) per
+agent, runs trailing) and go through :func:`batched`, which runs their rare work
+(batch ends, plans) only in rounds where some run of the device needs it; the
+others are written for one run ((K,) per arm, (M,) per agent) and mapped over
+runs by the simulator (``native_batch=False``). Randomness: a scheduler that draws
 uses :func:`algo_uniforms` (key, t), uniforms fixed by the round, so a float64
 reference (:mod:`bandits.erasure.numpy_ma`) can replay the same choices.
 Conventions: ``choice(S, u)`` over an ascending set S of arms is
@@ -93,22 +93,18 @@ def first_batch(spec: BanditSpec) -> jax.Array:
 
 
 class Rare(NamedTuple):
-  """Rare work of a :func:`batched` algorithm: ``fix(state)`` where ``needs(state)``.
-
-  ``needs`` is batch-polymorphic ((*b) bool); ``fix`` is written for one run (mapped over
-  the runs) unless ``native``, when it is batch-polymorphic too.
-  """
+  """Rare work of a :func:`batched` algorithm: ``fix(state)`` where ``needs(state)``, both
+  batch-polymorphic (``needs`` gives (*b) bool)."""
   needs: Callable
   fix: Callable
-  native: bool = False
 
 
 def batched(init, act, step, rare: list[Rare], *, feedback: str | None = None) -> Algorithm:
   """A batch-polymorphic algorithm whose rare work runs only in rounds that need it.
 
-  ``act(state)`` and ``step(state, action, obs)`` are batch-polymorphic (arrays (K, *b),
-  (M, *b), (*b): the layout of :mod:`bandits.core`); ``init(key, spec)`` is written for one
-  run and mapped over the trailing batch axes. ``rare`` lists :class:`Rare` pieces applied
+  ``act(state)``, ``step(state, action, obs)`` and the :class:`Rare` pieces are
+  batch-polymorphic (arrays (K, *b), (M, *b), (*b): the layout of :mod:`bandits.core`);
+  ``init(key, spec)`` is written for one run and mapped over the trailing batch axes. ``rare`` lists :class:`Rare` pieces applied
   after ``step`` in order, each under one ``lax.cond`` for the whole batch: ``fix`` runs
   (kept where ``needs``) only in rounds where some run of the device's batch needs it.
   Under ``vmap`` a per-run ``cond`` computes both branches every round; here batch ends and
@@ -127,11 +123,9 @@ def batched(init, act, step, rare: list[Rare], *, feedback: str | None = None) -
   def b_update(state, action, obs):
     if feedback and obs.ack is None:
       raise ValueError(f"{feedback} needs feedback: run it on an environment with feedback=True")
-    nb = jnp.ndim(state.t)
     state = step(state, action, obs)
-    for needs, fix, native in rare:
+    for needs, fix in rare:
       flag = needs(state)
-      fix = fix if native else per_run(fix, nb)
       state = jax.lax.cond(jnp.any(flag),
                            lambda s, flag=flag, fix=fix: tree_select(flag, fix(s), s),
                            lambda s: s, state)
@@ -256,16 +250,6 @@ def _lead(n: int, nb: int) -> jax.Array:
   return jnp.arange(n, dtype=jnp.int32).reshape((n,) + (1,) * nb)
 
 
-def _cumsum(x: jax.Array) -> jax.Array:
-  """Inclusive cumulative sum over axis 0, unrolled (XLA's CPU cumsum is a windowed
-  reduction; a running sum of slices fuses into its consumers)."""
-  out, run = [], jnp.zeros(x.shape[1:], x.dtype)
-  for i in range(x.shape[0]):
-    run = run + x[i]
-    out.append(run)
-  return jnp.stack(out)
-
-
 def _at(x: jax.Array, i: jax.Array) -> jax.Array:
   """``x[i]`` along axis 0 for every run (a chain of selects: agents and arms are few)."""
   return take(x, i, unroll=64)
@@ -371,11 +355,11 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     k, nb = s.unassigned.shape[0], s.t.ndim
     arm_safe = jnp.maximum(s.arm, 0)
     needs = ~s.taken & ((s.arm < 0) | _at(s.done, arm_safe) | (_at(b.pull_count, arm_safe) >= b.m))
-    rank = _cumsum(needs.astype(jnp.int32)) - 1
+    rank = jnp.cumsum(needs.astype(jnp.int32), axis=0) - 1
     unassigned = s.unassigned.astype(jnp.int32)
     n_un = jnp.sum(unassigned, axis=0)
     # the r-th needer (in agent order) gets the r-th highest unassigned arm
-    arm_rank = n_un - _cumsum(unassigned)
+    arm_rank = n_un - jnp.cumsum(unassigned, axis=0)
     hit = s.unassigned[None] & (arm_rank[None] == rank[:, None])
     picked = needs & (rank < n_un)
     new_arm = jnp.max(jnp.where(hit, _lead(k, nb)[None], -1), axis=1)
@@ -587,13 +571,12 @@ def tpg(*, guarded: bool = False) -> Algorithm:
                   chunk_count=chunk_count, chunk_active=chunk_active)
     return s.replace(t=s.t + 1)
 
-  return batched(init, act, step, [Rare(phase_over, end_phase, native=True),
-                                   Rare(plan_changes, plan, native=True)],
+  return batched(init, act, step, [Rare(phase_over, end_phase), Rare(plan_changes, plan)],
                  feedback="tpg")
 
 
 class StackState(struct.PyTreeNode):
-  """SP2-Feedback (one run): per agent a stack of (arm, requests left) entries, by arm.
+  """SP2-Feedback: per agent a stack of (arm, requests left) entries, by arm (one run shown).
 
   An agent's stack holds each arm at most once, in ascending arm order (see
   :func:`_stacks`), so it is stored by arm: ``left[m, a]`` requests are left in agent m's
@@ -748,7 +731,7 @@ def sp2_feedback(*, order: str = "descending") -> Algorithm:
     ("descending"), or its lowest ("ascending")."""
     b = s.batch
     k = s.left.shape[1]
-    arm = jnp.arange(k).reshape((1, k) + (1,) * s.t.ndim)
+    arm = _lead(k, s.t.ndim)[None]
     valid = (s.left > 0) & (b.pull_count < b.m)[None]
     if order == "descending":
       p = jnp.max(jnp.where(valid, arm, -1), axis=1)
@@ -795,13 +778,12 @@ def sp2_feedback(*, order: str = "descending") -> Algorithm:
     arm, has = top(s)
     # the top entry loses a request when its arm was played (it leaves the stack at zero)
     k = s.left.shape[1]
-    hit = (has & (played == arm))[:, None] & (
-        played[:, None] == jnp.arange(k).reshape((1, k) + (1,) * s.t.ndim))
+    hit = (has & (played == arm))[:, None] & (played[:, None] == _lead(k, s.t.ndim)[None])
     b = s.batch
     nb, _, _ = credit(b, played, obs.reward, take(b.active, played))
     return s.replace(t=s.t + 1, known=played, batch=nb, left=s.left - hit.astype(jnp.int32))
 
-  return batched(init, act, step, [Rare(batch_over, next_batch, native=True)],
+  return batched(init, act, step, [Rare(batch_over, next_batch)],
                  feedback="sp2_fb")
 
 
