@@ -263,6 +263,27 @@ def test_jax_matches_float64_port_on_the_same_draws(name, seed):
   assert int(env_s.tx) == int(ref.tx[-1]) and int(env_s.fb) == int(ref.fb[-1])
 
 
+@pytest.mark.parametrize("name", ["tpg", pytest.param("tpg_guarded", marks=pytest.mark.slow)])
+def test_tpg_matches_port_with_more_agents_than_arms(name):
+  """K <= M: every batch skips phase 1 (TPG's code for this case has no phase 1 at all), and
+  the arms played are still the port's."""
+  rng = np.random.default_rng(3)
+  k, m, horizon = 5, 8, 3000
+  means = rng.permutation(np.linspace(0.1, 0.7, k))
+  eps = rng.uniform(0.1, 0.6, m)
+  initial = rng.integers(k, size=m)
+  params = env.make_params(means, eps, initial_arm=initial, feedback=True)
+  erase_u, reward_v, algo_u, played, env_s = rollout(
+      algorithms.make(name), params, _spec(means, eps, horizon, initial), jax.random.key(3),
+      horizon)
+  ref = numpy_ma.run_port(name, np.asarray(params.means, np.float64),
+                          np.asarray(params.eps, np.float64), horizon, erase_u=erase_u,
+                          reward_v=reward_v, algo_u=algo_u, initial_arm=initial,
+                          feedback_mode="beacon")
+  np.testing.assert_array_equal(played, ref.played)
+  assert int(env_s.tx) == int(ref.tx[-1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_schedulers_learn(name):

@@ -208,10 +208,11 @@ def credit(b: Batch, arms: jax.Array, reward: jax.Array, eligible: jax.Array | N
   ok = jnp.ones(arms.shape, bool) if eligible is None else eligible
   # Unrolled over the agents: elementwise ops over the runs, which XLA fuses. On CPU a sum
   # over the leading axis of an (M, M, *b) or (M, K, *b) array is a strided loop per run,
-  # several times slower inside the simulator's round.
-  before = take(b.pull_count, arms)
-  before = jnp.stack([before[j] + sum(((arms[i] == arms[j]) & ok[i]).astype(jnp.int32)
-                                      for i in range(j)) for j in range(n_agents)])
+  # several times slower inside the simulator's round; ``before`` is one (M, *b) expression
+  # (one kernel), where a stack of per-agent rows made a kernel per agent.
+  idx = _lead(n_agents, arms.ndim - 1)
+  before = take(b.pull_count, arms) + sum(
+      ((idx > i) & (arms[i] == arms) & ok[i]).astype(jnp.int32) for i in range(n_agents - 1))
   credited = ok & (before < b.m)
   iota = jnp.arange(k).reshape((k,) + (1,) * (arms.ndim - 1))
   hits = [(arms[j] == iota) & credited[j] for j in range(n_agents)]
@@ -287,8 +288,22 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     reverse: bool     # from the last agent down
     eta: Callable     # state -> (M,) estimated rounds each agent needs
     eligible: Callable  # state -> (M,) bool, possible targets
-    mine: Callable    # (state, target (*b) agent) -> (M, *b) each trier's own estimate
+    cost: Callable    # (state, target (*b) agent) -> (*b): a trier's estimate is alpha + cost
     allowed: Callable  # (state, target (*b) agent) -> bool, extra condition on the target
+
+  def candidates(s: TPGState, r: Rules):
+    """The two possible targets per run, (*b) each: the first agent with the largest eta
+    among the eligible ones and its eta, then the runner-up (the first agent's target), in
+    one pass over the agents."""
+    e = jnp.where(r.eligible(s), r.eta(s), -1)
+    best, first = e[0], jnp.zeros(e.shape[1:], jnp.int32)
+    best2, second = jnp.full(e.shape[1:], -2, e.dtype), jnp.zeros(e.shape[1:], jnp.int32)
+    for j in range(1, e.shape[0]):
+      top, up = e[j] > best, e[j] > best2
+      best2, second = (jnp.where(top, best, jnp.where(up, e[j], best2)),
+                       jnp.where(top, first, jnp.where(up, j, second)))
+      best, first = jnp.where(top, e[j], best), jnp.where(top, j, first)
+    return first, best, second, best2
 
   def outcome(s: TPGState, r: Rules, ptr):
     """(which triers past ``ptr`` would take over, each one's target) on state ``s``: agent j
@@ -296,24 +311,33 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     that eta is positive and larger than its own estimate. Batch-polymorphic."""
     n_agents = s.arm.shape[0]
     idx = _lead(n_agents, s.t.ndim)
-    e = jnp.where(r.eligible(s), r.eta(s), -1)
-    # the largest eta and its first agent, then the runner-up, in one pass over the agents
-    best, first = e[0], jnp.zeros(e.shape[1:], jnp.int32)
-    best2, second = jnp.full(e.shape[1:], -2, e.dtype), jnp.zeros(e.shape[1:], jnp.int32)
-    for j in range(1, n_agents):
-      top, up = e[j] > best, e[j] > best2
-      best2, second = (jnp.where(top, best, jnp.where(up, e[j], best2)),
-                       jnp.where(top, first, jnp.where(up, j, second)))
-      best, first = jnp.where(top, e[j], best), jnp.where(top, j, first)
+    first, best, second, best2 = candidates(s, r)
     target = jnp.where(idx == first, second, first)
     t_eta = jnp.where(idx == first, best2, best)
     after = idx < ptr if r.reverse else idx > ptr
     # the target is one of two agents per run: evaluate the rules on those two, not per trier
     at_first = idx == first
-    mine = jnp.where(at_first, r.mine(s, second), r.mine(s, first))
+    mine = s.alpha + jnp.where(at_first, r.cost(s, second), r.cost(s, first))
     allowed = jnp.where(at_first, r.allowed(s, second), r.allowed(s, first))
     ok = r.tries & after & (t_eta > 0) & (mine < t_eta) & allowed
     return ok, target
+
+  def any_takeover(s: TPGState, r: Rules) -> jax.Array:
+    """``jnp.any(outcome(s, r, start_ptr(r))[0], axis=0)``, (*b): whether some trier would
+    take over. Written per agent on per-run arrays: a per-run value broadcast over the
+    agents (as in :func:`outcome`) makes XLA recompute the candidate pass for every agent,
+    and this test runs every round."""
+    first, best, second, best2 = candidates(s, r)
+    cost_first, cost_second = r.cost(s, first), r.cost(s, second)
+    allowed_first, allowed_second = r.allowed(s, first), r.allowed(s, second)
+    out = jnp.zeros(s.t.shape, bool)
+    for j in range(s.arm.shape[0]):
+      at = first == j
+      t_eta = jnp.where(at, best2, best)
+      mine = s.alpha[j] + jnp.where(at, cost_second, cost_first)
+      out |= (r.tries[j] & (t_eta > 0) & (mine < t_eta)
+              & jnp.where(at, allowed_second, allowed_first))
+    return out
 
   def start_ptr(r: Rules):
     return jnp.int32(r.tries.shape[0] if r.reverse else -1)
@@ -382,7 +406,7 @@ def tpg(*, guarded: bool = False) -> Algorithm:
       return e
 
     rules = Rules(tries=needs & ~picked, reverse=False, eta=eta, eligible=eligible,
-                  mine=lambda s, tgt: s.alpha + b.m,
+                  cost=lambda s, tgt: b.m,
                   allowed=lambda s, tgt: jnp.ones(tgt.shape, bool))
     return s, n_picked > 0, rules
 
@@ -408,14 +432,14 @@ def tpg(*, guarded: bool = False) -> Algorithm:
         e &= ~(s.delivered & (_at(b.pull_count, jnp.maximum(s.arm, 0)) < b.m))
       return e
 
-    def mine(s, tgt):
-      return s.alpha + (s.need - _at(b.pull_count, jnp.maximum(_at(s.arm, tgt), 0)))
+    def cost(s, tgt):
+      return s.need - _at(b.pull_count, jnp.maximum(_at(s.arm, tgt), 0))
 
     def allowed(s, tgt):
       return ~_at(s.done, jnp.maximum(_at(s.arm, tgt), 0)) if guarded else jnp.ones(tgt.shape, bool)
 
     return Rules(tries=~s.taken & ((s.arm < 0) | chunk_done), reverse=True, eta=eta,
-                 eligible=eligible, mine=mine, allowed=allowed)
+                 eligible=eligible, cost=cost, allowed=allowed)
 
   def in_phase(phase: int, fn: Callable) -> Callable:
     """``fn`` on the batch when some run is in ``phase``, else the state unchanged (or no
@@ -425,17 +449,21 @@ def tpg(*, guarded: bool = False) -> Algorithm:
       return jax.lax.cond(jnp.any(s.phase == phase), fn, lambda s: default(s), s)
     return wrapped
 
+  def has_phase1(s: TPGState) -> bool:
+    """Whether phase 1 can happen (static): a batch skips it when at most M arms are active,
+    so never when K <= M."""
+    return s.unassigned.shape[0] > s.arm.shape[0]
+
   def plan_changes(s: TPGState) -> jax.Array:
     """Whether the plan of the next round changes anything: a pick, or a first takeover."""
     def phase1(s):
       s1, picked, rules1 = phase1_picks(s)
-      return picked | jnp.any(outcome(s1, rules1, start_ptr(rules1))[0], axis=0)
+      return picked | any_takeover(s1, rules1)
 
-    def phase2(s):
-      rules2 = phase2_rules(s)
-      return jnp.any(outcome(s, rules2, start_ptr(rules2))[0], axis=0)
-
+    phase2 = lambda s: any_takeover(s, phase2_rules(s))
     no = lambda s: jnp.zeros(s.t.shape, bool)
+    if not has_phase1(s):
+      return in_phase(2, phase2)(s, no)
     return jnp.where(s.phase == 1, in_phase(1, phase1)(s, no), in_phase(2, phase2)(s, no))
 
   def start_phase2(s: TPGState) -> TPGState:
@@ -491,8 +519,10 @@ def tpg(*, guarded: bool = False) -> Algorithm:
       return takeovers(s1, rules1)
 
     same = lambda s: s
-    return tree_select(s.phase == 1, in_phase(1, phase1)(s, same),
-                       in_phase(2, lambda s: takeovers(s, phase2_rules(s)))(s, same))
+    phase2 = in_phase(2, lambda s: takeovers(s, phase2_rules(s)))(s, same)
+    if not has_phase1(s):
+      return phase2
+    return tree_select(s.phase == 1, in_phase(1, phase1)(s, same), phase2)
 
   def open_chunks(s: TPGState) -> jax.Array:
     pulls = _at(s.batch.pull_count, jnp.maximum(s.chunk_arm, 0))
@@ -551,14 +581,13 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     finished = (b.pull_count < b.m) & (nb.pull_count >= b.m)
     phase1 = s.phase == 1
     # Phase 2: a chunk counts its agents' samples of its arm while it is open; an arm that
-    # reaches M_i closes its chunks from the agent that finished it on.
-    finisher = credited & (before == b.m - 1)  # the agent whose sample finishes its arm
-    k = b.pull_count.shape[0]
-    closer = jnp.min(jnp.where(finisher[:, None] & (played[:, None] == _lead(k, nb_axes)[None]),
-                               idx[:, None], n_agents), axis=0)  # (K,): who finished each arm
-    finished_at = _at(closer, played)  # per agent: when its played arm finished (or M)
+    # reaches M_i closes its chunks from the agent that finished it on. Every sample is
+    # credited in order, so the counts agents see on an arm rise one by one from its count P
+    # at the round's start: the agents from the finisher on are those whose count before
+    # their own sample is >= M_i - 1, with P < M_i.
+    finished_by = (take(b.pull_count, played) < b.m) & (before >= b.m - 1)
     sl_safe = jnp.maximum(sl, 0)
-    counts = ((sl >= 0) & (played == ra) & _at(s.chunk_active, sl_safe) & (finished_at > idx)
+    counts = ((sl >= 0) & (played == ra) & _at(s.chunk_active, sl_safe) & ~finished_by
               & ~phase1)
     per_slot = sum(((sl_safe[j] == idx) & counts[j]).astype(jnp.int32) for j in range(n_agents))
     chunk_count = jnp.where(s.chunk_active, jnp.minimum(s.chunk_count + per_slot, s.need),
