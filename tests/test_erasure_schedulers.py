@@ -240,21 +240,19 @@ def test_choice_picks_the_rank_of_u():
 FAST = ("tpg", "sp2_fb", "lsae_ver")  # the rest of the cross-checks run in the slow tier
 
 
-@pytest.mark.parametrize("name, seed", [
-    pytest.param(n, s, marks=() if (n in FAST and s == 0) else pytest.mark.slow)
-    for n in SCHEDULERS for s in (0, 1)])
-def test_jax_matches_float64_port_on_the_same_draws(name, seed):
-  """Same draws in, the same arms played: the JAX scheduler is the float64 numpy one."""
+def _plays_like_port(name: str, seed: int, k: int, m: int, horizon: int = 3000):
+  """Runs scheduler ``name`` on a random instance with K = ``k`` arms (gaps 0.1) and M = ``m``
+  agents, and checks the arms played and the transmissions and feedback bits against the
+  float64 port fed the same draws."""
   rng = np.random.default_rng(seed)
-  k, m, horizon = 8, 5, 3000
-  means = rng.permutation(np.linspace(0.1, 0.8, k))  # gaps 0.1
+  means = rng.permutation(np.linspace(0.1, 0.1 * k, k))
   eps = rng.uniform(0.1, 0.6, m)
   initial = rng.integers(k, size=m)
   feedback = algorithms.ALGORITHMS[name].needs_feedback
   params = env.make_params(means, eps, initial_arm=initial, feedback=feedback)
-  algo = algorithms.make(name)
   erase_u, reward_v, algo_u, played, env_s = rollout(
-      algo, params, _spec(means, eps, horizon, initial), jax.random.key(seed), horizon)
+      algorithms.make(name), params, _spec(means, eps, horizon, initial), jax.random.key(seed),
+      horizon)
   ref = numpy_ma.run_port(name, np.asarray(params.means, np.float64),
                           np.asarray(params.eps, np.float64), horizon, erase_u=erase_u,
                           reward_v=reward_v, algo_u=algo_u, initial_arm=initial,
@@ -263,25 +261,19 @@ def test_jax_matches_float64_port_on_the_same_draws(name, seed):
   assert int(env_s.tx) == int(ref.tx[-1]) and int(env_s.fb) == int(ref.fb[-1])
 
 
+@pytest.mark.parametrize("name, seed", [
+    pytest.param(n, s, marks=() if (n in FAST and s == 0) else pytest.mark.slow)
+    for n in SCHEDULERS for s in (0, 1)])
+def test_jax_matches_float64_port_on_the_same_draws(name, seed):
+  """Same draws in, the same arms played: the JAX scheduler is the float64 numpy one."""
+  _plays_like_port(name, seed, k=8, m=5)
+
+
 @pytest.mark.parametrize("name", ["tpg", pytest.param("tpg_guarded", marks=pytest.mark.slow)])
 def test_tpg_matches_port_with_more_agents_than_arms(name):
   """K <= M: every batch skips phase 1 (TPG's code for this case has no phase 1 at all), and
   the arms played are still the port's."""
-  rng = np.random.default_rng(3)
-  k, m, horizon = 5, 8, 3000
-  means = rng.permutation(np.linspace(0.1, 0.7, k))
-  eps = rng.uniform(0.1, 0.6, m)
-  initial = rng.integers(k, size=m)
-  params = env.make_params(means, eps, initial_arm=initial, feedback=True)
-  erase_u, reward_v, algo_u, played, env_s = rollout(
-      algorithms.make(name), params, _spec(means, eps, horizon, initial), jax.random.key(3),
-      horizon)
-  ref = numpy_ma.run_port(name, np.asarray(params.means, np.float64),
-                          np.asarray(params.eps, np.float64), horizon, erase_u=erase_u,
-                          reward_v=reward_v, algo_u=algo_u, initial_arm=initial,
-                          feedback_mode="beacon")
-  np.testing.assert_array_equal(played, ref.played)
-  assert int(env_s.tx) == int(ref.tx[-1])
+  _plays_like_port(name, 3, k=5, m=8)
 
 
 @pytest.mark.slow

@@ -577,7 +577,7 @@ def tpg(*, guarded: bool = False) -> Algorithm:
     # every played arm is credited (also an eliminated one, as in the authors' code)
     n_agents, nb_axes = played.shape[0], s.t.ndim
     idx = _lead(n_agents, nb_axes)
-    nb, credited, before = credit(b, played, obs.reward)
+    nb, _, before = credit(b, played, obs.reward)
     finished = (b.pull_count < b.m) & (nb.pull_count >= b.m)
     phase1 = s.phase == 1
     # Phase 2: a chunk counts its agents' samples of its arm while it is open; an arm that
