@@ -37,6 +37,20 @@ def test_each_target_is_judged_at_its_worst_shape():
   assert gpu_check.judge([], "pallas")["decode_24"]["met"] is None
 
 
+def test_the_mosaic_armor_is_judged_on_its_own_kind():
+  """Mosaic GPU's ARMOR (B as its own kernel) has no fused-B rows: its decode goal reads kind
+  ``armor``, and the Triton rows never count for it."""
+  rows = [_row("armor", 1, "4096x4096", 1.3, impl="mosaic"),
+          _row("armor", 16, "4096x14336", 1.5, impl="mosaic"),
+          _row("armor_fused_b", 1, "4096x4096", 2.0),
+          _row("24", 1, "4096x4096", 1.9, impl="mosaic")]
+  t = gpu_check.judge(rows, "mosaic")
+  assert "decode_armor_fused_b" not in t
+  assert t["decode_armor"]["speedup"] == pytest.approx(1.3) and not t["decode_armor"]["met"]
+  assert t["decode_armor"]["shapes"] == 2
+  assert t["decode_24"]["met"] and t["prefill_24"]["met"] is None
+
+
 @pytest.mark.slow
 def test_the_dry_run_writes_one_flat_folder_without_the_packages_a_gpu_image_lacks(tmp_path):
   hide = tmp_path / "hide"
@@ -55,12 +69,12 @@ def test_the_dry_run_writes_one_flat_folder_without_the_packages_a_gpu_image_lac
   s = json.loads((out / "summary.json").read_text())
   assert s["dry_run"] and s["env"]["backend"] == "cpu"
   assert {k: v["status"] for k, v in s["steps"].items()} == {
-      "tests": "ok", "bench 64x128": "ok", "prune": "ok"}
-  assert "passed" in s["steps"]["tests"]["tail"][0]
+      "tests_mosaic": "ok", "tests_triton": "ok", "bench 64x128 interpret": "ok", "prune": "ok"}
+  assert all("passed" in s["steps"][k]["tail"][0] for k in ("tests_mosaic", "tests_triton"))
   # decode targets measured (prefill is not at the dry run's batches), on the kernels' rows
-  assert s["targets"]["decode_24"]["speedup"] > 0
-  assert s["targets"]["decode_armor_fused_b"]["speedup"] > 0
-  assert s["targets"]["prefill_24"]["met"] is None
+  t = s["targets"]["interpret"]
+  assert t["decode_24"]["speedup"] > 0 and t["decode_armor_fused_b"]["speedup"] > 0
+  assert t["prefill_24"]["met"] is None
   kinds = {(r["kind"], r["impl"]) for r in gpu_check.csv.DictReader(
       (out / "kernels.csv").open())}
   assert {("24", "interpret"), ("armor", "interpret"), ("armor_fused_b", "interpret"),
