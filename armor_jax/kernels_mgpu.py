@@ -68,6 +68,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
@@ -79,6 +80,8 @@ WG_M = 64
 STEP_R = 32
 #: Shared memory the default tiles may use (an H100 block gets 227 KB; room for barriers).
 SMEM_BUDGET = 200 * 1024
+#: Programs the default decode tiles aim for: two per multiprocessor of an H100 or H200 (132).
+MIN_PROGRAMS = 264
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,17 +148,22 @@ class MgpuTiles:
     r: meta bytes (8 dense input columns each) per K step; a multiple of 32 (a uint8 tile
       is swizzled in 32-byte rows at least).
     stages: K steps in flight (TMA ring depth).
+    split: programs that share one output tile's K loop (split-K): each sums ``1 / split``
+      of the K steps into an f32 partial, and XLA adds the partials. More programs to fill
+      the machine at decode, where N / bn tiles alone leave multiprocessors idle.
   """
   bm: int = 16
   bn: int = WG_M
   r: int = STEP_R
   stages: int = 4
+  split: int = 1
 
   def check(self, m_pad: int, n: int, k: int) -> None:
-    if self.bm % 16 or self.bn % WG_M or self.r % STEP_R or self.stages < 1:
+    if (self.bm % 16 or self.bn % WG_M or self.r % STEP_R or self.stages < 1
+        or self.split < 1):
       raise ValueError(f"{self}: bm must be a multiple of 16, bn of {WG_M}, r of {STEP_R}, "
-                       "stages >= 1")
-    if m_pad % self.bm or n % self.bn or (k // 8) % self.r:
+                       "stages and split >= 1")
+    if m_pad % self.bm or n % self.bn or (k // 8) % (self.r * self.split):
       raise ValueError(f"{self} does not divide (M_pad, N, K) = ({m_pad}, {n}, {k})")
 
 
@@ -169,15 +177,17 @@ def smem_bytes(t: MgpuTiles, *, fuse_a: bool, itemsize: int = 2) -> int:
 
 
 def default_tiles(m: int, n: int, k: int, *, block_a: int | None = None) -> MgpuTiles:
-  """Tiles for an (m, k) x (n, k)^T product (see the module docstring; untuned).
+  """Tiles for an (m, k) x (n, k)^T product, N and K padded (see the module docstring).
 
   ``bm`` 16 at decode (m <= 16), else 64; ``bn`` 64 or A's block; 4 stages at decode, 2
   otherwise, fewer (then a narrower ``bm``) while :func:`smem_bytes` exceeds
-  :data:`SMEM_BUDGET`.
+  :data:`SMEM_BUDGET`. At decode K is split (:attr:`MgpuTiles.split`, a power of two
+  dividing the K steps, at least two steps each) until the grid has :data:`MIN_PROGRAMS`
+  programs.
   """
-  del n, k
-  t = MgpuTiles(bm=16 if m <= 16 else 64, bn=block_a or WG_M, r=STEP_R,
-                stages=4 if m <= 16 else 2)
+  decode = m <= 16
+  t = MgpuTiles(bm=16 if decode else 64, bn=block_a or WG_M, r=STEP_R,
+                stages=4 if decode else 2)
   while smem_bytes(t, fuse_a=block_a is not None) > SMEM_BUDGET:
     if t.stages > 1:
       t = dataclasses.replace(t, stages=t.stages - 1)
@@ -185,6 +195,12 @@ def default_tiles(m: int, n: int, k: int, *, block_a: int | None = None) -> Mgpu
       t = dataclasses.replace(t, bm=t.bm // 2, stages=2)
     else:
       break
+  if decode:
+    steps, programs, split = k // 8 // t.r, (n // t.bn) * -(-m // t.bm), 1
+    while (programs * split < MIN_PROGRAMS and steps % (2 * split) == 0
+           and steps // (2 * split) >= 2):
+      split *= 2
+    t = dataclasses.replace(t, split=split)
   return t
 
 
@@ -197,6 +213,49 @@ def mgpu_words(packed: sparsity.Packed24) -> jax.Array:
   pairs = packed.values.reshape(n, k // 8, 2, 2)                       # [n, r, e, half]
   words = jax.lax.bitcast_convert_type(pairs, jnp.uint32)             # [n, r, e]
   return jnp.transpose(words, (2, 0, 1))
+
+
+class MgpuPacked(struct.PyTreeNode):
+  """A 2:4 matrix in the kernels' layout, made once by :func:`prepare` (no regrouping per call).
+
+  Attributes:
+    words: (2, N_pad, K_pad / 8) uint32 (:func:`mgpu_words` of the padded matrix).
+    meta: (N_pad, K_pad / 8) uint8, as stored.
+    n, k: the unpadded shape (static).
+    dtype: the values' dtype name (static), the compute dtype of the products.
+  """
+  words: jax.Array
+  meta: jax.Array
+  n: int = struct.field(pytree_node=False)
+  k: int = struct.field(pytree_node=False)
+  dtype: str = struct.field(pytree_node=False)
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return (self.n, self.k)
+
+
+def prepare(packed: sparsity.Packed24, *, n_multiple: int = WG_M,
+            k_multiple: int = 8 * STEP_R) -> MgpuPacked:
+  """``packed`` padded (N to ``n_multiple``, K to ``k_multiple``) and regrouped into words.
+
+  The same bytes as the values and meta; do it once per weight, not per call. Tiles used
+  with the result must divide the padded shape (``bn | N_pad``, ``8 r split | K_pad``).
+  """
+  n, k = packed.shape
+  core = _pad_core(packed, _round_up(n, n_multiple), _round_up(k, k_multiple))
+  return MgpuPacked(mgpu_words(core), core.meta, n, k, jnp.dtype(core.values.dtype).name)
+
+
+def _as_prepared(core, n_multiple: int, k_multiple: int) -> MgpuPacked:
+  """``core`` as :class:`MgpuPacked`, padded to these multiples (checked if already prepared)."""
+  if not isinstance(core, MgpuPacked):
+    return prepare(core, n_multiple=n_multiple, k_multiple=k_multiple)
+  n_pad, kr = core.meta.shape
+  if n_pad % n_multiple or (8 * kr) % k_multiple:
+    raise ValueError(f"prepared weights padded to ({n_pad}, {8 * kr}) do not fit tiles that "
+                     f"need multiples of ({n_multiple}, {k_multiple}); prepare with those")
+  return core
 
 
 def _xp(x2: jax.Array, m_pad: int, dtype) -> jax.Array:
@@ -250,9 +309,14 @@ def _sparse_body(x_gmem, w_gmem, m_gmem, *gmem, t: MgpuTiles, n_steps: int, fuse
   i = jax.lax.axis_index("m")
   rows = pl.ds(j * bn, bn)
   cols = pl.ds(i * bm, bm)
+  if t.split > 1:                      # this program's share of K, and its partial's plane
+    kc = jax.lax.axis_index("k")
+    first, o_gmem = kc * n_steps, o_gmem.at[kc]
+  else:
+    first = 0
 
   def fetch(step, slot):
-    ks = pl.ds(step * r, r)
+    ks = pl.ds((first + step) * r, r)
     bar = bars.at[slot]
     plgpu.copy_gmem_to_smem(w_gmem.at[:, rows, ks], w_smem.at[slot], bar)
     plgpu.copy_gmem_to_smem(m_gmem.at[rows, ks], m_smem.at[slot], bar)
@@ -305,6 +369,10 @@ def sparse_mgpu_t(xp: jax.Array, words: jax.Array, meta: jax.Array, *, tiles: Mg
                   out_dtype, a: jax.Array | None = None, interpret=None) -> jax.Array:
   """The sparse kernel on prepared operands: ``y.T`` (N, M_pad), or ``(y @ A.T).T`` with ``a``.
 
+  With ``tiles.split > 1`` the result is the (split, N, M_pad) stack of f32 partial sums
+  over K (their sum is ``y.T``), and ``a`` must be None: A cannot act before the partials
+  are added.
+
   Args:
     xp: (8, K/8, M_pad) activations in the compute dtype (:func:`_xp`).
     words: (2, N, K/8) uint32 (:func:`mgpu_words`).
@@ -315,7 +383,7 @@ def sparse_mgpu_t(xp: jax.Array, words: jax.Array, meta: jax.Array, *, tiles: Mg
     interpret: None (compile for the GPU) or :func:`interpret_params`.
 
   Returns:
-    (N, M_pad) in ``out_dtype``.
+    (N, M_pad) in ``out_dtype``, or (split, N, M_pad) f32 partials when ``tiles.split > 1``.
   """
   _, kr, m_pad = xp.shape
   n = meta.shape[0]
@@ -323,8 +391,12 @@ def sparse_mgpu_t(xp: jax.Array, words: jax.Array, meta: jax.Array, *, tiles: Mg
   tiles.check(m_pad, n, 8 * kr)
   if a is not None and a.shape[-1] != tiles.bn:
     raise ValueError(f"a fused A needs bn == A's block ({a.shape[-1]}); got bn={tiles.bn}")
+  split = tiles.split
+  if split > 1 and a is not None:
+    raise ValueError("a fused A needs split == 1 (A acts on the sum of the K partials)")
+  out_dtype = jnp.float32 if split > 1 else out_dtype
   bm, bn, r, stages = tiles.bm, tiles.bn, tiles.r, tiles.stages
-  n_steps = kr // r
+  n_steps = kr // r // split
   stages = min(stages, n_steps)
   tiles = dataclasses.replace(tiles, stages=stages)
   sw = _mma_swizzle(dtype, bm, r)          # slot tiles (bn, r) x x tiles (r, bm)
@@ -347,10 +419,12 @@ def sparse_mgpu_t(xp: jax.Array, words: jax.Array, meta: jax.Array, *, tiles: Mg
   body = functools.partial(_sparse_body, t=tiles, n_steps=n_steps, fuse_a=a is not None,
                            dtype=dtype)
   operands = (xp, words, meta) + (() if a is None else (a,))
+  grid, names, shape = (n // bn, m_pad // bm), ("n", "m"), (n, m_pad)
+  if split > 1:
+    grid, names, shape = grid + (split,), names + ("k",), (split,) + shape
   return plgpu.kernel(
-      body, out_type=jax.ShapeDtypeStruct((n, m_pad), out_dtype),
-      grid=(n // bn, m_pad // bm), grid_names=("n", "m"), scratch_types=scratch,
-      interpret=interpret, kernel_name="sparse24_mgpu")(*operands)
+      body, out_type=jax.ShapeDtypeStruct(shape, out_dtype), grid=grid, grid_names=names,
+      scratch_types=scratch, interpret=interpret, kernel_name="sparse24_mgpu")(*operands)
 
 
 def _blockdiag_body(x_gmem, d_gmem, o_gmem, *, b: int, bm: int, x_smem, d_smem, o_smem, bar):
@@ -416,20 +490,34 @@ def _bm_blockdiag(m: int) -> int:
   return 16 if m <= 16 else 64
 
 
-def _sparse_t(z: jax.Array, core: sparsity.Packed24, *, tiles: MgpuTiles | None, out_dtype,
+def _sparse_t(z: jax.Array, core, *, tiles: MgpuTiles | None, out_dtype,
               a: jax.Array | None, interpret) -> jax.Array:
-  """``(z @ S.T).T`` (or with A fused) on 2-D z (M, K_core); (N_pad, M) after unpadding M."""
+  """``(z @ S.T).T`` (or ``A @`` it) on 2-D z (M, K_core); (N, M) after unpadding.
+
+  ``core`` is a :class:`~armor_jax.solver.sparsity.Packed24` (padded and regrouped on every
+  call) or :class:`MgpuPacked`. A is fused into the kernel when the tiles have no split; with
+  split-K the partials are added by XLA, rounded to the compute dtype (as the fused epilogue
+  rounds its tile) and multiplied by A in :func:`blockdiag_mgpu_t`.
+  """
   m = z.shape[0]
   n, k = core.shape
   bn = WG_M if a is None else a.shape[-1]
-  core = _pad_core(core, _round_up(n, bn), _round_up(k, _k_multiple()))
-  n_pad, k_pad = core.shape
-  tiles = tiles or default_tiles(m, n_pad, k_pad, block_a=None if a is None else bn)
+  k_mult = _k_multiple() if tiles is None else 8 * tiles.r * tiles.split
+  core = _as_prepared(core, bn if tiles is None else tiles.bn, k_mult)
+  n_pad, kr = core.meta.shape
+  tiles = tiles or default_tiles(m, n_pad, 8 * kr, block_a=None if a is None else bn)
   m_pad = _round_up(m, tiles.bm)
-  xp = _xp(_pad_cols(z, k_pad), m_pad, core.values.dtype)
-  yt = sparse_mgpu_t(xp, mgpu_words(core), core.meta, tiles=tiles, out_dtype=out_dtype, a=a,
+  dtype = jnp.dtype(core.dtype)
+  xp = _xp(_pad_cols(z, 8 * kr), m_pad, dtype)
+  fused = a if tiles.split == 1 else None
+  yt = sparse_mgpu_t(xp, core.words, core.meta, tiles=tiles, out_dtype=out_dtype, a=fused,
                      interpret=interpret)
-  return yt[:n, :m]
+  if tiles.split > 1:
+    yt = yt.sum(0)
+    if a is not None:
+      yt = blockdiag_mgpu_t(yt.astype(dtype), a, bm=tiles.bm, out_dtype=jnp.float32,
+                            interpret=interpret)
+  return yt[:n, :m].astype(out_dtype)
 
 
 def _pad_core(core: sparsity.Packed24, n_to: int, k_to: int) -> sparsity.Packed24:
@@ -441,16 +529,17 @@ def _pad_cols(x: jax.Array, size: int) -> jax.Array:
   return x if x.shape[-1] == size else jnp.pad(x, ((0, 0), (0, size - x.shape[-1])))
 
 
-def sparse24_matmul(x: jax.Array, packed: sparsity.Packed24, *, tiles: MgpuTiles | None = None,
+def sparse24_matmul(x: jax.Array, packed, *, tiles: MgpuTiles | None = None,
                     interpret=None) -> jax.Array:
   """``x @ S.T`` through the Mosaic GPU sparse kernel; (..., N) in ``x.dtype``.
 
-  N is padded to 64 and K to 128 with zero weights when needed (a copy per call); x is cast to
-  the values' dtype (bf16 or fp16), products accumulate in f32.
+  A :class:`~armor_jax.solver.sparsity.Packed24` is padded (N to 64, K to 256, zero weights)
+  and regrouped into words on every call (one pass over the values); :func:`prepare` does it
+  once. x is cast to the values' dtype (bf16 or fp16), products accumulate in f32.
 
   Args:
     x: (..., K) activations.
-    packed: the compressed (N, K) matrix, 16-bit values.
+    packed: the compressed (N, K) matrix, 16-bit values, or its :class:`MgpuPacked` form.
     tiles: :class:`MgpuTiles` (default :func:`default_tiles`).
     interpret: None (compile for the GPU) or :func:`interpret_params`.
   """

@@ -61,9 +61,12 @@ TARGETS = (("decode_24", "24", (1, 8, 16), 1.6),
            ("decode_armor_fused_b", "armor_fused_b", (1, 8, 16), 1.45),
            ("prefill_24", "24", (2048,), 0.9))
 _MOSAIC_KIND = {"armor_fused_b": ("decode_armor", "armor")}
+#: The Mosaic GPU tile variants the tune step times (experiment bench_mgpu_tiles).
+TUNE_TILES = ("default,16x64x2x1,16x64x2x4,16x64x4x4,16x64x2x8,16x128x2x4,"
+              "128x64x2x1,64x128x2x1,128x128x1x1")
 
 
-def _plan(dry_run: bool, shapes: tuple[str, ...] = SHAPES) -> dict:
+def _plan(dry_run: bool, shapes: tuple[str, ...] = SHAPES, impls: tuple[str, ...] = IMPLS) -> dict:
   """Each step's arguments and time limit (seconds), in the order they run."""
   if dry_run:
     small = ["shapes=[64x128]", "batches=[1]", "copy_mb=1", "repeats=1", "calls=1",
@@ -73,6 +76,9 @@ def _plan(dry_run: bool, shapes: tuple[str, ...] = SHAPES) -> dict:
                           "words_layout or block_diagonal_kernel_lowers"], 300),
         "tests_triton": (["tests/test_kernels.py", "tests/test_kernel_ir.py", "-m", "not slow",
                           "-k", "expand_tile"], 300),
+        "tune": (["impl=mosaic_interpret", "shapes=[64x512]", "batches=[1]",
+                  "tiles=[default,16x64x1x2]", "copy_mb=1", "repeats=1", "calls=1",
+                  "weight_sets=1"], 300),
         "bench": ({("64x128", "interpret"): ["impl=interpret"] + small}, 300),
         "prune": (dict(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=1,
                        keys=["n_calib=2", "calib_len=32", "eval_len=32", "eval_windows=2",
@@ -84,8 +90,10 @@ def _plan(dry_run: bool, shapes: tuple[str, ...] = SHAPES) -> dict:
                         "not mosaic_interpret"], 120),
       "tests_triton": (["tests/test_kernels.py", "tests/test_kernel_ir.py", "-m", "not slow"],
                        120),
+      "tune": ([f"shapes=[{','.join(shapes)}]", "batches=[1,2048]", f"tiles=[{TUNE_TILES}]"],
+               240),
       "bench": ({(s, impl): bench + [f"impl={impl}", f"shapes=[{s}]"]
-                 for s in shapes for impl in IMPLS}, 75),
+                 for s in shapes for impl in impls}, 75),
       "prune": (dict(hidden=1024, intermediate=2816, heads=16, kv_heads=4, layers=2,
                      keys=["n_calib=16", "calib_len=256", "eval_len=256", "eval_windows=8"]),
                 90)}
@@ -218,6 +226,15 @@ def _markdown(summary: dict, rows: list[dict]) -> str:
       lines.append(f"| {r['shape']} | {r['batch']} | {r['kind']} | {r['impl']} | "
                    f"{float(r['seconds']) * 1e6:.1f} | {float(r['speedup_vs_dense']):.2f} | "
                    f"{float(r['bandwidth_fraction']):.0%} | {peak:.0%} |")
+  tune = summary.get("tune") or {}
+  if tune:
+    h = tune["headline"]
+    lines += ["", "| Mosaic GPU tiles: case | fastest tiles | its speedup | default's | "
+              "default, regrouped per call |", "| --- | --- | --- | --- | --- |"]
+    for case, best in tune["best"].items():
+      cells = [h.get(f"speedup_{w}_{case}", float("nan")) for w in ("best", "default",
+                                                                     "per_call")]
+      lines.append(f"| {case} | {best} | " + " | ".join(f"{v:.2f}x" for v in cells) + " |")
   prune = summary.get("prune") or {}
   if prune:
     lines += ["", "| pruning (synthetic Llama) | value |", "| --- | --- |"]
@@ -233,8 +250,11 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--budget-s", type=float, default=330.0,
                   help="total seconds for all steps (default 330: results within 6 minutes)")
   ap.add_argument("--work", default="", help="scratch folder for the runs (default: a temp dir)")
-  ap.add_argument("--steps", default="tests,bench,prune",
-                  help="the steps to run, comma-separated (default: all of tests,bench,prune)")
+  ap.add_argument("--steps", default="tests,tune,bench,prune",
+                  help="the steps to run, comma-separated, from tests (or one of tests_mosaic, "
+                  "tests_triton), tune, bench, prune (default: all)")
+  ap.add_argument("--impls", default=",".join(IMPLS),
+                  help="the kernel families the bench step times (default: mosaic,pallas)")
   ap.add_argument("--shapes", default=",".join(SHAPES),
                   help="the benchmark's layer shapes, comma-separated (default: all three)")
   args = ap.parse_args(argv)
@@ -247,10 +267,14 @@ def main(argv: list[str] | None = None) -> int:
   # whose memory a JAX process claims when it first touches it
   os.environ["JAX_PLATFORMS"] = "cpu"
   todo = set(args.steps.split(","))
-  if not todo <= {"tests", "bench", "prune"}:
-    ap.error(f"--steps: each of tests, bench, prune; got {args.steps}")
-  plan = {k: v for k, v in _plan(args.dry_run, tuple(args.shapes.split(","))).items()
-          if k.split("_")[0] in todo}
+  if not todo <= {"tests", "tests_mosaic", "tests_triton", "tune", "bench", "prune"}:
+    ap.error(f"--steps: each of tests, tests_mosaic, tests_triton, tune, bench, prune; got "
+             f"{args.steps}")
+  impls = tuple(args.impls.split(","))
+  if not set(impls) <= set(IMPLS):
+    ap.error(f"--impls: each of {', '.join(IMPLS)}; got {args.impls}")
+  plan = {k: v for k, v in _plan(args.dry_run, tuple(args.shapes.split(",")), impls).items()
+          if k in todo or k.split("_")[0] in todo}
   env = _env(steps.env)
   steps.say(f"== env: {json.dumps(env)}")
   py = sys.executable
@@ -262,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     if name in plan:
       test_args, limit = plan[name]
       steps.run(name, pytest + test_args, limit)
+
+  tune_dir = work / "tune"
+  if "tune" in plan:
+    keys, limit = plan["tune"]
+    steps.run("tune", [py, "-m", "experiments.main", "experiment=bench_mgpu_tiles",
+                       f"hydra.run.dir={tune_dir}", "progress=false", *keys], limit)
 
   runs, limit = plan.get("bench", ({}, 0))
   bench_dirs = []
@@ -317,9 +347,15 @@ def main(argv: list[str] | None = None) -> int:
       w = csv.DictWriter(f, fieldnames=list(rows[0]))
       w.writeheader()
       w.writerows(rows)
+  tune = {}
+  if (tune_dir / "results.json").is_file():
+    res = json.loads((tune_dir / "results.json").read_text())
+    tune = {"headline": res["headline"], "best": res.get("info", {}).get("best", {})}
+    if (tune_dir / "tiles.csv").is_file():
+      (out / "tiles.csv").write_bytes((tune_dir / "tiles.csv").read_bytes())
   summary = {"env": env, "dry_run": args.dry_run, "steps": steps.status,
              "targets": {impl: judge(rows, impl) for impl in
-                         (("interpret",) if args.dry_run else IMPLS)}, "bench": bench_headline, "prune": prune}
+                         (("interpret",) if args.dry_run else IMPLS)}, "bench": bench_headline, "tune": tune, "prune": prune}
   (out / "summary.json").write_text(json.dumps(summary, indent=1))
   (out / "summary.md").write_text(_markdown(summary, rows))
   steps.say((out / "summary.md").read_text())

@@ -52,6 +52,7 @@ EXPERIMENTS: dict[str, str] = {
     "bench_armor_model": "experiments.bench_armor_model",
     "bench_armor_scale": "experiments.bench_armor_scale",
     "bench_kernels": "experiments.bench_kernels",
+    "bench_mgpu_tiles": "experiments.bench_mgpu_tiles",
     "zero_shot": "experiments.zero_shot",
 }
 

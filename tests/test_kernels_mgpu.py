@@ -84,11 +84,13 @@ def test_default_tiles_fit_shared_memory():
       assert t.bn == (block_a or 64) and t.bm == (16 if m <= 16 else t.bm) and t.bm % 16 == 0
 
 
-# (m, n, k, dtype, tiles): decode with 4 K steps through a 2-slot ring (refills), prefill
-# (two 64-row tiles, two column tiles); slow tier: ragged N and K (padded to 64 and 256) in
-# fp16, and decode with the default 4-stage ring over 6 K steps and 3 column tiles
+# (m, n, k, dtype, tiles): decode with 4 K steps through a 2-slot ring (refills), the same
+# split over two programs per tile (f32 partials added by XLA), prefill (two 64-row tiles,
+# two column tiles); slow tier: ragged N and K (padded to 64 and 256) in fp16, and decode with
+# the default tiles over 6 K steps and 3 column tiles (a 4-stage ring, split in two)
 SPARSE_CASES = [
     (3, 64, 1024, jnp.bfloat16, kernels_mgpu.MgpuTiles(bm=16, bn=64, r=32, stages=2)),
+    (5, 64, 1024, jnp.bfloat16, kernels_mgpu.MgpuTiles(bm=16, bn=64, r=32, stages=2, split=2)),
     (70, 128, 256, jnp.bfloat16, None),
     pytest.param(5, 40, 84, jnp.float16, None, marks=pytest.mark.slow),
     pytest.param(16, 192, 1536, jnp.bfloat16, None, marks=pytest.mark.slow),
@@ -113,6 +115,26 @@ def test_sparse24_mgpu_matches_references(request, m, n, k, dtype, tiles, impl):
   tol = 1e-5 if impl == "mosaic_interpret" else 1e-4
   assert _rel(y, exact) < tol
   assert _rel(y, kernels.sparse24_matmul(x, p, impl="reference")) < tol
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_prepared_weights_give_the_same_product(request, impl):
+  """:func:`kernels_mgpu.prepare` regroups once; its product is the per-call one, bit for bit,
+  and tiles its padding does not fit are refused."""
+  rng = _rng(request)
+  p = _packed(rng, 100, 520, jnp.bfloat16)
+  x = _x(rng, 4, 520).astype(jnp.bfloat16)
+  interpret = kernels_mgpu.interpret_params() if impl == "mosaic_interpret" else None
+  prepared = kernels_mgpu.prepare(p)
+  assert prepared.words.shape == (2, 128, 96) and prepared.shape == (100, 520)
+  y = kernels_mgpu.sparse24_matmul(x, prepared, interpret=interpret)
+  np.testing.assert_array_equal(np.asarray(y, F64), np.asarray(
+      kernels_mgpu.sparse24_matmul(x, p, interpret=interpret), F64))
+  exact = np.asarray(x, F64) @ np.asarray(_unpack(p), F64).T
+  assert _rel(y, exact) < 1e-2
+  with pytest.raises(ValueError, match="prepare with those"):
+    kernels_mgpu.sparse24_matmul(x, prepared, tiles=kernels_mgpu.MgpuTiles(split=2),
+                                 interpret=interpret)
 
 
 def test_sparse24_mgpu_writes_every_tile(request):
@@ -262,8 +284,10 @@ def test_mosaic_kernels_lower_for_cuda_at_benchmark_shapes(m, n, k):
   """Pallas's Mosaic GPU lowering runs on CPU: layouts, swizzles, the shared-memory limit."""
   x = jax.ShapeDtypeStruct((m, k), jnp.bfloat16)
   lower = functools.partial(jax.jit, static_argnames="impl")
+  # ARMOR: B's kernel and the sparse one with A fused, or A's own kernel after split-K
+  split = kernels_mgpu.default_tiles(m, n, k, block_a=128).split
   for fn, w, calls in ((kernels.sparse24_matmul, _abstract_packed(n, k), 1),
-                       (kernels.armor_linear, _abstract_armor(n, k), 2)):
+                       (kernels.armor_linear, _abstract_armor(n, k), 2 + (split > 1))):
     text = lower(fn).trace(x, w, impl="mosaic").lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("custom_call @mosaic_gpu") == calls, (fn.__name__, m, n, k)
 
