@@ -265,7 +265,9 @@ class ArmorWeights(struct.PyTreeNode):
 
   Attributes:
     core: the 2:4 core, values in the compute dtype, K padded to a multiple of
-      16 and N to a multiple of 16 (zero weights).
+      16 and N to a multiple of 16 (zero weights); or, for ``impl="mosaic"`` only,
+      its :class:`~armor_jax.kernels_mgpu.MgpuPacked` form
+      (:func:`armor_jax.kernels_mgpu.prepare_armor`).
     col_scale: (K_pad,) f32 column scale c, or None (all ones).
     row_scale: (N_pad,) f32 row scale r, or None (all ones).
     a: (N / b_A, b_A, b_A) blocks of A in the compute dtype, or None.
@@ -283,7 +285,8 @@ class ArmorWeights(struct.PyTreeNode):
 
   @property
   def dtype(self):
-    return self.core.values.dtype
+    core = self.core       # Packed24, or the Mosaic GPU kernels' prepared form
+    return core.values.dtype if isinstance(core, sparsity.Packed24) else jnp.dtype(core.dtype)
 
   def nbytes(self) -> int:
     """Bytes of every array (what one product reads at least once)."""
@@ -689,6 +692,13 @@ def _mosaic_tiles(tiles):
   return None if tiles is None or isinstance(tiles, Tiles) else tiles
 
 
+def _check_prepared_for(core, impl: str) -> None:
+  """Weights in the Mosaic GPU kernels' layout run only there (one line if not)."""
+  if not isinstance(core, sparsity.Packed24) and impl not in MOSAIC_IMPLS:
+    raise ValueError(f"weights prepared for the Mosaic GPU kernels run with impl='mosaic' "
+                     f"(or 'mosaic_interpret'), not {impl!r}")
+
+
 def _as_2d(x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
   return x.reshape(-1, x.shape[-1]), x.shape[:-1]
 
@@ -698,13 +708,15 @@ def _bm_for(m: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("impl", "tiles"))
-def sparse24_matmul(x: jax.Array, w: sparsity.Packed24, *, impl: Impl = "auto",
+def sparse24_matmul(x: jax.Array, w, *, impl: Impl = "auto",
                     tiles: Tiles | None = None) -> jax.Array:
   """``x @ S.T`` for a compressed 2:4 matrix S of shape (N, K).
 
   Args:
     x: (..., K) activations (any float dtype; cast to S's values dtype).
-    w: the compressed matrix; its values dtype is the compute dtype.
+    w: the compressed matrix (:class:`~armor_jax.solver.sparsity.Packed24`; its values
+      dtype is the compute dtype), or its Mosaic GPU form
+      (:func:`armor_jax.kernels_mgpu.prepare`, ``impl="mosaic"`` only).
     impl: one of :data:`IMPLS` (see the module docstring).
     tiles: kernel tiles (default :func:`default_tiles`); must divide the
       padded problem.
@@ -716,6 +728,7 @@ def sparse24_matmul(x: jax.Array, w: sparsity.Packed24, *, impl: Impl = "auto",
   n, k = w.shape
   if x.shape[-1] != k:
     raise ValueError(f"x has {x.shape[-1]} columns, S is {n} x {k}")
+  _check_prepared_for(w, impl)
   if impl == "reference":
     return sparse24_reference(x, w)
   if impl in MOSAIC_IMPLS:
@@ -847,6 +860,7 @@ def armor_linear(x: jax.Array, layer: PrunedLayer | ArmorWeights, *, impl: Impl 
   w = layer if isinstance(layer, ArmorWeights) else prepare(layer, dtype)
   if x.shape[-1] != w.d_in:
     raise ValueError(f"x has {x.shape[-1]} columns, the layer is {w.d_out} x {w.d_in}")
+  _check_prepared_for(w.core, impl)
   if impl == "reference":
     return armor_reference(x, w)
   if impl in MOSAIC_IMPLS:

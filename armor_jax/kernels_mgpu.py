@@ -8,9 +8,10 @@ position bytes by shifts and selects, and warpgroup MMAs (wgmma) with f32 accumu
 proven without a GPU: every kernel equals the plain-JAX reference in Mosaic GPU's interpret
 mode with race detection on (which simulates shared memory, TMA copies, barriers and wgmma), on
 shapes that take every tile path (tests/test_kernels_mgpu.py), and every kernel lowers for
-CUDA through Pallas's Mosaic GPU lowering on a CPU-only machine at the benchmark shapes. What
-waits for a GPU: compilation of the lowered module to SASS, run-time correctness on the device,
-every timing, and whether the TMA ring and the asynchronous wgmmas overlap as intended.
+CUDA through Pallas's Mosaic GPU lowering on a CPU-only machine at the benchmark shapes. On an
+H200 the same tests pass with the kernels compiled; the kernels are slow there, latency-bound
+per K step at decode and repeating the expansion for every batch tile at prefill
+(docs/kernels.md has the figures).
 
 Data layout
 -----------
@@ -22,7 +23,7 @@ elementwise-aligned arrays. A meta byte ``r`` of a row holds the positions of th
 * ``words`` (2, N, K/8) uint32: ``words[e, n, r]`` is the pair of kept values of group
   ``2r + e`` as one 32-bit word (first value in the low half): the stored ``values`` bytes,
   regrouped by group parity (:func:`mgpu_words`: the same bytes, made by one XLA pass over
-  the values on every call; prepared weights do not keep them);
+  the values, on every call for a ``Packed24``, once by :func:`prepare`);
 * ``meta`` (N, K/8) uint8 exactly as stored;
 * the activations as ``xp`` (8, K/8, M_pad): ``xp[s, r, m] = x[m, 8r + s]`` (a transpose of
   the small operand, fused by XLA with the padding, the column scale and the cast).
@@ -56,9 +57,11 @@ XLA einsums for that wrapper.
 
 Tiles (:class:`MgpuTiles`): ``bn`` = 64 (or A's block), ``bm`` = 16 for decode (M <= 16; a
 16-bit tile cannot be swizzled narrower), else 64; ``r`` = 32 meta bytes (256 dense columns)
-per K step; 4 stages for decode, 2 for prefill, fewer stages and then a narrower ``bm`` while
-the kernel would use more than :data:`SMEM_BUDGET` of shared memory (:func:`smem_bytes`).
-None of it is tuned: no GPU has run it.
+per K step; 2 stages, fewer and then a narrower ``bm`` while the kernel would use more than
+:data:`SMEM_BUDGET` of shared memory (:func:`smem_bytes`); at decode K split over programs
+(``split``: each writes an f32 partial, XLA adds them, and A then runs as its own
+block-diagonal kernel) until the grid has :data:`MIN_PROGRAMS` programs. Only the decode
+stages and split were chosen from timings (``experiments/bench_mgpu_tiles.py``, one shape).
 """
 
 from __future__ import annotations
@@ -80,8 +83,8 @@ WG_M = 64
 STEP_R = 32
 #: Shared memory the default tiles may use (an H100 block gets 227 KB; room for barriers).
 SMEM_BUDGET = 200 * 1024
-#: Programs the default decode tiles aim for: two per multiprocessor of an H100 or H200 (132).
-MIN_PROGRAMS = 264
+#: Programs the default decode tiles aim for (an H100 or H200 has 132 multiprocessors).
+MIN_PROGRAMS = 256
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,15 +182,14 @@ def smem_bytes(t: MgpuTiles, *, fuse_a: bool, itemsize: int = 2) -> int:
 def default_tiles(m: int, n: int, k: int, *, block_a: int | None = None) -> MgpuTiles:
   """Tiles for an (m, k) x (n, k)^T product, N and K padded (see the module docstring).
 
-  ``bm`` 16 at decode (m <= 16), else 64; ``bn`` 64 or A's block; 4 stages at decode, 2
-  otherwise, fewer (then a narrower ``bm``) while :func:`smem_bytes` exceeds
-  :data:`SMEM_BUDGET`. At decode K is split (:attr:`MgpuTiles.split`, a power of two
-  dividing the K steps, at least two steps each) until the grid has :data:`MIN_PROGRAMS`
-  programs.
+  ``bm`` 16 at decode (m <= 16), else 64; ``bn`` 64 or A's block; 2 stages, fewer (then a
+  narrower ``bm``) while :func:`smem_bytes` exceeds :data:`SMEM_BUDGET`. At decode K is split
+  (:attr:`MgpuTiles.split`, a power of two dividing the K steps, at least two steps each)
+  until the grid has :data:`MIN_PROGRAMS` programs. The decode stages and split are the
+  fastest of the variants timed on an H200 at one shape (docs/kernels.md); the rest is untuned.
   """
   decode = m <= 16
-  t = MgpuTiles(bm=16 if decode else 64, bn=block_a or WG_M, r=STEP_R,
-                stages=4 if decode else 2)
+  t = MgpuTiles(bm=16 if decode else 64, bn=block_a or WG_M, r=STEP_R, stages=2)
   while smem_bytes(t, fuse_a=block_a is not None) > SMEM_BUDGET:
     if t.stages > 1:
       t = dataclasses.replace(t, stages=t.stages - 1)
@@ -245,6 +247,18 @@ def prepare(packed: sparsity.Packed24, *, n_multiple: int = WG_M,
   n, k = packed.shape
   core = _pad_core(packed, _round_up(n, n_multiple), _round_up(k, k_multiple))
   return MgpuPacked(mgpu_words(core), core.meta, n, k, jnp.dtype(core.values.dtype).name)
+
+
+def prepare_armor(w):
+  """:class:`~armor_jax.kernels.ArmorWeights` with the core in :class:`MgpuPacked` form.
+
+  N is padded to A's block when A runs fused (:func:`fusable`), else to 64; K to 256. The
+  result runs with ``impl="mosaic"`` (or ``"mosaic_interpret"``) only.
+  """
+  block = w.a.shape[-1] if w.a is not None and fusable(w.a.shape[-1]) else WG_M
+  if isinstance(w.core, MgpuPacked):
+    return w
+  return w.replace(core=prepare(w.core, n_multiple=block))
 
 
 def _as_prepared(core, n_multiple: int, k_multiple: int) -> MgpuPacked:

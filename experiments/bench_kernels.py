@@ -13,10 +13,13 @@ and batch (default 1, 8, 16, 128, 2048), three products ``y = x @ W.T`` in
   into the sparse kernel too (one launch).
 
 Timing: one jitted call runs ``calls`` products on distinct inputs (no host
-dispatch between them, no common subexpression to merge), rotating over
-``weight_sets`` copies of the weights so the L2 cache cannot hold them; the
-time per product is the median over ``repeats`` such calls, after a compiled
-warm-up. Bytes are the floor of :func:`armor_jax.kernels.bytes_moved` (weights
+dispatch between them, no common subexpression to merge), each on its own copy
+of the weights (``weight_sets >= calls``): the L2 cache cannot hold them, and
+XLA's GPU dot merger, which turns dots that share an operand into one dot that
+reads it once, finds nothing to merge. The time per product is the median over
+``repeats`` such calls, after a compiled warm-up. The Mosaic GPU kernels take
+their weights prepared once (:func:`armor_jax.kernels_mgpu.prepare`, the values
+regrouped into the kernels' words), as a model that keeps them would. Bytes are the floor of :func:`armor_jax.kernels.bytes_moved` (weights
 once, x in, y out); ``bandwidth_fraction`` divides bytes / time by the
 bandwidth of a ``copy_mb`` MB elementwise pass (bytes read + written); the CSV's
 ``peak_fraction`` divides it by the device's nominal peak bandwidth instead
@@ -105,12 +108,16 @@ class Config:
   compare_reference: bool = param(True, "with the Pallas kernels, also time the plain-XLA "
                                   "paths (CSV only)")
   calls: int = param(16, "products per timed jitted call", check=ge(1))
-  weight_sets: int = param(3, "weight copies rotated over (defeats the L2 cache)", check=ge(1))
+  weight_sets: int = param(16, "weight copies, one per product of a timed call (at least "
+                           "calls): defeats the L2 cache and XLA's dot merger", check=ge(1))
   repeats: int = param(10, "timed calls per case (median kept)", check=ge(1))
   copy_mb: int = param(1024, "size of the bandwidth-measuring copy, MB", check=ge(1))
 
   def check(self) -> None:
     from experiments.schema import ConfigError  # pylint: disable=import-outside-toplevel
+    if self.weight_sets < self.calls:
+      raise ConfigError("weight_sets", f"must be at least calls ({self.calls}), so that no two "
+                        f"products of a timed call share weights; got {self.weight_sets}")
     for s in self.shapes:
       d_out, d_in = _shape(s)
       if d_out % self.block_size or d_in % self.block_size:
@@ -172,8 +179,8 @@ def _layer(key, d_out, d_in, block, dtype):
   return w.astype(dtype), core, kernels.prepare(layer, dtype)
 
 
-def _copies(tree, n: int):
-  return [jax.tree.map(lambda v: jnp.array(v, copy=True), tree) for _ in range(n)]
+def _copies(tree, n: int, convert=lambda t: t):
+  return [convert(jax.tree.map(lambda v: jnp.array(v, copy=True), tree)) for _ in range(n)]
 
 
 def run(cfg: Config, ctx) -> dict:
@@ -224,6 +231,10 @@ def run(cfg: Config, ctx) -> dict:
     w, core, armor = _layer(k_layer, d_out, d_in, cfg.block_size, dtype)
     sets = {"dense": _copies(w, cfg.weight_sets), "24": _copies(core, cfg.weight_sets),
             "armor": _copies(armor, cfg.weight_sets)}
+    if impl == "mosaic":
+      from armor_jax import kernels_mgpu  # pylint: disable=import-outside-toplevel
+      sets[impl, "24"] = _copies(core, cfg.weight_sets, kernels_mgpu.prepare)
+      sets[impl, "armor"] = _copies(armor, cfg.weight_sets, kernels_mgpu.prepare_armor)
     for batch in cfg.batches:
       key, k_x = jax.random.split(key)
       xs = list(jax.random.normal(k_x, (cfg.calls, batch, d_in), jnp.float32).astype(dtype))
@@ -249,8 +260,10 @@ def run(cfg: Config, ctx) -> dict:
       t_dense = _per_product(dense_dot, xs, sets["dense"], cfg.repeats)
       timed = [("dense", "xla", t_dense)]
       for p in impls:
-        timed.append(("24", p, _per_product(sparse_fn[p], xs, sets["24"], cfg.repeats)))
-        timed.append(("armor", p, _per_product(armor_fn(p, False), xs, sets["armor"],
+        timed.append(("24", p, _per_product(sparse_fn[p], xs, sets.get((p, "24"), sets["24"]),
+                                            cfg.repeats)))
+        timed.append(("armor", p, _per_product(armor_fn(p, False), xs,
+                                               sets.get((p, "armor"), sets["armor"]),
                                                cfg.repeats)))
         if fused and p != "reference":
           timed.append(("armor_fused_b", p, _per_product(armor_fn(p, True), xs, sets["armor"],

@@ -11,7 +11,7 @@ it. A variant applies to a batch when both are decode (batch and ``BM`` at most 
 are not, and when it fits shared memory and divides the padded K; the others are skipped
 and listed in ``info``. Each variant is checked against the plain-JAX product before it is
 timed. Timing as in :mod:`experiments.bench_kernels` (jitted calls of ``calls`` products on
-distinct inputs over ``weight_sets`` weight copies, median of ``repeats``).
+distinct inputs, each on its own weight copy, median of ``repeats``).
 
 Headline, per batch B and shape S: ``speedup_best_b<B>_<S>`` (dense time over the fastest
 variant's), ``speedup_default_b<B>_<S>``, ``speedup_per_call_b<B>_<S>``,
@@ -56,7 +56,7 @@ class Config:
                                    check=each(ge(1)))
   tiles: tuple[str, ...] = param(
       ("default", "16x64x2x1", "16x64x4x1", "16x64x2x2", "16x64x2x4", "16x64x4x4", "16x64x2x8",
-       "16x128x2x4", "64x64x2x1", "128x64x2x1", "64x128x2x1", "128x128x1x1"),
+       "16x128x2x4", "64x64x1x1", "32x128x2x1", "128x64x1x1", "64x128x1x1"),
       "tile variants: 'default' or 'BMxBNxSTAGESxSPLIT' (BM a multiple of 16, BN of 64)",
       check=Check(lambda v: len(v) > 0 and all(_tiles_ok(t) for t in v),
                   "a non-empty list of 'default' or 'BMxBNxSTAGESxSPLIT' strings"))
@@ -66,9 +66,16 @@ class Config:
                     "interpret mode: a CPU check, tiny shapes)",
                     check=one_of("mosaic", "mosaic_interpret"))
   calls: int = param(16, "products per timed jitted call", check=ge(1))
-  weight_sets: int = param(3, "weight copies rotated over (defeats the L2 cache)", check=ge(1))
+  weight_sets: int = param(16, "weight copies, one per product of a timed call (at least "
+                           "calls): defeats the L2 cache and XLA's dot merger", check=ge(1))
   repeats: int = param(10, "timed calls per case (median kept)", check=ge(1))
   copy_mb: int = param(1024, "size of the bandwidth-measuring copy, MB", check=ge(1))
+
+  def check(self) -> None:
+    from experiments.schema import ConfigError  # pylint: disable=import-outside-toplevel
+    if self.weight_sets < self.calls:
+      raise ConfigError("weight_sets", f"must be at least calls ({self.calls}), so that no two "
+                        f"products of a timed call share weights; got {self.weight_sets}")
 
 
 def _variant(spec: str, batch: int, n: int, k: int):

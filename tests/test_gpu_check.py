@@ -64,17 +64,21 @@ def test_the_dry_run_writes_one_flat_folder_without_the_packages_a_gpu_image_lac
                      capture_output=True, text=True, timeout=900, check=False)
   assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
   files = sorted(f.name for f in out.iterdir())
-  assert files == ["kernels.csv", "log.txt", "prune_results.json", "summary.json", "summary.md"]
+  assert files == ["kernels.csv", "log.txt", "prune_results.json", "summary.json", "summary.md",
+                   "tiles.csv"]
   assert all(f.is_file() for f in out.iterdir())           # flat: what the device tool returns
   s = json.loads((out / "summary.json").read_text())
   assert s["dry_run"] and s["env"]["backend"] == "cpu"
   assert {k: v["status"] for k, v in s["steps"].items()} == {
-      "tests_mosaic": "ok", "tests_triton": "ok", "bench 64x128 interpret": "ok", "prune": "ok"}
+      "tests_mosaic": "ok", "tests_triton": "ok", "tune": "ok", "bench 64x128 interpret": "ok",
+      "prune": "ok"}
   assert all("passed" in s["steps"][k]["tail"][0] for k in ("tests_mosaic", "tests_triton"))
   # decode targets measured (prefill is not at the dry run's batches), on the kernels' rows
   t = s["targets"]["interpret"]
   assert t["decode_24"]["speedup"] > 0 and t["decode_armor_fused_b"]["speedup"] > 0
   assert t["prefill_24"]["met"] is None
+  assert s["tune"]["best"] == {"b1_64x512": s["tune"]["best"]["b1_64x512"]}
+  assert s["tune"]["headline"]["max_rel_error"] < 1e-2
   kinds = {(r["kind"], r["impl"]) for r in gpu_check.csv.DictReader(
       (out / "kernels.csv").open())}
   assert {("24", "interpret"), ("armor", "interpret"), ("armor_fused_b", "interpret"),
@@ -83,3 +87,12 @@ def test_the_dry_run_writes_one_flat_folder_without_the_packages_a_gpu_image_lac
   prune = s["prune"]
   assert prune["checkpoint_over_armor_ppl"] == pytest.approx(1.0, abs=0.02)
   assert prune["ppl_armor"] < 1.2 * prune["ppl_dense"]
+
+
+@pytest.mark.parametrize("experiment", ["bench_kernels", "bench_mgpu_tiles"])
+def test_benchmarks_refuse_weights_shared_within_a_timed_call(precheck_cli, experiment):
+  """XLA's GPU dot merger reads a weight once for every dot that shares it: a timed call whose
+  products share weights would time the dense baseline on fewer bytes than it moves."""
+  code, err = precheck_cli([f"experiment={experiment}", "calls=8", "weight_sets=4"])
+  assert code == 2 and len(err) == 1
+  assert "weight_sets" in err[0] and "at least calls (8)" in err[0]

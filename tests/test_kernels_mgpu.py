@@ -135,6 +135,24 @@ def test_prepared_weights_give_the_same_product(request, impl):
   with pytest.raises(ValueError, match="prepare with those"):
     kernels_mgpu.sparse24_matmul(x, prepared, tiles=kernels_mgpu.MgpuTiles(split=2),
                                  interpret=interpret)
+  with pytest.raises(ValueError, match="impl='mosaic'"):
+    kernels.sparse24_matmul(x, prepared, impl="reference")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_prepared_armor_gives_the_same_product(request, impl):
+  """:func:`kernels_mgpu.prepare_armor` (core padded to A's block and regrouped once) gives the
+  per-call product bit for bit, and runs on the Mosaic GPU path only."""
+  rng = _rng(request)
+  w = kernels.prepare(_armor_layer(rng, 128, 256, 64), jnp.bfloat16)
+  x = _x(rng, 3, 256)
+  prepared = kernels_mgpu.prepare_armor(w)
+  assert isinstance(prepared.core, kernels_mgpu.MgpuPacked) and prepared.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(
+      np.asarray(kernels.armor_linear(x, prepared, impl=impl), F64),
+      np.asarray(kernels.armor_linear(x, w, impl=impl), F64))
+  with pytest.raises(ValueError, match="impl='mosaic'"):
+    kernels.armor_linear(x, prepared, impl="reference")
 
 
 def test_sparse24_mgpu_writes_every_tile(request):
