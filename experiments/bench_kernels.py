@@ -85,7 +85,23 @@ def _shape_ok(s) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Timing:
+  """How a kernel benchmark times its products (shared by the kernel benchmarks' configs)."""
+  calls: int = param(16, "products per timed jitted call", check=ge(1))
+  weight_sets: int = param(16, "weight copies, one per product of a timed call (at least "
+                           "calls): defeats the L2 cache and XLA's dot merger", check=ge(1))
+  repeats: int = param(10, "timed calls per case (median kept)", check=ge(1))
+  copy_mb: int = param(1024, "size of the bandwidth-measuring copy, MB", check=ge(1))
+
+  def check(self) -> None:
+    from experiments.schema import ConfigError  # pylint: disable=import-outside-toplevel
+    if self.weight_sets < self.calls:
+      raise ConfigError("weight_sets", f"must be at least calls ({self.calls}), so that no two "
+                        f"products of a timed call share weights; got {self.weight_sets}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(Timing):
   shapes: tuple[str, ...] = param(
       ("4096x4096", "4096x14336", "14336x4096"), "layer shapes d_outxd_in",
       check=Check(lambda v: len(v) > 0 and all(_shape_ok(s) for s in v),
@@ -107,17 +123,10 @@ class Config:
                                     "datasheet figure of a known GPU, else none)", check=ge(0))
   compare_reference: bool = param(True, "with the Pallas kernels, also time the plain-XLA "
                                   "paths (CSV only)")
-  calls: int = param(16, "products per timed jitted call", check=ge(1))
-  weight_sets: int = param(16, "weight copies, one per product of a timed call (at least "
-                           "calls): defeats the L2 cache and XLA's dot merger", check=ge(1))
-  repeats: int = param(10, "timed calls per case (median kept)", check=ge(1))
-  copy_mb: int = param(1024, "size of the bandwidth-measuring copy, MB", check=ge(1))
 
   def check(self) -> None:
     from experiments.schema import ConfigError  # pylint: disable=import-outside-toplevel
-    if self.weight_sets < self.calls:
-      raise ConfigError("weight_sets", f"must be at least calls ({self.calls}), so that no two "
-                        f"products of a timed call share weights; got {self.weight_sets}")
+    super().check()
     for s in self.shapes:
       d_out, d_in = _shape(s)
       if d_out % self.block_size or d_in % self.block_size:

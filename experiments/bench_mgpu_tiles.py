@@ -33,8 +33,8 @@ import re
 import jax
 import jax.numpy as jnp
 
-from experiments.bench_kernels import (_layer, _per_product, _rel_error, _shape, _shape_ok,
-                                       copy_bandwidth)
+from experiments.bench_kernels import (Timing, _layer, _per_product, _rel_error, _shape,
+                                       _shape_ok, copy_bandwidth)
 from experiments.schema import Check, each, ge, one_of, param
 
 _TILES = re.compile(r"^(\d+)x(\d+)x(\d+)x(\d+)$")
@@ -47,7 +47,7 @@ def _tiles_ok(v) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Timing):
   shapes: tuple[str, ...] = param(
       ("4096x4096", "4096x14336", "14336x4096"), "layer shapes d_outxd_in",
       check=Check(lambda v: len(v) > 0 and all(_shape_ok(s) for s in v),
@@ -65,17 +65,6 @@ class Config:
   impl: str = param("mosaic", "mosaic (compiled, a Hopper GPU) or mosaic_interpret (GPU "
                     "interpret mode: a CPU check, tiny shapes)",
                     check=one_of("mosaic", "mosaic_interpret"))
-  calls: int = param(16, "products per timed jitted call", check=ge(1))
-  weight_sets: int = param(16, "weight copies, one per product of a timed call (at least "
-                           "calls): defeats the L2 cache and XLA's dot merger", check=ge(1))
-  repeats: int = param(10, "timed calls per case (median kept)", check=ge(1))
-  copy_mb: int = param(1024, "size of the bandwidth-measuring copy, MB", check=ge(1))
-
-  def check(self) -> None:
-    from experiments.schema import ConfigError  # pylint: disable=import-outside-toplevel
-    if self.weight_sets < self.calls:
-      raise ConfigError("weight_sets", f"must be at least calls ({self.calls}), so that no two "
-                        f"products of a timed call share weights; got {self.weight_sets}")
 
 
 def _variant(spec: str, batch: int, n: int, k: int):
