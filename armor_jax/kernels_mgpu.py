@@ -154,18 +154,22 @@ class MgpuTiles:
     split: programs that share one output tile's K loop (split-K): each sums ``1 / split``
       of the K steps into an f32 partial, and XLA adds the partials. More programs to fill
       the machine at decode, where N / bn tiles alone leave multiprocessors idle.
+    overlap: expand step t + 1 while step t's wgmmas run (two sets of slot tiles; the wait
+      before a step lets the previous step's eight wgmmas stay in flight). Needs 3 stages
+      or more: a ring slot is refilled only once the wgmmas two steps back are done.
   """
   bm: int = 16
   bn: int = WG_M
   r: int = STEP_R
   stages: int = 4
   split: int = 1
+  overlap: bool = False
 
   def check(self, m_pad: int, n: int, k: int) -> None:
     if (self.bm % 16 or self.bn % WG_M or self.r % STEP_R or self.stages < 1
-        or self.split < 1):
+        or self.split < 1 or (self.overlap and self.stages < 3)):
       raise ValueError(f"{self}: bm must be a multiple of 16, bn of {WG_M}, r of {STEP_R}, "
-                       "stages and split >= 1")
+                       "stages and split >= 1, stages >= 3 with overlap")
     if m_pad % self.bm or n % self.bn or (k // 8) % (self.r * self.split):
       raise ValueError(f"{self} does not divide (M_pad, N, K) = ({m_pad}, {n}, {k})")
 
@@ -173,7 +177,7 @@ class MgpuTiles:
 def smem_bytes(t: MgpuTiles, *, fuse_a: bool, itemsize: int = 2) -> int:
   """Shared memory the sparse kernel allocates with tiles ``t`` (barriers aside)."""
   per_stage = 8 * t.r * t.bm * itemsize + 2 * t.bn * t.r * 4 + t.bn * t.r
-  fixed = 8 * t.bn * t.r * itemsize + t.bn * t.bm * 4
+  fixed = (1 + t.overlap) * 8 * t.bn * t.r * itemsize + t.bn * t.bm * 4
   if fuse_a:
     fixed += t.bn * t.bn * itemsize + t.bn * t.bm * itemsize
   return t.stages * per_stage + fixed
@@ -344,17 +348,24 @@ def _sparse_body(x_gmem, w_gmem, m_gmem, *gmem, t: MgpuTiles, n_steps: int, fuse
   def scope(acc):
     def step(tk, carry):
       slot = tk % stages
-      plgpu.wgmma_wait(0)              # step tk - 1's wgmmas read the slot tiles and its x
+      if t.overlap:
+        # each wgmma is its own group: leaving 8 in flight lets step tk - 1's run on, while
+        # step tk - 2's, which read slot tiles tk % 2 and ring slot (tk - 2) % stages, are done
+        plgpu.wgmma_wait(8)
+        back, tiles = 2, slots.at[tk % 2]
+      else:
+        plgpu.wgmma_wait(0)            # step tk - 1's wgmmas read the slot tiles and its x
+        back, tiles = 1, slots
 
-      @pl.when(jnp.logical_and(tk > 0, tk - 1 + stages < n_steps))
+      @pl.when(jnp.logical_and(tk >= back, tk - back + stages < n_steps))
       def _refill():                   # before the wait: with one stage it is this step's
-        fetch(tk - 1 + stages, (tk - 1) % stages)
+        fetch(tk - back + stages, (tk - back) % stages)
 
       plgpu.barrier_wait(bars.at[slot])
-      _expand_slots(w_smem.at[slot], m_smem.at[slot], slots, dtype)
+      _expand_slots(w_smem.at[slot], m_smem.at[slot], tiles, dtype)
       plgpu.commit_smem()
       for s in range(8):
-        plgpu.wgmma(acc, slots.at[s], x_smem.at[slot, s])
+        plgpu.wgmma(acc, tiles.at[s], x_smem.at[slot, s])
       return carry
 
     jax.lax.fori_loop(0, n_steps, step, None)
@@ -419,7 +430,8 @@ def sparse_mgpu_t(xp: jax.Array, words: jax.Array, meta: jax.Array, *, tiles: Mg
       w_smem=plgpu.SMEM((stages, 2, bn, r), jnp.uint32,
                         transforms=_smem_transforms(jnp.uint32, r)),
       m_smem=plgpu.SMEM((stages, bn, r), jnp.uint8, transforms=_smem_transforms(jnp.uint8, r)),
-      slots=plgpu.SMEM((8, bn, r), dtype, transforms=_smem_transforms(dtype, r, sw)))
+      slots=plgpu.SMEM((2, 8, bn, r) if tiles.overlap else (8, bn, r), dtype,
+                       transforms=_smem_transforms(dtype, r, sw)))
   if a is not None:
     sw_a = _mma_swizzle(dtype, bm, bn)      # A's block (bn, bn) x u (bn, bm)
     scratch.update(

@@ -2,8 +2,9 @@
 
 For each layer shape ``d_out x d_in`` and batch, the product ``y = x @ S.T`` of a random 2:4
 core through :func:`armor_jax.kernels_mgpu.sparse24_matmul`, once per tile variant in
-``tiles`` (``BMxBNxSTAGESxSPLIT``, see :class:`~armor_jax.kernels_mgpu.MgpuTiles`, or
-``default`` for :func:`~armor_jax.kernels_mgpu.default_tiles`), on weights prepared once
+``tiles`` (``BMxBNxSTAGESxSPLIT``, a final ``o`` for ``overlap``, see
+:class:`~armor_jax.kernels_mgpu.MgpuTiles`; or ``default`` for
+:func:`~armor_jax.kernels_mgpu.default_tiles`), on weights prepared once
 (:func:`~armor_jax.kernels_mgpu.prepare`: the kernel and its operand transposes); plus
 ``per_call``: the default tiles on the stored :class:`~armor_jax.solver.sparsity.Packed24`,
 regrouped into the kernel's words on every call, as :mod:`experiments.bench_kernels` times
@@ -37,7 +38,7 @@ from experiments.bench_kernels import (Timing, _layer, _per_product, _rel_error,
                                        _shape_ok, copy_bandwidth)
 from experiments.schema import Check, each, ge, one_of, param
 
-_TILES = re.compile(r"^(\d+)x(\d+)x(\d+)x(\d+)$")
+_TILES = re.compile(r"^(\d+)x(\d+)x(\d+)x(\d+)(o?)$")
 #: Shared memory one block may use on an H100 or H200.
 SMEM_LIMIT = 227 * 1024
 
@@ -56,10 +57,12 @@ class Config(Timing):
                                    check=each(ge(1)))
   tiles: tuple[str, ...] = param(
       ("default", "16x64x2x1", "16x64x4x1", "16x64x2x2", "16x64x2x4", "16x64x4x4", "16x64x2x8",
-       "16x128x2x4", "64x64x1x1", "32x128x2x1", "128x64x1x1", "64x128x1x1"),
-      "tile variants: 'default' or 'BMxBNxSTAGESxSPLIT' (BM a multiple of 16, BN of 64)",
+       "16x128x2x4", "16x64x3x4o", "64x64x1x1", "32x128x2x1", "128x64x1x1", "64x128x1x1",
+       "32x64x3x1o"),
+      "tile variants: 'default' or 'BMxBNxSTAGESxSPLIT', with a final 'o' for the overlapped "
+      "ring (BM a multiple of 16, BN of 64)",
       check=Check(lambda v: len(v) > 0 and all(_tiles_ok(t) for t in v),
-                  "a non-empty list of 'default' or 'BMxBNxSTAGESxSPLIT' strings"))
+                  "a non-empty list of 'default' or 'BMxBNxSTAGESxSPLIT[o]' strings"))
   dtype: str = param("bfloat16", "weight and activation dtype",
                      check=one_of("bfloat16", "float16"))
   impl: str = param("mosaic", "mosaic (compiled, a Hopper GPU) or mosaic_interpret (GPU "
@@ -74,8 +77,12 @@ def _variant(spec: str, batch: int, n: int, k: int):
   n_pad = -(-n // mg.WG_M) * mg.WG_M
   if spec == "default":
     return mg.default_tiles(batch, n_pad, k_pad), ""
-  bm, bn, stages, split = (int(v) for v in _TILES.match(spec).groups())
-  t = mg.MgpuTiles(bm=bm, bn=bn, r=mg.STEP_R, stages=stages, split=split)
+  *sizes, overlap = _TILES.match(spec).groups()
+  bm, bn, stages, split = (int(v) for v in sizes)
+  t = mg.MgpuTiles(bm=bm, bn=bn, r=mg.STEP_R, stages=stages, split=split,
+                   overlap=bool(overlap))
+  if overlap and stages < 3:
+    return None, "overlap needs 3 stages or more"
   if (batch <= 16) != (bm <= 16):
     return None, "decode tiles for decode batches only"
   if mg.smem_bytes(t, fuse_a=False) > SMEM_LIMIT:
@@ -136,7 +143,8 @@ def run(cfg: Config, ctx) -> dict:
         max_err = max(max_err, err)
         seconds = _per_product(fn, xs, weights, cfg.repeats)
         name = spec if spec != "default" else (
-            f"default={tiles.bm}x{tiles.bn}x{tiles.stages}x{tiles.split}")
+            f"default={tiles.bm}x{tiles.bn}x{tiles.stages}x{tiles.split}"
+            + ("o" if tiles.overlap else ""))
         timed.append((path, name, seconds, err))
         ctx.say(f"  {shape} b={batch:<5} {path:<8} {name:<22} {seconds * 1e6:9.1f} us  "
                 f"{nbytes / seconds / bw:6.1%} of copy bw  {t_dense / seconds:5.2f}x vs dense"

@@ -69,8 +69,8 @@ TARGETS = (("decode_24", "24", (1, 8, 16), 1.6),
            ("prefill_24", "24", (2048,), 0.9))
 _MOSAIC_KIND = {"armor_fused_b": ("decode_armor", "armor")}
 #: The Mosaic GPU tile variants the tune step times (experiment bench_mgpu_tiles).
-TUNE_TILES = ("default,16x64x2x1,16x64x2x4,16x64x4x4,16x64x2x8,16x128x2x4,"
-              "128x64x2x1,64x128x2x1,128x128x1x1")
+TUNE_TILES = ("default,16x64x2x1,16x64x2x8,16x128x2x4,16x64x3x4o,16x64x4x8o,"
+              "64x64x1x1,128x64x1x1,64x128x1x1,32x64x3x1o")
 
 
 def _plan(dry_run: bool, shapes: tuple[str, ...] = SHAPES, impls: tuple[str, ...] = IMPLS) -> dict:

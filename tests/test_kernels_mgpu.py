@@ -85,12 +85,15 @@ def test_default_tiles_fit_shared_memory():
 
 
 # (m, n, k, dtype, tiles): decode with 4 K steps through a 2-slot ring (refills), the same
-# split over two programs per tile (f32 partials added by XLA), prefill (two 64-row tiles,
+# split over two programs per tile (f32 partials added by XLA), 8 steps with the expansion
+# overlapping the previous step's wgmmas (3-slot ring), prefill (two 64-row tiles,
 # two column tiles); slow tier: ragged N and K (padded to 64 and 256) in fp16, and decode with
 # the default tiles over 6 K steps and 3 column tiles (a 4-stage ring, split in two)
 SPARSE_CASES = [
     (3, 64, 1024, jnp.bfloat16, kernels_mgpu.MgpuTiles(bm=16, bn=64, r=32, stages=2)),
     (5, 64, 1024, jnp.bfloat16, kernels_mgpu.MgpuTiles(bm=16, bn=64, r=32, stages=2, split=2)),
+    (4, 64, 2048, jnp.bfloat16, kernels_mgpu.MgpuTiles(bm=16, bn=64, r=32, stages=3,
+                                                       overlap=True)),
     (70, 128, 256, jnp.bfloat16, None),
     pytest.param(5, 40, 84, jnp.float16, None, marks=pytest.mark.slow),
     pytest.param(16, 192, 1536, jnp.bfloat16, None, marks=pytest.mark.slow),
@@ -308,6 +311,15 @@ def test_mosaic_kernels_lower_for_cuda_at_benchmark_shapes(m, n, k):
                        (kernels.armor_linear, _abstract_armor(n, k), 2 + (split > 1))):
     text = lower(fn).trace(x, w, impl="mosaic").lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("custom_call @mosaic_gpu") == calls, (fn.__name__, m, n, k)
+
+
+def test_overlapped_tiles_lower_for_cuda():
+  """The overlapped ring (two sets of slot tiles, indexed by the step's parity) lowers."""
+  x = jax.ShapeDtypeStruct((1, 4096), jnp.bfloat16)
+  t = kernels_mgpu.MgpuTiles(bm=16, bn=64, stages=3, split=4, overlap=True)
+  text = jax.jit(lambda x, p: kernels_mgpu.sparse24_matmul(x, p, tiles=t)).trace(
+      x, _abstract_packed(4096, 4096)).lower(lowering_platforms=("cuda",)).as_text()
+  assert text.count("custom_call @mosaic_gpu") == 1
 
 
 def test_lowering_rejects_tiles_over_shared_memory():
