@@ -213,9 +213,11 @@ def test_armor_linear_takes_a_pruned_layer_and_batch_dims(request):
   rng = _rng(request)
   layer = _armor_layer(rng, 32, 64, 16)
   x = _x(rng, 6, 64).reshape(2, 3, 64)
-  y = kernels.armor_linear(x, layer, impl="reference")             # f32 compute (core's dtype)
+  # f32 compute (the core's dtype); full f32 products, which a GPU's default (TF32) is not
+  with jax.default_matmul_precision("float32"):
+    y = kernels.armor_linear(x, layer, impl="reference")
+    y_layer = _apply(layer, x)
   assert y.shape == (2, 3, 32)
-  y_layer = _apply(layer, x)
   assert _rel(y, y_layer) < 1e-5
   y16 = kernels.armor_linear(x, layer, impl="reference", dtype=jnp.bfloat16)
   assert _rel(y16, y_layer) < 2e-2
