@@ -5,7 +5,8 @@ core through :func:`armor_jax.kernels_mgpu.sparse24_matmul`, once per tile varia
 ``tiles`` (``BMxBNxSTAGESxSPLIT``, a final ``o`` for ``overlap``, see
 :class:`~armor_jax.kernels_mgpu.MgpuTiles`; or ``default`` for
 :func:`~armor_jax.kernels_mgpu.default_tiles`), on weights prepared once
-(:func:`~armor_jax.kernels_mgpu.prepare`: the kernel and its operand transposes); plus
+(:func:`~armor_jax.kernels_mgpu.prepare`), so that the time is the kernel's and its operand
+transposes'; plus
 ``per_call``: the default tiles on the stored :class:`~armor_jax.solver.sparsity.Packed24`,
 regrouped into the kernel's words on every call, as :mod:`experiments.bench_kernels` times
 it. A variant applies to a batch when both are decode (batch and ``BM`` at most 16) or both
