@@ -259,9 +259,9 @@ def prepare_armor(w):
   N is padded to A's block when A runs fused (:func:`fusable`), else to 64; K to 256. The
   result runs with ``impl="mosaic"`` (or ``"mosaic_interpret"``) only.
   """
-  block = w.a.shape[-1] if w.a is not None and fusable(w.a.shape[-1]) else WG_M
   if isinstance(w.core, MgpuPacked):
     return w
+  block = w.a.shape[-1] if w.a is not None and fusable(w.a.shape[-1]) else WG_M
   return w.replace(core=prepare(w.core, n_multiple=block))
 
 

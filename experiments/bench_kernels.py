@@ -19,9 +19,10 @@ XLA's GPU dot merger, which turns dots that share an operand into one dot that
 reads it once, finds nothing to merge. The time per product is the median over
 ``repeats`` such calls, after a compiled warm-up. The Mosaic GPU kernels take
 their weights prepared once (:func:`armor_jax.kernels_mgpu.prepare`, the values
-regrouped into the kernels' words), as a model that keeps them would. Bytes are the floor of :func:`armor_jax.kernels.bytes_moved` (weights
-once, x in, y out); ``bandwidth_fraction`` divides bytes / time by the
-bandwidth of a ``copy_mb`` MB elementwise pass (bytes read + written); the CSV's
+regrouped into the kernels' words), as a model that keeps them would. Bytes are
+the floor of :func:`armor_jax.kernels.bytes_moved` (weights once, x in, y out);
+``bandwidth_fraction`` divides bytes / time by the bandwidth of a ``copy_mb`` MB
+elementwise pass (bytes read + written); the CSV's
 ``peak_fraction`` divides it by the device's nominal peak bandwidth instead
 (``peak_bandwidth_gbs``, or the datasheet figure of a known GPU, :data:`PEAK_GBS`).
 
@@ -84,6 +85,19 @@ def _shape_ok(s) -> bool:
   return d_out >= 16 and d_in >= 16 and d_in % 8 == 0
 
 
+def shapes_param():
+  """The ``shapes`` key of the kernel benchmarks (a fresh field for each config)."""
+  return param(("4096x4096", "4096x14336", "14336x4096"), "layer shapes d_outxd_in",
+               check=Check(lambda v: len(v) > 0 and all(_shape_ok(s) for s in v),
+                           "a non-empty list of 'DOUTxDIN' strings, both >= 16, d_in a "
+                           "multiple of 8"))
+
+
+def dtype_param():
+  """The ``dtype`` key of the kernel benchmarks (a fresh field for each config)."""
+  return param("bfloat16", "weight and activation dtype", check=one_of("bfloat16", "float16"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Timing:
   """How a kernel benchmark times its products (shared by the kernel benchmarks' configs)."""
@@ -102,14 +116,10 @@ class Timing:
 
 @dataclasses.dataclass(frozen=True)
 class Config(Timing):
-  shapes: tuple[str, ...] = param(
-      ("4096x4096", "4096x14336", "14336x4096"), "layer shapes d_outxd_in",
-      check=Check(lambda v: len(v) > 0 and all(_shape_ok(s) for s in v),
-                  "a non-empty list of 'DOUTxDIN' strings, both >= 16, d_in a multiple of 8"))
+  shapes: tuple[str, ...] = shapes_param()
   batches: tuple[int, ...] = param((1, 8, 16, 128, 2048), "batch sizes (tokens per product)",
                                    check=each(ge(1)))
-  dtype: str = param("bfloat16", "weight and activation dtype",
-                     check=one_of("bfloat16", "float16"))
+  dtype: str = dtype_param()
   block_size: int = param(ArmorConfig.block_size, "ARMOR's A and B block size (a divisor of "
                           "both dims; the default is ArmorConfig's)",
                           check=ge(1))

@@ -35,11 +35,11 @@ import re
 import jax
 import jax.numpy as jnp
 
-from experiments.bench_kernels import (Timing, _layer, _per_product, _rel_error, _shape,
-                                       _shape_ok, copy_bandwidth)
+from experiments.bench_kernels import (Timing, _copies, _layer, _per_product, _rel_error,
+                                       _shape, copy_bandwidth, dtype_param, shapes_param)
 from experiments.schema import Check, each, ge, one_of, param
 
-_TILES = re.compile(r"^(\d+)x(\d+)x(\d+)x(\d+)(o?)$")
+_TILES = re.compile(r"^([1-9]\d*)x([1-9]\d*)x([1-9]\d*)x([1-9]\d*)(o?)$")
 #: Shared memory one block may use on an H100 or H200.
 SMEM_LIMIT = 227 * 1024
 
@@ -50,10 +50,7 @@ def _tiles_ok(v) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Config(Timing):
-  shapes: tuple[str, ...] = param(
-      ("4096x4096", "4096x14336", "14336x4096"), "layer shapes d_outxd_in",
-      check=Check(lambda v: len(v) > 0 and all(_shape_ok(s) for s in v),
-                  "a non-empty list of 'DOUTxDIN' strings, both >= 16, d_in a multiple of 8"))
+  shapes: tuple[str, ...] = shapes_param()
   batches: tuple[int, ...] = param((1, 16, 2048), "batch sizes (tokens per product)",
                                    check=each(ge(1)))
   tiles: tuple[str, ...] = param(
@@ -64,8 +61,7 @@ class Config(Timing):
       "ring (BM a multiple of 16, BN of 64)",
       check=Check(lambda v: len(v) > 0 and all(_tiles_ok(t) for t in v),
                   "a non-empty list of 'default' or 'BMxBNxSTAGESxSPLIT[o]' strings"))
-  dtype: str = param("bfloat16", "weight and activation dtype",
-                     check=one_of("bfloat16", "float16"))
+  dtype: str = dtype_param()
   impl: str = param("mosaic", "mosaic (compiled, a Hopper GPU) or mosaic_interpret (GPU "
                     "interpret mode: a CPU check, tiny shapes)",
                     check=one_of("mosaic", "mosaic_interpret"))
@@ -74,22 +70,22 @@ class Config(Timing):
 def _variant(spec: str, batch: int, n: int, k: int):
   """The MgpuTiles of ``spec`` for this case, or (None, why) when it does not apply."""
   from armor_jax import kernels_mgpu as mg  # pylint: disable=import-outside-toplevel
-  k_pad = -(-k // (8 * mg.STEP_R)) * 8 * mg.STEP_R
-  n_pad = -(-n // mg.WG_M) * mg.WG_M
+  round_up = mg._round_up  # pylint: disable=protected-access
+  k_pad, n_pad = round_up(k, 8 * mg.STEP_R), round_up(n, mg.WG_M)
   if spec == "default":
     return mg.default_tiles(batch, n_pad, k_pad), ""
   *sizes, overlap = _TILES.match(spec).groups()
   bm, bn, stages, split = (int(v) for v in sizes)
   t = mg.MgpuTiles(bm=bm, bn=bn, r=mg.STEP_R, stages=stages, split=split,
                    overlap=bool(overlap))
-  if overlap and stages < 3:
-    return None, "overlap needs 3 stages or more"
+  try:
+    t.check(round_up(batch, bm), n_pad, k_pad)
+  except ValueError as e:
+    return None, str(e)
   if (batch <= 16) != (bm <= 16):
     return None, "decode tiles for decode batches only"
   if mg.smem_bytes(t, fuse_a=False) > SMEM_LIMIT:
     return None, f"{mg.smem_bytes(t, fuse_a=False)} bytes of shared memory"
-  if n_pad % bn or (k_pad // 8) % (t.r * split) or bm % 16 or bn % mg.WG_M:
-    return None, f"does not divide ({n_pad}, {k_pad})"
   return t, ""
 
 
@@ -116,9 +112,7 @@ def run(cfg: Config, ctx) -> dict:
     d_out, d_in = _shape(shape)
     key, k_layer = jax.random.split(key)
     w, core, _ = _layer(k_layer, d_out, d_in, 16, dtype)
-    dense_sets = [jnp.array(w, copy=True) for _ in range(cfg.weight_sets)]
-    core_sets = [jax.tree.map(lambda v: jnp.array(v, copy=True), core)
-                 for _ in range(cfg.weight_sets)]
+    dense_sets, core_sets = _copies(w, cfg.weight_sets), _copies(core, cfg.weight_sets)
     for batch in cfg.batches:
       key, k_x = jax.random.split(key)
       xs = list(jax.random.normal(k_x, (cfg.calls, batch, d_in), jnp.float32).astype(dtype))

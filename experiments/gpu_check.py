@@ -179,14 +179,16 @@ def _texts(work: Path) -> tuple[Path, Path]:
   return calib, evalt
 
 
-def _bench_rows(run_dirs: list[Path]) -> tuple[list[dict], dict]:
+def _bench_rows(run_dirs: dict[str, Path]) -> tuple[list[dict], dict]:
+  """Every run's CSV rows together, and each run's headline under its name (the runs of
+  the kernel families share key names)."""
   rows, headline = [], {}
-  for d in run_dirs:
+  for name, d in run_dirs.items():
     if (d / "kernels.csv").is_file():
       with (d / "kernels.csv").open(encoding="utf-8") as f:
         rows.extend(csv.DictReader(f))
     if (d / "results.json").is_file():
-      headline.update(json.loads((d / "results.json").read_text())["headline"])
+      headline[name] = json.loads((d / "results.json").read_text())["headline"]
   return rows, headline
 
 
@@ -304,11 +306,10 @@ def main(argv: list[str] | None = None) -> int:
                        f"hydra.run.dir={tune_dir}", "progress=false", *keys], limit)
 
   runs, limit = plan.get("bench", ({}, 0))
-  bench_dirs = []
+  bench_dirs = {}
 
   def bench(shape: str, impl: str) -> None:
-    d = work / f"bench_{shape}_{impl}"
-    bench_dirs.append(d)
+    d = bench_dirs[f"{shape} {impl}"] = work / f"bench_{shape}_{impl}"
     steps.run(f"bench {shape} {impl}", [py, "-m", "experiments.main", "experiment=bench_kernels",
                                         f"hydra.run.dir={d}", "progress=false",
                                         *runs[shape, impl]], limit)
@@ -320,9 +321,7 @@ def main(argv: list[str] | None = None) -> int:
       bench(shape, impl)
 
   prune_dir = work / "prune"
-  if "prune" not in plan:
-    pass
-  elif steps.deadline - time.monotonic() > 20:
+  if "prune" in plan and steps.deadline - time.monotonic() > 20:
     spec, limit = plan["prune"]
     from armor_jax.model import synthetic  # pylint: disable=import-outside-toplevel
     from armor_jax.model.llama import LlamaConfig  # pylint: disable=import-outside-toplevel
@@ -336,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"hydra.run.dir={prune_dir}", "progress=false", f"model={model}",
                         f"calib_text={calib}", f"eval_text={evalt}", "methods=[sparsegpt,armor]",
                         "gen_tokens=0", *spec["keys"]], limit)
-  else:
+  elif "prune" in plan:
     steps.skip("prune")
   for shape, impl in runs:
     if shape != first:
@@ -363,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     tune = {"headline": res["headline"], "best": res.get("info", {}).get("best", {})}
     if (tune_dir / "tiles.csv").is_file():
       (out / "tiles.csv").write_bytes((tune_dir / "tiles.csv").read_bytes())
-  summary = {"env": env, "dry_run": args.dry_run, "steps": steps.status,
-             "targets": {impl: judge(rows, impl) for impl in
-                         (("interpret",) if args.dry_run else IMPLS)}, "bench": bench_headline, "tune": tune, "prune": prune}
+  targets = {impl: judge(rows, impl) for impl in (("interpret",) if args.dry_run else IMPLS)}
+  summary = {"env": env, "dry_run": args.dry_run, "steps": steps.status, "targets": targets,
+             "bench": bench_headline, "tune": tune, "prune": prune}
   (out / "summary.json").write_text(json.dumps(summary, indent=1))
   (out / "summary.md").write_text(_markdown(summary, rows))
   steps.say((out / "summary.md").read_text())

@@ -88,7 +88,7 @@ def test_default_tiles_fit_shared_memory():
 # split over two programs per tile (f32 partials added by XLA), 8 steps with the expansion
 # overlapping the previous step's wgmmas (3-slot ring), prefill (two 64-row tiles,
 # two column tiles); slow tier: ragged N and K (padded to 64 and 256) in fp16, and decode with
-# the default tiles over 6 K steps and 3 column tiles (a 4-stage ring, split in two)
+# the default tiles over 6 K steps and 3 column tiles (a 2-stage ring, split in two)
 SPARSE_CASES = [
     (3, 64, 1024, jnp.bfloat16, kernels_mgpu.MgpuTiles(bm=16, bn=64, r=32, stages=2)),
     (5, 64, 1024, jnp.bfloat16, kernels_mgpu.MgpuTiles(bm=16, bn=64, r=32, stages=2, split=2)),
