@@ -16,9 +16,11 @@ through the Triton backend), ``"interpret"`` (the same kernel run by Pallas's
 interpreter: any backend, slow, how the tests check it on CPU), ``"mosaic"`` /
 ``"mosaic_interpret"`` (the Mosaic GPU kernels of :mod:`armor_jax.kernels_mgpu`,
 compiled for Hopper or in GPU interpret mode with race detection), ``"reference"``
-(plain JAX: unpack, einsum) or ``"auto"`` (``mosaic`` on a Hopper GPU, ``pallas``
-on other GPUs, ``reference`` elsewhere; :func:`resolve_impl`). All of them compute in the dtype of the weights' values (bf16 or
-fp16; f32 works too) with f32 accumulation, and return ``x.dtype``.
+(plain JAX: unpack, einsum) or ``"auto"`` (on a Hopper GPU ``mosaic`` for decode, up to
+:data:`MOSAIC_MAX_ROWS` rows, and ``reference`` above; ``pallas`` on other GPUs;
+``reference`` elsewhere; :func:`resolve_impl`). All of them compute in the dtype of the
+weights' values (bf16 or fp16; f32 works too) with f32 accumulation, and return
+``x.dtype``.
 
 Byte floor (why this can win at all)
 ------------------------------------
@@ -134,6 +136,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from typing import Literal
 
@@ -668,17 +671,32 @@ def is_hopper(kind: str) -> bool:
   return re.search(r"(^|[\s_-])G?H(100|200|800|20)\b", kind, re.IGNORECASE) is not None
 
 
-def resolve_impl(impl: str, *, gpu: bool | None = None, kind: str | None = None) -> str:
-  """``"auto"`` -> ``"mosaic"`` on Hopper, ``"pallas"`` (Triton) on other GPUs, ``"reference"``
-  elsewhere; checks the name. ``gpu`` and ``kind`` default to :func:`on_gpu` and
-  :func:`device_kind` (tests pass fakes)."""
+#: The most rows (batch x sequence) ``impl="auto"`` sends to the Mosaic GPU kernels on Hopper;
+#: more go to the plain-XLA path. On an H200 the Mosaic kernels were faster than it in 6 of 8
+#: decode cases (1 and 16 rows; within 6% in the other two) and took 3.7-7.2x its time at
+#: 2048 rows (docs/kernels.md, "Measured").
+MOSAIC_MAX_ROWS = 16
+
+
+def resolve_impl(impl: str, *, rows: int | None = None, prepared: bool = False,
+                 gpu: bool | None = None, kind: str | None = None) -> str:
+  """``"auto"`` -> on Hopper ``"mosaic"`` for at most :data:`MOSAIC_MAX_ROWS` ``rows``
+  (or weights ``prepared`` for it, or ``rows`` unknown) and ``"reference"`` (plain XLA) for
+  more; ``"pallas"`` (Triton) on other GPUs; ``"reference"`` elsewhere. Checks the name.
+  ``gpu`` and ``kind`` default to :func:`on_gpu` and :func:`device_kind` (tests pass fakes)."""
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
   if impl == "auto":
     if not (on_gpu() if gpu is None else gpu):
       return "reference"
-    return "mosaic" if is_hopper(device_kind() if kind is None else kind) else "pallas"
+    if not is_hopper(device_kind() if kind is None else kind):
+      return "pallas"
+    return "mosaic" if prepared or rows is None or rows <= MOSAIC_MAX_ROWS else "reference"
   return impl
+
+
+def _rows(x: jax.Array) -> int:
+  return math.prod(x.shape[:-1])
 
 
 def _mosaic(impl: str):
@@ -724,7 +742,7 @@ def sparse24_matmul(x: jax.Array, w, *, impl: Impl = "auto",
   Returns:
     (..., N) in ``x.dtype``.
   """
-  impl = resolve_impl(impl)
+  impl = resolve_impl(impl, rows=_rows(x), prepared=not isinstance(w, sparsity.Packed24))
   n, k = w.shape
   if x.shape[-1] != k:
     raise ValueError(f"x has {x.shape[-1]} columns, S is {n} x {k}")
@@ -764,7 +782,7 @@ def blockdiag_matmul(x: jax.Array, blocks: jax.Array, in_scale: jax.Array | None
   Returns:
     (..., d) in ``x.dtype``.
   """
-  impl = resolve_impl(impl)
+  impl = resolve_impl(impl, rows=_rows(x))
   b = blocks.shape[-1]
   if impl in ("pallas", "interpret") and not _fusable(b):
     raise ValueError(f"the block-diagonal kernel needs a block size that is a power of two in "
@@ -856,8 +874,8 @@ def armor_linear(x: jax.Array, layer: PrunedLayer | ArmorWeights, *, impl: Impl 
   Returns:
     (..., d_out) in ``x.dtype``.
   """
-  impl = resolve_impl(impl)
   w = layer if isinstance(layer, ArmorWeights) else prepare(layer, dtype)
+  impl = resolve_impl(impl, rows=_rows(x), prepared=not isinstance(w.core, sparsity.Packed24))
   if x.shape[-1] != w.d_in:
     raise ValueError(f"x has {x.shape[-1]} columns, the layer is {w.d_out} x {w.d_in}")
   _check_prepared_for(w.core, impl)

@@ -23,10 +23,13 @@ text from outside the repository. Each step is a subprocess with its own time li
    then ``impl=pallas``), batches 1, 16 and 2048. The first shape runs before step 4, the
    other two after it.
 4. ``prune``: a random Llama written on the spot (:func:`armor_jax.model.synthetic.write_llama`,
-   2 blocks of width 1024) pruned by ``experiment=armor_prune`` with SparseGPT and ARMOR on
-   text from the repository's own docs; ARMOR's compressed checkpoint is evaluated through the
-   compressed linears (``impl="auto"``: Mosaic GPU on a Hopper, Triton on other GPUs), so
-   ``ppl_armor_checkpoint`` against ``ppl_armor`` checks the kernels inside a model.
+   2 blocks of width 1024) pruned by ``experiment=armor_prune`` with ARMOR on text from the
+   repository's own docs: the streamed pipeline on the accelerator, its compressed checkpoint
+   saved, read back bit for bit and evaluated (``ppl_armor_checkpoint`` against ``ppl_armor``:
+   1 up to bf16 rounding). The perplexity runs densified blocks; the kernels inside a model
+   are the ``tests_mosaic`` case ``test_compressed_llama_runs_through_the_mosaic_kernels``.
+   On an H200 this step is bound by XLA's compile time (about 10-26 s per solver program and
+   layer shape).
 
 ``--steps`` runs a part (``tests``, ``tests_mosaic``, ``tests_triton``, ``tune``, ``bench``,
 ``prune``), ``--shapes`` and ``--impls`` narrow the benchmark: a lease too short for all of
@@ -73,7 +76,8 @@ TUNE_TILES = ("default,16x64x2x1,16x64x2x8,16x128x2x4,16x64x3x4o,16x64x4x8o,"
               "64x64x1x1,128x64x1x1,64x128x1x1,32x64x3x1o")
 
 
-def _plan(dry_run: bool, shapes: tuple[str, ...] = SHAPES, impls: tuple[str, ...] = IMPLS) -> dict:
+def _plan(dry_run: bool, shapes: tuple[str, ...] = SHAPES, impls: tuple[str, ...] = IMPLS,
+          tiles: str = TUNE_TILES, tune_shapes: tuple[str, ...] | None = None) -> dict:
   """Each step's arguments and time limit (seconds), in the order they run."""
   if dry_run:
     small = ["shapes=[64x128]", "batches=[1]", "copy_mb=1", "repeats=1", "calls=1",
@@ -97,7 +101,8 @@ def _plan(dry_run: bool, shapes: tuple[str, ...] = SHAPES, impls: tuple[str, ...
                         "not mosaic_interpret"], 120),
       "tests_triton": (["tests/test_kernels.py", "tests/test_kernel_ir.py", "-m", "not slow"],
                        120),
-      "tune": ([f"shapes=[{','.join(shapes)}]", "batches=[1,2048]", f"tiles=[{TUNE_TILES}]"],
+      "tune": ([f"shapes=[{','.join(tune_shapes or shapes)}]", "batches=[1,2048]",
+                f"tiles=[{tiles}]"],
                240),
       # the Mosaic run also times the plain-XLA path (unpack + dot), the bar at prefill
       "bench": ({(s, impl): bench + [f"impl={impl}", f"shapes=[{s}]",
@@ -269,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
                   help="the kernel families the bench step times (default: mosaic,pallas)")
   ap.add_argument("--shapes", default=",".join(SHAPES),
                   help="the benchmark's layer shapes, comma-separated (default: all three)")
+  ap.add_argument("--tiles", default=TUNE_TILES,
+                  help="the tune step's tile variants, BMxBNxSTAGESxSPLIT[o] or default, "
+                  "comma-separated (default: a sweep of 10)")
+  ap.add_argument("--tune-shapes", default="",
+                  help="the tune step's layer shapes (default: those of --shapes)")
   args = ap.parse_args(argv)
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
@@ -285,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
   impls = tuple(args.impls.split(","))
   if not set(impls) <= set(IMPLS):
     ap.error(f"--impls: each of {', '.join(IMPLS)}; got {args.impls}")
-  plan = {k: v for k, v in _plan(args.dry_run, tuple(args.shapes.split(",")), impls).items()
+  tune_shapes = tuple(args.tune_shapes.split(",")) if args.tune_shapes else None
+  plan = {k: v for k, v in _plan(args.dry_run, tuple(args.shapes.split(",")), impls,
+                                 args.tiles, tune_shapes).items()
           if k in todo or k.split("_")[0] in todo}
   env = _env(steps.env)
   steps.say(f"== env: {json.dumps(env)}")
@@ -333,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     calib, evalt = _texts(work)
     steps.run("prune", [py, "-m", "experiments.main", "experiment=armor_prune",
                         f"hydra.run.dir={prune_dir}", "progress=false", f"model={model}",
-                        f"calib_text={calib}", f"eval_text={evalt}", "methods=[sparsegpt,armor]",
+                        f"calib_text={calib}", f"eval_text={evalt}", "methods=[armor]",
                         "gen_tokens=0", *spec["keys"]], limit)
   elif "prune" in plan:
     steps.skip("prune")
@@ -347,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     res = json.loads((prune_dir / "results.json").read_text())
     (out / "prune_results.json").write_text(json.dumps(res, indent=1))
     h = res["headline"]
-    prune = {k: h[k] for k in ("ppl_dense", "ppl_sparsegpt", "ppl_armor", "ppl_armor_checkpoint",
-                               "seconds_sparsegpt", "seconds_armor") if k in h}
+    prune = {k: h[k] for k in ("ppl_dense", "ppl_armor", "ppl_armor_checkpoint",
+                               "seconds_armor") if k in h}
     if "ppl_armor" in h and "ppl_armor_checkpoint" in h:
       prune["checkpoint_over_armor_ppl"] = h["ppl_armor_checkpoint"] / h["ppl_armor"]
   if rows:

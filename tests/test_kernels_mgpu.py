@@ -263,6 +263,19 @@ def test_auto_picks_mosaic_on_hopper(kind, gpu, expected):
   assert kernels.resolve_impl("mosaic", gpu=False, kind="cpu") == "mosaic"
 
 
+@pytest.mark.parametrize("rows, prepared, expected", [
+    (1, False, "mosaic"), (kernels.MOSAIC_MAX_ROWS, False, "mosaic"),
+    (kernels.MOSAIC_MAX_ROWS + 1, False, "reference"), (2048, False, "reference"),
+    (2048, True, "mosaic"), (None, False, "mosaic")])
+def test_auto_on_hopper_sends_prefill_to_xla(rows, prepared, expected):
+  """Above MOSAIC_MAX_ROWS rows ``auto`` takes the plain-XLA path on Hopper, unless the
+  weights are already in the Mosaic layout; other GPUs keep Triton at every size."""
+  h200 = dict(gpu=True, kind="NVIDIA H200")
+  assert kernels.resolve_impl("auto", rows=rows, prepared=prepared, **h200) == expected
+  assert kernels.resolve_impl("auto", rows=rows, gpu=True, kind="NVIDIA L4") == "pallas"
+  assert kernels.resolve_impl("mosaic", rows=rows, **h200) == "mosaic"
+
+
 def test_auto_dispatch_through_faked_device(monkeypatch, request):
   """``impl="auto"`` inside the entry points reads the (faked) device kind at trace time."""
   monkeypatch.setattr(kernels, "on_gpu", lambda: True)
@@ -281,6 +294,11 @@ def test_auto_dispatch_through_faked_device(monkeypatch, request):
   y = kernels.sparse24_matmul(x, p)            # auto -> "mosaic" (compiled: interpret None)
   assert seen == [None]
   assert _rel(y, kernels.sparse24_matmul(x, p, impl="reference")) < 1e-5
+  # prefill rows take the plain-XLA path: the same bits as impl="reference", no kernel call
+  xp = _x(rng, kernels.MOSAIC_MAX_ROWS + 1, 256)
+  np.testing.assert_array_equal(kernels.sparse24_matmul(xp, p),
+                                kernels.sparse24_matmul(xp, p, impl="reference"))
+  assert seen == [None]
 
 
 def _abstract_packed(n, k):
@@ -329,3 +347,27 @@ def test_lowering_rejects_tiles_over_shared_memory():
   with pytest.raises(Exception, match="shared memory"):
     jax.jit(lambda x, p: kernels_mgpu.sparse24_matmul(x, p, tiles=big)).trace(
         x, _abstract_packed(4096, 4096)).lower(lowering_platforms=("cuda",))
+
+
+@pytest.mark.parametrize("impl", [
+    pytest.param(i, marks=pytest.mark.slow) if i == "mosaic_interpret" else i for i in IMPLS])
+def test_compressed_llama_runs_through_the_mosaic_kernels(impl):
+  """A Llama block pruned by ARMOR (64-wide wrappers, so A is fused into the kernel) and
+  stored in bf16 gives the plain-JAX path's logits when its seven linears run through the
+  Mosaic GPU kernels: the kernels inside a model, at decode rows."""
+  from armor_jax.model import checkpoint, llama, pipeline  # pylint: disable=import-outside-toplevel
+  from armor_jax.solver import armor  # pylint: disable=import-outside-toplevel
+  cfg = llama.LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=256, num_layers=1,
+                          num_heads=2, num_kv_heads=1, head_dim=64)
+  params = llama.init_params(cfg, jax.random.PRNGKey(3))
+  calib = np.asarray(jax.random.randint(jax.random.PRNGKey(4), (4, 16), 0, cfg.vocab_size),
+                     np.int32)
+  pc = pipeline.PruneConfig(method="armor", armor=armor.ArmorConfig(block_size=64, iters=1),
+                            batch=4)
+  _, comp, _ = pipeline.prune_model(params, cfg, calib, pc, jax.random.PRNGKey(0))
+  comp = checkpoint.cast(comp, "bfloat16")
+  toks = jnp.asarray(calib[:1, :8])               # 8 rows: the decode tiles
+  ref = np.asarray(llama.forward(comp, toks, cfg, impl="reference"))
+  got = np.asarray(llama.forward(comp, toks, cfg, impl=impl))
+  assert np.isfinite(got).all()
+  assert 0 < _rel(got, ref) < 2e-2                # > 0: the kernels ran, not the same einsums
