@@ -81,6 +81,39 @@ def test_plan_holds_one_block_not_the_model():
   assert p["total"] == max(v for k, v in p.items() if k.startswith("phase_"))
 
 
+def _bits(tree) -> list[str]:
+  return [np.asarray(x).tobytes().hex() for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_batch_changes_no_bit_of_the_statistics_or_the_pruned_blocks():
+  """Sequences are added to the statistics one at a time, in order, however ``batch`` splits
+  them into calls: the statistics, and so the masks SparseGPT and ARMOR choose by
+  comparisons, are the same bits at every batch size."""
+  from armor_jax.solver.armor import ArmorConfig
+  params = llama.init_params(TINY, jax.random.PRNGKey(5))
+  rng = np.random.default_rng(2)
+  states = rng.normal(size=(5, 24, TINY.hidden_size)).astype(np.float32)
+  stats = [pipeline.block_statistics(params["layers_0"], states.copy(), TINY, batch=b)
+           for b in (1, 2, 5)]
+  assert _bits(stats[0]) == _bits(stats[1]) == _bits(stats[2])
+  # against one float64 product over all tokens: the same statistics, up to float32 sums
+  x = states.reshape(-1, TINY.hidden_size).astype(np.float64)
+  xn = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + TINY.rms_eps)
+  xn *= np.asarray(params["layers_0"]["input_norm"]["weight"], np.float64)
+  np.testing.assert_allclose(np.asarray(stats[0]["qkv"].xtx), xn.T @ xn, rtol=1e-4, atol=1e-3)
+  src = loaders.from_params(loaders.Model(TINY, params, None, "memory"))
+  calib = rng.integers(0, TINY.vocab_size, (5, 24)).astype(np.int32)
+  for method in ("sparsegpt", "armor"):
+    blocks = []
+    for b in (1, 2, 5):
+      store = pipeline.Store()
+      pc = pipeline.PruneConfig(method=method, armor=ArmorConfig(block_size=16, iters=2),
+                                batch=b)
+      pipeline.prune(src, calib, pc, jax.random.PRNGKey(4), store)
+      blocks.append([_bits(store.get(i)[0]) for i in range(TINY.num_layers)])
+    assert blocks[0] == blocks[1] == blocks[2], method
+
+
 @pytest.mark.parametrize("hidden,inter,heads,seq,n", [(256, 704, 8, 512, 4), (128, 384, 4, 64, 3)])
 def test_forward_bytes_bound_what_xla_allocates(hidden, inter, heads, seq, n):
   # XLA's own buffer assignment of the compiled block (the batch in, out and its

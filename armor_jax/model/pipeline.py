@@ -197,14 +197,14 @@ def _one_sequence(block_params, x, cfg, window, dtype, capture):
 def _block_stats(block_params, x, stats, cfg, window, dtype, propagate):
   """Adds the inputs of the block's linears on x (n, t, hidden) to ``stats``; with
   ``propagate`` also returns the block's output. The block runs one sequence at a time (one
-  sequence's activations are held, not the batch's); the inputs are added over the whole
-  batch at once, so the sums are those of one (n t, d) product whatever the scan."""
-  def one(_, xi):
+  sequence's activations are held, not the batch's), and each sequence's inputs are added
+  as they come: the statistics are the same float32 sums, in the same order, however the
+  sequences are split into calls (``batch`` changes no bit of a pruned model)."""
+  def one(st, xi):
     y, inputs = _one_sequence(block_params, xi, cfg, window, dtype, True)
-    return None, ({k: v[0] for k, v in inputs.items()},
-                  y[0].astype(jnp.float32) if propagate else None)
-  _, (inputs, y) = jax.lax.scan(one, None, x)
-  return {k: calibration.accumulate(s, inputs[k]) for k, s in stats.items()}, y
+    st = {k: calibration.accumulate(s, inputs[k][0]) for k, s in st.items()}
+    return st, y[0].astype(jnp.float32) if propagate else None
+  return jax.lax.scan(one, stats, x)
 
 
 @jax.jit(static_argnames=("cfg", "window", "dtype"))
@@ -809,15 +809,15 @@ def forward_bytes(cfg: LlamaConfig, seqs: int, seq: int, capture: bool) -> int:
   ``seq`` tokens holds at once: the batch's input and output states, one sequence's
   activations (the call runs one sequence at a time: attention scores and probabilities
   for :data:`Q_CHUNK` queries, q/k/v/o, the MLP's three activations) and, with
-  ``capture``, the batch's inputs of the seven linears (added to the statistics at once)."""
+  ``capture``, that sequence's inputs of the seven linears (added to the statistics before
+  the next sequence runs)."""
   h, inter = cfg.hidden_size, cfg.intermediate_size
   q, kv = cfg.linear_shape("q")[0], cfg.linear_shape("k")[0]
   one = 2 * cfg.num_heads * min(Q_CHUNK, seq) * seq + seq * (2 * (q + 2 * kv) + q + 3 * inter
                                                              + 2 * h)
-  batch = 2 * seqs * seq * h
   if capture:
-    batch += seqs * seq * (2 * h + q + inter)
-  return 4 * (batch + one)
+    one += seq * (2 * h + q + inter)
+  return 4 * (2 * seqs * seq * h + one)
 
 
 # XLA's buffers of the vmapped iterations per problem, over one problem's: 1.07-1.10x
