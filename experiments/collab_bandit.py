@@ -44,6 +44,10 @@ the boundaries ``n_boundary_1``, ``n_boundary_2``, ``regret_collab_stage1``
 (collab's regret after its stage 1) and ``rate_constant``. The middle-regime check
 (:func:`middle_regime`) adds ``middle_slope_{raw,norm}_gamma<1000 gamma>`` (with
 ``_lo``/``_hi``) and ``middle_theory_{raw,norm}_gamma<...>`` (1 - 2 gamma and 1 - gamma).
+``window_edges`` adds slope fits over consecutive windows of n, whatever the regimes (e.g.
+how a regime's slope approaches its rate far past the boundary):
+``slope_window{j}`` / ``slope_window{j}_<algorithm>`` (with ``_lo/_hi``),
+``theory_slope_window{j}`` (and ``_log``) and ``window{j}_n_lo/_n_hi``, j = 1, 2, ...
 """
 
 from __future__ import annotations
@@ -95,6 +99,9 @@ class Config:
       check=each(in_range(0, 0.5, lo_open=True), empty=True))
   middle_m_grid: tuple[int, ...] = param((4, 8, 16, 32, 64), "m values of the middle-regime "
                                          "check", check=each(ge(2)))
+  window_edges: tuple[int, ...] = param(
+      (), "increasing rounds e_0 < e_1 < ... <= horizon: extra slope fits over [e_0, e_1], "
+      "[e_1, e_2], ... (regime_points n values each; empty: none)", check=each(ge(1), empty=True))
 
   def check(self) -> None:
     """Checks that involve several keys."""
@@ -108,6 +115,10 @@ class Config:
       raise ConfigError("horizon", f"must exceed twice collab's stage 1 ({n1} rounds)")
     if self.sweep_horizon <= n1:
       raise ConfigError("sweep_horizon", f"must exceed collab's stage 1 ({n1} rounds)")
+    e = self.window_edges
+    if len(e) == 1 or any(b < 1.5 * a for a, b in zip(e, e[1:])) or (e and e[-1] > self.horizon):
+      raise ConfigError("window_edges", f"must be empty or 2+ rounds, each at least 1.5x the "
+                        f"one before, the last <= horizon ({self.horizon}); got {list(e)}")
 
 
 def middle_rounds(cfg: "Config", gammas) -> np.ndarray:
@@ -167,14 +178,16 @@ def regime_grid(lo: float, hi: float, n_lo: float, n_hi: float, k: int) -> np.nd
   return np.unique(np.round(np.geomspace(a, b, k)).astype(int))
 
 
-def regime_slopes(curves: np.ndarray, cfg: Config, n_lo: float, fn=None):
-  """Per regime: (rounds, per-seed slopes (S,), theory slope of ``fn``, default :func:`rate`)
-  of curves (S, n)."""
+def regime_slopes(curves: np.ndarray, cfg: Config, n_lo: float, fn=None, windows=None):
+  """Per regime (or per window (lo, hi) of ``windows``): (rounds, per-seed slopes (S,),
+  theory slope of ``fn``, default :func:`rate`) of curves (S, n)."""
   fn = rate if fn is None else fn
   from experiments.stats import loglog_slope  # pylint: disable=import-outside-toplevel
-  b1, b2 = boundaries(cfg.d, cfg.n_agents, cfg.sigma, cfg.noise_std)
+  if windows is None:
+    b1, b2 = boundaries(cfg.d, cfg.n_agents, cfg.sigma, cfg.noise_std)
+    windows = ((0, b1), (b1, b2), (b2, np.inf))
   out = []
-  for lo, hi in ((0, b1), (b1, b2), (b2, np.inf)):
+  for lo, hi in windows:
     ns = regime_grid(lo, hi, n_lo, cfg.horizon, cfg.regime_points)
     if ns.size < 3:
       out.append((ns, np.full(curves.shape[0], np.nan), float("nan")))
@@ -268,6 +281,25 @@ def run(cfg: Config, ctx) -> dict:
       headline.update({f"slope_regime{k}_post_stage1": m_,
                        f"slope_regime{k}_post_stage1_lo": lo,
                        f"slope_regime{k}_post_stage1_hi": hi})
+  edges = cfg.window_edges
+  windows = list(zip(edges, edges[1:]))
+  if windows:
+    w_log = regime_slopes(res[ref].regret[0], cfg, n_lo, rate_log, windows)
+    for name in [ref] + [a for a in res if a != ref]:
+      suffix = "" if name == ref else f"_{name}"
+      w_fit = regime_slopes(res[name].regret[0], cfg, n_lo, windows=windows)
+      for j, ((ns, per_seed, th), (_, _, th_log)) in enumerate(zip(w_fit, w_log), start=1):
+        m_, lo, hi = mean_ci(per_seed) if ns.size >= 3 else (float("nan"),) * 3
+        headline.update({f"slope_window{j}{suffix}": m_, f"slope_window{j}{suffix}_lo": lo,
+                         f"slope_window{j}{suffix}_hi": hi})
+        if name == ref:
+          headline.update({f"theory_slope_window{j}": th, f"theory_slope_window{j}_log": th_log,
+                           f"window{j}_n_lo": float(ns[0]) if ns.size else float("nan"),
+                           f"window{j}_n_hi": float(ns[-1]) if ns.size else float("nan")})
+        for col, v in zip(slope_rows, (name, f"window{j}", ns[0] if ns.size else 0,
+                                       ns[-1] if ns.size else 0, ns.size, m_, lo, hi, th,
+                                       th_log)):
+          slope_rows[col].append(v)
   ctx.write_csv("regime_slopes.csv", slope_rows)
   if cfg.middle_gammas:
     mid = middle_regime(cfg, ctx.seed, ctx.progress)

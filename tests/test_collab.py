@@ -417,3 +417,26 @@ def test_regime_one_slope_is_flat_only_where_the_regime_is_short():
   assert ns[-1] <= 102 and hi < theory
   (ns, (_, lo, hi), theory) = found[0.02]
   assert ns[-1] >= 1000 and lo <= theory <= hi
+
+
+@pytest.mark.slow
+def test_regime_three_slope_falls_to_the_rate_past_the_ball_s_crossover():
+  """At sigma = 0.2 regime 3 starts at d/sigma^2 = 250, before n ~ 1/sigma^4 = 625 where an
+  agent's own information about its directions (growing like sqrt(n) on the ball) overtakes
+  the prior's 1/sigma^2: over [250, 2500] collab's slope lies above R(n) ln n's local slope;
+  over [2500, 25000] its interval holds it. Fails if the steep regime-3 slope were collab's
+  rate rather than the prior's fading."""
+  import dataclasses
+  from experiments import collab_bandit as exp
+  from experiments.stats import mean_ci
+  n1 = algorithms.explore_rounds(10, "ball", 20)
+  cfg = dataclasses.replace(exp.Config(), sigma=0.2, horizon=25_000, n_seeds=6)
+  inst = sim.make_instances([dict(m=cfg.n_agents, sigma=cfg.sigma)], cfg.n_seeds, 0, d=cfg.d)
+  res = sim.run("collab", inst, jax.random.key(0), horizon=cfg.horizon, n_points=10)
+  fits = exp.regime_slopes(res.regret[0], cfg, max(2 * n1, 10), exp.rate_log,
+                           windows=((250, 2500), (2500, 25_000)))
+  (_, early, th_early), (_, late, th_late) = fits
+  _, lo, _ = mean_ci(early)
+  assert lo > th_early + 0.05
+  _, lo, hi = mean_ci(late)
+  assert lo <= th_late <= hi
