@@ -50,8 +50,9 @@ import jax.numpy as jnp
 from flax import struct
 
 from bandits.core import Algorithm
-from bandits.collab.ridge import (cholesky, dot, eye_like, flat_batch, mv, once, outer,
-                                  safe_normalize, sherman_morrison, spd_inverse, sum_axis)
+from bandits.collab.ridge import (cholesky, compensated_add, dot, eye_like, flat_batch, mv,
+                                  once, outer, safe_normalize, sherman_morrison, spd_inverse,
+                                  sum_axis)
 
 _TINY = 1e-30
 
@@ -316,6 +317,8 @@ class CollabState(struct.PyTreeNode):
   ridge: Ridge           # personalized estimates (valid from round n1 on): (d, d, P), (d, P), (P)
   gram: jax.Array        # (d, d, P) V_i = sum_s x x^T
   b: jax.Array           # (d, P) sum_s r x
+  gram_err: jax.Array    # (d, d, P), (d, P): the compensation of their float32 sums
+  b_err: jax.Array       # (:func:`~bandits.collab.ridge.compensated_add`)
   mu_hat: jax.Array      # (d, *b) population mean estimate (refreshed per epoch)
   sigma2_hat: jax.Array  # (*b) heterogeneity estimate (from stage 1)
   tau2: jax.Array        # (*b) uncertainty of mu_hat, per coordinate
@@ -396,7 +399,8 @@ def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3, n_iter: int =
     return CollabState(
         ridge=ridge_init(jnp.zeros(shape, jnp.float32), jnp.float32(lam0)),
         gram=jnp.zeros((d,) + shape, jnp.float32),
-        b=jnp.zeros(shape, jnp.float32), mu_hat=jnp.zeros((d,) + run, jnp.float32),
+        b=jnp.zeros(shape, jnp.float32), gram_err=jnp.zeros((d,) + shape, jnp.float32),
+        b_err=jnp.zeros(shape, jnp.float32), mu_hat=jnp.zeros((d,) + run, jnp.float32),
         sigma2_hat=jnp.zeros(run, jnp.float32), tau2=jnp.zeros(run, jnp.float32),
         lam=jnp.full(run, lam0, jnp.float32), spec=spec, t=jnp.zeros((), jnp.int32))
 
@@ -491,7 +495,9 @@ def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3, n_iter: int =
     x, y = flat_batch(action, 1), flat_batch(obs.reward, 0)
     ridge = jax.lax.cond(state.t >= n1, lambda r: ridge_update(r, x, y), lambda r: r,
                          state.ridge)
-    state = state.replace(ridge=ridge, gram=state.gram + outer(x, x), b=state.b + x * y[None],
+    gram, gram_err = compensated_add(state.gram, state.gram_err, outer(x, x))
+    b, b_err = compensated_add(state.b, state.b_err, x * y[None])
+    state = state.replace(ridge=ridge, gram=gram, gram_err=gram_err, b=b, b_err=b_err,
                           t=state.t + 1)
     return jax.lax.cond(is_epoch_start(state.t, n1), refresh, lambda s: s, state)
 
@@ -500,7 +506,8 @@ def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3, n_iter: int =
     ridge = Ridge(ainv=unflat(r.ainv, 2, spec), theta=unflat(r.theta, 1, spec),
                   logdet=unflat(r.logdet, 0, spec))
     return state.replace(ridge=ridge, gram=unflat(state.gram, 2, spec),
-                         b=unflat(state.b, 1, spec))
+                         b=unflat(state.b, 1, spec), gram_err=unflat(state.gram_err, 2, spec),
+                         b_err=unflat(state.b_err, 1, spec))
 
   return Algorithm(init, act, update, export)
 
