@@ -181,10 +181,10 @@ def test_collab_matches_numpy_float64_loop_on_the_same_noise(action_set, n_arms)
   arms = None if action_set == env.BALL else inst.arms[0, 0]
   ref = numpy_ref.collab_loop(inst.theta[0, 0], noise, n1=n1, arms=arms)
   # On the ball float32 round-off eventually flips which of the two ascent starts wins
-  # (here at round 84, a discrete change of action), after which the runs drift apart; the
-  # first 80 rounds cover the refreshes at 6, 12, 24 and 48. The refresh itself is compared
+  # (here at round 73, a discrete change of action), after which the runs drift apart; the
+  # first 70 rounds cover the refreshes at 6, 12, 24 and 48. The refresh itself is compared
   # on identical inputs at every epoch in test_random_effects_refresh_matches_numpy.
-  upto = 80 if action_set == env.BALL else n
+  upto = 70 if action_set == env.BALL else n
   np.testing.assert_allclose(np.asarray(cum[:upto, 0, 0]), ref[:upto], rtol=2e-4, atol=1e-3)
   assert int(state.t) == n and float(state.sigma2_hat[0, 0]) > 0
   if action_set == env.BALL:
@@ -244,7 +244,8 @@ def _jax_refresh(gram, b, t, n1, sigma2_prev, **kw):
     st = algo.init(None, spec).replace(gram=gram, b=b, t=t, sigma2_hat=s2)
     return algo.update(st, jnp.zeros((d, m)), env.Observation(reward=jnp.zeros(m)))  # x = 0
 
-  st = refresh(jnp.asarray(np.moveaxis(gram, 0, -1), jnp.float32), jnp.asarray(b.T, jnp.float32),
+  st = refresh(ridge.to_tri(jnp.asarray(np.moveaxis(gram, 0, -1), jnp.float32)),
+               jnp.asarray(b.T, jnp.float32),
                jnp.int32(t - 1), jnp.full(1, sigma2_prev, jnp.float32))
   return float(st.sigma2_hat[0]), np.asarray(st.mu_hat[:, 0]), np.asarray(st.ridge.theta).T
 
