@@ -150,4 +150,6 @@ def versions() -> dict[str, str]:
     out["jax_backend"] = jax.default_backend()
   except Exception:  # pragma: no cover - jax is a hard dependency
     pass
+  # the compiler flags the run had (host devices, CPU vector width: experiments/main.py)
+  out["xla_flags"] = os.environ.get("XLA_FLAGS", "").strip()
   return out

@@ -42,6 +42,22 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={os.cpu_count() or 1}")
 
+
+def _amd_avx512() -> bool:
+  """Whether this is an AMD CPU with AVX-512 (Zen 4 and later), where 512-bit vectors run at
+  full clock; XLA's CPU code prefers 256-bit ones, a default made for Intel's downclocking."""
+  try:
+    info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")[:20000]
+  except OSError:
+    return False
+  return "AuthenticAMD" in info and re.search(r"\bavx512f\b", info) is not None
+
+
+# The erasure simulators' rounds (many small fused loops over the runs) run 14-22% faster with
+# 512-bit vectors on such a CPU (docs/bandits.md); the dense products (Eigen) are unaffected.
+if "xla_cpu_prefer_vector_width" not in os.environ.get("XLA_FLAGS", "") and _amd_avx512():
+  os.environ["XLA_FLAGS"] += " --xla_cpu_prefer_vector_width=512"
+
 try:
   import hydra
   from hydra.core.hydra_config import HydraConfig
