@@ -331,9 +331,9 @@ class CollabState(struct.PyTreeNode):
 
 
 #: Rounds summed plainly in ``gram_new`` / ``b_new`` before they are folded into the totals
-#: with Kahan's compensation. A plain float32 sum of 3e5 unit outer products drifts by tens of
-#: units, more than a Gram matrix's small eigenvalues; a chunk of 256 by about 1e-3, and the
-#: folds are exact to an ulp, so the per-round cost stays one plain add.
+#: with Kahan's compensation. A plain float32 sum of 3e5 unit outer products drifts by tens to
+#: hundreds of units, more than a Gram matrix's small eigenvalues; a chunk of 256 by about 1e-3,
+#: and the folds are exact to an ulp, so the per-round cost stays one plain add.
 FOLD_ROUNDS = 256
 
 
@@ -535,11 +535,12 @@ def collab(*, n1: int, lam0: float = 1.0, sigma_min: float = 1e-3, n_iter: int =
     ridge = Ridge(ainv=unflat(r.ainv, 2, spec), theta=unflat(r.theta, 1, spec),
                   logdet=unflat(r.logdet, 0, spec))
     tri, b = gram_and_b(state)
+    zero = lambda x: unflat(jnp.zeros_like(x), 1, spec)
+    # the sums whole (the compensation and the unfolded rounds taken in)
     return state.replace(ridge=ridge, gram=unflat(from_tri(tri, b.shape[0]), 2, spec),
-                         b=unflat(b, 1, spec), gram_err=unflat(state.gram_err, 1, spec),
-                         b_err=unflat(state.b_err, 1, spec),
-                         gram_new=unflat(state.gram_new, 1, spec),
-                         b_new=unflat(state.b_new, 1, spec))
+                         b=unflat(b, 1, spec), gram_err=zero(state.gram_err),
+                         b_err=zero(state.b_err), gram_new=zero(state.gram_new),
+                         b_new=zero(state.b_new))
 
   return Algorithm(init, act, update, export)
 
