@@ -53,8 +53,9 @@ def _amd_avx512() -> bool:
   return "AuthenticAMD" in info and re.search(r"\bavx512f\b", info) is not None
 
 
-# The erasure simulators' rounds (many small fused loops over the runs) run 14-22% faster with
-# 512-bit vectors on such a CPU (docs/bandits.md); the dense products (Eigen) are unaffected.
+# The erasure simulators' rounds (many small fused loops over the runs) run faster with 512-bit
+# vectors on such a CPU (bench_erasure, same hour: TPG 13-21%, SP2-Feedback 7-27%;
+# docs/bandits.md); collab's benchmark and the dense products (Eigen) are unchanged.
 if "xla_cpu_prefer_vector_width" not in os.environ.get("XLA_FLAGS", "") and _amd_avx512():
   os.environ["XLA_FLAGS"] += " --xla_cpu_prefer_vector_width=512"
 
