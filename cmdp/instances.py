@@ -104,7 +104,8 @@ def family_gap(eps: float, zeta: float, cost: float = FAMILY_COST) -> float:
 
 def communicating_instance(n_states: int, n_actions: int, H: float, zeta: float, eps: float,
                            cost: float = FAMILY_COST, gap_zeta: float | None = None,
-                           distinct: bool = False) -> tabular.TabularCMDP:
+                           distinct: bool = False, gap_eps: float | None = None
+                           ) -> tabular.TabularCMDP:
   """A hard communicating CMDP: k copies of the on/off core with eps-gaps (recon).
 
   A reconstruction in the spirit of the lower-bound families (Azar et al. 2013;
@@ -162,6 +163,8 @@ def communicating_instance(n_states: int, n_actions: int, H: float, zeta: float,
     cost: a wrong pair's exact loss in units of eps (> 1).
     gap_zeta: the zeta the gaps are made for (None: ``zeta``; another value is an
       ablation: a wrong pair then costs Delta / (4 (8 zeta + Delta)), not cost * eps).
+    gap_eps: the eps the gaps are made for (None: ``eps``; another value is an ablation
+      that holds the gaps while eps moves, with the same wrong-pair cost as above).
     distinct: an ablation that leaves no two pairs equal in truth, so that no choice among
       equal pairs is left to the estimates' noise (a winner's curse): the safe actions of
       copies other than k-1 leave w.p. p (1 + Delta), and the off states' actions >= 2 return
@@ -174,7 +177,8 @@ def communicating_instance(n_states: int, n_actions: int, H: float, zeta: float,
     raise ValueError(f"zeta must be in (0, 1/4); got {zeta}")
   if H < 2:
     raise ValueError(f"H must be >= 2; got {H}")
-  gap = family_gap(eps, zeta if gap_zeta is None else gap_zeta, cost)
+  gap = family_gap(eps if gap_eps is None else gap_eps, zeta if gap_zeta is None else gap_zeta,
+                   cost)
   if (1 + gap) / H > 1:
     raise ValueError(f"leave probability (1 + Delta) / H = {(1 + gap) / H:.3g} > 1 "
                      f"(H={H}, eps={eps}, zeta={zeta}); use a larger H")

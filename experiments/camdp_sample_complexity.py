@@ -112,6 +112,9 @@ class Config(sc.Protocol):
   gap_zeta: float = param(0.0, "family=communicating: the zeta the gaps are made for (0: "
                           "each point's own zeta; > 0: this one at every point, an ablation)",
                           check=in_range(0, 0.25, hi_open=True))
+  gap_eps: float = param(0.0, "family=communicating: the eps the gaps are made for (0: each "
+                         "point's own eps; > 0: this one at every point, an ablation)",
+                         check=in_range(0, 1 / (4 * FAMILY_COST), hi_open=True))
   distinct_pairs: bool = param(False, "family=communicating: an ablation with no two pairs "
                                "equal in truth (cmdp.instances.communicating_instance's "
                                "distinct): no winner's curse among equal pairs")
@@ -124,8 +127,9 @@ class Config(sc.Protocol):
     super().check()
     if self.transient_B >= 1 and self.n_states < 4:
       raise ConfigError("n_states", "must be >= 4 for the multichain instance")
-    if self.family != "communicating" and self.gap_zeta:
-      raise ConfigError("gap_zeta", "is for family=communicating only")
+    for key in ("gap_zeta", "gap_eps"):
+      if self.family != "communicating" and getattr(self, key):
+        raise ConfigError(key, "is for family=communicating only")
     if self.family != "communicating" and self.distinct_pairs:
       raise ConfigError("distinct_pairs", "is for family=communicating only")
     if self.family == "communicating":
@@ -142,7 +146,7 @@ class Config(sc.Protocol):
           raise ConfigError(key if key == "eps_grid" else "eps",
                             f"must be < {1 / (4 * FAMILY_COST):g} with family=communicating "
                             f"(the gaps need 4 * {FAMILY_COST:g} eps < 1); got {p['eps']:g}")
-        gap = family_gap(p["eps"], self.gap_zeta or p["zeta"])
+        gap = family_gap(self.gap_eps or p["eps"], self.gap_zeta or p["zeta"])
         if (1 + gap) / p["H"] > 1:
           raise ConfigError(key, f"the point eps={p['eps']:g}, zeta={p['zeta']:g}, "
                             f"H={p['H']:g} has leave probability (1 + Delta) / H = "
@@ -254,8 +258,9 @@ class _FamilyProblems:
     from cmdp import average_reward, instances, lp  # pylint: disable=import-outside-toplevel
     self.cfg, self.points, self.ctx = cfg, points, ctx
     gap_zeta = lambda p: cfg.gap_zeta or p["zeta"]
+    gap_eps = lambda p: cfg.gap_eps or p["eps"]
     self.models = [instances.communicating_instance(p["S"], p["A"], p["H"], p["zeta"], p["eps"],
-                                                    gap_zeta=gap_zeta(p),
+                                                    gap_zeta=gap_zeta(p), gap_eps=gap_eps(p),
                                                     distinct=cfg.distinct_pairs)
                    for p in points]
     self.sols = [lp.solve_cmdp(m) for m in self.models]
@@ -271,7 +276,7 @@ class _FamilyProblems:
           average_reward.instance(self.models[i], self.span_of_point[i], self.sols[i].dual)
           for i in idx])))
     self.info = [dict(S=p["S"], A=p["A"], eps=p["eps"], H=p["H"], zeta=p["zeta"],
-                      gap=instances.family_gap(p["eps"], gap_zeta(p)), span=float(s),
+                      gap=instances.family_gap(gap_eps(p), gap_zeta(p)), span=float(s),
                       rho_star=sol.value, lam_star=sol.dual, b=float(m.b))
                  for p, s, sol, m in zip(points, self.span_of_point, self.sols, self.models)]
 

@@ -144,8 +144,13 @@ def test_rate_check_recovers_the_deviation_exponent(power):
       assert head[f"rate_slope_{name}_{setting}"] == pytest.approx(-power, abs=1e-5)
       assert head[f"rate_slope_{name}_{setting}_lo"] <= -power + 1e-5
     np.testing.assert_allclose(r.subopt.mean(1), 0.1 + r.reward.mean(1), atol=1e-6)
-  rows = sc.rate_rows(rates)
+    # The signed excess violation is -z (N^-p - N_ref^-p) / 2, z = N(0, 1) + 3 > 0 here.
+    np.testing.assert_allclose(r.excess, -r.reward / 2, rtol=1e-12)
+  rows = sc.rate_rows(rates, delta=0.2)
   assert len(rows["setting"]) == 2 * rates["strict"].ns.size
+  # One z per batch: every seed of an N has the same excess, so its tail is that value.
+  np.testing.assert_allclose(rows["violation_tail"],
+                             np.concatenate([rates[s].excess[:, 0] for s in rates]), rtol=1e-12)
 
 
 def test_probit_exponent_recovers_a_known_exponent_within_its_interval():
