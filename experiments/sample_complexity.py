@@ -418,7 +418,8 @@ def violation_tail(r: RateResult, delta: float) -> np.ndarray:
   """(K,) the upper (1 - delta) quantile of ``r.excess`` per N: how far above its
   exact-model limit the violation of all but a delta fraction of runs stays. Where the
   output's errors are in their N^-1/2 regime it falls like N^-1/2 too; where it is held by
-  the instance's range (every output at the worst policy's violation) it falls slower."""
+  the instance's range (more than delta of the outputs at the worst policy's violation) it
+  falls slower."""
   return np.quantile(r.excess, 1 - delta, axis=1)
 
 
