@@ -10,7 +10,9 @@ zeta and multiplier lambda* = 1/(4 zeta).
 
 ``hard_instance`` (B = 0: weakly communicating; B >= 1: general/multichain):
 
-* state 0 "on", state 1 "off"; off -> on w.p. q = 1/H (every action, r = c = 0);
+* state 0 "on", state 1 "off"; off -> on w.p. q = 1/H (every action, r = c = 0; with
+  ``distinct``, an ablation, actions >= 1 return w.p. q / 1.25 instead, so that no two
+  returning actions are equal in truth);
 * at "on": action 0 "reward" (r = 1, c = 1 - 4 zeta), action 1 "safe" (r = 0,
   c = 1), both leave to "off" w.p. p = 1/H; actions >= 2 are decoys like
   action 0 but leaving w.p. 1.25 p (worse in both gains);
@@ -38,8 +40,8 @@ import numpy as np
 from cmdp import lp, tabular
 
 
-def hard_instance(n_states: int, n_actions: int, H: float, zeta: float, B: float = 0.0
-                  ) -> tabular.TabularCMDP:
+def hard_instance(n_states: int, n_actions: int, H: float, zeta: float, B: float = 0.0,
+                  distinct: bool = False) -> tabular.TabularCMDP:
   """The hard CMDP described in the module docstring.
 
   Args:
@@ -49,6 +51,10 @@ def hard_instance(n_states: int, n_actions: int, H: float, zeta: float, B: float
     zeta: Slater constant, in (0, 1/4).
     B: 0 for the weakly-communicating instance, else the entry state's expected
       sojourn (transient time).
+    distinct: an ablation: the off state's actions >= 1 return w.p. q / 1.25, so that the
+      learner does not choose among equal returning actions by their noise (a winner's
+      curse that makes its constraint estimate optimistic). The optimum (action 0 at off)
+      and b are unchanged.
   """
   general = B >= 1
   if n_actions < 2 or n_states < (4 if general else 2):
@@ -72,8 +78,11 @@ def hard_instance(n_states: int, n_actions: int, H: float, zeta: float, B: float
   r[on, 1] = 0.0
   c[on, :] = 1 - 4 * zeta
   c[on, 1] = 1.0
-  P[off, :, on] = q
-  P[off, :, off] = 1 - q
+  back = np.full(A, q)
+  if distinct:
+    back[1:] = q / 1.25
+  P[off, :, on] = back
+  P[off, :, off] = 1 - back
   first_feeder = 2
   start = on
   if general:

@@ -115,9 +115,10 @@ class Config(sc.Protocol):
   gap_eps: float = param(0.0, "family=communicating: the eps the gaps are made for (0: each "
                          "point's own eps; > 0: this one at every point, an ablation)",
                          check=in_range(0, 1 / (4 * FAMILY_COST), hi_open=True))
-  distinct_pairs: bool = param(False, "family=communicating: an ablation with no two pairs "
-                               "equal in truth (cmdp.instances.communicating_instance's "
-                               "distinct): no winner's curse among equal pairs")
+  distinct_pairs: bool = param(False, "an ablation with no two pairs equal in truth (the "
+                               "distinct of cmdp.instances.communicating_instance, or of "
+                               "hard_instance: its off state's returning actions): no "
+                               "winner's curse among equal pairs")
   hold_span: bool = param(False, "zeta sweep at the base point's span: the instance's core "
                           "time scale is rescaled per zeta so that its computed B + H does "
                           "not move with zeta (the hard instance's bias span is "
@@ -130,8 +131,6 @@ class Config(sc.Protocol):
     for key in ("gap_zeta", "gap_eps"):
       if self.family != "communicating" and getattr(self, key):
         raise ConfigError(key, "is for family=communicating only")
-    if self.family != "communicating" and self.distinct_pairs:
-      raise ConfigError("distinct_pairs", "is for family=communicating only")
     if self.family == "communicating":
       if self.transient_B != 0:
         raise ConfigError("transient_B", "must be 0 with family=communicating (it is "
@@ -176,7 +175,7 @@ class _Problems:
     keys = sorted({(p["H"], p["zeta"]) for p in points})   # one instance per (H, zeta)
     general = cfg.transient_B >= 1
     hard = lambda H, z: instances.hard_instance(cfg.n_states, cfg.n_actions, H, z,
-                                                cfg.transient_B)
+                                                cfg.transient_B, distinct=cfg.distinct_pairs)
     span_of = lambda q: q.H + (q.B if general else 0.0)
 
     def build(H, z):
