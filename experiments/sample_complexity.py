@@ -352,21 +352,25 @@ class RateResult(NamedTuple):
   Attributes:
     setting: ``relaxed`` or ``strict``.
     ns: (K,) the sample budgets; axis: (K,) the same on the family's N axis.
-    reward, constraint: (K, seeds) |rho(N) - rho(ref)| of the output's reward and
-      constraint gains (from subopt and violation: the optimum and b cancel).
+    reward: (K, seeds) |rho_r(N) - rho_r(ref)| of the output's reward gain (from subopt:
+      the optimum cancels).
     subopt, violation: (K, seeds) the runs' own errors at N.
     excess: (K, seeds) violation(N) - violation(ref), signed: how much more the output
-      violates than its exact-model limit. Its upper (1 - delta) quantile, the tail that
-      sets the relaxed N*, is ``rate.csv``'s ``violation_tail``.
+      violates than its exact-model limit (b cancels). Its upper (1 - delta) quantile, the
+      tail that sets the relaxed N*, is ``rate.csv``'s ``violation_tail``.
   """
   setting: str
   ns: np.ndarray
   axis: np.ndarray
   reward: np.ndarray
-  constraint: np.ndarray
   subopt: np.ndarray
   violation: np.ndarray
   excess: np.ndarray
+
+  @property
+  def constraint(self) -> np.ndarray:
+    """(K, seeds) |rho_c(N) - rho_c(ref)|: the size of :attr:`excess`."""
+    return np.abs(self.excess)
 
 
 def rate(family: Family, proto: Protocol, key: jax.Array, point: int, *, say=print,
@@ -396,7 +400,6 @@ def rate(family: Family, proto: Protocol, key: jax.Array, point: int, *, say=pri
     shape = (ns.size, seeds)
     out[setting] = RateResult(setting, ns, np.asarray(family.n_axis(point, ns), np.float64),
                               np.abs(sub - sub0).reshape(shape),
-                              np.abs(vio - vio0).reshape(shape),
                               sub.reshape(shape), vio.reshape(shape),
                               (vio - vio0).reshape(shape))
   return types.MappingProxyType(out)

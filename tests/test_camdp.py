@@ -206,6 +206,23 @@ def test_experiment_end_to_end(tmp_path):
     assert (tmp_path / f).stat().st_size > 0
 
 
+def _constraint_gains(m, ns, *, eps, zeta, strict, runs, key, span=None, **opts):
+  """(the LP solution, {N: (runs,) exact rho_c of the learner's output}) on instance ``m``,
+  every N run with the same key (so each run differs across N only by its budget); ``span``
+  is the algorithm's span input (default: the instance's computed one)."""
+  sol = lp.solve_cmdp(m)
+  span = ar.instance_parameters(m, sol).H if span is None else span
+  inst = jax.tree.map(lambda x: np.broadcast_to(x, (runs,) + np.shape(x)),
+                      ar.instance(m, span, sol.dual))
+  out = {}
+  for n in ns:
+    batch = primal_dual.Runs(np.full(runs, n), np.full(runs, eps), np.full(runs, zeta),
+                             np.full(runs, strict))
+    out[n] = ar.evaluate_outputs([m], np.zeros(runs, int),
+                                 ar.run_batch(key, inst, batch, **opts))[1]
+  return sol, out
+
+
 @pytest.mark.slow
 def test_the_hard_instance_s_constraint_noise_grows_as_zeta_shrinks():
   """Why the strict zeta exponent is steeper than -2 on the hard instance (docs/cmdp.md):
@@ -214,21 +231,12 @@ def test_the_hard_instance_s_constraint_noise_grows_as_zeta_shrinks():
   does not move with zeta, the instance's does). Measured: sd ratio 1.22-1.27, i.e. a
   variance factor 1.5-1.6 over a 4x zeta range, -0.3 on the exponent; were the spread
   independent of zeta (ratio 1), that explanation would be wrong."""
-  R, sd = 512, {}
+  sd = {}
   for z in (0.05, 0.2):
-    m = instances.hard_instance(6, 3, 10.0, z)
-    sol = lp.solve_cmdp(m)
-    q = ar.instance_parameters(m, sol)
-    inst = jax.tree.map(lambda x: np.broadcast_to(x, (R,) + np.shape(x)),
-                        ar.instance(m, q.H, sol.dual))
-    rc = []
-    for n in (1e6, 1e15):
-      runs = primal_dual.Runs(np.full(R, n), np.full(R, 0.05), np.full(R, z), np.full(R, True))
-      out = ar.run_batch(jax.random.key(5), inst, runs, n_grid=64)
-      rc.append(ar.evaluate_outputs([m], np.zeros(R, int), out)[1])
-    sd[z] = np.std(rc[0] - rc[1])
+    _, rc = _constraint_gains(instances.hard_instance(6, 3, 10.0, z), (1e6, 1e15), eps=0.05,
+                              zeta=z, strict=True, runs=512, key=jax.random.key(5), n_grid=64)
+    sd[z] = np.std(rc[1e6] - rc[1e15])
   assert 1.12 < sd[0.05] / sd[0.2] < 1.4, sd
-
 
 
 @pytest.mark.slow
@@ -242,21 +250,12 @@ def test_the_relaxed_violation_tail_is_held_by_the_instance_below_a_thousand_sam
   tail falls like N^-0.24, and like N^-1/2 from 2896 on (measured -0.49). Were the tail in
   its N^-1/2 regime at the default grid's N*, the exponent could not bend."""
   m = instances.hard_instance(20, 4, 10.0, 0.1)
-  sol = lp.solve_cmdp(m)
   worst = float(m.b) + lp.occupancy_lp(m.P, -np.asarray(m.c), m.mu0).value   # b - min rho_c
-  runs_, eps, key = 1024, 0.05, jax.random.key(3)
-  inst = jax.tree.map(lambda x: np.broadcast_to(x, (runs_,) + np.shape(x)),
-                      ar.instance(m, ar.instance_parameters(m, sol).H, sol.dual))
-
-  def violation(n):
-    runs = primal_dual.Runs(np.full(runs_, n), np.full(runs_, eps), np.full(runs_, 0.1),
-                            np.full(runs_, False))
-    return float(m.b) - ar.evaluate_outputs([m], np.zeros(runs_, int),
-                                            ar.run_batch(key, inst, runs))[1]
-
-  ref = violation(1e15)
-  vio = {n: violation(n) for n in (45.0, 362.0, 2896.0, 23170.0)}
-  tail = {n: np.quantile(v - ref, 0.9) for n, v in vio.items()}
+  ns = (45.0, 362.0, 2896.0, 23170.0)
+  _, rc = _constraint_gains(m, ns + (1e15,), eps=0.05, zeta=0.1, strict=False, runs=1024,
+                            key=jax.random.key(3))
+  vio = {n: float(m.b) - rc[n] for n in ns}
+  tail = {n: np.quantile(rc[1e15] - rc[n], 0.9) for n in ns}
   assert worst == pytest.approx(1 / 18 + 7 / 90, abs=1e-9)   # (1/2 - zeta) - (4/9)(1 - 4 zeta)
   assert np.quantile(vio[45.0], 0.9) >= worst - 1e-9 and vio[45.0].max() <= worst + 1e-9
   slope = lambda a, b: np.log(tail[b] / tail[a]) / np.log(b / a)
@@ -288,27 +287,21 @@ def test_the_gadget_s_strict_zeta_residual_is_a_winners_curse_over_equal_returni
   margin 0.148 eps zeta it must stay within. With ``distinct`` (actions >= 1 return w.p.
   q / 1.25) the optimum is the same and the optimism must go; were the residual the noise's
   spread or the mixture's weight, it would stay."""
-  runs_, eps, zeta = 256, 0.05, 0.0125
+  runs, zeta = 256, 0.0125
 
   def shortfall(distinct):
     m = instances.hard_instance(20, 4, 10.0, zeta, distinct=distinct)
-    sol = lp.solve_cmdp(m)
-    inst = jax.tree.map(lambda x: np.broadcast_to(x, (runs_,) + np.shape(x)),
-                        ar.instance(m, ar.instance_parameters(m, sol).H, sol.dual))
-    rc = []
-    for n in (1e7, 1e15):
-      runs = primal_dual.Runs(np.full(runs_, n), np.full(runs_, eps), np.full(runs_, zeta),
-                              np.full(runs_, True))
-      out = ar.run_batch(jax.random.key(5), inst, runs)
-      rc.append(ar.evaluate_outputs([m], np.zeros(runs_, int), out)[1])
-    d = rc[1] - rc[0]
-    return sol, float(m.b), rc[1] - float(m.b), d.mean(), d.std() / np.sqrt(runs_)
+    sol, rc = _constraint_gains(m, (1e7, 1e15), eps=0.05, zeta=zeta, strict=True, runs=runs,
+                                key=jax.random.key(5))
+    d = rc[1e15] - rc[1e7]
+    return sol, float(m.b), rc[1e15] - float(m.b), d.mean(), d.std() / np.sqrt(runs)
 
   sol, b, margin, equal, se = shortfall(False)
   sol_d, b_d, _, distinct, se_d = shortfall(True)
   assert sol_d.value == pytest.approx(sol.value, abs=1e-9) and b_d == pytest.approx(b, abs=1e-9)
   assert equal > 10 * se and equal > margin.mean(), (equal, se, margin.mean())
   assert abs(distinct) < 3 * se_d and abs(distinct) < equal / 5, (distinct, se_d, equal)
+
 
 # --- the communicating hard family (recon) -----------------------------------------------------
 
@@ -524,15 +517,10 @@ def test_the_family_s_relaxed_s_a_dependence_is_optimism_over_pairs_delta_worse(
 
   def excess(S, A, gap_zeta):
     m = instances.communicating_instance(S, A, 10.0, zeta, eps, gap_zeta=gap_zeta, distinct=True)
-    sol = lp.solve_cmdp(m)
-    inst = jax.tree.map(lambda x: np.stack([x] * runs), ar.instance(
-        m, instances.communicating_span(S, 10.0, zeta), sol.dual))
-    vio = []
-    for n in (1448.0, 1e15):
-      out = ar.run_batch(jax.random.key(1), inst, primal_dual.Runs(
-          np.full(runs, n), np.full(runs, eps), np.full(runs, zeta), np.full(runs, False)))
-      vio.append(float(m.b) - ar.evaluate_outputs([m], np.zeros(runs, int), out)[1])
-    d = (vio[0] - vio[1]) / eps
+    _, rc = _constraint_gains(m, (1448.0, 1e15), eps=eps, zeta=zeta, strict=False, runs=runs,
+                              key=jax.random.key(1),
+                              span=instances.communicating_span(S, 10.0, zeta))
+    d = (rc[1e15] - rc[1448.0]) / eps
     return d.mean(), d.std() / np.sqrt(runs)
 
   grow = {}
