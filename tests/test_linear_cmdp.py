@@ -180,6 +180,24 @@ def test_the_learner_pays_the_winners_curse_over_the_hypercube():
   assert bias[6] / bias[2] == pytest.approx(model[6] / model[2], rel=0.12)
 
 
+@pytest.mark.slow
+def test_the_hypercube_s_relaxed_zeta_dependence_is_the_goal_s_share_b_prime_over_w():
+  """The relaxed optimism scales with c1 = b'/W* = (W* - zeta - eps/2)/W*, the only place
+  zeta enters the relaxed N* (the bound's exponent 0 once c1 is constant): from zeta 0.25 to
+  1.0 (paired keys) it falls by c1's ratio, 0.82, not by nothing."""
+  H, eps, n = 10.0, 0.5, 1e5
+  w_star = linear.hypercube_reach(1 - 1 / H, 1 / H)
+  bias, c1 = {}, {}
+  for zeta in (0.25, 1.0):
+    m, out = _hypercube_runs(7, n, False, 12.0, zeta=zeta)
+    _, out0 = _hypercube_runs(7, 1e15, False, 12.0, zeta=zeta)
+    bias[zeta] = np.mean(linear.evaluate_outputs(m, out0)[1] - linear.evaluate_outputs(m, out)[1])
+    c1[zeta] = (float(m.b) - eps / 2) / w_star
+  assert c1[1.0] / c1[0.25] == pytest.approx((w_star - 1.25) / (w_star - 0.5), rel=1e-9)
+  assert bias[1.0] / bias[0.25] == pytest.approx(c1[1.0] / c1[0.25], rel=0.015)
+  assert bias[1.0] / bias[0.25] < 0.9
+
+
 @pytest.mark.parametrize("k_factor", [6.0, 12.0])
 def test_strict_margin_is_the_tightening_plus_the_ls_pe_truncation(k_factor):
   """On an exact model the strict output's true margin V_c - b is the tightening eps zeta /
