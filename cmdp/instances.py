@@ -99,6 +99,26 @@ def hard_instance(n_states: int, n_actions: int, H: float, zeta: float, B: float
   return with_slater(P, r, c, start, zeta)
 
 
+def hard_constraint_noise(H: float, zeta: float) -> float:
+  """sqrt(N) times the spread of the optimal output's constraint gain on ``hard_instance``.
+
+  The delta method on the weakly-communicating instance (B = 0) with N samples per pair:
+  the optimum is the time-0 mixture, weight w = 1/2 each, of the reward policy (gain
+  ``f_R (1 - 4 zeta)``) and the safe policy (gain ``f_S``), ``f = q / (p_a + q)`` the
+  on-state's share, 1/2 at p = q = 1/H. Each estimated leave or return probability has
+  relative variance ``(1 - p) / (p N) = (H - 1) / N`` and moves the share by a quarter of
+  it, so the spread is ``sqrt((H - 1) / N) / 4 * sqrt(a^2 + s^2 + (a + s)^2)`` with
+  ``a = w (1 - 4 zeta)`` (reward leave), ``s = 1 - w`` (safe leave) and ``a + s`` (return).
+  It grows as zeta shrinks, which the sample-complexity bounds' constants do not: the
+  ``hold_noise`` ablation of ``experiments.camdp_sample_complexity`` holds it fixed. It
+  assumes the learner's returning action is one pair (``distinct=True``; equal returning
+  actions make the learner's choice among them a winner's curse that narrows the return
+  term's spread).
+  """
+  a, s = 0.5 * (1.0 - 4.0 * zeta), 0.5
+  return float(np.sqrt(H - 1.0) / 4.0 * np.sqrt(a * a + s * s + (a + s) ** 2))
+
+
 FAMILY_COST = 1.5   # a wrong (copy, action) pair costs FAMILY_COST * eps in rho_r (exact)
 
 

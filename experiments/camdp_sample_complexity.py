@@ -123,11 +123,21 @@ class Config(sc.Protocol):
                           "time scale is rescaled per zeta so that its computed B + H does "
                           "not move with zeta (the hard instance's bias span is "
                           "(1 - 2 zeta) H / 2)")
+  hold_noise: bool = param(False, "zeta sweep at the base point's constraint noise: the "
+                           "core time scale is rescaled per zeta so that "
+                           "cmdp.instances.hard_constraint_noise (the optimal output's "
+                           "constraint-gain spread, which grows as zeta shrinks) does not "
+                           "move with zeta (family=gadget, transient_B=0)")
 
   def check(self) -> None:
     super().check()
     if self.transient_B >= 1 and self.n_states < 4:
       raise ConfigError("n_states", "must be >= 4 for the multichain instance")
+    if self.hold_noise and self.hold_span:
+      raise ConfigError("hold_noise", "holds the noise, hold_span the span: set one of them")
+    if self.hold_noise and self.transient_B != 0:
+      raise ConfigError("hold_noise", "needs transient_B=0 (the noise model is the weakly "
+                        f"communicating instance's); got transient_B={self.transient_B:g}")
     for key in ("gap_zeta", "gap_eps"):
       if self.family != "communicating" and getattr(self, key):
         raise ConfigError(key, "is for family=communicating only")
@@ -135,8 +145,9 @@ class Config(sc.Protocol):
       if self.transient_B != 0:
         raise ConfigError("transient_B", "must be 0 with family=communicating (it is "
                           f"communicating); got {self.transient_B:g}")
-      if self.hold_span:
-        raise ConfigError("hold_span", "is for family=gadget only")
+      for key in ("hold_span", "hold_noise"):
+        if getattr(self, key):
+          raise ConfigError(key, "is for family=gadget only")
       for p in sweep_points(self)[0]:   # every point's leave probability (1 + Delta) / H <= 1
         key = next((k for k, v in (("eps_grid", p["eps"] != self.eps),
                                    ("zeta_grid", p["zeta"] != self.zeta),
@@ -192,6 +203,12 @@ class _Problems:
           for _ in range(3):
             core[i] *= target / span_of(self.params[i])
             self.models[i], self.sols[i], self.params[i] = build(core[i], z)
+    if cfg.hold_noise:  # rescale it so the optimal output's constraint spread stays put
+      base = instances.hard_constraint_noise(cfg.H, cfg.zeta) ** 2
+      for i, (H, z) in enumerate(keys):
+        if H == cfg.H and z != cfg.zeta:   # noise^2 is linear in core - 1
+          core[i] = 1.0 + (H - 1.0) * base / instances.hard_constraint_noise(H, z) ** 2
+          self.models[i], self.sols[i], self.params[i] = build(core[i], z)
     self.instance_of_point = np.array([keys.index((p["H"], p["zeta"])) for p in points])
     # The bounds' span term: H for weakly-communicating instances (Zurek & Chen's SAH/eps^2;
     # B is not needed there), B + H for general ones. It is also the algorithm's input.

@@ -9,7 +9,8 @@ violation; the protocol does the rest and returns a frozen :class:`Result`:
 1. Grid: a geometric N grid per setting (``relaxed_n_range`` / ``strict_n_range``,
    ``n_per_octave`` points per doubling), ``n_seeds`` runs at every (point, N).
 2. Success: a run succeeds when its suboptimality is <= eps and it is feasible:
-   violation <= eps (relaxed) or <= 1e-9 (strict, exact to rounding).
+   violation <= eps (relaxed) or <= 1e-9 (strict, exact to rounding). The ablation
+   ``relaxed_success="feasible"`` asks a relaxed run for feasibility alone.
 3. Smallest N (``n_success``): the first grid N from which on (at it and every larger grid
    N) the success rate is >= 1 - delta, in the strict setting also with no seed violating
    (:func:`experiments.stats.smallest_n`). Its continuous estimate (``n_success_fit``) is
@@ -111,6 +112,10 @@ class Protocol:
       (0.125, 0.25, 0.5, 1.0), "multiples of the base point's N* at which the theory-scaled "
       "check runs (below it, where failures are frequent enough to fit)",
       check=each(in_range(0, 1e6, lo_open=True)))
+  relaxed_success: str = param("both", "what a relaxed run must meet: 'both' (eps-optimal "
+                               "and violation <= eps) or 'feasible' (violation <= eps alone; "
+                               "an ablation that leaves reward failures out)",
+                               check=one_of("both", "feasible"))
 
   def check(self) -> None:
     for key in ("relaxed_n_range", "strict_n_range", "rate_n_range"):
@@ -243,10 +248,12 @@ def measure(family: Family, proto: Protocol, key: jax.Array, *, success_fit: str
                                  for si, setting in enumerate(proto.settings)})
 
 
-def _outcome(family: Family, strict: bool, subopt, violation, point):
+def _outcome(family: Family, proto: Protocol, strict: bool, subopt, violation, point):
   """(feasible, success) of runs of ``point``."""
   eps = np.array([family.points[p]["eps"] for p in np.ravel(point)]).reshape(np.shape(point))
   feasible = violation <= (STRICT_TOL if strict else eps)
+  if not strict and proto.relaxed_success == "feasible":
+    return feasible, feasible
   return feasible, (subopt <= eps) & feasible
 
 
@@ -262,7 +269,7 @@ def _setting(family: Family, proto: Protocol, keys: Keys, si: int, setting: str,
   subopt, violation = family.run(strict, point.ravel(), ns[ni.ravel()],
                                  jax.random.fold_in(keys.grid, si), setting)
   subopt, violation = subopt.reshape(shape), violation.reshape(shape)
-  feasible, success = _outcome(family, strict, subopt, violation, point)
+  feasible, success = _outcome(family, proto, strict, subopt, violation, point)
   axis = np.stack([np.asarray(family.n_axis(p, ns), np.float64) for p in range(n_pts)])
   target = 1.0 - proto.delta
   n_success, n_interp = np.full(n_pts, np.nan), np.full(n_pts, np.nan)
@@ -292,7 +299,7 @@ def _fresh(family: Family, proto: Protocol, pts: np.ndarray, n: np.ndarray, key,
   point = np.repeat(pts, r)
   subopt, violation = family.run(True, point, np.repeat(np.asarray(n, np.float64), r), key,
                                  label)
-  feasible, success = _outcome(family, True, subopt, violation, point)
+  feasible, success = _outcome(family, proto, True, subopt, violation, point)
   shape = (len(pts), r)
   return ((~feasible).reshape(shape).sum(1), violation.reshape(shape).max(1),
           (~success).reshape(shape).sum(1))
@@ -520,7 +527,7 @@ def scaled(family: Family, proto: Protocol, key: jax.Array, result: Result,
       subopt, violation = family.run(res.strict, point, np.repeat(n.ravel(), r),
                                      jax.random.fold_in(jax.random.fold_in(root, si), wi),
                                      f"{setting} scaled {sweep}")
-      _, success = _outcome(family, res.strict, subopt, violation, point)
+      _, success = _outcome(family, proto, res.strict, subopt, violation, point)
       failures = (~success).reshape(pts.size, levels.size, r).sum(2)
       axis = np.stack([np.asarray(family.n_axis(int(p), n[i]), np.float64)
                        for i, p in enumerate(pts)])
@@ -592,7 +599,7 @@ def predicted(family: Family, proto: Protocol, key: jax.Array, result: Result,
 
       def fail(log_n, sl=sl, p=p):
         f = np.sqrt(n0 / np.exp(log_n))
-        _, ok = _outcome(family, res.strict, sub0[sl] + (sub[sl] - sub0[sl]) * f,
+        _, ok = _outcome(family, proto, res.strict, sub0[sl] + (sub[sl] - sub0[sl]) * f,
                          vio0[sl] + (vio[sl] - vio0[sl]) * f, np.full(r, p))
         return np.mean(~ok)
 
