@@ -468,6 +468,7 @@ def test_the_experiment_uses_the_family_s_cost():
     (["family=communicating", "hold_noise=true"], "hold_noise"),
     (["hold_noise=true", "hold_span=true"], "hold_noise"),
     (["hold_noise=true", "transient_B=10"], "hold_noise"),
+    (["relaxed_success=reward"], "relaxed_success"),
     (["family=communicating", "S_grid=[3,9]"], "S_grid"),
     (["family=communicating", "A_grid=[1,4]"], "A_grid"),
     (["family=communicating", "eps_grid=[0.2,0.05]"], "eps_grid"),

@@ -88,6 +88,22 @@ def test_relaxed_interpolation_and_slopes_against_numpy():
     res.n_star[0] = 1.0
 
 
+def test_relaxed_success_feasible_leaves_reward_failures_out():
+  """``relaxed_success="feasible"``: the relaxed N* is where the violation (a - N) / N reaches
+  eps, whatever the suboptimality; the strict setting is unchanged."""
+  proto = dataclasses.replace(PROTO, relaxed_success="feasible")
+  grid = n_grid_values(16, 2 ** 16, 2).astype(float)
+  first = lambda ok: grid[np.argmax(ok)]
+  feas = sc.measure(_deterministic(c=10.0)[0], proto, KEY, progress=False)
+  both = sc.measure(_deterministic(c=10.0)[0], PROTO, KEY, progress=False)
+  np.testing.assert_array_equal(feas["relaxed"].n_star,
+                                [first((300 - grid) / grid <= e) for e in EPS])
+  np.testing.assert_array_equal(both["relaxed"].n_star, [
+      first((10.0 / np.sqrt(grid) <= e) & ((300 - grid) / grid <= e)) for e in EPS])
+  assert (feas["relaxed"].n_star < both["relaxed"].n_star).all()
+  np.testing.assert_array_equal(feas["strict"].n_star, both["strict"].n_star)
+
+
 def test_fresh_violations_step_up_and_all_evidence_is_pooled():
   """Fresh seeds (and only they) violate below N = 2000: points step up the grid until a
   batch is clean; the evidence holds every run, the 2x batch included."""
