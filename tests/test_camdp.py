@@ -535,6 +535,23 @@ def _optimism(S, A, distinct, n=3e6, runs=128, eps=0.05, zeta=0.1, H=10.0):
 
 
 @pytest.mark.slow
+def test_the_family_s_constraint_noise_follows_the_core_not_the_span():
+  """Why the communicating family's span exponent reads steeper than 1 (docs/cmdp.md): N*
+  follows the core's time scale H, not the span (1 - 2 zeta)(H + hops)/2, which the 9 hops
+  of S = 19 compress. From H 5 to 20 the strict output's constraint-gain spread (256 runs,
+  each against its exact-model run) grows like sqrt((H - 1) / N), 2.18x, where the span's
+  square root grows 1.44x."""
+  sd = {}
+  for H in (5.0, 20.0):
+    m = instances.communicating_instance(19, 4, H, 0.1, 0.05, distinct=True)
+    _, rc = _constraint_gains(m, (1e6, 1e15), eps=0.05, zeta=0.1, strict=True, runs=256,
+                              key=jax.random.key(5), n_grid=64)
+    sd[H] = np.std(rc[1e6] - rc[1e15])
+  assert sd[20.0] / sd[5.0] == pytest.approx(np.sqrt(19 / 4), rel=0.05), sd
+  assert sd[20.0] / sd[5.0] > 1.3 * np.sqrt(29 / 14)
+
+
+@pytest.mark.slow
 def test_the_family_s_a_dependence_is_a_winners_curse_over_equal_pairs():
   """With A - 1 equal returning actions per off state, the learner's estimated constraint value
   is optimistic by more as A grows (it plans with the best-looking one); with the ``distinct``
