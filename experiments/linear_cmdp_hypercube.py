@@ -105,6 +105,7 @@ class Config(sc.Protocol):
   n_dual: int = field_of(lc.Config, "n_dual")
   k_factor: float = field_of(lc.Config, "k_factor", 12.0)
   c_beta: float = field_of(lc.Config, "c_beta")
+  c_omega: float = field_of(lc.Config, "c_omega")
   batch_size: int = field_of(lc.Config, "batch_size")
 
   def check(self) -> None:

@@ -114,6 +114,9 @@ class Config(sc.Protocol):
   k_factor: float = param(6.0, "LS-MDVI and LS-PE steps K = ceil(k_factor H)", check=gt(0))
   c_beta: float = param(float("inf"), "LS-MDVI inverse temperature beta = c_beta ln(A) / eps "
                         "(inf: greedy, as the authors' code; 8: a softmax close to greedy)", check=gt(0))
+  c_omega: float = param(8.0, "reward perturbation omega = eps (1 - gamma) / c_omega (its "
+                         "random tie-break among equal actions; large: an ablation without "
+                         "it)", check=gt(0))
   batch_size: int = param(512, "runs per jitted call (the last chunk is padded)", check=ge(1))
 
   def check(self) -> None:
@@ -185,7 +188,7 @@ def family(cfg, ctx, truth: Truth, points: list[dict], tabular: bool = False) ->
   grouped by instance (group g keyed ``fold_in(key, g)``), each group in chunks of
   ``batch_size`` (the last one padded, so that each instance shape compiles once); N is the
   total number of samples at the core set. ``cfg`` needs the learner's keys (``n_grid``,
-  ``n_dual``, ``k_factor``, ``c_beta``, ``batch_size``)."""
+  ``n_dual``, ``k_factor``, ``c_beta``, ``c_omega``, ``batch_size``)."""
   from cmdp import linear, primal_dual  # pylint: disable=import-outside-toplevel
 
   def run(strict: bool, point: np.ndarray, n: np.ndarray, key, label: str):
@@ -228,7 +231,8 @@ def run_chunks(m, inst, runs, key, cfg, ctx, label: str):
     start = time.perf_counter()
     out = linear.run_batch(jax.random.fold_in(key, j), inst,
                            jax.tree.map(lambda x, pad=pad: x[pad], runs), n_iters=n_iters,
-                           n_grid=cfg.n_grid, n_dual=cfg.n_dual, c_beta=cfg.c_beta)
+                           n_grid=cfg.n_grid, n_dual=cfg.n_dual, c_beta=cfg.c_beta,
+                           c_omega=cfg.c_omega)
     t_alg = time.perf_counter() - start
     out = jax.tree.map(lambda x, sl=sl: x[:sl.size], out)
     vr[sl], vc[sl] = linear.evaluate_outputs(m, out)

@@ -139,16 +139,18 @@ class Constants(NamedTuple):
   omega: jax.Array
 
 
-def constants(eps, zeta, gamma, b, strict, n_actions: int, c_beta: float = C_BETA) -> Constants:
+def constants(eps, zeta, gamma, b, strict, n_actions: int, c_beta: float = C_BETA,
+              c_omega: float = C_OMEGA) -> Constants:
   """:class:`Constants` from eps, zeta, gamma, b, the setting (bool) and A (module docstring).
 
-  ``beta = c_beta ln(A) / eps`` (``inf`` for ``c_beta = inf``: greedy LS-MDVI)."""
+  ``beta = c_beta ln(A) / eps`` (``inf`` for ``c_beta = inf``: greedy LS-MDVI);
+  ``omega = eps (1 - gamma) / c_omega``."""
   xp = jnp if any(isinstance(v, jax.Array) for v in (eps, zeta, gamma, b, strict)) else np
   H = 1.0 / (1.0 - gamma)
   U = xp.where(strict, U_STRICT * H / zeta, U_RELAXED * H / eps)
   b_prime = xp.where(strict, b + TIGHTEN * eps * zeta / H, b - RELAX * eps)
   beta = c_beta * np.log(max(n_actions, 2)) / eps
-  return Constants(U, b_prime, beta, eps / (C_OMEGA * H))
+  return Constants(U, b_prime, beta, eps / (c_omega * H))
 
 
 class Instance(NamedTuple):
@@ -190,7 +192,8 @@ def best_responses(phi, M, theta_rp, theta_c, mu0, gamma, beta, lam_grid, n_iter
 
 
 def run_one(key, inst: Instance, run: primal_dual.Runs, n_iters, *, n_grid: int,
-            n_dual: int, c_beta: float = C_BETA) -> primal_dual.Mixture:
+            n_dual: int, c_beta: float = C_BETA, c_omega: float = C_OMEGA
+            ) -> primal_dual.Mixture:
   """The primal-dual algorithm on one instance for one (N, seed); see the module docstring.
 
   Args:
@@ -201,12 +204,14 @@ def run_one(key, inst: Instance, run: primal_dual.Runs, n_iters, *, n_grid: int,
     n_iters: LS-MDVI / LS-PE steps K (may be traced).
     n_grid, n_dual: dual grid size and dual steps T (static).
     c_beta: LS-MDVI's ``beta = c_beta ln(A) / eps`` (static; inf: greedy).
+    c_omega: the reward perturbation's ``omega = eps (1 - gamma) / c_omega`` (static).
   """
   k_data, k_perturb = jax.random.split(key)
   dtype = inst.phi.dtype
   counts = core_counts(k_data, inst.P_core, samples_per_core_point(inst.rho, run.n))
   M = fit_next_state_measure(inst.phi_core, counts, inst.rho)
-  k = constants(run.eps, run.zeta, inst.gamma, inst.b, run.strict, inst.phi.shape[1], c_beta)
+  k = constants(run.eps, run.zeta, inst.gamma, inst.b, run.strict, inst.phi.shape[1], c_beta,
+                c_omega)
   theta_rp = inst.theta_r + k.omega * jax.random.uniform(k_perturb, inst.theta_r.shape, dtype)
   pols, vc = best_responses(inst.phi, M, theta_rp, inst.theta_c, inst.mu0, inst.gamma, k.beta,
                             primal_dual.dual_grid(k.U, n_grid, dtype), n_iters)
@@ -214,15 +219,15 @@ def run_one(key, inst: Instance, run: primal_dual.Runs, n_iters, *, n_grid: int,
   return primal_dual.Mixture(pols, weights, vc, lam)
 
 
-@functools.partial(jax.jit, static_argnames=("n_grid", "n_dual", "c_beta"))
-def _run_batch(keys, inst, runs, n_iters, *, n_grid, n_dual, c_beta):
-  fn = functools.partial(run_one, n_grid=n_grid, n_dual=n_dual, c_beta=c_beta)
+@functools.partial(jax.jit, static_argnames=("n_grid", "n_dual", "c_beta", "c_omega"))
+def _run_batch(keys, inst, runs, n_iters, *, n_grid, n_dual, c_beta, c_omega):
+  fn = functools.partial(run_one, n_grid=n_grid, n_dual=n_dual, c_beta=c_beta, c_omega=c_omega)
   return jax.vmap(fn, in_axes=(0, None, 0, None))(keys, inst, runs, n_iters)
 
 
 def run_batch(key: jax.Array, inst: Instance, runs: primal_dual.Runs, *, n_grid: int = 64,
               n_dual: int = 2 ** 17, n_iters: int = 200,
-              c_beta: float = C_BETA) -> primal_dual.Mixture:
+              c_beta: float = C_BETA, c_omega: float = C_OMEGA) -> primal_dual.Mixture:
   """R runs on one instance in one jitted call, vmapped over runs and the dual grid (float64).
 
   Every field of ``runs`` has shape (R,); run i uses key ``fold_in(key, i)``.
@@ -240,7 +245,7 @@ def run_batch(key: jax.Array, inst: Instance, runs: primal_dual.Runs, *, n_grid:
     f64 = lambda x: jnp.asarray(np.asarray(x, np.float64))
     out = _run_batch(keys, jax.tree.map(f64, inst), runs.as_jax(),
                      jnp.asarray(n_iters, jnp.int32), n_grid=n_grid, n_dual=n_dual,
-                     c_beta=float(c_beta))
+                     c_beta=float(c_beta), c_omega=float(c_omega))
     return jax.tree.map(np.asarray, out)
 
 
