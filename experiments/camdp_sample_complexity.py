@@ -194,21 +194,20 @@ class _Problems:
       sol = lp.solve_cmdp(m)
       return m, sol, average_reward.instance_parameters(m, sol)
 
-    self.models, self.sols, self.params = map(list, zip(*[build(H, z) for H, z in keys]))
     core = [H for H, _ in keys]            # the instances' core time scales
-    if cfg.hold_span:   # rescale the core time scale of the zeta sweep (span is linear in it)
-      target = span_of(self.params[keys.index((cfg.H, cfg.zeta))])
-      for i, (H, z) in enumerate(keys):
-        if H == cfg.H and z != cfg.zeta:
-          for _ in range(3):
-            core[i] *= target / span_of(self.params[i])
-            self.models[i], self.sols[i], self.params[i] = build(core[i], z)
+    swept = [i for i, (H, z) in enumerate(keys) if H == cfg.H and z != cfg.zeta]
     if cfg.hold_noise:  # rescale it so the optimal output's constraint spread stays put
       base = instances.hard_constraint_noise(cfg.H, cfg.zeta) ** 2
-      for i, (H, z) in enumerate(keys):
-        if H == cfg.H and z != cfg.zeta:   # noise^2 is linear in core - 1
-          core[i] = 1.0 + (H - 1.0) * base / instances.hard_constraint_noise(H, z) ** 2
-          self.models[i], self.sols[i], self.params[i] = build(core[i], z)
+      for i in swept:                      # noise^2 is linear in core - 1
+        core[i] = 1.0 + (cfg.H - 1.0) * base / instances.hard_constraint_noise(*keys[i]) ** 2
+    self.models, self.sols, self.params = map(list, zip(*[build(h, z)
+                                                          for h, (_, z) in zip(core, keys)]))
+    if cfg.hold_span:   # rescale the core time scale of the zeta sweep (span is linear in it)
+      target = span_of(self.params[keys.index((cfg.H, cfg.zeta))])
+      for i in swept:
+        for _ in range(3):
+          core[i] *= target / span_of(self.params[i])
+          self.models[i], self.sols[i], self.params[i] = build(core[i], keys[i][1])
     self.instance_of_point = np.array([keys.index((p["H"], p["zeta"])) for p in points])
     # The bounds' span term: H for weakly-communicating instances (Zurek & Chen's SAH/eps^2;
     # B is not needed there), B + H for general ones. It is also the algorithm's input.
