@@ -146,14 +146,21 @@ def test_curse_quantile_against_its_limits():
   assert curse_quantile(0, 0.0, 0.5) == pytest.approx(0.0, abs=0.01)
 
 
-def _hypercube_runs(d, n, strict, k_factor, r=64, eps=0.5, zeta=0.5, H=10.0,
-                    c_omega=linear.C_OMEGA):
-  m = linear.hypercube_instance(d, 1 - 1 / H, zeta, eps)
-  inst = linear.make_instance(m)
+def _runs(m, n, strict, k_factor, r, eps, zeta, c_omega=linear.C_OMEGA):
+  """The learner's outputs of r runs (key 3) with budget n on instance m."""
   runs = primal_dual.Runs(np.full(r, n), np.full(r, eps), np.full(r, zeta), np.full(r, strict))
-  out = linear.run_batch(jax.random.key(3), inst, runs, n_grid=64, n_dual=2 ** 17,
-                         n_iters=linear.default_iters(1 - 1 / H, k_factor), c_omega=c_omega)
-  return m, out
+  return linear.run_batch(jax.random.key(3), linear.make_instance(m), runs, n_grid=64,
+                          n_dual=2 ** 17, n_iters=linear.default_iters(float(m.gamma), k_factor),
+                          c_omega=c_omega)
+
+
+def _optimism(m, ns, strict, k_factor, r, eps, zeta, c_omega=linear.C_OMEGA):
+  """{N: (r,) the output's optimism in V_c, its exact-model run's value (N = 10^15, same
+  keys, so the same perturbations) minus its own} for each budget N of ``ns``."""
+  value = lambda n: linear.evaluate_outputs(m, _runs(m, n, strict, k_factor, r, eps, zeta,
+                                                     c_omega))[1]
+  exact = value(1e15)
+  return {n: exact - value(n) for n in ns}
 
 
 @pytest.mark.slow
@@ -164,18 +171,16 @@ def test_the_learner_pays_the_winners_curse_over_the_hypercube():
   gamma = 1 - 1 / H
   bias, model = {}, {}
   for d in (5, 9):
-    m, out = _hypercube_runs(d, n, False, 12.0)
-    _, out0 = _hypercube_runs(d, 1e15, False, 12.0)   # same keys: same perturbations
-    vc = linear.evaluate_outputs(m, out)[1]
-    vc0 = linear.evaluate_outputs(m, out0)[1]
+    m = linear.hypercube_instance(d, gamma, 0.5, eps)
+    opt = _optimism(m, (n,), False, 12.0, 64, eps, 0.5)[n]
     q, u = d - 3, 2 ** (d - 3) + 2
     sigma = np.sqrt(gamma * (1 - gamma) / (np.ceil(n / u) * (u - 2)))
     c1 = (float(m.b) - eps / 2) / linear.hypercube_reach(gamma, 1 - gamma)
     expected = linear.hypercube_reach_slope(gamma) * c1 * sigma * 2 * q / np.sqrt(2 * np.pi)
-    bias[q], model[q] = np.mean(vc0 - vc), expected
+    bias[q], model[q] = np.mean(opt), expected
     assert bias[q] == pytest.approx(expected, rel=0.1)
     spread = linear.hypercube_reach_slope(gamma) * c1 * sigma * np.sqrt(1 + q * (1 - 2 / np.pi))
-    assert np.std(vc0 - vc) == pytest.approx(spread, rel=0.3)
+    assert np.std(opt) == pytest.approx(spread, rel=0.3)
   # 3x the coordinates, at 0.83x the sigma (more core points share N): 2.49x the bias, where a
   # bias growing like the spread, sqrt(q), would give 1.4x.
   assert bias[6] / bias[2] == pytest.approx(model[6] / model[2], rel=0.12)
@@ -185,15 +190,7 @@ def _gadget_optimism(d, n, r, zeta=0.5, twins=2, eps=0.5, H=10.0):
   """(instance, per-run optimism of the relaxed output's constraint value: its exact-model
   run's value minus its own, same keys) on the gadget family, k_factor 12."""
   m = linear.hard_instance(d, 1 - 1 / H, zeta, n_actions=2 * twins + 1, twins=twins)
-  inst = linear.make_instance(m)
-  vc = {}
-  for budget in (n, 1e15):
-    runs = primal_dual.Runs(np.full(r, budget), np.full(r, eps), np.full(r, zeta),
-                            np.full(r, False))
-    out = linear.run_batch(jax.random.key(3), inst, runs, n_grid=64, n_dual=2 ** 17,
-                           n_iters=linear.default_iters(1 - 1 / H, 12.0))
-    vc[budget] = linear.evaluate_outputs(m, out)[1]
-  return m, vc[1e15] - vc[n]
+  return m, _optimism(m, (n,), False, 12.0, r, eps, zeta)[n]
 
 
 @pytest.mark.slow
@@ -224,18 +221,9 @@ def test_the_gadget_family_s_optimism_falls_faster_than_root_n_below_a_few_thous
   65536 (measured: within 1.6%), its 1/N part over 12% of the mean at 1024 (22%) and under
   4% at 65536 (3.5%)."""
   H, eps, zeta, r = 10.0, 0.5, 0.5, 512
-  m = linear.hard_instance(9, 1 - 1 / H, zeta)
-  inst = linear.make_instance(m)
-
-  def vc(n):
-    runs = primal_dual.Runs(np.full(r, n), np.full(r, eps), np.full(r, zeta), np.full(r, False))
-    out = linear.run_batch(jax.random.key(3), inst, runs, n_grid=64, n_dual=2 ** 17,
-                           n_iters=linear.default_iters(1 - 1 / H, 6.0))
-    return linear.evaluate_outputs(m, out)[1]
-
-  exact = vc(1e15)
   ns = np.array([1024.0, 4096.0, 16384.0, 65536.0])
-  mean = np.array([np.mean(exact - vc(n)) for n in ns])
+  opt = _optimism(linear.hard_instance(9, 1 - 1 / H, zeta), ns, False, 6.0, r, eps, zeta)
+  mean = np.array([np.mean(opt[n]) for n in ns])
   # mean = a N^-1/2 + c N^-1, least squares in relative error
   basis = np.stack([ns ** -0.5, 1 / ns], axis=1) / mean[:, None]
   (a, c), *_ = np.linalg.lstsq(basis, np.ones_like(ns), rcond=None)
@@ -269,9 +257,8 @@ def test_the_hypercube_s_relaxed_zeta_dependence_is_the_goal_s_share_b_prime_ove
   w_star = linear.hypercube_reach(1 - 1 / H, 1 / H)
   bias, c1 = {}, {}
   for zeta in (0.25, 1.0):
-    m, out = _hypercube_runs(7, n, False, 12.0, zeta=zeta)
-    _, out0 = _hypercube_runs(7, 1e15, False, 12.0, zeta=zeta)
-    bias[zeta] = np.mean(linear.evaluate_outputs(m, out0)[1] - linear.evaluate_outputs(m, out)[1])
+    m = linear.hypercube_instance(7, 1 - 1 / H, zeta, eps)
+    bias[zeta] = np.mean(_optimism(m, (n,), False, 12.0, 64, eps, zeta)[n])
     c1[zeta] = (float(m.b) - eps / 2) / w_star
   assert c1[1.0] / c1[0.25] == pytest.approx((w_star - 1.25) / (w_star - 0.5), rel=1e-9)
   assert bias[1.0] / bias[0.25] == pytest.approx(c1[1.0] / c1[0.25], rel=0.015)
@@ -286,12 +273,11 @@ def test_the_reward_perturbation_fades_the_hypercube_s_curse_at_large_n():
   the noise. Strict, zeta 0.25 (128 runs, each against its exact-model run): the mean
   optimism x sqrt(N) falls from N = 2.5e6 to 1.6e8 (measured 20.0 to 4.4), and is flat
   (23.5 at both) with omega a million times smaller."""
+  m = linear.hypercube_instance(7, 0.9, 0.25, 0.5)
+
   def scaled_mean(c_omega):
-    m, out0 = _hypercube_runs(7, 1e15, True, 12.0, zeta=0.25, r=128, c_omega=c_omega)
-    exact = linear.evaluate_outputs(m, out0)[1]
-    return [np.mean(exact - linear.evaluate_outputs(m, _hypercube_runs(
-        7, n, True, 12.0, zeta=0.25, r=128, c_omega=c_omega)[1])[1]) * np.sqrt(n)
-            for n in (2.5e6, 1.6e8)]
+    opt = _optimism(m, (2.5e6, 1.6e8), True, 12.0, 128, 0.5, 0.25, c_omega)
+    return [np.mean(o) * np.sqrt(n) for n, o in opt.items()]
   small, large = scaled_mean(linear.C_OMEGA)
   assert large < 0.4 * small, (small, large)
   small, large = scaled_mean(8e6)
@@ -305,7 +291,8 @@ def test_strict_margin_is_the_tightening_plus_the_ls_pe_truncation(k_factor):
   K-step evaluation); at k_factor 6 that tail is several times the tightening."""
   eps, zeta, H = 0.5, 0.5, 10.0
   gamma = 1 - 1 / H
-  m, out = _hypercube_runs(5, 1e15, True, k_factor, r=4)
+  m = linear.hypercube_instance(5, gamma, zeta, eps)
+  out = _runs(m, 1e15, True, k_factor, 4, eps, zeta)
   t = m.tabular()
   K = linear.default_iters(gamma, k_factor)
   tail = np.zeros(4)
